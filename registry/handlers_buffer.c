@@ -1,0 +1,73 @@
+/* handlers_buffer.c - the built-in handler for buffer-protocol exporters.
+ *
+ * Any object exporting a PEP 3118 buffer (bytearray, memoryview slices,
+ * array.array, mmap, third-party arrays) that has no registration of its
+ * own is shared zero-copy: the record holds a read-only export of the
+ * sender's memory (PyObject_GetBuffer with PyBUF_FULL_RO, so format,
+ * shape, strides and suboffsets are kept), which makes it owner-bound.
+ * Rebuilding yields a memoryview in the receiver over a tpshare view
+ * object (view.c) that exposes the same memory and layout; when the
+ * receiver releases it, the export is released in the owner (D4).
+ *
+ * This registration is a fallback found by capability, not by type, so it
+ * has no type; its name is "tpshare.buffer".
+ */
+#include "tpshare_internal.h"
+
+tps_entry *tps_buffer_entry = NULL;
+
+/* data->ptr: a Py_buffer in raw memory holding the export. */
+
+static int
+buffer_share(PyObject *obj, TpShare_Data *data)
+{
+    Py_buffer *view = PyMem_RawMalloc(sizeof(Py_buffer));
+    if (view == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (PyObject_GetBuffer(obj, view, PyBUF_FULL_RO) < 0) {
+        PyMem_RawFree(view);
+        return -1;
+    }
+    data->ptr = view;
+    data->size = view->len;
+    data->flags |= TPSHARE_DATA_OWNER_BOUND;
+    return 0;
+}
+
+static PyObject *
+buffer_rebuild(PyTypeObject *Py_UNUSED(type), const TpShare_Data *data)
+{
+    PyObject *view = tps_view_new(TPS_RECORD_OF(data), data->ptr);
+    if (view == NULL) {
+        return NULL;
+    }
+    PyObject *mv = PyMemoryView_FromObject(view);
+    Py_DECREF(view);
+    return mv;
+}
+
+/* Runs in the owner, under its GIL. */
+static void
+buffer_free(TpShare_Data *data)
+{
+    PyBuffer_Release(data->ptr);
+    PyMem_RawFree(data->ptr);
+}
+
+static const TpShare_Hooks buffer_hooks = {
+    TPSHARE_ABI_VERSION, TPSHARE_ZERO_COPY | TPSHARE_ANY_RESULT,
+    "tpshare.buffer", buffer_share, buffer_rebuild, buffer_free,
+};
+
+int
+tps_handlers_buffer_init(void)
+{
+    tps_buffer_entry = tps_entry_new(NULL, -1, &buffer_hooks);
+    if (tps_buffer_entry == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,125 @@
+/* handlers_text.c - built-in handlers for str and bytes.
+ *
+ * str is always copied into the record (neutral): up to 16 bytes of
+ * character data sit inline, longer strings in raw memory.  Every kind
+ * round-trips exactly, lone surrogates and embedded NULs included,
+ * because the code units are copied as they are.
+ *
+ * bytes below the share threshold are copied the same way.  At or above
+ * it the record keeps a reference to the sender's bytes object instead
+ * (owner-bound, no copy at send) and the receiver makes its one copy
+ * straight from the sender's memory, which cannot change because bytes
+ * are immutable.  The threshold is process-wide and measured by
+ * bench/bench_bytes_threshold.py; see docs/design.md.
+ */
+#include "tpshare_internal.h"
+
+#include <string.h>
+
+#define INLINE_MAX ((Py_ssize_t)sizeof(((TpShare_Data *)0)->inline_data))
+
+/* Bytes of this size or more are shared, smaller ones copied. */
+static atomic_llong bytes_threshold = 64 * 1024;
+
+Py_ssize_t
+tps_bytes_threshold(Py_ssize_t value)
+{
+    if (value >= 0) {
+        atomic_store(&bytes_threshold, value);
+    }
+    return (Py_ssize_t)atomic_load(&bytes_threshold);
+}
+
+/* Copy n bytes into the record: inline when they fit (ptr stays NULL),
+ * else into new raw memory.  Returns 0 or -1 with MemoryError. */
+static int
+copy_in(TpShare_Data *data, const void *src, Py_ssize_t n)
+{
+    if (n <= INLINE_MAX) {
+        memcpy(data->inline_data.bytes, src, (size_t)n);
+        return 0;
+    }
+    data->ptr = PyMem_RawMalloc((size_t)n);
+    if (data->ptr == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(data->ptr, src, (size_t)n);
+    return 0;
+}
+
+static inline const void *
+payload(const TpShare_Data *data)
+{
+    return data->ptr != NULL ? data->ptr : (const void *)data->inline_data.bytes;
+}
+
+/* --- str: size = length in code points, aux = kind. --- */
+
+static int
+str_share(PyObject *obj, TpShare_Data *data)
+{
+    Py_ssize_t len = PyUnicode_GET_LENGTH(obj);
+    int kind = PyUnicode_KIND(obj);
+    data->size = len;
+    data->aux = (uint32_t)kind;
+    return copy_in(data, PyUnicode_DATA(obj), len * kind);
+}
+
+static PyObject *
+str_rebuild(PyTypeObject *Py_UNUSED(type), const TpShare_Data *data)
+{
+    return PyUnicode_FromKindAndData((int)data->aux, payload(data),
+                                     data->size);
+}
+
+/* --- bytes: size = length; obj set when shared rather than copied. --- */
+
+static int
+bytes_share(PyObject *obj, TpShare_Data *data)
+{
+    Py_ssize_t len = PyBytes_GET_SIZE(obj);
+    data->size = len;
+    if (len > INLINE_MAX && len >= tps_bytes_threshold(-1)) {
+        data->obj = Py_NewRef(obj);
+        data->ptr = PyBytes_AS_STRING(obj);
+        return 0;
+    }
+    return copy_in(data, PyBytes_AS_STRING(obj), len);
+}
+
+static PyObject *
+bytes_rebuild(PyTypeObject *Py_UNUSED(type), const TpShare_Data *data)
+{
+    return PyBytes_FromStringAndSize(payload(data), data->size);
+}
+
+static void
+bytes_free(TpShare_Data *data)
+{
+    if (data->obj == NULL) {
+        PyMem_RawFree(data->ptr);
+    }
+    /* Otherwise ptr points into data->obj, which tpshare releases. */
+}
+
+static const TpShare_Hooks str_hooks = {
+    TPSHARE_ABI_VERSION, TPSHARE_COPIES, "builtins.str",
+    str_share, str_rebuild, NULL,
+};
+
+static const TpShare_Hooks bytes_hooks = {
+    TPSHARE_ABI_VERSION, TPSHARE_COPIES, "builtins.bytes",
+    bytes_share, bytes_rebuild, bytes_free,
+};
+
+int
+tps_handlers_text_init(void)
+{
+    if (tps_registry_register(&PyUnicode_Type, &str_hooks, 0) < 0
+        || tps_registry_register(&PyBytes_Type, &bytes_hooks, 0) < 0)
+    {
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,58 @@
+"""Build tpshare: the C extension tpshare._tpshare and the Python package.
+
+Environment variables (read at build time):
+  TPSHARE_DEBUG=1     -O0 -g with assertions on
+  TPSHARE_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer
+  TPSHARE_WERROR=1    warnings are errors (CI sets it)
+"""
+import os
+from glob import glob
+
+from setuptools import Extension, setup
+from setuptools.command.build_py import build_py
+
+
+class build_py_with_header(build_py):
+    """Ship include/tpshare.h inside the package, for get_include()."""
+
+    def run(self):
+        super().run()
+        target = os.path.join(self.build_lib, "tpshare", "include")
+        self.mkpath(target)
+        self.copy_file(os.path.join("include", "tpshare.h"), target)
+
+
+def flag(name):
+    return os.environ.get(name, "") not in ("", "0")
+
+
+compile_args = ["-std=c11", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
+                "-fvisibility=hidden"]
+link_args = []
+if flag("TPSHARE_WERROR"):
+    compile_args.append("-Werror")
+if flag("TPSHARE_DEBUG"):
+    compile_args += ["-O0", "-g", "-UNDEBUG"]
+if flag("TPSHARE_SANITIZE"):
+    san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
+           "-fno-sanitize-recover=undefined"]
+    compile_args += san + ["-g"]
+    link_args += san
+
+sources = sorted(glob("registry/*.c")) + sorted(glob("src/*.c"))
+headers = ["include/tpshare.h"] + sorted(glob("src/*.h"))
+
+setup(
+    cmdclass={"build_py": build_py_with_header},
+    ext_modules=[
+        Extension(
+            "tpshare._tpshare",
+            sources=sources,
+            depends=headers,
+            include_dirs=["include", "src"],
+            define_macros=[("TPSHARE_BUILD_CORE", "1")],
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+        )
+    ],
+)

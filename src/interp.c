@@ -1,0 +1,448 @@
+/* interp.c - per-interpreter state: release lists, counters, exit hook.
+ *
+ * Every interpreter that uses tpshare gets a tps_interp, found through a
+ * process-wide list keyed by interpreter ID (and a per-thread cache of the
+ * last one used).  It holds:
+ *
+ *   - the release list (DESIGN.md D4): owner-bound records whose last
+ *     holder let go in another interpreter wait here to be freed under
+ *     the owner's GIL.  The list is intrusive (linked through the records
+ *     themselves), so pushing never allocates and never fails, however
+ *     many requests pile up while the owner is idle.  It is drained
+ *     whenever the owner enters tpshare, by one coalesced pending call
+ *     (at most one is queued per interpreter, so CPython's bounded
+ *     pending-call queue can never overflow because of us), and at exit;
+ *   - counters: owner-bound records alive (`exports`), holders of them in
+ *     other interpreters (`remote`), queued releases (`pending`);
+ *   - the exit hook (D5): run by CPython before the interpreter's objects
+ *     are freed, it drops what the interpreter left unclaimed, then waits
+ *     (GIL released, warning on stderr) until no other interpreter holds
+ *     a view of its memory, draining releases as they arrive.
+ *
+ * Why this state is process-wide: other interpreters push releases and
+ * read counters.  It holds no PyObject* usable from another interpreter:
+ * `module` is only touched under the owner's own GIL.
+ */
+#include "tpshare_internal.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <time.h>
+
+struct tps_interp {
+    tps_interp *next;            /* in interps.list */
+    int64_t id;
+    /* One for being alive (dropped at exit) plus one per bound record. */
+    atomic_long refcnt;
+    atomic_long exports;
+    atomic_long remote;
+    atomic_long pending;
+    pthread_mutex_t mutex;       /* guards the fields below */
+    pthread_cond_t cond;         /* signalled on push and remote == 0 */
+    TpShare_Record *releases;    /* the release list (LIFO) */
+    int scheduled;               /* a pending call is queued */
+    int alive;                   /* cleared when the exit hook finishes */
+    int exiting;                 /* the exit hook is waiting */
+    /* The interpreter's tpshare module: a strong reference of the owner's
+     * own, touched under its GIL only, cleared by the exit hook. */
+    PyObject *module;
+};
+
+static struct {
+    pthread_mutex_t mutex;
+    tps_interp *list;
+    void (*exit_callbacks[8])(int64_t);
+    int nexit_callbacks;
+} interps = {
+    .mutex = PTHREAD_MUTEX_INITIALIZER,
+};
+
+static _Thread_local struct {
+    int64_t id;
+    tps_interp *st;
+} tls_interp = {-1, NULL};
+
+/* Seconds an exiting interpreter waits before warning on stderr. */
+#define EXIT_WARN_AFTER 2.0
+
+static void on_exit_hook(void *arg);
+
+/* ---------------------------------------------------------------------
+ * Finding and creating states.
+ */
+
+static tps_interp *
+find_locked(int64_t id)
+{
+    for (tps_interp *st = interps.list; st != NULL; st = st->next) {
+        if (st->id == id) {
+            return st;
+        }
+    }
+    return NULL;
+}
+
+static tps_interp *
+state_new(int64_t id)
+{
+    tps_interp *st = PyMem_RawCalloc(1, sizeof(tps_interp));
+    if (st == NULL) {
+        return NULL;
+    }
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&st->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&st->mutex, NULL);
+    st->id = id;
+    st->alive = 1;
+    atomic_init(&st->refcnt, 1);
+    return st;
+}
+
+tps_interp *
+tps_interp_current(void)
+{
+    int64_t id = tps_current_interp_id();
+    if (tls_interp.id == id) {
+        return tls_interp.st;
+    }
+    pthread_mutex_lock(&interps.mutex);
+    tps_interp *st = find_locked(id);
+    int created = 0;
+    if (st == NULL && (st = state_new(id)) != NULL) {
+        st->next = interps.list;
+        interps.list = st;
+        created = 1;
+    }
+    pthread_mutex_unlock(&interps.mutex);
+    if (st == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    if (created
+        && tps_at_exit(PyInterpreterState_Get(), on_exit_hook, st) < 0)
+    {
+        /* Without the hook the interpreter could die under live views:
+         * refuse to work in it rather than risk that. */
+        if (!PyErr_Occurred()) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "tpshare could not register its exit hook");
+        }
+        pthread_mutex_lock(&interps.mutex);
+        for (tps_interp **p = &interps.list; *p; p = &(*p)->next) {
+            if (*p == st) {
+                *p = st->next;
+                break;
+            }
+        }
+        pthread_mutex_unlock(&interps.mutex);
+        tps_interp_decref(st);
+        return NULL;
+    }
+    tls_interp.id = id;
+    tls_interp.st = st;
+    return st;
+}
+
+int64_t
+tps_interp_id(const tps_interp *st)
+{
+    return st->id;
+}
+
+void
+tps_interp_incref(tps_interp *st)
+{
+    atomic_fetch_add_explicit(&st->refcnt, 1, memory_order_relaxed);
+}
+
+void
+tps_interp_decref(tps_interp *st)
+{
+    if (atomic_fetch_sub_explicit(&st->refcnt, 1, memory_order_acq_rel)
+        != 1)
+    {
+        return;
+    }
+    /* Unlinked from interps.list at exit; nothing can find it now. */
+    pthread_cond_destroy(&st->cond);
+    pthread_mutex_destroy(&st->mutex);
+    PyMem_RawFree(st);
+}
+
+void
+tps_interp_export_add(tps_interp *st, long n)
+{
+    atomic_fetch_add_explicit(&st->exports, n, memory_order_relaxed);
+}
+
+void
+tps_interp_remote_add(tps_interp *st, long n)
+{
+    if (atomic_fetch_add_explicit(&st->remote, n, memory_order_acq_rel) + n
+        == 0 && n < 0)
+    {
+        pthread_mutex_lock(&st->mutex);
+        if (st->exiting) {
+            pthread_cond_broadcast(&st->cond);
+        }
+        pthread_mutex_unlock(&st->mutex);
+    }
+}
+
+/* ---------------------------------------------------------------------
+ * Release lists.
+ */
+
+/* The pending call: runs in the owner under its GIL. */
+static int
+drain_pending(void *Py_UNUSED(arg))
+{
+    tps_interp *st = tps_interp_current();
+    if (st == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    pthread_mutex_lock(&st->mutex);
+    st->scheduled = 0;
+    pthread_mutex_unlock(&st->mutex);
+    tps_interp_drain(st);
+    return 0;
+}
+
+void
+tps_interp_push_release(tps_interp *st, TpShare_Record *rec)
+{
+    pthread_mutex_lock(&st->mutex);
+    rec->next_release = st->releases;
+    st->releases = rec;
+    atomic_fetch_add_explicit(&st->pending, 1, memory_order_release);
+    if (st->exiting) {
+        pthread_cond_broadcast(&st->cond);
+    }
+    else if (!st->scheduled && st->alive) {
+        /* The owner cannot finish exiting while we hold its mutex with
+         * alive set, so the interpreter found here stays valid. */
+        PyInterpreterState *interp = _PyInterpreterState_LookUpID(st->id);
+        if (interp != NULL
+            && tps_add_pending_call(interp, drain_pending, NULL) == 0)
+        {
+            st->scheduled = 1;
+        }
+        /* Otherwise the owner drains on its next entry into tpshare. */
+    }
+    pthread_mutex_unlock(&st->mutex);
+}
+
+void
+tps_interp_drain(tps_interp *st)
+{
+    if (atomic_load_explicit(&st->pending, memory_order_acquire) == 0) {
+        return;
+    }
+    pthread_mutex_lock(&st->mutex);
+    TpShare_Record *rec = st->releases;
+    st->releases = NULL;
+    atomic_store(&st->pending, 0);
+    pthread_mutex_unlock(&st->mutex);
+    while (rec != NULL) {
+        TpShare_Record *next = rec->next_release;
+        tps_record_free(rec);
+        rec = next;
+    }
+}
+
+/* ---------------------------------------------------------------------
+ * Exit.
+ */
+
+int
+tps_interp_add_exit_callback(void (*cb)(int64_t))
+{
+    int rc = 0;
+    pthread_mutex_lock(&interps.mutex);
+    int known = 0;
+    for (int i = 0; i < interps.nexit_callbacks; i++) {
+        known |= interps.exit_callbacks[i] == cb;
+    }
+    if (!known) {
+        if (interps.nexit_callbacks
+            == (int)Py_ARRAY_LENGTH(interps.exit_callbacks))
+        {
+            rc = -1;
+        }
+        else {
+            interps.exit_callbacks[interps.nexit_callbacks++] = cb;
+        }
+    }
+    pthread_mutex_unlock(&interps.mutex);
+    return rc;
+}
+
+static double
+monotonic(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Wait, with the GIL released, until no other interpreter holds records
+ * of ours, draining releases as they come.  Warns on stderr while it
+ * waits: a hang that names its cause instead of a dangling pointer. */
+static void
+wait_for_remote_holders(tps_interp *st)
+{
+    double start = monotonic(), next_warning = start + EXIT_WARN_AFTER;
+
+    tps_interp_drain(st);
+    while (atomic_load(&st->remote) > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        pthread_mutex_lock(&st->mutex);
+        while (atomic_load(&st->remote) > 0
+               && atomic_load(&st->pending) == 0)
+        {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            ts.tv_sec += 1;
+            pthread_cond_timedwait(&st->cond, &st->mutex, &ts);
+            if (monotonic() >= next_warning) {
+                break;
+            }
+        }
+        pthread_mutex_unlock(&st->mutex);
+        Py_END_ALLOW_THREADS
+        tps_interp_drain(st);
+        double now = monotonic();
+        if (now >= next_warning && atomic_load(&st->remote) > 0) {
+            fprintf(stderr,
+                    "tpshare: interpreter %lld is exiting but other "
+                    "interpreters still hold %ld view(s) of its memory; "
+                    "waiting %.0f s so far until they are released\n",
+                    (long long)st->id, (long)atomic_load(&st->remote),
+                    now - start);
+            fflush(stderr);
+            next_warning = now + 10.0;
+        }
+    }
+}
+
+static void
+on_exit_hook(void *arg)
+{
+    tps_interp *st = arg;
+    int64_t id = st->id;
+    int is_main = PyInterpreterState_Get() == PyInterpreterState_Main();
+
+    /* Drop what this interpreter left unclaimed (tokens, queued items). */
+    pthread_mutex_lock(&interps.mutex);
+    int n = interps.nexit_callbacks;
+    pthread_mutex_unlock(&interps.mutex);
+    for (int i = 0; i < n; i++) {
+        interps.exit_callbacks[i](id);
+    }
+
+    pthread_mutex_lock(&st->mutex);
+    st->exiting = 1;
+    pthread_mutex_unlock(&st->mutex);
+    if (!is_main) {
+        wait_for_remote_holders(st);
+    }
+    /* The main interpreter does not wait: the subinterpreters holding its
+     * memory are finalized after it, and the memory they view stays
+     * allocated (the exports are never released) until the process
+     * ends.  See docs/design.md. */
+    tps_interp_drain(st);
+
+    pthread_mutex_lock(&st->mutex);
+    st->alive = 0;
+    pthread_mutex_unlock(&st->mutex);
+
+    pthread_mutex_lock(&interps.mutex);
+    for (tps_interp **p = &interps.list; *p; p = &(*p)->next) {
+        if (*p == st) {
+            *p = st->next;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&interps.mutex);
+    if (tls_interp.id == id) {
+        tls_interp.id = -1;
+        tls_interp.st = NULL;
+    }
+    tps_registry_forget_interp(id);
+    Py_CLEAR(st->module);
+    tps_interp_decref(st);
+}
+
+/* ---------------------------------------------------------------------
+ * Module glue and stats.
+ */
+
+tps_module_state *
+tps_interp_module_state(tps_interp *st)
+{
+    if (st->module == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "tpshare is not initialized in this interpreter");
+        return NULL;
+    }
+    return PyModule_GetState(st->module);
+}
+
+void
+tps_interp_set_module(tps_interp *st, PyObject *module)
+{
+    if (st->module == NULL) {
+        st->module = Py_NewRef(module);
+    }
+}
+
+PyObject *
+tps_interp_stats(void)
+{
+    PyObject *res = PyDict_New();
+    if (res == NULL) {
+        return NULL;
+    }
+    pthread_mutex_lock(&interps.mutex);
+    size_t n = 0;
+    for (tps_interp *st = interps.list; st; st = st->next) {
+        n++;
+    }
+    long (*rows)[4] = PyMem_RawMalloc((n + 1) * sizeof(*rows));
+    if (rows != NULL) {
+        size_t i = 0;
+        for (tps_interp *st = interps.list; st; st = st->next, i++) {
+            rows[i][0] = (long)st->id;
+            rows[i][1] = atomic_load(&st->exports);
+            rows[i][2] = atomic_load(&st->remote);
+            rows[i][3] = atomic_load(&st->pending);
+        }
+    }
+    pthread_mutex_unlock(&interps.mutex);
+    if (rows == NULL) {
+        Py_DECREF(res);
+        return PyErr_NoMemory();
+    }
+    for (size_t i = 0; i < n; i++) {
+        PyObject *key = PyLong_FromLong(rows[i][0]);
+        PyObject *val = Py_BuildValue("{sl sl sl}", "exports", rows[i][1],
+                                      "remote", rows[i][2],
+                                      "pending", rows[i][3]);
+        if (key == NULL || val == NULL
+            || PyDict_SetItem(res, key, val) < 0)
+        {
+            Py_XDECREF(key);
+            Py_XDECREF(val);
+            Py_CLEAR(res);
+            break;
+        }
+        Py_DECREF(key);
+        Py_DECREF(val);
+    }
+    PyMem_RawFree(rows);
+    return res;
+}

@@ -1,0 +1,377 @@
+/* module.c - the tpshare._tpshare extension module.
+ *
+ * Multi-phase initialization (PEP 489) with module state, importable in
+ * isolated subinterpreters with their own GIL (PEP 684).  The first exec
+ * in the process sets up the registry and its built-in handlers; every
+ * exec makes the interpreter's own exception classes and heap types and
+ * binds the interpreter's tps_interp state to this module.
+ *
+ * It also exports the C API table (TpShare_CAPI) as the capsule that
+ * tpshare/__init__.py publishes as tpshare._C_API.  The table holds only
+ * function pointers, so the same static table serves every interpreter.
+ */
+#include "tpshare_internal.h"
+
+
+
+static inline tps_module_state *
+get_state(PyObject *module)
+{
+    return (tps_module_state *)PyModule_GetState(module);
+}
+
+/* The current interpreter's state, after draining its release list: every
+ * entry into tpshare gives queued releases a chance to run (D4).
+ * Borrowed; NULL with an exception. */
+static tps_interp *
+enter(void)
+{
+    tps_interp *st = tps_interp_current();
+    if (st != NULL) {
+        tps_interp_drain(st);
+    }
+    return st;
+}
+
+void
+tps_set_not_shareable(const char *format, ...)
+{
+    va_list vargs;
+    tps_interp *st = tps_interp_current();
+    tps_module_state *state = st ? tps_interp_module_state(st) : NULL;
+    PyObject *exc_type = state ? state->NotShareableError : PyExc_TypeError;
+    PyErr_Clear();
+    va_start(vargs, format);
+    PyObject *msg = PyUnicode_FromFormatV(format, vargs);
+    va_end(vargs);
+    if (msg != NULL) {
+        PyErr_SetObject(exc_type, msg);
+        Py_DECREF(msg);
+    }
+}
+
+/* ---------------------------------------------------------------------
+ * The C API table.
+ */
+
+static int
+capi_register(PyTypeObject *type, const TpShare_Hooks *hooks,
+              unsigned int flags)
+{
+    return tps_registry_register(type, hooks, flags);
+}
+
+static int
+capi_is_shareable(PyObject *obj)
+{
+    return tps_is_shareable(obj);
+}
+
+static TpShare_Record *
+capi_share(PyObject *obj)
+{
+    return tps_share(obj);
+}
+
+static PyObject *
+capi_rebuild(TpShare_Record *rec)
+{
+    return tps_rebuild(rec);
+}
+
+static int64_t
+capi_owner(const TpShare_Record *rec)
+{
+    return rec->owner;
+}
+
+static void *
+capi_malloc(size_t n)
+{
+    return PyMem_RawMalloc(n);
+}
+
+const TpShare_CAPI tps_capi = {
+    .abi_version = TPSHARE_ABI_VERSION,
+    .size = sizeof(TpShare_CAPI),
+    .Register = capi_register,
+    .Unregister = tps_registry_unregister,
+    .Lookup = tps_registry_lookup,
+    .IsShareable = capi_is_shareable,
+    .Share = capi_share,
+    .Rebuild = capi_rebuild,
+    .Release = tps_record_release,
+    .Owner = capi_owner,
+    .Malloc = capi_malloc,
+    .Free = PyMem_RawFree,
+};
+
+/* ---------------------------------------------------------------------
+ * Module functions.
+ */
+
+PyDoc_STRVAR(share_doc,
+"share(obj, /)\n--\n\n"
+"Share obj out of the current interpreter: return a tpshare.Shared\n"
+"holding an interpreter-neutral record of it.  Raises NotShareableError\n"
+"(a TypeError) naming the type and its position when obj, or something\n"
+"inside it, cannot be shared.");
+
+static PyObject *
+mod_share(PyObject *module, PyObject *obj)
+{
+    if (enter() == NULL) {
+        return NULL;
+    }
+    TpShare_Record *rec = tps_share(obj);
+    if (rec == NULL) {
+        return NULL;
+    }
+    return tps_shared_new(get_state(module), rec);
+}
+
+PyDoc_STRVAR(attach_doc,
+"attach(token, /)\n--\n\n"
+"Take the record detached under token (by Shared.detach(), in any\n"
+"interpreter) and return it as a Shared of the current interpreter.\n"
+"Each token can be attached once; KeyError otherwise.");
+
+static PyObject *
+mod_attach(PyObject *module, PyObject *arg)
+{
+    if (enter() == NULL) {
+        return NULL;
+    }
+    long long token = PyLong_AsLongLong(arg);
+    if (token == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return tps_attach(get_state(module), token);
+}
+
+PyDoc_STRVAR(is_shareable_doc,
+"is_shareable(obj, /)\n--\n\n"
+"True if obj can be shared, checked deeply: a tuple holding a list is\n"
+"not shareable.");
+
+static PyObject *
+mod_is_shareable(PyObject *Py_UNUSED(module), PyObject *obj)
+{
+    if (enter() == NULL) {
+        return NULL;
+    }
+    int rc = tps_is_shareable(obj);
+    if (rc < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(rc);
+}
+
+PyDoc_STRVAR(registered_doc,
+"registered()\n--\n\n"
+"The registrations visible in the current interpreter, as a sorted list\n"
+"of (name, type, flags) tuples; flags is a tuple of names.  The buffer\n"
+"fallback has type None.");
+
+static PyObject *
+mod_registered(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    if (enter() == NULL) {
+        return NULL;
+    }
+    return tps_registry_list();
+}
+
+PyDoc_STRVAR(stats_doc,
+"stats()\n--\n\n"
+"Counters per interpreter ID: 'exports' (owner-bound records alive),\n"
+"'remote' (holders of them in other interpreters), 'pending' (releases\n"
+"queued for the owner to run).");
+
+static PyObject *
+mod_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    if (enter() == NULL) {
+        return NULL;
+    }
+    return tps_interp_stats();
+}
+
+PyDoc_STRVAR(drain_doc,
+"drain()\n--\n\n"
+"Run the releases queued for the current interpreter now.  Any call\n"
+"into tpshare does this too; this one does nothing else.");
+
+static PyObject *
+mod_drain(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    if (enter() == NULL) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(interpreter_id_doc,
+"interpreter_id()\n--\n\nThe ID of the current interpreter.");
+
+static PyObject *
+mod_interpreter_id(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
+{
+    return PyLong_FromLongLong(tps_current_interp_id());
+}
+
+PyDoc_STRVAR(bytes_threshold_doc,
+"_bytes_threshold(value=-1, /)\n--\n\n"
+"Process-wide size from which bytes are shared owner-bound instead of\n"
+"copied; set it when value >= 0.  Returns the value in force.  For the\n"
+"benchmark that measures it.");
+
+static PyObject *
+mod_bytes_threshold(PyObject *Py_UNUSED(module), PyObject *const *args,
+                    Py_ssize_t nargs)
+{
+    Py_ssize_t value = -1;
+    if (nargs > 1) {
+        PyErr_SetString(PyExc_TypeError, "at most one argument");
+        return NULL;
+    }
+    if (nargs == 1) {
+        value = PyLong_AsSsize_t(args[0]);
+        if (value == -1 && PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+    return PyLong_FromSsize_t(tps_bytes_threshold(value));
+}
+
+static PyMethodDef module_methods[] = {
+    {"share", mod_share, METH_O, share_doc},
+    {"attach", mod_attach, METH_O, attach_doc},
+    {"is_shareable", mod_is_shareable, METH_O, is_shareable_doc},
+    {"registered", mod_registered, METH_NOARGS, registered_doc},
+    {"stats", mod_stats, METH_NOARGS, stats_doc},
+    {"drain", mod_drain, METH_NOARGS, drain_doc},
+    {"interpreter_id", mod_interpreter_id, METH_NOARGS,
+     interpreter_id_doc},
+    {"_bytes_threshold", _PyCFunction_CAST(mod_bytes_threshold),
+     METH_FASTCALL, bytes_threshold_doc},
+    {NULL},
+};
+
+/* ---------------------------------------------------------------------
+ * Module life cycle.
+ */
+
+static int
+module_exec(PyObject *module)
+{
+    tps_module_state *state = get_state(module);
+    PyObject *bases = NULL, *capsule = NULL;
+    int rc = -1;
+
+    if (tps_registry_init() < 0) {
+        goto finally;
+    }
+    state->Error = PyErr_NewExceptionWithDoc(
+        "tpshare.Error", "Base class of tpshare's errors.", NULL, NULL);
+    if (state->Error == NULL
+        || PyModule_AddObjectRef(module, "Error", state->Error) < 0)
+    {
+        goto finally;
+    }
+    bases = PyTuple_Pack(2, state->Error, PyExc_TypeError);
+    if (bases == NULL) {
+        goto finally;
+    }
+    state->NotShareableError = PyErr_NewExceptionWithDoc(
+        "tpshare.NotShareableError",
+        "The object, or something inside it, cannot be shared.", bases,
+        NULL);
+    if (state->NotShareableError == NULL
+        || PyModule_AddObjectRef(module, "NotShareableError",
+                                 state->NotShareableError) < 0)
+    {
+        goto finally;
+    }
+    if (tps_shared_init_type(module, state) < 0
+        || tps_view_init_type(module, state) < 0)
+    {
+        goto finally;
+    }
+    if (tps_interp_add_exit_callback(tps_tokens_forget_interp) < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "too many exit callbacks");
+        goto finally;
+    }
+    capsule = PyCapsule_New((void *)&tps_capi, TPSHARE_CAPSULE_NAME, NULL);
+    if (capsule == NULL
+        || PyModule_AddObjectRef(module, "_C_API", capsule) < 0
+        || PyModule_AddIntConstant(module, "ABI_VERSION",
+                                   TPSHARE_ABI_VERSION) < 0)
+    {
+        goto finally;
+    }
+    tps_interp *st = tps_interp_current();
+    if (st == NULL) {
+        goto finally;
+    }
+    tps_interp_set_module(st, module);
+    rc = 0;
+finally:
+    Py_XDECREF(capsule);
+    Py_XDECREF(bases);
+    return rc;
+}
+
+static int
+module_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    tps_module_state *state = get_state(module);
+    Py_VISIT(state->Error);
+    Py_VISIT(state->NotShareableError);
+    Py_VISIT(state->SharedType);
+    Py_VISIT(state->ViewType);
+    return 0;
+}
+
+static int
+module_clear(PyObject *module)
+{
+    tps_module_state *state = get_state(module);
+    Py_CLEAR(state->Error);
+    Py_CLEAR(state->NotShareableError);
+    Py_CLEAR(state->SharedType);
+    Py_CLEAR(state->ViewType);
+    return 0;
+}
+
+static void
+module_free(void *module)
+{
+    module_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot module_slots[] = {
+    {Py_mod_exec, module_exec},
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+    TPS_MOD_GIL_SLOT
+    {0, NULL},
+};
+
+static struct PyModuleDef tpshare_module = {
+    .m_base = PyModuleDef_HEAD_INIT,
+    .m_name = "tpshare._tpshare",
+    .m_doc = "The C core of tpshare: share records, the type registry, "
+             "release in the owner interpreter.",
+    .m_size = sizeof(tps_module_state),
+    .m_methods = module_methods,
+    .m_slots = module_slots,
+    .m_traverse = module_traverse,
+    .m_clear = module_clear,
+    .m_free = module_free,
+};
+
+PyMODINIT_FUNC
+PyInit__tpshare(void)
+{
+    return PyModuleDef_Init(&tpshare_module);
+}

@@ -1,0 +1,425 @@
+/* record.c - share records: share, rebuild, release.
+ *
+ * A record (struct TpShare_Record) carries one shared value between
+ * interpreters: the registration used to share it, the owner interpreter
+ * and the hook's data.  It lives in raw memory and is refcounted
+ * atomically, so any interpreter (or none) may hold it.
+ *
+ * Messages.  Sharing a container shares its items from inside the
+ * container's hook; those nested calls join one message.  While a message
+ * is built, a per-thread context remembers every object already shared in
+ * it, so an object met twice becomes one record referenced twice (flag
+ * TPS_REC_DUP), and rebuilding memoizes such records so the receiver gets
+ * one object twice (DESIGN.md D9).  The context also tracks the position
+ * of the item being shared, for error messages, and whether anything
+ * nested is owner-bound (a record is owner-bound when its own data or any
+ * nested record is: it must then be freed in its owner, D4).
+ *
+ * Release.  When the last holder lets go, a neutral record is freed where
+ * it is; an owner-bound one is freed at once if the current interpreter
+ * is its owner, and otherwise queued on the owner's release list
+ * (interp.c), which never fails and never loses a request.
+ */
+#include "tpshare_internal.h"
+#include "ptrmap.h"
+
+#include <stddef.h>
+
+/* ---------------------------------------------------------------------
+ * Per-thread contexts of the message being shared or rebuilt.
+ */
+
+/* One level of the container path, on the C stack of tps_share(). */
+typedef struct frame {
+    struct frame *up;
+    PyObject *obj;       /* borrowed: the object being shared */
+    Py_ssize_t index;    /* item being shared inside obj, or -1 */
+} frame;
+
+typedef struct {
+    int depth;
+    int any_bound;       /* a record finished at this level is bound */
+    frame *top;
+    ptrmap memo;         /* obj -> record (holds a record reference) */
+} share_ctx;
+
+typedef struct {
+    int depth;
+    ptrmap memo;         /* record -> object (holds a new reference) */
+} rebuild_ctx;
+
+static _Thread_local share_ctx sctx;
+static _Thread_local rebuild_ctx rctx;
+
+/* The index of the item about to be shared by the current container
+ * hook, for error messages.  Called by built-in container handlers. */
+void
+tps_share_set_index(Py_ssize_t index)
+{
+    if (sctx.top != NULL) {
+        sctx.top->index = index;
+    }
+}
+
+static void
+share_memo_clear(void)
+{
+    PTRMAP_FOREACH(&sctx.memo, s) {
+        tps_record_release(s->value);
+    }
+    ptrmap_clear(&sctx.memo);
+}
+
+static void
+rebuild_memo_clear(void)
+{
+    PTRMAP_FOREACH(&rctx.memo, s) {
+        Py_DECREF((PyObject *)s->value);
+    }
+    ptrmap_clear(&rctx.memo);
+}
+
+/* Raise NotShareableError for `obj` (borrowed), naming its position. */
+static void
+not_shareable(PyObject *obj)
+{
+    PyObject *path = NULL;
+    frame *chain[64];
+    int n = 0;
+
+    for (frame *f = sctx.top; f != NULL && n < 64; f = f->up) {
+        chain[n++] = f;
+    }
+    if (n == 0) {
+        tps_set_not_shareable("objects of type '%.200s' are not shareable",
+                              Py_TYPE(obj)->tp_name);
+        return;
+    }
+    path = PyUnicode_FromString("");
+    for (int i = n - 1; i >= 0 && path != NULL; i--) {
+        PyObject *part;
+        if (chain[i]->index >= 0) {
+            part = PyUnicode_FromFormat(
+                "%s%.100s[%zd]", i == n - 1 ? "" : " > ",
+                Py_TYPE(chain[i]->obj)->tp_name, chain[i]->index);
+        }
+        else {
+            part = PyUnicode_FromFormat(
+                "%s%.100s", i == n - 1 ? "" : " > ",
+                Py_TYPE(chain[i]->obj)->tp_name);
+        }
+        if (part == NULL) {
+            Py_CLEAR(path);
+            break;
+        }
+        PyUnicode_AppendAndDel(&path, part);
+    }
+    if (path == NULL) {
+        return;
+    }
+    tps_set_not_shareable("objects of type '%.200s' are not shareable "
+                          "(found at %U)", Py_TYPE(obj)->tp_name, path);
+    Py_DECREF(path);
+}
+
+/* ---------------------------------------------------------------------
+ * Share.
+ */
+
+static TpShare_Record *
+record_alloc(tps_entry *entry, int64_t owner)
+{
+    TpShare_Record *rec = PyMem_RawCalloc(1, sizeof(TpShare_Record));
+    if (rec == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    atomic_init(&rec->refcnt, 1);
+    rec->owner = owner;
+    rec->entry = entry;
+    tps_entry_incref(entry);
+    return rec;
+}
+
+/* Free a record that was never shared (its hook failed): no free hook. */
+static void
+record_discard(TpShare_Record *rec)
+{
+    tps_entry_decref(rec->entry);
+    PyMem_RawFree(rec);
+}
+
+TpShare_Record *
+tps_share(PyObject *obj)
+{
+    int top_level = sctx.depth == 0;
+    TpShare_Record *rec = NULL;
+
+    if (obj == NULL) {
+        PyErr_SetString(PyExc_SystemError, "Share() of NULL");
+        return NULL;
+    }
+    if (!top_level) {
+        int found;
+        rec = ptrmap_get(&sctx.memo, obj, &found);
+        if (found) {
+            tps_record_incref(rec);
+            rec->flags |= TPS_REC_DUP;
+            sctx.any_bound |= (rec->flags & TPS_REC_BOUND) != 0;
+            return rec;
+        }
+    }
+    tps_entry *entry = tps_registry_find(Py_TYPE(obj));
+    if (entry == NULL) {
+        if (!PyErr_Occurred()) {
+            not_shareable(obj);
+        }
+        goto done;
+    }
+    if (Py_EnterRecursiveCall(" while sharing a nested object")) {
+        goto done;
+    }
+    rec = record_alloc(entry, tps_current_interp_id());
+    if (rec == NULL) {
+        Py_LeaveRecursiveCall();
+        goto done;
+    }
+
+    frame f = {sctx.top, obj, -1};
+    int saved_bound = sctx.any_bound;
+    sctx.top = &f;
+    sctx.any_bound = 0;
+    sctx.depth++;
+    int rc = entry->hooks.share(obj, &rec->data);
+    sctx.depth--;
+    sctx.top = f.up;
+    int bound = sctx.any_bound || rec->data.obj != NULL
+                || (rec->data.flags & TPSHARE_DATA_OWNER_BOUND);
+    sctx.any_bound = saved_bound | bound;
+    Py_LeaveRecursiveCall();
+
+    if (rc < 0 || PyErr_Occurred()) {
+        if (rc == 0) {
+            /* The hook succeeded yet left an exception: undo its work. */
+            PyObject *exc = PyErr_GetRaisedException();
+            tps_record_free(rec);
+            PyErr_Format(PyExc_SystemError,
+                         "share hook of '%s' returned success with an "
+                         "exception set", entry->name);
+            PyObject *cur = PyErr_GetRaisedException();
+            PyException_SetCause(cur, exc);
+            PyErr_SetRaisedException(cur);
+        }
+        else {
+            record_discard(rec);
+            if (!PyErr_Occurred()) {
+                PyErr_Format(PyExc_SystemError,
+                             "share hook of '%s' failed without setting "
+                             "an exception", entry->name);
+            }
+        }
+        rec = NULL;
+        goto done;
+    }
+    if (bound) {
+        tps_interp *st = tps_interp_current();
+        if (st == NULL) {
+            tps_record_free(rec);
+            rec = NULL;
+            goto done;
+        }
+        rec->flags |= TPS_REC_BOUND;
+        rec->ownerst = st;
+        tps_interp_incref(st);
+        tps_interp_export_add(st, 1);
+    }
+    if (!top_level && ptrmap_set(&sctx.memo, obj, rec) == 0) {
+        /* Without memory for the memo the object is simply shared again
+         * if met again: identity is lost, nothing else. */
+        tps_record_incref(rec);
+    }
+
+done:
+    if (top_level) {
+        share_memo_clear();
+    }
+    return rec;
+}
+
+/* ---------------------------------------------------------------------
+ * Rebuild.
+ */
+
+PyObject *
+tps_rebuild(TpShare_Record *rec)
+{
+    int top_level = rctx.depth == 0;
+    PyObject *res = NULL;
+
+    if (rec == NULL) {
+        PyErr_SetString(PyExc_SystemError, "Rebuild() of NULL");
+        return NULL;
+    }
+    if (!top_level && (rec->flags & TPS_REC_DUP)) {
+        int found;
+        res = ptrmap_get(&rctx.memo, rec, &found);
+        if (found) {
+            return Py_NewRef(res);
+        }
+    }
+    tps_entry *local = tps_registry_find_for_rebuild(rec->entry);
+    if (local == NULL) {
+        goto done;
+    }
+    if (Py_EnterRecursiveCall(" while rebuilding a nested object")) {
+        goto done;
+    }
+    rctx.depth++;
+    res = local->hooks.rebuild(local->type, &rec->data);
+    rctx.depth--;
+    Py_LeaveRecursiveCall();
+
+    if (res == NULL) {
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_SystemError,
+                         "rebuild hook of '%s' returned NULL without "
+                         "setting an exception", local->name);
+        }
+        goto done;
+    }
+    if (PyErr_Occurred()) {
+        Py_CLEAR(res);
+        PyObject *exc = PyErr_GetRaisedException();
+        PyErr_Format(PyExc_SystemError,
+                     "rebuild hook of '%s' returned a result with an "
+                     "exception set", local->name);
+        PyObject *cur = PyErr_GetRaisedException();
+        PyException_SetCause(cur, exc);
+        PyErr_SetRaisedException(cur);
+        goto done;
+    }
+    if (!(local->hooks.flags & TPSHARE_ANY_RESULT) && local->type != NULL
+        && !PyObject_TypeCheck(res, local->type))
+    {
+        PyErr_Format(PyExc_TypeError,
+                     "rebuild hook of '%s' returned a '%.200s', not a "
+                     "'%.200s'", local->name, Py_TYPE(res)->tp_name,
+                     local->type->tp_name);
+        Py_CLEAR(res);
+        goto done;
+    }
+    if (!top_level && (rec->flags & TPS_REC_DUP)
+        && ptrmap_set(&rctx.memo, rec, res) == 0)
+    {
+        Py_INCREF(res);
+    }
+
+done:
+    if (top_level) {
+        rebuild_memo_clear();
+    }
+    return res;
+}
+
+/* ---------------------------------------------------------------------
+ * Holding and releasing.
+ */
+
+void
+tps_record_incref(TpShare_Record *rec)
+{
+    atomic_fetch_add_explicit(&rec->refcnt, 1, memory_order_relaxed);
+}
+
+void
+tps_record_free(TpShare_Record *rec)
+{
+    tps_entry *entry = rec->entry;
+    tps_interp *st = (rec->flags & TPS_REC_BOUND) ? rec->ownerst : NULL;
+
+    if (entry->hooks.free != NULL) {
+        entry->hooks.free(&rec->data);
+    }
+    else {
+        PyMem_RawFree(rec->data.ptr);
+    }
+    Py_XDECREF(rec->data.obj);
+    if (st != NULL) {
+        tps_interp_export_add(st, -1);
+        tps_interp_decref(st);
+    }
+    tps_entry_decref(entry);
+    PyMem_RawFree(rec);
+}
+
+void
+tps_record_release(TpShare_Record *rec)
+{
+    if (rec == NULL) {
+        return;
+    }
+    if (atomic_fetch_sub_explicit(&rec->refcnt, 1, memory_order_acq_rel)
+        != 1)
+    {
+        return;
+    }
+    if (!(rec->flags & TPS_REC_BOUND)) {
+        tps_record_free(rec);
+        return;
+    }
+    PyThreadState *ts = tps_thread_state();
+    if (ts != NULL
+        && PyInterpreterState_GetID(PyThreadState_GetInterpreter(ts))
+           == rec->owner)
+    {
+        tps_record_free(rec);
+        return;
+    }
+    tps_interp_push_release(rec->ownerst, rec);
+}
+
+void
+tps_record_hold(TpShare_Record *rec, int64_t holder)
+{
+    tps_record_incref(rec);
+    if ((rec->flags & TPS_REC_BOUND) && holder != rec->owner) {
+        tps_interp_remote_add(rec->ownerst, 1);
+    }
+}
+
+void
+tps_record_unhold(TpShare_Record *rec, int64_t holder)
+{
+    if ((rec->flags & TPS_REC_BOUND) && holder != rec->owner) {
+        /* Release first, so that when the owner's exit wait sees no
+         * remote holder, the record is already on its release list. */
+        tps_interp *st = rec->ownerst;
+        tps_interp_incref(st);
+        tps_record_release(rec);
+        tps_interp_remote_add(st, -1);
+        tps_interp_decref(st);
+        return;
+    }
+    tps_record_release(rec);
+}
+
+/* ---------------------------------------------------------------------
+ * Checks.
+ */
+
+int
+tps_is_shareable(PyObject *obj)
+{
+    TpShare_Record *rec = tps_share(obj);
+    if (rec != NULL) {
+        tps_record_release(rec);
+        return 1;
+    }
+    if (PyErr_ExceptionMatches(PyExc_MemoryError)
+        || !PyErr_ExceptionMatches(PyExc_Exception))
+    {
+        return -1;
+    }
+    PyErr_Clear();
+    return 0;
+}

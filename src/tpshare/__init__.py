@@ -1,0 +1,48 @@
+"""tpshare: share objects and memory between CPython subinterpreters.
+
+Values cross interpreters as share records made by per-type hooks from a
+process-wide registry (the prototype of a ``tp_share`` slot).  See the
+README and docs/ for the design and the API.
+"""
+
+import os as _os
+
+from . import _tpshare
+from ._tpshare import (
+    ABI_VERSION,
+    Error,
+    NotShareableError,
+    Shared,
+    View,
+    _C_API,
+    attach,
+    drain,
+    interpreter_id,
+    is_shareable,
+    registered,
+    share,
+    stats,
+)
+
+__all__ = [
+    "ABI_VERSION",
+    "Error",
+    "NotShareableError",
+    "Shared",
+    "View",
+    "attach",
+    "drain",
+    "get_include",
+    "interpreter_id",
+    "is_shareable",
+    "registered",
+    "share",
+    "stats",
+]
+
+__version__ = "0.1.0.dev0"
+
+
+def get_include() -> str:
+    """The folder holding ``tpshare.h``, for building extensions."""
+    return _os.path.join(_os.path.dirname(__file__), "include")

@@ -1,0 +1,237 @@
+/* tpshare_internal.h - declarations shared by tpshare's own C files.
+ *
+ * Layers, bottom up (each only calls the ones below it):
+ *   registry/  the process-wide type registry and the built-in handlers;
+ *   record.c   share records: share, rebuild, release;
+ *   interp.c   per-interpreter state: release lists, counters, exit hook;
+ *   view.c, shared.c, module.c   the Python-visible types and functions.
+ *
+ * Naming: non-static internals start with tps_; static helpers have no
+ * prefix.  Interpreters are named by ID (int64_t), never by a stored
+ * PyInterpreterState*.  Code under raw locks returns negative TPS_ERR_*
+ * codes instead of raising.
+ */
+#ifndef TPSHARE_INTERNAL_H
+#define TPSHARE_INTERNAL_H
+
+#ifndef TPSHARE_BUILD_CORE
+#error "tpshare_internal.h is internal to tpshare; include tpshare.h instead"
+#endif
+
+#include <Python.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "tpshare.h"
+#include "compat.h"
+
+/* ---------------------------------------------------------------------
+ * Registry entries (registry/registry.c).
+ */
+
+/* One registration.  Refcounted: the registry, per-interpreter lookup
+ * caches and every record made with it hold a reference, so the hooks and
+ * the name stay valid after Unregister() while records still use them. */
+typedef struct tps_entry {
+    atomic_long refcnt;
+    /* The registered type.  Not a reference: a static type lives for the
+     * process; a heap type's entry is unregistered (by a weakref callback)
+     * before the type is freed.  NULL for the buffer-protocol fallback. */
+    PyTypeObject *type;
+    /* -1: process-wide (static types); otherwise the ID of the only
+     * interpreter where this registration is visible. */
+    int64_t interp;
+    /* A copy of the caller's hooks; hooks.name points at `name`. */
+    TpShare_Hooks hooks;
+    /* Owned, raw memory; freed with the entry. */
+    char *name;
+} tps_entry;
+
+/* A new entry (one reference) with a copy of `hooks`, or NULL on memory
+ * failure.  Not registered anywhere. */
+tps_entry *tps_entry_new(PyTypeObject *type, int64_t interp,
+                         const TpShare_Hooks *hooks);
+void tps_entry_incref(tps_entry *e);
+void tps_entry_decref(tps_entry *e);
+
+/* The entry used to share objects of `type` (borrowed) in the current
+ * interpreter: exact registration, else a registration accepting
+ * subclasses found on the MRO, else the buffer fallback when the type
+ * exports buffers.  Returns a borrowed entry (valid until the current
+ * interpreter next calls into the registry with the GIL released), or
+ * NULL without an exception when the type is not shareable.  Needs the
+ * GIL. */
+tps_entry *tps_registry_find(PyTypeObject *type);
+
+/* The current interpreter's entry for a record made with `sent`, found by
+ * name: `sent` itself when it is visible here.  Returns a borrowed entry
+ * or NULL with LookupError.  Needs the GIL. */
+tps_entry *tps_registry_find_for_rebuild(tps_entry *sent);
+
+int tps_registry_register(PyTypeObject *type, const TpShare_Hooks *hooks,
+                          unsigned int flags);
+int tps_registry_unregister(PyTypeObject *type);
+int tps_registry_lookup(PyTypeObject *type, TpShare_Hooks *out);
+
+/* A list of (name, type, flags) visible in the current interpreter; new
+ * reference. */
+PyObject *tps_registry_list(void);
+
+/* Process-wide set-up of the registry and the built-in registrations,
+ * once per process (idempotent); and per-interpreter teardown of the
+ * registrations and caches of interpreter `interp`. */
+int tps_registry_init(void);
+void tps_registry_forget_interp(int64_t interp);
+
+/* Built-in handler registration (registry/handlers_*.c).  Each adds its
+ * process-wide registrations; called once from tps_registry_init(). */
+int tps_handlers_scalar_init(void);
+int tps_handlers_text_init(void);
+int tps_handlers_tuple_init(void);
+int tps_handlers_buffer_init(void);
+
+/* The buffer-protocol fallback entry (registry/handlers_buffer.c). */
+extern tps_entry *tps_buffer_entry;
+
+/* Bytes at least this long are shared owner-bound rather than copied
+ * (registry/handlers_text.c).  Sets it when value >= 0; returns it. */
+Py_ssize_t tps_bytes_threshold(Py_ssize_t value);
+
+/* The record that embeds `data` (built-in handlers only: records made by
+ * tpshare always embed their data). */
+#define TPS_RECORD_OF(data) \
+    ((TpShare_Record *)((char *)(data) - offsetof(TpShare_Record, data)))
+
+/* ---------------------------------------------------------------------
+ * Module state (src/module.c): one per interpreter that imports tpshare.
+ */
+
+typedef struct {
+    PyObject *Error;
+    PyObject *NotShareableError;
+    PyTypeObject *SharedType;
+    PyTypeObject *ViewType;
+} tps_module_state;
+
+/* ---------------------------------------------------------------------
+ * Per-interpreter state (src/interp.c).
+ */
+
+typedef struct tps_interp tps_interp;
+
+/* The state of the current interpreter, created on first use.  Borrowed;
+ * NULL with an exception on memory failure.  Needs the GIL. */
+tps_interp *tps_interp_current(void);
+int64_t tps_interp_id(const tps_interp *st);
+
+/* Hold/let go of an interpreter state (a record made in it holds one, so
+ * the release list outlives the interpreter's exit for late frees). */
+void tps_interp_incref(tps_interp *st);
+void tps_interp_decref(tps_interp *st);
+
+/* Counters of owner-bound records: alive, and holders of them in other
+ * interpreters (which the owner's teardown waits for, D5). */
+void tps_interp_export_add(tps_interp *st, long n);
+void tps_interp_remote_add(tps_interp *st, long n);
+
+/* Queue `rec` (whose refcount reached zero elsewhere) for freeing in its
+ * owner.  Never fails; may run without any GIL. */
+void tps_interp_push_release(tps_interp *st, TpShare_Record *rec);
+
+/* Free everything queued for the current interpreter.  Needs the GIL.
+ * Cheap when the list is empty (one atomic load). */
+void tps_interp_drain(tps_interp *st);
+#define TPS_DRAIN(st) tps_interp_drain(st)
+
+/* Run `cb(interp_id)` in every interpreter's exit hook, before it waits
+ * for remote holders (used to drop what it left unclaimed).  Returns 0 or
+ * -1 when the fixed table of callbacks is full. */
+int tps_interp_add_exit_callback(void (*cb)(int64_t));
+
+/* The current interpreter's tpshare module state (borrowed), or NULL
+ * with RuntimeError; and the hook module exec uses to set it. */
+tps_module_state *tps_interp_module_state(tps_interp *st);
+void tps_interp_set_module(tps_interp *st, PyObject *module);
+
+/* A dict of {interp id: {"exports", "remote", "pending"}}; new reference. */
+PyObject *tps_interp_stats(void);
+
+/* ---------------------------------------------------------------------
+ * Records (src/record.c).
+ */
+
+#define TPS_REC_BOUND 0x1u   /* this record or a nested one is owner-bound */
+#define TPS_REC_DUP   0x2u   /* referenced twice inside one message */
+
+struct TpShare_Record {
+    /* Holders: the creator, nested parents, Shared objects, views. */
+    atomic_long refcnt;
+    uint32_t flags;
+    /* Owner interpreter ID; for a bound record also a held pointer to
+     * its state (released when the record is freed). */
+    int64_t owner;
+    tps_interp *ownerst;
+    /* Held reference to the registration used to share. */
+    tps_entry *entry;
+    /* Link in the owner's release list while queued there. */
+    TpShare_Record *next_release;
+    TpShare_Data data;
+};
+
+/* Share `obj` (borrowed) into a new record (one reference for the
+ * caller).  NULL with an exception on failure; nothing kept. */
+TpShare_Record *tps_share(PyObject *obj);
+/* New reference or NULL with an exception. */
+PyObject *tps_rebuild(TpShare_Record *rec);
+void tps_record_incref(TpShare_Record *rec);
+void tps_record_release(TpShare_Record *rec);
+/* Free a record whose refcount is zero, in the current interpreter (the
+ * owner, or any for a neutral record). */
+void tps_record_free(TpShare_Record *rec);
+int tps_is_shareable(PyObject *obj);
+/* For container hooks: the index of the item about to be shared. */
+void tps_share_set_index(Py_ssize_t index);
+
+/* Hold `rec` on behalf of an object of the current interpreter; counted
+ * as a remote holder when the current interpreter is not the owner. */
+void tps_record_hold(TpShare_Record *rec, int64_t holder);
+void tps_record_unhold(TpShare_Record *rec, int64_t holder);
+
+/* The exported C API table (src/module.c). */
+extern const TpShare_CAPI tps_capi;
+
+/* ---------------------------------------------------------------------
+ * Python-visible types and errors (src/module.c, shared.c, view.c).
+ */
+
+/* Raise NotShareableError (formatted like PyErr_Format) in the current
+ * interpreter. */
+void tps_set_not_shareable(const char *format, ...);
+
+/* view.c: a new cross-interpreter view object (new reference) exporting
+ * the buffer `src` (borrowed, owned by `rec`, which the view holds), or
+ * NULL with an exception. */
+PyObject *tps_view_new(TpShare_Record *rec, const Py_buffer *src);
+int tps_view_init_type(PyObject *module, tps_module_state *state);
+
+/* shared.c: the Shared type and the process-wide token table. */
+int tps_shared_init_type(PyObject *module, tps_module_state *state);
+/* A new Shared (new reference) holding `rec` (the caller's reference is
+ * taken over), or NULL with an exception (the reference is released). */
+PyObject *tps_shared_new(tps_module_state *state, TpShare_Record *rec);
+PyObject *tps_attach(tps_module_state *state, int64_t token);
+void tps_tokens_forget_interp(int64_t interp);
+
+/* ---------------------------------------------------------------------
+ * Small helpers.
+ */
+
+static inline int64_t
+tps_current_interp_id(void)
+{
+    return PyInterpreterState_GetID(PyInterpreterState_Get());
+}
+
+#endif /* TPSHARE_INTERNAL_H */

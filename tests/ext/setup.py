@@ -1,0 +1,64 @@
+"""Build the C test extensions of tpshare against its public header alone.
+
+tpshare_testext is the extension an outside author would write: it includes
+only Python.h and tpshare.h, found through tpshare.get_include().
+tpshare_abi_mismatch is built for a made-up ABI version so that importing
+it checks the clean failure of TpShare_IMPORT().
+
+Install tpshare first, then, in the same environment:
+
+    pip install --no-build-isolation tests/ext
+
+Environment variables (each on when set to "1"):
+    TPSHARE_WERROR    compile with -Werror (CI does)
+    TPSHARE_DEBUG     -O0 -g, assertions on
+    TPSHARE_SANITIZE  AddressSanitizer and UBSan
+"""
+import os
+
+from setuptools import Extension, setup
+
+import tpshare
+
+
+def _env_flag(name):
+    return os.environ.get(name) == "1"
+
+
+def _build_args():
+    """Return (extra_compile_args, extra_link_args) for the environment."""
+    compile_args = ["-Wall", "-Wextra", "-std=c11"]
+    link_args = []
+    if _env_flag("TPSHARE_WERROR"):
+        compile_args.append("-Werror")
+    if _env_flag("TPSHARE_DEBUG"):
+        compile_args += ["-O0", "-g", "-UNDEBUG"]
+    if _env_flag("TPSHARE_SANITIZE"):
+        sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
+        compile_args += sanitize
+        link_args += sanitize
+    return compile_args, link_args
+
+
+def _extension(name, source, define_macros=()):
+    compile_args, link_args = _build_args()
+    return Extension(
+        name,
+        sources=[source],
+        include_dirs=[tpshare.get_include()],
+        define_macros=list(define_macros),
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    )
+
+
+setup(
+    name="tpshare-testext",
+    version="0",
+    description="C test extensions of tpshare, built against tpshare.h",
+    ext_modules=[
+        _extension("tpshare_testext", "tpshare_testext.c"),
+        _extension("tpshare_abi_mismatch", "abi_mismatch.c",
+                   define_macros=[("TPSHARE_ABI_VERSION", "999")]),
+    ],
+)
