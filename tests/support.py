@@ -1,0 +1,115 @@
+"""Helpers for the tests: real isolated subinterpreters from the standard
+library, values moved through tpshare tokens, and child processes for
+crash and teardown scenarios."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import tpshare
+
+try:  # 3.13
+    import _interpreters as _stdinterp
+
+    def _create():
+        return _stdinterp.create("isolated")
+
+    def _run(iid, code):
+        err = _stdinterp.exec(iid, code)
+        if err is not None:
+            raise SubinterpreterError(err.errdisplay or err.formatted)
+
+except ImportError:  # 3.12
+    import _xxsubinterpreters as _stdinterp
+
+    def _create():
+        return _stdinterp.create(isolated=True)
+
+    def _run(iid, code):
+        try:
+            _stdinterp.run_string(iid, code)
+        except _stdinterp.RunFailedError as exc:
+            raise SubinterpreterError(str(exc)) from None
+
+
+class SubinterpreterError(Exception):
+    """Code run in a subinterpreter raised."""
+
+
+class Sub:
+    """An isolated subinterpreter with its own GIL, made by the standard
+    library (not by tpshare), that code runs in from the calling thread."""
+
+    def __init__(self):
+        self.id = _create()
+        self._rfd, self._wfd = os.pipe()
+        self.run(f"import os, tpshare\n_tps_fd = {self._wfd}")
+
+    def run(self, code):
+        _run(self.id, textwrap.dedent(code))
+
+    def put(self, name, value):
+        """Bind `name` in the subinterpreter's __main__ to a rebuild of
+        value (shared from here)."""
+        token = tpshare.share(value).detach()
+        self.run(f"{name} = tpshare.attach({token}).rebuild()")
+
+    def get(self, expr):
+        """Evaluate expr in the subinterpreter and return its value rebuilt
+        here."""
+        self.run(
+            f"_tps_tok = tpshare.share({expr}).detach()\n"
+            "os.write(_tps_fd, b'%d\\n' % _tps_tok)"
+        )
+        token = int(self._read_line())
+        return tpshare.attach(token).rebuild()
+
+    def get_shared(self, expr):
+        """Like get() but return the tpshare.Shared, not its rebuild."""
+        self.run(
+            f"_tps_tok = tpshare.share({expr}).detach()\n"
+            "os.write(_tps_fd, b'%d\\n' % _tps_tok)"
+        )
+        return tpshare.attach(int(self._read_line()))
+
+    def eval(self, expr):
+        """repr() of expr evaluated in the subinterpreter, as a str."""
+        self.run(f"os.write(_tps_fd, repr({expr}).encode() + b'\\0')")
+        return self._read_until(b"\0")
+
+    def _read_line(self):
+        return self._read_until(b"\n")
+
+    def _read_until(self, end):
+        buf = b""
+        while not buf.endswith(end):
+            buf += os.read(self._rfd, 1)
+        return buf[:-1].decode()
+
+    def close(self):
+        if self.id is not None:
+            _stdinterp.destroy(self.id)
+            self.id = None
+            os.close(self._rfd)
+            os.close(self._wfd)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def run_child(code, timeout=120, env=None):
+    """Run code in a fresh Python process; return CompletedProcess."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd=os.path.dirname(os.path.abspath(__file__)),
+    )
