@@ -121,8 +121,9 @@ typedef PyObject *(*TpShare_RebuildFunc)(PyTypeObject *type,
  *   Runs once, when the last holder of the record lets go.  If the data is
  *   owner-bound (`obj` set, or TPSHARE_DATA_OWNER_BOUND, or it holds an
  *   owner-bound nested record) it runs in the OWNER interpreter under its
- *   GIL; otherwise it may run in any interpreter, and must not touch
- *   Python objects.  Must not fail and must not raise.  May be NULL: then
+ *   GIL; otherwise it may run in any interpreter or in a thread holding no
+ *   GIL at all, and must not touch Python objects (Release and Free are
+ *   safe there).  Must not fail and must not raise.  May be NULL: then
  *   tpshare frees `ptr` with PyMem_RawFree.  tpshare releases `obj` after
  *   this hook returns. */
 typedef void (*TpShare_FreeFunc)(TpShare_Data *data);
@@ -178,9 +179,11 @@ typedef struct TpShare_CAPI {
      * Records already made keep working. */
     int (*Unregister)(PyTypeObject *type);
 
-    /* Copy the hooks used for `type` (borrowed) into *out (name included
-     * as a pointer valid while the registration exists).  Returns 1 if
-     * found, 0 if not, -1 with an exception on error. */
+    /* Copy the hooks that would share instances of `type` (borrowed)
+     * into *out: its own registration, a base's that accepts subclasses,
+     * or the buffer fallback.  out->name stays valid until the current
+     * interpreter next calls into tpshare.  Returns 1 if found, 0 if not,
+     * -1 with an exception on error. */
     int (*Lookup)(PyTypeObject *type, TpShare_Hooks *out);
 
     /* Whether `obj` (borrowed) can be shared, checked deeply (a tuple
@@ -204,13 +207,16 @@ typedef struct TpShare_CAPI {
     /* Give up the caller's hold on `rec`.  When the last hold goes, the
      * record is freed: in the current interpreter if it is the owner or
      * the data is not owner-bound, otherwise through the owner's release
-     * list.  Never fails. */
+     * list.  Never fails.  May be called without any GIL (for example
+     * from a free hook of neutral data). */
     void (*Release)(TpShare_Record *rec);
 
     /* The ID of the interpreter that made `rec`. */
     int64_t (*Owner)(const TpShare_Record *rec);
 
-    /* Raw, interpreter-neutral memory, usable without a GIL. */
+    /* Raw, interpreter-neutral memory, usable without a GIL: these are
+     * PyMem_RawMalloc and PyMem_RawFree (so a NULL free hook frees memory
+     * from Malloc correctly).  Malloc sets no exception on failure. */
     void *(*Malloc)(size_t n);
     void (*Free)(void *p);
 } TpShare_CAPI;
@@ -218,10 +224,12 @@ typedef struct TpShare_CAPI {
 /* ---------------------------------------------------------------------
  * Importing the table.
  *
- * TpShare_IMPORT() imports tpshare, fetches the capsule and checks the ABI
- * version.  Returns 0, or -1 with ImportError naming both versions on a
- * mismatch.  It stores the table in TpShare_API, one static per
- * translation unit that includes this header.
+ * TpShare_IMPORT() imports tpshare in the current interpreter (call it
+ * from every interpreter's Py_mod_exec: tpshare keeps per-interpreter
+ * state), fetches the capsule and checks the ABI version.  Returns 0, or
+ * -1 with ImportError naming both versions on a mismatch.  It stores the
+ * table in TpShare_API, one static per translation unit that includes
+ * this header; every interpreter stores the same address.
  */
 static const TpShare_CAPI *TpShare_API = NULL;
 
@@ -230,9 +238,6 @@ TpShare_Import(void)
 {
     const TpShare_CAPI *api;
 
-    if (TpShare_API != NULL) {
-        return 0;
-    }
     api = (const TpShare_CAPI *)PyCapsule_Import(TPSHARE_CAPSULE_NAME, 0);
     if (api == NULL) {
         return -1;
@@ -253,7 +258,9 @@ TpShare_Import(void)
                      (unsigned int)sizeof(TpShare_CAPI));
         return -1;
     }
-    TpShare_API = api;
+    if (TpShare_API == NULL) {
+        TpShare_API = api;
+    }
     return 0;
 }
 

@@ -374,9 +374,7 @@ watch_heap_type(PyTypeObject *type)
         PyErr_SetString(PyExc_RuntimeError, "no interpreter dict");
         return -1;
     }
-    if (PyDict_GetItemStringRef(idict, key, &watch) < 0) {
-        return -1;
-    }
+    watch = Py_XNewRef(PyDict_GetItemString(idict, key));
     if (watch == NULL) {
         watch = PyDict_New();
         if (watch == NULL || PyDict_SetItemString(idict, key, watch) < 0) {

@@ -47,6 +47,13 @@ PyAPI_FUNC(int) _PyEval_AddPendingCall(PyInterpreterState *interp,
 #define tps_thread_state() _PyThreadState_UncheckedGet()
 #endif
 
+/* Whether the runtime (the whole process) is shutting down. */
+#if PY_VERSION_HEX >= 0x030D0000
+#define tps_runtime_finalizing() Py_IsFinalizing()
+#else
+#define tps_runtime_finalizing() _Py_IsFinalizing()
+#endif
+
 /* Two's-complement little-endian conversion of ints of any size. */
 #if PY_VERSION_HEX >= 0x030D0000
 #define tps_long_as_bytes(v, buf, n) \

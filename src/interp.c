@@ -347,13 +347,15 @@ on_exit_hook(void *arg)
     pthread_mutex_lock(&st->mutex);
     st->exiting = 1;
     pthread_mutex_unlock(&st->mutex);
-    if (!is_main) {
+    if (!is_main && !tps_runtime_finalizing()) {
         wait_for_remote_holders(st);
     }
-    /* The main interpreter does not wait: the subinterpreters holding its
-     * memory are finalized after it, and the memory they view stays
-     * allocated (the exports are never released) until the process
-     * ends.  See docs/design.md. */
+    /* No waiting once the process itself shuts down: the main interpreter
+     * exits before the subinterpreters holding its memory are finalized,
+     * and subinterpreters are finalized one after the other by a single
+     * thread, so a wait could never end.  The exports still held are then
+     * never released; the memory they pin stays allocated until the
+     * process ends.  See docs/design.md. */
     tps_interp_drain(st);
 
     pthread_mutex_lock(&st->mutex);

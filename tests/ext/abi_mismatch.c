@@ -38,6 +38,8 @@ static struct PyModuleDef abi_mismatch_module = {
     .m_slots = abi_mismatch_slots,
 };
 
+/* Multi-phase init (PEP 489): returns the definition, not a module;
+ * the definition is static, so no reference is owned. */
 PyMODINIT_FUNC
 PyInit_tpshare_abi_mismatch(void)
 {

@@ -16,13 +16,17 @@
  * Heap types are registered in every interpreter that imports the module;
  * static types once per process (see register_static_once()).
  *
- * XXX Static types are shared by every interpreter: their tp_dict (and the
- * descriptors in it) is made by the first interpreter that imports the
- * module and is then used by all of them without a common lock.  That is
- * tolerable for a test extension whose point is to exercise static-type
- * registration; real extensions supporting per-interpreter GILs should use
- * heap types only.  Import this module in the main interpreter first so
- * the static types are readied there (see ready_static_types()).
+ * XXX Static types are shared by every interpreter, and CPython keeps no
+ * per-interpreter state for an extension's static type: its tp_dict (and
+ * the descriptors in it) is made by the interpreter that readies it and is
+ * then used by all of them without a common lock, and subclassing it in a
+ * subinterpreter puts that interpreter's objects into the type's
+ * tp_subclasses (3.13.0 then aborts in the main interpreter's GC once the
+ * subinterpreter is gone).  That is tolerable for a test extension whose
+ * point is to exercise static-type registration; real extensions that
+ * support per-interpreter GILs should use heap types only.  So: import
+ * this module in the main interpreter first (enforced, see
+ * ready_static_types()), and subclass Point only in the main interpreter.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -444,11 +448,6 @@ point_dealloc(PyObject *self)
     Py_TYPE(self)->tp_free(self);
 }
 
-/* ==, != with another Point (subclasses included).  self, other: borrowed.
- * Returns a new reference. */
-static PyObject *
-point_richcompare(PyObject *op, PyObject *other, int cmp);
-
 /* "Point(x, y)".  self: borrowed.  Returns a new reference. */
 static PyObject *
 point_repr(PyObject *op)
@@ -472,6 +471,25 @@ finally:
     Py_XDECREF(y);
     Py_XDECREF(x);
     return result;
+}
+
+/* Defined below; point_richcompare() checks for it. */
+static PyTypeObject PointType;
+
+/* ==, != with another Point (subclasses included).  self, other: borrowed.
+ * Returns a new reference. */
+static PyObject *
+point_richcompare(PyObject *op, PyObject *other, int cmp)
+{
+    PointObject *self = (PointObject *)op;
+    PointObject *that = (PointObject *)other;
+
+    if ((cmp != Py_EQ && cmp != Py_NE)
+        || !PyObject_TypeCheck(other, &PointType))
+    {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    return equality_result(cmp, self->x == that->x && self->y == that->y);
 }
 
 /* share: x and y fit inline.  obj: borrowed, a Point or subclass. */
@@ -510,20 +528,6 @@ static PyTypeObject PointType = {
     .tp_richcompare = point_richcompare,
     .tp_members = point_members,
 };
-
-static PyObject *
-point_richcompare(PyObject *op, PyObject *other, int cmp)
-{
-    PointObject *self = (PointObject *)op;
-    PointObject *that = (PointObject *)other;
-
-    if ((cmp != Py_EQ && cmp != Py_NE)
-        || !PyObject_TypeCheck(other, &PointType))
-    {
-        Py_RETURN_NOTIMPLEMENTED;
-    }
-    return equality_result(cmp, self->x == that->x && self->y == that->y);
-}
 
 static const TpShare_Hooks point_hooks = {
     .abi_version = TPSHARE_ABI_VERSION,
@@ -1348,6 +1352,8 @@ static struct PyModuleDef testext_module = {
     .m_slots = testext_slots,
 };
 
+/* Multi-phase init (PEP 489): returns the definition, not a module;
+ * the definition is static, so no reference is owned. */
 PyMODINIT_FUNC
 PyInit_tpshare_testext(void)
 {

@@ -1,0 +1,142 @@
+"""Release in the owner (D4) and owner lifetime (D5): unbounded release
+lists, idle owners, owners torn down under live views, process exit."""
+
+import gc
+import sys
+
+import tpshare
+from support import run_child
+
+
+def test_100k_outstanding_releases_survive_an_idle_owner(sub):
+    """CPython's pending-call queue drops releases past 32 (3.12) or 300
+    (3.13); ours keeps every one until the owner runs again."""
+    n = 100_000
+    sub.run(
+        f"""
+        owner = bytearray(b'owned by the subinterpreter')
+        toks = [tpshare.share(owner).detach() for _ in range({n})]
+        first, last = toks[0], toks[-1]
+        del toks
+        """
+    )
+    first, last = int(sub.eval("first")), int(sub.eval("last"))
+    assert last - first == n - 1
+    views = [tpshare.attach(t).rebuild() for t in range(first, last + 1)]
+    sid = int(sub.id)
+    assert tpshare.stats()[sid] == {"exports": n, "remote": n, "pending": 0}
+    assert all(v.tobytes() == b"owned by the subinterpreter" for v in views[:: n // 10])
+    del views
+    gc.collect()
+    # The owner is idle (no thread runs it): every release waits in its list.
+    assert tpshare.stats()[sid] == {"exports": n, "remote": 0, "pending": n}
+    # Any bytecode in the owner runs the one pending call that drains it,
+    # without calling tpshare.
+    sub.run("x = 1")
+    assert tpshare.stats()[sid] == {"exports": 0, "remote": 0, "pending": 0}
+    sub.run("owner.append(33)")  # no export left
+    assert sub.eval("len(owner)") == str(len(b"owned by the subinterpreter") + 1)
+
+
+def test_owner_destroyed_by_stdlib_waits_for_live_views():
+    """CPython 3.13 segfaults when the owner dies under a live memoryview.
+    Ours holds the teardown until the view is released; the view stays
+    readable meanwhile."""
+    r = run_child(
+        """
+        import threading, time
+        import tpshare
+        from support import Sub, _stdinterp
+
+        sub = Sub()
+        sub.run("owner = bytearray(b'precious' * 1000)")
+        mv = sub.get("owner")
+        log = []
+
+        def reader():
+            time.sleep(0.5)
+            log.append(("read while owner exits", mv.tobytes()[:8]))
+            time.sleep(0.2)
+            mv.release()
+            log.append("released")
+
+        t = threading.Thread(target=reader)
+        t.start()
+        start = time.monotonic()
+        _stdinterp.destroy(sub.id)   # blocks until the view is released
+        log.append(("destroyed after", round(time.monotonic() - start, 1)))
+        t.join()
+        print(log)
+        assert log[0] == ("read while owner exits", b"precious"), log
+        assert log[1] == "released"
+        assert log[2][0] == "destroyed after" and log[2][1] >= 0.6
+        assert sub.id not in tpshare.stats()
+        print("OK")
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
+    assert "tpshare:" not in r.stderr  # released before the warning is due
+
+
+def test_long_wait_at_teardown_names_its_cause():
+    r = run_child(
+        """
+        import threading, time
+        from support import Sub, _stdinterp
+
+        sub = Sub()
+        sub.run("owner = bytearray(100)")
+        mv = sub.get("owner")
+        threading.Timer(3.0, mv.release).start()
+        _stdinterp.destroy(sub.id)
+        print("OK")
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
+    assert "is exiting but other interpreters still hold 1 view(s)" in r.stderr
+
+
+def test_process_exit_with_views_held_neither_hangs_nor_crashes():
+    r = run_child(
+        """
+        import tpshare
+        from support import Sub
+
+        a, b = Sub(), Sub()
+        main_memory = bytearray(b'main')
+        a.put('mv_main', main_memory)       # a views main's memory
+        b.run("own_b = bytearray(b'b')")
+        a.put('mv_b', b.get('own_b'))      # a views b's memory (via main)
+        mv = a.get_shared("bytearray(b'a')")  # main holds a record of a's
+        view = mv.rebuild()
+        print("exiting")
+        """,
+        timeout=60,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "exiting" in r.stdout
+
+
+def test_release_from_a_thread_without_the_owner_gil(sub):
+    """Views dropped in another interpreter's threads all come back."""
+    import threading
+
+    sub.run("owner = bytearray(64)")
+    views = [sub.get("owner") for _ in range(200)]
+    chunks = [views[i::4] for i in range(4)]
+    del views
+
+    def drop(chunk):
+        while chunk:
+            chunk.pop().release()
+
+    threads = [threading.Thread(target=drop, args=(c,)) for c in chunks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    del chunks
+    sub.run("tpshare.drain()")
+    assert tpshare.stats()[int(sub.id)] == {"exports": 0, "remote": 0, "pending": 0}
