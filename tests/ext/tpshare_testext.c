@@ -1181,7 +1181,79 @@ testext_api_version(PyObject *module, PyObject *Py_UNUSED(ignored))
     return PyLong_FromUnsignedLong(TpShare_API->abi_version);
 }
 
+/* ---------------------------------------------------------------------
+ * Registering arbitrary types from Python, for the registry's own tests.
+ *
+ * register_type(type, name, subclasses=False) registers hooks that share
+ * nothing and rebuild by calling the receiver's type with no arguments.
+ */
+
+static int
+plain_share(PyObject *obj, TpShare_Data *data)
+{
+    (void)obj;
+    (void)data;
+    return 0;
+}
+
+/* Returns a new reference: type(). */
+static PyObject *
+plain_rebuild(PyTypeObject *type, const TpShare_Data *data)
+{
+    (void)data;
+    return PyObject_CallNoArgs((PyObject *)type);
+}
+
+/* register_type(type, name, subclasses=False) -> None.  `type` and
+ * `name` are borrowed; the name is copied by Register(). */
+static PyObject *
+testext_register_type(PyObject *module, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"type", "name", "subclasses", NULL};
+    PyObject *type;
+    const char *name;
+    int subclasses = 0;
+    TpShare_Hooks hooks = {0};
+
+    (void)module;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!s|p:register_type",
+                                     kwlist, &PyType_Type, &type, &name,
+                                     &subclasses)) {
+        return NULL;
+    }
+    hooks.abi_version = TPSHARE_ABI_VERSION;
+    hooks.flags = TPSHARE_COPIES | (subclasses ? TPSHARE_SUBCLASSES : 0);
+    hooks.name = name;
+    hooks.share = plain_share;
+    hooks.rebuild = plain_rebuild;
+    if (TpShare_API->Register((PyTypeObject *)type, &hooks, 0) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* unregister_type(type) -> None; `type` is borrowed. */
+static PyObject *
+testext_unregister_type(PyObject *module, PyObject *type)
+{
+    (void)module;
+    if (!PyType_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "unregister_type() needs a type");
+        return NULL;
+    }
+    if (TpShare_API->Unregister((PyTypeObject *)type) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef testext_methods[] = {
+    {"register_type", (PyCFunction)(void (*)(void))testext_register_type,
+     METH_VARARGS | METH_KEYWORDS,
+     "register_type(type, name, subclasses=False)\n--\n\nRegister "
+     "hooks rebuilding type() for type."},
+    {"unregister_type", testext_unregister_type, METH_O,
+     "unregister_type(type)\n--\n\nRemove the registration of type."},
     {"rebuild_count", testext_rebuild_count, METH_NOARGS,
      "rebuild_count()\n--\n\nMatrix rebuilds done in this interpreter."},
     {"blob_frees", testext_blob_frees, METH_NOARGS,
@@ -1304,6 +1376,12 @@ ready_static_types(void)
         if (PyType_Ready(types[i]) < 0) {
             return -1;
         }
+        /* Interpreters with their own GIL touch these types' refcounts
+         * in parallel, without atomics: an ordinary static type can then
+         * drop to zero and be "freed" (seen on 3.12).  Make them immortal,
+         * as CPython does for its own static types, so the refcount is
+         * never written. */
+        Py_SET_REFCNT(types[i], _Py_IMMORTAL_REFCNT);
     }
     return 0;
 }

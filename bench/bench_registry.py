@@ -1,0 +1,145 @@
+"""Cost of one share + rebuild + release in a single interpreter, per value
+type, tpshare beside CPython's own cross-interpreter data in the same run.
+
+tpshare:  tpshare.share(v).rebuild(), the Shared then dropped (which
+          releases its record).
+baseline: restore_crossinterp_data(get_crossinterp_data(v)), the capsule
+          then dropped (which releases and frees the data); from
+          _testinternalcapi on 3.13, _testcapi on 3.12.
+
+Values: None (the floor: no allocation on either side), a small int, a
+16-character str, 64 bytes, a float and the tuple (1, "abc", 2.5).  Figures
+are the median over repeats of ns per operation, loop overhead included
+(see "empty loop iteration" in the header); ratio = baseline / tpshare, so
+above 1 means tpshare is faster.  Nothing crosses an interpreter here: this
+is the fixed cost of the registry and of the records.
+
+Limits: the baseline goes through CPython's test wrappers, which parse
+arguments with PyArg_ParseTuple and wrap the data in a capsule; tpshare
+allocates a Shared object.  The None row shows these fixed costs.
+"""
+
+import itertools
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tpshare  # noqa: E402
+
+import _common  # noqa: E402
+
+VALUES = [
+    ("None", None),
+    ("int", 12345),
+    ("str16", "abcdefghijklmnop"),
+    ("bytes64", bytes(range(64))),
+    ("float", 2.5),
+    ("tuple3", (1, "abc", 2.5)),
+]
+
+
+def baseline_api():
+    """(get, restore, where) for CPython's cross-interpreter data, or
+    (None, None, reason) when this Python does not expose it."""
+    for modname in ("_testinternalcapi", "_testcapi"):
+        try:
+            mod = __import__(modname)
+        except ImportError:
+            continue
+        get = getattr(mod, "get_crossinterp_data", None)
+        restore = getattr(mod, "restore_crossinterp_data", None)
+        if get is not None and restore is not None:
+            return get, restore, f"{modname}.get/restore_crossinterp_data"
+    return None, None, "no get_crossinterp_data in _testinternalcapi or _testcapi"
+
+
+def baseline_unsupported(get, restore, value):
+    """None if CPython round-trips value, else the reason it cannot."""
+    try:
+        back = restore(get(value))
+    except (ValueError, TypeError, OverflowError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if back != value or type(back) is not type(value):
+        return f"round trip gives {back!r}"
+    return None
+
+
+def ours_loop(value):
+    def loop(n, v=value, share=tpshare.share, clock=_common.clock,
+             repeat=itertools.repeat):
+        it = repeat(None, n)
+        t0 = clock()
+        for _ in it:
+            share(v).rebuild()
+        return clock() - t0
+    return loop
+
+
+def baseline_loop(value, get, restore):
+    def loop(n, v=value, get=get, restore=restore, clock=_common.clock,
+             repeat=itertools.repeat):
+        it = repeat(None, n)
+        t0 = clock()
+        for _ in it:
+            restore(get(v))
+        return clock() - t0
+    return loop
+
+
+def main():
+    args = _common.parser(__doc__).parse_args()
+    repeat = 3 if args.quick else 7
+    target_ns = 5_000_000 if args.quick else 40_000_000
+
+    _common.print_header("bench_registry: share + rebuild + release, one interpreter",
+                         __doc__)
+    get, restore, where = baseline_api()
+    print(f"baseline: {where}")
+    print(f"repeats: {repeat} (median reported), ~{target_ns / 1e6:.0f} ms each")
+    print()
+
+    results = []
+    rows = []
+    for name, value in VALUES:
+        if tpshare.share(value).rebuild() != value:
+            raise AssertionError(f"tpshare round trip of {value!r} failed")
+        ours = ours_loop(value)
+        loops = [ours]
+        why_na = "unavailable" if get is None else baseline_unsupported(get, restore, value)
+        if why_na is None:
+            loops.append(baseline_loop(value, get, restore))
+        number = _common.calibrate(ours, target_ns)
+        for loop in loops:  # warm up
+            loop(max(1, number // 10))
+        times = _common.interleaved(loops, number, repeat)
+        ours_ns = _common.median(times[0])
+        base_ns = _common.median(times[1]) if why_na is None else None
+        ratio = base_ns / ours_ns if base_ns is not None else None
+        results.append({
+            "value": name, "repr": repr(value), "number": number,
+            "tpshare_ns": ours_ns, "baseline_ns": base_ns, "ratio": ratio,
+            "baseline_na": why_na, "tpshare_all_ns": times[0],
+            "baseline_all_ns": times[1] if why_na is None else None,
+        })
+        rows.append([
+            name,
+            f"{ours_ns:.1f}",
+            f"{base_ns:.1f}" if base_ns is not None else f"n/a ({why_na})",
+            f"{ratio:.2f}" if ratio is not None else "-",
+        ])
+
+    _common.print_table(["value", "tpshare ns", "CPython ns", "ratio"], rows)
+    print()
+    print("ratio = CPython / tpshare (> 1: tpshare faster); medians of "
+          f"{repeat} repeats; compare only within one run.")
+
+    if args.json:
+        _common.write_json(args.json, "registry",
+                           {"repeat": repeat, "target_ns": target_ns,
+                            "baseline": where}, results)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
