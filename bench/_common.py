@@ -36,7 +36,17 @@ def parser(doc):
                    help="fewer and shorter repeats (smoke test, noisier)")
     p.add_argument("--json", metavar="PATH",
                    help="also write the machine description and results as JSON")
+    p.add_argument("--repeat", type=int, metavar="N",
+                   help="rounds of measurement (the median is reported)")
+    p.add_argument("--cpu", type=int, metavar="N",
+                   help="pin the process to CPU N (default: let the OS choose)")
     return p
+
+
+def setup(args):
+    """Apply the common options that act before measuring (--cpu)."""
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
 
 
 def write_json(path, benchmark, params, results):
@@ -141,7 +151,7 @@ def print_header(title, doc):
     print(f"cpu:      {info['cpu']}, {info['cores']} cores, "
           f"affinity {info['affinity']}")
     print(f"empty loop iteration: {info['empty_loop_ns']} ns "
-          "(about 13-15 ns on a fast vCPU here, 23-27 ns on a slowed one)")
+          "(a gauge of the CPU's speed now; compare only within one run)")
     print()
 
 
@@ -177,14 +187,24 @@ def calibrate(loop, target_ns, start=10):
 
 
 def interleaved(loops, number, repeat):
-    """Run each of loops(number) once per round, repeat rounds, so that a
-    change in CPU speed during the run hits every contender alike.
-    Returns a list per loop of ns per iteration, one per round."""
+    """Run each of loops(number) once per round, for repeat rounds, in
+    alternating order, so that a change of CPU speed during the run (this
+    machine's vCPUs slow down and recover within seconds) hits every
+    contender alike.  Returns a list per loop of ns per iteration, one per
+    round."""
     out = [[] for _ in loops]
+    order = list(range(len(loops)))
     for _ in range(repeat):
-        for i, loop in enumerate(loops):
-            out[i].append(loop(number) / number)
+        for i in order:
+            out[i].append(loops[i](number) / number)
+        order.reverse()
     return out
+
+
+def paired_ratio(num, den):
+    """Median over rounds of num[i] / den[i]: the ratio of two contenders
+    timed side by side, robust to the CPU changing speed between rounds."""
+    return statistics.median(a / b for a, b in zip(num, den))
 
 
 def median(values):

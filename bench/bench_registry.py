@@ -8,11 +8,13 @@ baseline: restore_crossinterp_data(get_crossinterp_data(v)), the capsule
           _testinternalcapi on 3.13, _testcapi on 3.12.
 
 Values: None (the floor: no allocation on either side), a small int, a
-16-character str, 64 bytes, a float and the tuple (1, "abc", 2.5).  Figures
-are the median over repeats of ns per operation, loop overhead included
-(see "empty loop iteration" in the header); ratio = baseline / tpshare, so
-above 1 means tpshare is faster.  Nothing crosses an interpreter here: this
-is the fixed cost of the registry and of the records.
+16-character str, 64 bytes, a float, the tuple (1, "abc", 2.5) and a tuple
+of 16 distinct ints (how tuples scale).  Figures are the median over rounds
+of ns per operation, loop overhead included (see "empty loop iteration" in
+the header); ratio = baseline / tpshare, the median of the ratios of the
+two timed side by side in each round, so above 1 means tpshare is faster.
+Nothing crosses an interpreter here: this is the fixed cost of the
+registry and of the records.
 
 Limits: the baseline goes through CPython's test wrappers, which parse
 arguments with PyArg_ParseTuple and wrap the data in a capsule; tpshare
@@ -36,6 +38,7 @@ VALUES = [
     ("bytes64", bytes(range(64))),
     ("float", 2.5),
     ("tuple3", (1, "abc", 2.5)),
+    ("tuple16", tuple(range(1000, 1016))),
 ]
 
 
@@ -58,11 +61,19 @@ def baseline_unsupported(get, restore, value):
     """None if CPython round-trips value, else the reason it cannot."""
     try:
         back = restore(get(value))
-    except (ValueError, TypeError, OverflowError) as exc:
+    except ValueError as exc:
+        if "does not support cross-interpreter data" in str(exc):
+            return f"{type(value).__name__} not shareable in {_python()}"
+        return f"ValueError: {exc}"
+    except (TypeError, OverflowError) as exc:
         return f"{type(exc).__name__}: {exc}"
     if back != value or type(back) is not type(value):
         return f"round trip gives {back!r}"
     return None
+
+
+def _python():
+    return "CPython %d.%d.%d" % sys.version_info[:3]
 
 
 def ours_loop(value):
@@ -87,52 +98,61 @@ def baseline_loop(value, get, restore):
     return loop
 
 
+def measure(name, value, get, restore, number_target_ns, repeat):
+    """Time tpshare and the baseline on value; return the JSON result."""
+    if tpshare.share(value).rebuild() != value:
+        raise AssertionError(f"tpshare round trip of {value!r} failed")
+    why_na = ("unavailable" if get is None
+              else baseline_unsupported(get, restore, value))
+    loops = [ours_loop(value)]
+    if why_na is None:
+        loops.append(baseline_loop(value, get, restore))
+    number = _common.calibrate(loops[0], number_target_ns)
+    for loop in loops:  # warm up
+        loop(max(1, number // 4))
+    times = _common.interleaved(loops, number, repeat)
+    result = {
+        "value": name, "repr": repr(value), "number": number,
+        "tpshare_ns": _common.median(times[0]),
+        "baseline_ns": None, "ratio": None, "baseline_na": why_na,
+        "tpshare_all_ns": times[0], "baseline_all_ns": None,
+    }
+    if why_na is None:
+        result.update(baseline_ns=_common.median(times[1]),
+                      ratio=_common.paired_ratio(times[1], times[0]),
+                      baseline_all_ns=times[1])
+    return result
+
+
 def main():
     args = _common.parser(__doc__).parse_args()
-    repeat = 3 if args.quick else 7
-    target_ns = 5_000_000 if args.quick else 40_000_000
+    _common.setup(args)
+    repeat = args.repeat or (5 if args.quick else 15)
+    target_ns = 2_000_000 if args.quick else 10_000_000
 
-    _common.print_header("bench_registry: share + rebuild + release, one interpreter",
-                         __doc__)
+    _common.print_header(
+        "bench_registry: share + rebuild + release, one interpreter", __doc__)
     get, restore, where = baseline_api()
     print(f"baseline: {where}")
-    print(f"repeats: {repeat} (median reported), ~{target_ns / 1e6:.0f} ms each")
+    print(f"rounds: {repeat} (median reported), ~{target_ns / 1e6:.0f} ms "
+          "per contender per round")
     print()
 
-    results = []
-    rows = []
-    for name, value in VALUES:
-        if tpshare.share(value).rebuild() != value:
-            raise AssertionError(f"tpshare round trip of {value!r} failed")
-        ours = ours_loop(value)
-        loops = [ours]
-        why_na = "unavailable" if get is None else baseline_unsupported(get, restore, value)
-        if why_na is None:
-            loops.append(baseline_loop(value, get, restore))
-        number = _common.calibrate(ours, target_ns)
-        for loop in loops:  # warm up
-            loop(max(1, number // 10))
-        times = _common.interleaved(loops, number, repeat)
-        ours_ns = _common.median(times[0])
-        base_ns = _common.median(times[1]) if why_na is None else None
-        ratio = base_ns / ours_ns if base_ns is not None else None
-        results.append({
-            "value": name, "repr": repr(value), "number": number,
-            "tpshare_ns": ours_ns, "baseline_ns": base_ns, "ratio": ratio,
-            "baseline_na": why_na, "tpshare_all_ns": times[0],
-            "baseline_all_ns": times[1] if why_na is None else None,
-        })
-        rows.append([
-            name,
-            f"{ours_ns:.1f}",
-            f"{base_ns:.1f}" if base_ns is not None else f"n/a ({why_na})",
-            f"{ratio:.2f}" if ratio is not None else "-",
-        ])
+    _common.empty_loop_ns(n=2_000_000)  # let the CPU settle before measuring
+    results = [measure(name, value, get, restore, target_ns, repeat)
+               for name, value in VALUES]
 
+    rows = [[
+        r["value"],
+        f"{r['tpshare_ns']:.1f}",
+        (f"{r['baseline_ns']:.1f}" if r["baseline_na"] is None
+         else f"n/a ({r['baseline_na']})"),
+        f"{r['ratio']:.2f}" if r["ratio"] is not None else "-",
+    ] for r in results]
     _common.print_table(["value", "tpshare ns", "CPython ns", "ratio"], rows)
     print()
-    print("ratio = CPython / tpshare (> 1: tpshare faster); medians of "
-          f"{repeat} repeats; compare only within one run.")
+    print("ratio = CPython / tpshare (> 1: tpshare faster), median of the "
+          f"per-round ratios over {repeat} rounds; compare only within one run.")
 
     if args.json:
         _common.write_json(args.json, "registry",

@@ -1353,6 +1353,28 @@ finally:
     return rc;
 }
 
+/* Interpreters with their own GIL touch a static type's refcount, and
+ * those of the objects in its dict (the attribute descriptors), in
+ * parallel and without atomics: without care they can drop to zero and be
+ * freed under another interpreter (seen on 3.12 and 3.13).  Make them
+ * immortal, as CPython does for its own static types, so their refcounts
+ * are never written.  Heap types need none of this. */
+static void
+immortalize_static_type(PyTypeObject *type)
+{
+    PyObject *key, *value;
+    Py_ssize_t pos = 0;
+
+    Py_SET_REFCNT(type, _Py_IMMORTAL_REFCNT);
+    Py_SET_REFCNT(type->tp_dict, _Py_IMMORTAL_REFCNT);
+    Py_SET_REFCNT(type->tp_mro, _Py_IMMORTAL_REFCNT);
+    Py_SET_REFCNT(type->tp_bases, _Py_IMMORTAL_REFCNT);
+    while (PyDict_Next(type->tp_dict, &pos, &key, &value)) {
+        Py_SET_REFCNT(key, _Py_IMMORTAL_REFCNT);
+        Py_SET_REFCNT(value, _Py_IMMORTAL_REFCNT);
+    }
+}
+
 /* Ready the static types.  The first interpreter to do it creates their
  * tp_dict, which all interpreters then read, so it must be the main
  * interpreter: a subinterpreter's objects die with it.  Returns 0, or -1
@@ -1376,12 +1398,7 @@ ready_static_types(void)
         if (PyType_Ready(types[i]) < 0) {
             return -1;
         }
-        /* Interpreters with their own GIL touch these types' refcounts
-         * in parallel, without atomics: an ordinary static type can then
-         * drop to zero and be "freed" (seen on 3.12).  Make them immortal,
-         * as CPython does for its own static types, so the refcount is
-         * never written. */
-        Py_SET_REFCNT(types[i], _Py_IMMORTAL_REFCNT);
+        immortalize_static_type(types[i]);
     }
     return 0;
 }

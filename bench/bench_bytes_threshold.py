@@ -1,0 +1,278 @@
+"""Where sharing bytes owner-bound beats copying them: the cost of one full
+cross-interpreter transfer of a bytes object, per size from 64 B to 64 MiB,
+in the two modes of tpshare's bytes handler.
+
+copy:  the record gets its own copy at send (neutral record, freed where it
+       is released); the receiver copies again.  Two copies.
+share: the record keeps a reference to the sender's bytes (owner-bound);
+       the receiver copies once, straight from the sender's memory, and the
+       release goes back to the owner's release list.  One copy, plus the
+       trip home.
+
+A transfer is: the main interpreter shares and detaches; a real isolated
+subinterpreter attaches, rebuilds and drops the Shared (releasing it); the
+main interpreter then drains its release list (tpshare.drain()), so both
+modes pay for the whole round trip.  Transfers are batched, K per
+subinterpreter call, so the cost of entering the subinterpreter does not
+drown the signal: the main interpreter detaches K records (consecutive
+tokens) of K distinct bytes objects, one run() call handles all K, and the
+time of an empty batch is subtracted before dividing by K.  Figures are
+medians over rounds of ns per transfer; ratio = copy / share (above 1:
+sharing is faster), the median of per-round ratios of the two modes timed
+side by side.  The crossover is the smallest size from which sharing wins
+at every larger size too; it is compared with the default threshold of the
+C code.  The threshold in force before the run is restored at the end.
+
+Limits: both interpreters run on the calling thread, one after the other,
+so no data moves between CPU caches: a receiver on another core would pay
+that once per transfer in both modes.
+"""
+
+import ctypes
+import os
+import platform
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import tpshare  # noqa: E402
+from tpshare import _tpshare  # noqa: E402
+
+import _common  # noqa: E402
+
+# The default of registry/handlers_text.c, checked against the module's
+# value at start-up (a fresh process has the default in force).
+DEFAULT_THRESHOLD = 64 * 1024
+COPY_ALL = 1 << 62              # threshold no bytes object reaches
+SHARE_ALL = 0                   # everything above the inline size (16 B)
+MAX_K = 10_000                  # transfers per batch, small sizes
+MIN_K = 2                       # transfers per batch, largest sizes
+# glibc's largest dynamic malloc settings (see steady_malloc()).
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 64 << 20
+
+RECEIVER = """
+import tpshare
+
+def work(first, n, attach=tpshare.attach):
+    for token in range(first, first + n):
+        attach(token).rebuild()
+"""
+
+
+def steady_malloc():
+    """Fix glibc's mmap and trim thresholds at the largest values its
+    dynamic adjustment reaches in a long-running process.  Otherwise the
+    K copies of a batch, freed together, are given back to the kernel at
+    the end of every batch and page-faulted in again by the next one: a
+    cost of batching (or of a large backlog), not of copying, which makes
+    copy mode look several times slower from 1 KiB up.  Returns a line
+    for the header."""
+    if platform.libc_ver()[0] != "glibc":
+        return "malloc: not glibc, left as it is"
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if not (libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+            and libc.mallopt(m_trim_threshold, TRIM_THRESHOLD)):
+        return "malloc: mallopt() failed, glibc defaults in force"
+    return (f"malloc: glibc mmap threshold {_common.fmt_size(MMAP_THRESHOLD)}, "
+            f"trim threshold {_common.fmt_size(TRIM_THRESHOLD)} "
+            "(its largest dynamic values)")
+
+
+def sizes(step, lo=64, hi=64 << 20):
+    out = []
+    n = lo
+    while n <= hi:
+        out.append(n)
+        n *= step
+    return out
+
+
+def batch_size(size, budget):
+    return max(MIN_K, min(MAX_K, budget // size))
+
+
+def make_sources(size, k):
+    """k distinct bytes objects of size bytes (random contents, all pages
+    touched), so no transfer reads memory another one warmed up."""
+    base = os.urandom(size)
+    return [bytes(memoryview(base)) for _ in range(k)]
+
+
+def batch_loop(sub, sources, mode_threshold):
+    """A timing function: one batch of len(sources) transfers under the
+    given threshold, ns for the whole batch."""
+    k = len(sources)
+    run = sub.run
+
+    def loop(_number, sources=sources, share=tpshare.share,
+             drain=tpshare.drain, clock=_common.clock,
+             set_threshold=_tpshare._bytes_threshold):
+        set_threshold(mode_threshold)
+        t0 = clock()
+        it = iter(sources)
+        first = last = share(next(it)).detach()
+        for b in it:
+            last = share(b).detach()
+        run(f"work({first}, {k})")
+        drain()
+        elapsed = clock() - t0
+        if last - first != k - 1:
+            raise RuntimeError("tokens were not consecutive: another "
+                               "thread detached records during the batch")
+        return elapsed
+    return loop
+
+
+def empty_batch_loop(sub):
+    """A timing function for a batch of no transfers: the run() call and
+    drain(), the overhead subtracted from every batch of the same round."""
+    def loop(_number, run=sub.run, drain=tpshare.drain, clock=_common.clock):
+        t0 = clock()
+        run(f"work({0}, 0)")
+        drain()
+        return clock() - t0
+    return loop
+
+
+def check_modes(size):
+    """The bytes handler copies under COPY_ALL and shares under SHARE_ALL."""
+    probe = bytes(size)
+    _tpshare._bytes_threshold(COPY_ALL)
+    copied = tpshare.share(probe)
+    _tpshare._bytes_threshold(SHARE_ALL)
+    shared = tpshare.share(probe)
+    if copied.bound or not shared.bound:
+        raise AssertionError(f"modes not in force for {size} B: copy bound="
+                             f"{copied.bound}, share bound={shared.bound}")
+    copied.release()
+    shared.release()
+
+
+def crossover(results):
+    """Smallest size from which share is faster at every larger size, or
+    None; the largest size at which copy still won (or tied), or None."""
+    cross = last_copy = None
+    for r in results:
+        if r["ratio"] > 1.0:
+            if cross is None:
+                cross = r["size"]
+        else:
+            cross = None
+            last_copy = r["size"]
+    return cross, last_copy
+
+
+def verdict(cross, last_copy, default):
+    if cross is None:
+        return ("sharing never wins consistently up to the largest size: "
+                f"the default threshold ({_common.fmt_size(default)}) is too low")
+    if last_copy is None:
+        lo = "the smallest size measured"
+    else:
+        lo = f"{_common.fmt_size(last_copy)} (copy still wins or ties there)"
+    span = f"the crossover lies above {lo}, at or below {_common.fmt_size(cross)}"
+    if (last_copy or 0) < default <= cross:
+        return f"{span}: the default threshold ({_common.fmt_size(default)}) agrees"
+    if cross / 2 <= default <= cross * 2:
+        return (f"{span}: the default threshold ({_common.fmt_size(default)}) "
+                "is within a factor of 2, close enough for this noise")
+    return (f"{span}: the default threshold ({_common.fmt_size(default)}) "
+            f"disagrees; the measurement suggests {_common.fmt_size(cross)}")
+
+
+def measure(sub, size, budget, repeat):
+    """Time both modes at one size; return the JSON result."""
+    check_modes(size)
+    k = batch_size(size, budget)
+    sources = make_sources(size, k)
+    loops = [batch_loop(sub, sources, COPY_ALL),
+             batch_loop(sub, sources, SHARE_ALL),
+             empty_batch_loop(sub)]
+    for loop in loops:  # warm up: allocator, token table, caches
+        loop(1)
+    copy_raw, share_raw, empty = _common.interleaved(loops, 1, repeat)
+    copy_all = [(t - e) / k for t, e in zip(copy_raw, empty)]
+    share_all = [(t - e) / k for t, e in zip(share_raw, empty)]
+    if min(copy_all + share_all) <= 0:
+        raise RuntimeError(f"{size} B: a batch of {k} took less than an empty "
+                           "one; raise --budget")
+    return {
+        "size": size, "k": k,
+        "copy_ns": _common.median(copy_all), "share_ns": _common.median(share_all),
+        "ratio": _common.paired_ratio(copy_all, share_all),
+        "empty_batch_ns": _common.median(empty),
+        "copy_all_ns": copy_all, "share_all_ns": share_all,
+    }
+
+
+def main():
+    p = _common.parser(__doc__)
+    p.add_argument("--step", type=int, default=None,
+                   help="size factor between rows (default 2; 4 with --quick)")
+    p.add_argument("--budget", type=int, default=1 << 20, metavar="BYTES",
+                   help="bytes per batch, which sets K (default 1 MiB)")
+    p.add_argument("--malloc-defaults", action="store_true",
+                   help="leave glibc's malloc thresholds at their defaults")
+    args = p.parse_args()
+    _common.setup(args)
+    repeat = args.repeat or (3 if args.quick else 7)
+    step = args.step or (4 if args.quick else 2)
+
+    saved = _tpshare._bytes_threshold()
+    malloc_note = ("malloc: glibc defaults (--malloc-defaults)"
+                   if args.malloc_defaults else steady_malloc())
+    _common.print_header(
+        "bench_bytes_threshold: copy vs share for bytes, main -> subinterpreter",
+        __doc__)
+    if saved != DEFAULT_THRESHOLD:
+        print(f"note: threshold in force is {saved}, not the default "
+              f"{DEFAULT_THRESHOLD} this script expects")
+    results = []
+    try:
+        with _common.Subinterpreter() as sub:
+            sub.run(RECEIVER)
+            print(f"threshold in force at start: {_common.fmt_size(saved)}")
+            print(f"rounds: {repeat} (median reported); batch budget "
+                  f"{_common.fmt_size(args.budget)}, K = {MIN_K}..{MAX_K}")
+            print(malloc_note)
+            print("per size, each round times a batch in each mode and an "
+                  "empty batch, subtracted")
+            print()
+            for size in sizes(step):
+                results.append(measure(sub, size, args.budget, repeat))
+    finally:
+        _tpshare._bytes_threshold(saved)
+    left = tpshare.stats().get(tpshare.interpreter_id(), {})
+    if left.get("exports") or left.get("pending"):
+        raise AssertionError(f"records left behind: {left}")
+
+    rows = [[
+        _common.fmt_size(r["size"]), str(r["k"]),
+        _common.fmt_ns(r["copy_ns"]), _common.fmt_ns(r["share_ns"]),
+        f"{r['ratio']:.2f}", "share" if r["ratio"] > 1.0 else "copy",
+        _common.fmt_ns(r["empty_batch_ns"]),
+    ] for r in results]
+    _common.print_table(["size", "K", "copy", "share", "ratio", "faster",
+                         "empty batch"], rows)
+    print()
+    print("ratio = copy / share (> 1: sharing faster), median of the per-round "
+          f"ratios over {repeat} rounds; compare only within one run.")
+    cross, last_copy = crossover(results)
+    print(f"crossover: {_common.fmt_size(cross) if cross else 'none'}")
+    print(verdict(cross, last_copy, DEFAULT_THRESHOLD))
+    print(f"threshold restored to {_common.fmt_size(_tpshare._bytes_threshold())}")
+
+    if args.json:
+        _common.write_json(args.json, "bytes_threshold", {
+            "repeat": repeat, "step": step, "budget": args.budget,
+            "malloc": malloc_note,
+            "default_threshold": DEFAULT_THRESHOLD,
+            "crossover": cross, "last_copy_win": last_copy,
+        }, results)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
