@@ -27,7 +27,8 @@ import tpshare
 
 def parser(doc):
     """An ArgumentParser with the options every benchmark takes: --quick
-    (fewer, shorter repeats, for a CI smoke run) and --json PATH."""
+    (fewer, shorter rounds, for a CI smoke run), --json PATH, --repeat N
+    and --cpu N.  The description is the first line of doc."""
     p = argparse.ArgumentParser(
         description=doc.strip().splitlines()[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -112,8 +113,19 @@ def cpu_model():
     return platform.processor() or "unknown"
 
 
+_machine = None
+
+
 def machine_info():
-    """What a figure depends on: Python version and build, tpshare, CPU."""
+    """What a figure depends on: Python version and build, tpshare, CPU.
+    Measured once per process (the date is that of the first call)."""
+    global _machine
+    if _machine is None:
+        _machine = _measure_machine()
+    return _machine
+
+
+def _measure_machine():
     try:
         affinity = sorted(os.sched_getaffinity(0))
     except AttributeError:

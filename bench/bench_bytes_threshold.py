@@ -12,20 +12,29 @@ share: the record keeps a reference to the sender's bytes (owner-bound);
 A transfer is: the main interpreter shares and detaches; a real isolated
 subinterpreter attaches, rebuilds and drops the Shared (releasing it); the
 main interpreter then drains its release list (tpshare.drain()), so both
-modes pay for the whole round trip.  Transfers are batched, K per
-subinterpreter call, so the cost of entering the subinterpreter does not
-drown the signal: the main interpreter detaches K records (consecutive
-tokens) of K distinct bytes objects, one run() call handles all K, and the
-time of an empty batch is subtracted before dividing by K.  Figures are
-medians over rounds of ns per transfer; ratio = copy / share (above 1:
-sharing is faster), the median of per-round ratios of the two modes timed
-side by side.  The crossover is the smallest size from which sharing wins
-at every larger size too; it is compared with the default threshold of the
-C code.  The threshold in force before the run is restored at the end.
+modes pay for the whole round trip.  Transfers are batched so the cost of
+entering the subinterpreter does not drown the signal: the main
+interpreter detaches K records (consecutive tokens) of K distinct bytes
+objects, one run() call handles all K, and the time of an empty batch,
+measured in the same round, is subtracted before dividing by K.  K comes
+from a budget of bytes in flight per batch (default 16 MiB; at least 2,
+at most 10,000 transfers), enough to keep a batch well above the noise of
+the empty one.  glibc's malloc is put in the state a long-running process
+reaches (see steady_malloc()) unless --malloc-defaults is given.
+
+Figures are medians over rounds of ns per transfer; ratio = copy / share
+(above 1: sharing is faster) is the median of the per-round ratios of the
+two modes timed side by side, so it can differ from the ratio of the two
+medians.  Ratios within 5% of 1 count as ties.  The crossover is the
+smallest size from which sharing wins (beyond a tie) at every larger size
+too; it is compared with the default threshold of the C code.  The
+threshold in force before the run is restored at the end.
 
 Limits: both interpreters run on the calling thread, one after the other,
-so no data moves between CPU caches: a receiver on another core would pay
-that once per transfer in both modes.
+so no data crosses between CPU cores, and the owner is never busy
+elsewhere when its releases arrive.  Time is all this measures: an
+owner-bound record also keeps the sender's bytes alive until the receiver
+lets go, and needs the owner to drain its release list.
 """
 
 import ctypes
@@ -47,6 +56,8 @@ COPY_ALL = 1 << 62              # threshold no bytes object reaches
 SHARE_ALL = 0                   # everything above the inline size (16 B)
 MAX_K = 10_000                  # transfers per batch, small sizes
 MIN_K = 2                       # transfers per batch, largest sizes
+TIE = 0.05                      # ratios within 1 +- TIE are ties (noise)
+CLEAR_WIN = 1.25                # a margin well above this run's noise
 # glibc's largest dynamic malloc settings (see steady_malloc()).
 MMAP_THRESHOLD = 32 << 20
 TRIM_THRESHOLD = 64 << 20
@@ -117,6 +128,7 @@ def batch_loop(sub, sources, mode_threshold):
             last = share(b).detach()
         run(f"work({first}, {k})")
         drain()
+        run("pass")  # settle: see empty_batch_loop()
         elapsed = clock() - t0
         if last - first != k - 1:
             raise RuntimeError("tokens were not consecutive: another "
@@ -126,12 +138,19 @@ def batch_loop(sub, sources, mode_threshold):
 
 
 def empty_batch_loop(sub):
-    """A timing function for a batch of no transfers: the run() call and
-    drain(), the overhead subtracted from every batch of the same round."""
+    """A timing function for a batch of no transfers, whose time is
+    subtracted from every batch of the same round.
+
+    Every batch, empty or not, ends with a second run() call that does
+    nothing: the first entry into the subinterpreter after a batch is
+    slower by some 5-20 ns per transfer of that batch (deferred allocator
+    work: glibc consolidating the chunks the batch freed), and it must be
+    charged to the batch that caused it, not to the next contender."""
     def loop(_number, run=sub.run, drain=tpshare.drain, clock=_common.clock):
         t0 = clock()
-        run(f"work({0}, 0)")
+        run("work(0, 0)")
         drain()
+        run("pass")
         return clock() - t0
     return loop
 
@@ -150,12 +169,21 @@ def check_modes(size):
     shared.release()
 
 
+def winner(ratio):
+    if ratio > 1 + TIE:
+        return "share"
+    if ratio < 1 - TIE:
+        return "copy"
+    return "tie"
+
+
 def crossover(results):
-    """Smallest size from which share is faster at every larger size, or
-    None; the largest size at which copy still won (or tied), or None."""
+    """(smallest size from which share is faster, beyond a tie, at every
+    larger size too, or None; largest size at which copy still won or
+    tied, or None)."""
     cross = last_copy = None
     for r in results:
-        if r["ratio"] > 1.0:
+        if winner(r["ratio"]) == "share":
             if cross is None:
                 cross = r["size"]
         else:
@@ -164,22 +192,46 @@ def crossover(results):
     return cross, last_copy
 
 
-def verdict(cross, last_copy, default):
+def first_clear_win(results, cross):
+    """Smallest size at or above cross from which share wins by at least
+    CLEAR_WIN at every larger size, or None."""
+    clear = None
+    for r in results:
+        if cross is None or r["size"] < cross:
+            continue
+        if r["ratio"] >= CLEAR_WIN:
+            if clear is None:
+                clear = r["size"]
+        else:
+            clear = None
+    return clear
+
+
+def verdict(results, cross, last_copy, clear, default):
+    """Lines saying whether the default threshold agrees with the run."""
+    fs = _common.fmt_size
     if cross is None:
-        return ("sharing never wins consistently up to the largest size: "
-                f"the default threshold ({_common.fmt_size(default)}) is too low")
-    if last_copy is None:
-        lo = "the smallest size measured"
+        return [f"sharing never wins consistently: the default threshold "
+                f"({fs(default)}) is too low"]
+    where = ("at every size measured" if last_copy is None
+             else f"above {fs(last_copy)} (copy still wins or ties there)")
+    lines = [f"sharing wins {where}"]
+    at_default = [r for r in results if r["size"] == default]
+    if default < cross / 2:
+        lines.append(f"the default threshold ({fs(default)}) is below the "
+                     "crossover: copying is faster just above it; it disagrees")
+    elif default <= cross * 2:
+        lines.append(f"the default threshold ({fs(default)}) agrees with the "
+                     "crossover (within a factor of 2)")
     else:
-        lo = f"{_common.fmt_size(last_copy)} (copy still wins or ties there)"
-    span = f"the crossover lies above {lo}, at or below {_common.fmt_size(cross)}"
-    if (last_copy or 0) < default <= cross:
-        return f"{span}: the default threshold ({_common.fmt_size(default)}) agrees"
-    if cross / 2 <= default <= cross * 2:
-        return (f"{span}: the default threshold ({_common.fmt_size(default)}) "
-                "is within a factor of 2, close enough for this noise")
-    return (f"{span}: the default threshold ({_common.fmt_size(default)}) "
-            f"disagrees; the measurement suggests {_common.fmt_size(cross)}")
+        gain = (f"; sharing is {at_default[0]['ratio']:.2f}x faster there"
+                if at_default else "")
+        lines.append(f"the default threshold ({fs(default)}) is well above "
+                     f"the crossover{gain}: for speed alone it could be lower")
+    if clear is not None:
+        lines.append(f"sharing is at least {CLEAR_WIN:.2f}x faster from "
+                     f"{fs(clear)} on")
+    return lines
 
 
 def measure(sub, size, budget, repeat):
@@ -211,8 +263,8 @@ def main():
     p = _common.parser(__doc__)
     p.add_argument("--step", type=int, default=None,
                    help="size factor between rows (default 2; 4 with --quick)")
-    p.add_argument("--budget", type=int, default=1 << 20, metavar="BYTES",
-                   help="bytes per batch, which sets K (default 1 MiB)")
+    p.add_argument("--budget", type=int, default=16 << 20, metavar="BYTES",
+                   help="bytes per batch, which sets K (default 16 MiB)")
     p.add_argument("--malloc-defaults", action="store_true",
                    help="leave glibc's malloc thresholds at their defaults")
     args = p.parse_args()
@@ -251,17 +303,20 @@ def main():
     rows = [[
         _common.fmt_size(r["size"]), str(r["k"]),
         _common.fmt_ns(r["copy_ns"]), _common.fmt_ns(r["share_ns"]),
-        f"{r['ratio']:.2f}", "share" if r["ratio"] > 1.0 else "copy",
+        f"{r['ratio']:.2f}", winner(r["ratio"]),
         _common.fmt_ns(r["empty_batch_ns"]),
     ] for r in results]
     _common.print_table(["size", "K", "copy", "share", "ratio", "faster",
                          "empty batch"], rows)
     print()
     print("ratio = copy / share (> 1: sharing faster), median of the per-round "
-          f"ratios over {repeat} rounds; compare only within one run.")
+          f"ratios over {repeat} rounds; within 1 +- {TIE} is a tie; compare "
+          "only within one run.")
     cross, last_copy = crossover(results)
+    clear = first_clear_win(results, cross)
     print(f"crossover: {_common.fmt_size(cross) if cross else 'none'}")
-    print(verdict(cross, last_copy, DEFAULT_THRESHOLD))
+    for line in verdict(results, cross, last_copy, clear, DEFAULT_THRESHOLD):
+        print(line)
     print(f"threshold restored to {_common.fmt_size(_tpshare._bytes_threshold())}")
 
     if args.json:
@@ -270,6 +325,7 @@ def main():
             "malloc": malloc_note,
             "default_threshold": DEFAULT_THRESHOLD,
             "crossover": cross, "last_copy_win": last_copy,
+            "clear_win_from": clear, "clear_win_ratio": CLEAR_WIN,
         }, results)
         print(f"wrote {args.json}")
 

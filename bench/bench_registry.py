@@ -17,8 +17,9 @@ Nothing crosses an interpreter here: this is the fixed cost of the
 registry and of the records.
 
 Limits: the baseline goes through CPython's test wrappers, which parse
-arguments with PyArg_ParseTuple and wrap the data in a capsule; tpshare
-allocates a Shared object.  The None row shows these fixed costs.
+their arguments with PyArg_Parse* and wrap the data in a capsule (plus a
+raw allocation for the data); tpshare allocates a Shared object and a raw
+record.  The None row shows these fixed costs.
 """
 
 import itertools
@@ -98,11 +99,13 @@ def baseline_loop(value, get, restore):
     return loop
 
 
-def measure(name, value, get, restore, number_target_ns, repeat):
-    """Time tpshare and the baseline on value; return the JSON result."""
+def measure(name, value, baseline, number_target_ns, repeat):
+    """Time tpshare and the baseline (get, restore, where) on value;
+    return the JSON result."""
+    get, restore, where = baseline
     if tpshare.share(value).rebuild() != value:
         raise AssertionError(f"tpshare round trip of {value!r} failed")
-    why_na = ("unavailable" if get is None
+    why_na = (where if get is None
               else baseline_unsupported(get, restore, value))
     loops = [ours_loop(value)]
     if why_na is None:
@@ -132,14 +135,15 @@ def main():
 
     _common.print_header(
         "bench_registry: share + rebuild + release, one interpreter", __doc__)
-    get, restore, where = baseline_api()
+    baseline = baseline_api()
+    where = baseline[2]
     print(f"baseline: {where}")
     print(f"rounds: {repeat} (median reported), ~{target_ns / 1e6:.0f} ms "
           "per contender per round")
     print()
 
     _common.empty_loop_ns(n=2_000_000)  # let the CPU settle before measuring
-    results = [measure(name, value, get, restore, target_ns, repeat)
+    results = [measure(name, value, baseline, target_ns, repeat)
                for name, value in VALUES]
 
     rows = [[

@@ -3,7 +3,8 @@
  * Any object exporting a PEP 3118 buffer (bytearray, memoryview slices,
  * array.array, mmap, third-party arrays) that has no registration of its
  * own is shared zero-copy: the record holds a read-only export of the
- * sender's memory (PyObject_GetBuffer with PyBUF_FULL_RO, so format,
+ * sender's memory (a writable one when MemChannel.send(writable=True)
+ * asks for it) (PyObject_GetBuffer with PyBUF_FULL_RO, so format,
  * shape, strides and suboffsets are kept), which makes it owner-bound.
  * Rebuilding yields a memoryview in the receiver over a tpshare view
  * object (view.c) that exposes the same memory and layout; when the
@@ -15,25 +16,43 @@
 #include "tpshare_internal.h"
 
 tps_entry *tps_buffer_entry = NULL;
+tps_entry *tps_buffer_writable_entry = NULL;
 
 /* data->ptr: a Py_buffer in raw memory holding the export. */
 
+/* data->aux: 1 when the export is writable (and so is the view). */
+
 static int
-buffer_share(PyObject *obj, TpShare_Data *data)
+export(PyObject *obj, TpShare_Data *data, int writable)
 {
     Py_buffer *view = PyMem_RawMalloc(sizeof(Py_buffer));
     if (view == NULL) {
         PyErr_NoMemory();
         return -1;
     }
-    if (PyObject_GetBuffer(obj, view, PyBUF_FULL_RO) < 0) {
+    if (PyObject_GetBuffer(obj, view,
+                           writable ? PyBUF_FULL : PyBUF_FULL_RO) < 0)
+    {
         PyMem_RawFree(view);
         return -1;
     }
     data->ptr = view;
     data->size = view->len;
+    data->aux = (uint32_t)writable;
     data->flags |= TPSHARE_DATA_OWNER_BOUND;
     return 0;
+}
+
+static int
+buffer_share(PyObject *obj, TpShare_Data *data)
+{
+    return export(obj, data, 0);
+}
+
+static int
+buffer_share_writable(PyObject *obj, TpShare_Data *data)
+{
+    return export(obj, data, 1);
 }
 
 static PyObject *
@@ -61,11 +80,20 @@ static const TpShare_Hooks buffer_hooks = {
     "tpshare.buffer", buffer_share, buffer_rebuild, buffer_free,
 };
 
+/* Used only when asked for (MemChannel.send(writable=True)); never found
+ * by type. */
+static const TpShare_Hooks buffer_writable_hooks = {
+    TPSHARE_ABI_VERSION, TPSHARE_ZERO_COPY | TPSHARE_ANY_RESULT,
+    "tpshare.buffer", buffer_share_writable, buffer_rebuild, buffer_free,
+};
+
 int
 tps_handlers_buffer_init(void)
 {
     tps_buffer_entry = tps_entry_new(NULL, -1, &buffer_hooks);
-    if (tps_buffer_entry == NULL) {
+    tps_buffer_writable_entry = tps_entry_new(NULL, -1,
+                                              &buffer_writable_hooks);
+    if (tps_buffer_entry == NULL || tps_buffer_writable_entry == NULL) {
         PyErr_NoMemory();
         return -1;
     }

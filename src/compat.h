@@ -47,6 +47,13 @@ PyAPI_FUNC(int) _PyEval_AddPendingCall(PyInterpreterState *interp,
 #define tps_thread_state() _PyThreadState_UncheckedGet()
 #endif
 
+/* Whether a str equals an ASCII C string. */
+#if PY_VERSION_HEX >= 0x030D0000
+#define tps_unicode_equal_ascii(u, s) PyUnicode_EqualToUTF8((u), (s))
+#else
+#define tps_unicode_equal_ascii(u, s) _PyUnicode_EqualToASCIIString((u), (s))
+#endif
+
 /* Whether the runtime (the whole process) is shutting down. */
 #if PY_VERSION_HEX >= 0x030D0000
 #define tps_runtime_finalizing() Py_IsFinalizing()

@@ -24,6 +24,7 @@
  * `module` is only touched under the owner's own GIL.
  */
 #include "tpshare_internal.h"
+#include "waiter.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -43,6 +44,10 @@ struct tps_interp {
     int scheduled;               /* a pending call is queued */
     int alive;                   /* cleared when the exit hook finishes */
     int exiting;                 /* the exit hook is waiting */
+    /* Threads of this interpreter parked in tpshare (channel waits,
+     * tracker waits): a release pushed here wakes one of them to drain
+     * it at once, so a blocked interpreter is not an idle one. */
+    tps_wlist watchers;
     /* The interpreter's tpshare module: a strong reference of the owner's
      * own, touched under its GIL only, cleared by the exit hook. */
     PyObject *module;
@@ -95,6 +100,7 @@ state_new(int64_t id)
     pthread_cond_init(&st->cond, &attr);
     pthread_condattr_destroy(&attr);
     pthread_mutex_init(&st->mutex, NULL);
+    tps_wlist_init(&st->watchers);
     st->id = id;
     st->alive = 1;
     atomic_init(&st->refcnt, 1);
@@ -222,6 +228,9 @@ tps_interp_push_release(tps_interp *st, TpShare_Record *rec)
     if (st->exiting) {
         pthread_cond_broadcast(&st->cond);
     }
+    else if (st->watchers.count > 0) {
+        tps_wlist_wake(&st->watchers, 1);
+    }
     else if (!st->scheduled && st->alive) {
         /* The owner cannot finish exiting while we hold its mutex with
          * alive set, so the interpreter found here stays valid. */
@@ -234,6 +243,36 @@ tps_interp_push_release(tps_interp *st, TpShare_Record *rec)
         /* Otherwise the owner drains on its next entry into tpshare. */
     }
     pthread_mutex_unlock(&st->mutex);
+}
+
+void
+tps_interp_watch(tps_interp *st, tps_wnode *node)
+{
+    pthread_mutex_lock(&st->mutex);
+    tps_wlist_push(&st->watchers, node);
+    pthread_mutex_unlock(&st->mutex);
+}
+
+void
+tps_interp_unwatch(tps_interp *st, tps_wnode *node)
+{
+    pthread_mutex_lock(&st->mutex);
+    tps_wlist_remove(&st->watchers, node);
+    pthread_mutex_unlock(&st->mutex);
+}
+
+void
+tps_interp_wake_watchers(tps_interp *st)
+{
+    pthread_mutex_lock(&st->mutex);
+    tps_wlist_wake_all(&st->watchers);
+    pthread_mutex_unlock(&st->mutex);
+}
+
+int
+tps_interp_has_pending(tps_interp *st)
+{
+    return atomic_load_explicit(&st->pending, memory_order_acquire) > 0;
 }
 
 void

@@ -262,6 +262,48 @@ static PyMethodDef module_methods[] = {
  * Module life cycle.
  */
 
+/* Make the error class tpshare.<name>, a subclass of tpshare.Error and,
+ * when queue_base is given, of queue.<queue_base>; store it (new
+ * reference) in *slot and add it to the module.  0 or -1. */
+static int
+add_error(PyObject *module, PyObject **slot, const char *name,
+          const char *doc, const char *queue_base)
+{
+    tps_module_state *state = get_state(module);
+    PyObject *bases = NULL, *extra = NULL, *queue = NULL;
+    char qualname[64];
+    int rc = -1;
+
+    if (queue_base != NULL) {
+        queue = PyImport_ImportModule("queue");
+        if (queue == NULL) {
+            goto finally;
+        }
+        extra = PyObject_GetAttrString(queue, queue_base);
+        if (extra == NULL) {
+            goto finally;
+        }
+        bases = PyTuple_Pack(2, state->Error, extra);
+    }
+    else {
+        bases = PyTuple_Pack(1, state->Error);
+    }
+    if (bases == NULL) {
+        goto finally;
+    }
+    PyOS_snprintf(qualname, sizeof(qualname), "tpshare.%s", name);
+    *slot = PyErr_NewExceptionWithDoc(qualname, doc, bases, NULL);
+    if (*slot == NULL || PyModule_AddObjectRef(module, name, *slot) < 0) {
+        goto finally;
+    }
+    rc = 0;
+finally:
+    Py_XDECREF(queue);
+    Py_XDECREF(extra);
+    Py_XDECREF(bases);
+    return rc;
+}
+
 static int
 module_exec(PyObject *module)
 {
@@ -293,12 +335,24 @@ module_exec(PyObject *module)
     {
         goto finally;
     }
-    if (tps_shared_init_type(module, state) < 0
-        || tps_view_init_type(module, state) < 0)
+    if (add_error(module, &state->ChannelClosed, "ChannelClosed",
+                  "The channel is closed (and, for recv, empty).", NULL) < 0
+        || add_error(module, &state->ChannelEmpty, "ChannelEmpty",
+                     "recv timed out: no item.", "Empty") < 0
+        || add_error(module, &state->ChannelFull, "ChannelFull",
+                     "send timed out: no room.", "Full") < 0)
     {
         goto finally;
     }
-    if (tps_interp_add_exit_callback(tps_tokens_forget_interp) < 0) {
+    if (tps_shared_init_type(module, state) < 0
+        || tps_view_init_type(module, state) < 0
+        || tps_tracker_init_type(module, state) < 0
+        || tps_channel_init_types(module, state) < 0)
+    {
+        goto finally;
+    }
+    if (tps_interp_add_exit_callback(tps_tokens_forget_interp) < 0
+        || tps_interp_add_exit_callback(tps_channels_forget_interp) < 0) {
         PyErr_SetString(PyExc_RuntimeError, "too many exit callbacks");
         goto finally;
     }
@@ -328,8 +382,14 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     tps_module_state *state = get_state(module);
     Py_VISIT(state->Error);
     Py_VISIT(state->NotShareableError);
+    Py_VISIT(state->ChannelClosed);
+    Py_VISIT(state->ChannelEmpty);
+    Py_VISIT(state->ChannelFull);
     Py_VISIT(state->SharedType);
     Py_VISIT(state->ViewType);
+    Py_VISIT(state->TrackerType);
+    Py_VISIT(state->ChannelType);
+    Py_VISIT(state->MemChannelType);
     return 0;
 }
 
@@ -339,8 +399,14 @@ module_clear(PyObject *module)
     tps_module_state *state = get_state(module);
     Py_CLEAR(state->Error);
     Py_CLEAR(state->NotShareableError);
+    Py_CLEAR(state->ChannelClosed);
+    Py_CLEAR(state->ChannelEmpty);
+    Py_CLEAR(state->ChannelFull);
     Py_CLEAR(state->SharedType);
     Py_CLEAR(state->ViewType);
+    Py_CLEAR(state->TrackerType);
+    Py_CLEAR(state->ChannelType);
+    Py_CLEAR(state->MemChannelType);
     return 0;
 }
 

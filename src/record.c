@@ -149,8 +149,24 @@ record_discard(TpShare_Record *rec)
     PyMem_RawFree(rec);
 }
 
+static TpShare_Record *share_entry(PyObject *obj, tps_entry *entry);
+
 TpShare_Record *
 tps_share(PyObject *obj)
+{
+    return share_entry(obj, NULL);
+}
+
+TpShare_Record *
+tps_share_with(PyObject *obj, tps_entry *entry)
+{
+    return share_entry(obj, entry);
+}
+
+/* Share `obj` with `entry`, or with the registry's entry for its type when
+ * `entry` is NULL. */
+static TpShare_Record *
+share_entry(PyObject *obj, tps_entry *entry)
 {
     int top_level = sctx.depth == 0;
     TpShare_Record *rec = NULL;
@@ -169,7 +185,9 @@ tps_share(PyObject *obj)
             return rec;
         }
     }
-    tps_entry *entry = tps_registry_find(Py_TYPE(obj));
+    if (entry == NULL) {
+        entry = tps_registry_find(Py_TYPE(obj));
+    }
     if (entry == NULL) {
         if (!PyErr_Occurred()) {
             not_shareable(obj);
@@ -344,6 +362,10 @@ tps_record_free(TpShare_Record *rec)
         PyMem_RawFree(rec->data.ptr);
     }
     Py_XDECREF(rec->data.obj);
+    if (rec->tracker != NULL) {
+        tps_tracker_fire(rec->tracker);
+        tps_tracker_decref(rec->tracker);
+    }
     if (st != NULL) {
         tps_interp_export_add(st, -1);
         tps_interp_decref(st);

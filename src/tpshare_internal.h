@@ -92,8 +92,10 @@ int tps_handlers_text_init(void);
 int tps_handlers_tuple_init(void);
 int tps_handlers_buffer_init(void);
 
-/* The buffer-protocol fallback entry (registry/handlers_buffer.c). */
+/* The buffer-protocol fallback entry, and its writable variant used by
+ * MemChannel.send(writable=True) (registry/handlers_buffer.c). */
 extern tps_entry *tps_buffer_entry;
+extern tps_entry *tps_buffer_writable_entry;
 
 /* Bytes at least this long are shared owner-bound rather than copied
  * (registry/handlers_text.c).  Sets it when value >= 0; returns it. */
@@ -111,8 +113,14 @@ Py_ssize_t tps_bytes_threshold(Py_ssize_t value);
 typedef struct {
     PyObject *Error;
     PyObject *NotShareableError;
+    PyObject *ChannelClosed;
+    PyObject *ChannelEmpty;
+    PyObject *ChannelFull;
     PyTypeObject *SharedType;
     PyTypeObject *ViewType;
+    PyTypeObject *TrackerType;
+    PyTypeObject *ChannelType;
+    PyTypeObject *MemChannelType;
 } tps_module_state;
 
 /* ---------------------------------------------------------------------
@@ -140,10 +148,17 @@ void tps_interp_remote_add(tps_interp *st, long n);
  * owner.  Never fails; may run without any GIL. */
 void tps_interp_push_release(tps_interp *st, TpShare_Record *rec);
 
+/* Threads parked in tpshare register here (see waiter.h) so a release
+ * pushed to their interpreter wakes one of them to drain it. */
+struct tps_wnode;
+void tps_interp_watch(tps_interp *st, struct tps_wnode *node);
+void tps_interp_unwatch(tps_interp *st, struct tps_wnode *node);
+void tps_interp_wake_watchers(tps_interp *st);
+int tps_interp_has_pending(tps_interp *st);
+
 /* Free everything queued for the current interpreter.  Needs the GIL.
  * Cheap when the list is empty (one atomic load). */
 void tps_interp_drain(tps_interp *st);
-#define TPS_DRAIN(st) tps_interp_drain(st)
 
 /* Run `cb(interp_id)` in every interpreter's exit hook, before it waits
  * for remote holders (used to drop what it left unclaimed).  Returns 0 or
@@ -177,12 +192,16 @@ struct TpShare_Record {
     tps_entry *entry;
     /* Link in the owner's release list while queued there. */
     TpShare_Record *next_release;
+    /* Held; told when the record is freed (MemChannel.send's tracker). */
+    struct tps_tracker *tracker;
     TpShare_Data data;
 };
 
 /* Share `obj` (borrowed) into a new record (one reference for the
  * caller).  NULL with an exception on failure; nothing kept. */
 TpShare_Record *tps_share(PyObject *obj);
+/* The same with the given registration instead of the registry's. */
+TpShare_Record *tps_share_with(PyObject *obj, tps_entry *entry);
 /* New reference or NULL with an exception. */
 PyObject *tps_rebuild(TpShare_Record *rec);
 void tps_record_incref(TpShare_Record *rec);
@@ -199,8 +218,76 @@ void tps_share_set_index(Py_ssize_t index);
 void tps_record_hold(TpShare_Record *rec, int64_t holder);
 void tps_record_unhold(TpShare_Record *rec, int64_t holder);
 
+/* ---------------------------------------------------------------------
+ * Release trackers (src/tracker.c).
+ */
+
+typedef struct tps_tracker tps_tracker;
+
+/* A tracker for records shared by the current interpreter (one
+ * reference), or NULL with MemoryError. */
+tps_tracker *tps_tracker_new(tps_interp *st);
+void tps_tracker_incref(tps_tracker *t);
+void tps_tracker_decref(tps_tracker *t);
+/* Mark released and wake the owner's parked threads; any thread. */
+void tps_tracker_fire(tps_tracker *t);
+/* A new Python Tracker (new reference) holding `t` (borrowed). */
+PyObject *tps_tracker_wrap(tps_module_state *state, tps_tracker *t);
+int tps_tracker_init_type(PyObject *module, tps_module_state *state);
+
+/* Parse a timeout argument (borrowed; NULL or None: forever, -1) into
+ * nanoseconds.  0, or -1 with ValueError (negative, NaN) or TypeError. */
+int tps_parse_timeout(PyObject *arg, int64_t *ns);
+
 /* The exported C API table (src/module.c). */
 extern const TpShare_CAPI tps_capi;
+
+/* ---------------------------------------------------------------------
+ * The channel core (src/chancore.c).
+ */
+
+/* Error codes of code that runs without the GIL or for another
+ * interpreter; converted to exceptions by tps_raise_channel_error(). */
+#define TPS_ERR_PYTHON  -1   /* an exception is already set */
+#define TPS_ERR_CLOSED  -2
+#define TPS_ERR_EMPTY   -3   /* timed out waiting for an item */
+#define TPS_ERR_FULL    -4   /* timed out waiting for room */
+#define TPS_ERR_NOMEM   -5
+#define TPS_ERR_SIGNAL  -6   /* a signal handler raised: exception set */
+
+typedef struct tps_channel tps_channel;
+
+/* A new channel with one reference, or NULL with MemoryError.  maxsize 0
+ * means unbounded; spin_ns is how long a waiter spins before parking. */
+tps_channel *tps_channel_new(Py_ssize_t maxsize, int64_t spin_ns);
+/* The channel with this ID, with a new reference, or NULL. */
+tps_channel *tps_channel_lookup(int64_t id);
+void tps_channel_incref(tps_channel *ch);
+/* The last reference releases every queued record; any thread, no GIL
+ * needed. */
+void tps_channel_decref(tps_channel *ch);
+int64_t tps_channel_id(const tps_channel *ch);
+Py_ssize_t tps_channel_maxsize(const tps_channel *ch);
+Py_ssize_t tps_channel_count(tps_channel *ch);
+int tps_channel_is_closed(tps_channel *ch);
+void tps_channel_close(tps_channel *ch);
+/* sent, received, dropped (owner-bound items of an exited sender). */
+void tps_channel_counters(tps_channel *ch, uint64_t out[3]);
+/* Queue n records (the channel takes over the caller's references on
+ * success; on failure the caller keeps them).  All or nothing: a batch
+ * waits until it fits (or the channel is empty).  With the GIL; released
+ * while waiting; timeout_ns < 0 waits forever.  0 or TPS_ERR_*. */
+int tps_channel_send(tps_channel *ch, TpShare_Record *const *recs,
+                     Py_ssize_t n, int64_t timeout_ns);
+/* Take 1..max records (the caller gets their references) into out.
+ * 0 or TPS_ERR_*. */
+int tps_channel_recv(tps_channel *ch, TpShare_Record **out, Py_ssize_t max,
+                     Py_ssize_t *got, int64_t timeout_ns);
+/* Put records taken by recv back at the head, in order (the receiver
+ * could not rebuild them).  0 or TPS_ERR_NOMEM (caller keeps them). */
+int tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
+                       Py_ssize_t n);
+void tps_channels_forget_interp(int64_t interp);
 
 /* ---------------------------------------------------------------------
  * Python-visible types and errors (src/module.c, shared.c, view.c).
@@ -223,6 +310,12 @@ int tps_shared_init_type(PyObject *module, tps_module_state *state);
 PyObject *tps_shared_new(tps_module_state *state, TpShare_Record *rec);
 PyObject *tps_attach(tps_module_state *state, int64_t token);
 void tps_tokens_forget_interp(int64_t interp);
+
+/* channel.c: the Channel and MemChannel types. */
+int tps_channel_init_types(PyObject *module, tps_module_state *state);
+/* Raise the exception for a TPS_ERR_* code (no-op for TPS_ERR_PYTHON and
+ * TPS_ERR_SIGNAL, whose exception is set).  Returns NULL. */
+PyObject *tps_raise_error(tps_module_state *state, int code);
 
 /* ---------------------------------------------------------------------
  * Small helpers.

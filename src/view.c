@@ -1,7 +1,8 @@
 /* view.c - the cross-interpreter view type, tpshare.View.
  *
- * A View lives in a receiving interpreter and exports, read-only, the
- * memory of a buffer shared by another interpreter (handlers_buffer.c),
+ * A View lives in a receiving interpreter and exports, read-only unless
+ * the sender asked otherwise, the memory of a buffer shared by another
+ * interpreter (handlers_buffer.c),
  * with the same format, shape, strides and suboffsets.  Receivers see it
  * through a memoryview (memoryview itself cannot be subclassed, and is
  * what consumers expect); the View is that memoryview's `.obj`.
@@ -59,10 +60,11 @@ view_getbuffer(PyObject *op, Py_buffer *view, int flags)
     View *self = (View *)op;
     const Py_buffer *src = self->src;
 
-    if (flags & PyBUF_WRITABLE) {
+    int writable = self->rec->data.aux != 0;
+    if ((flags & PyBUF_WRITABLE) && !writable) {
         PyErr_SetString(PyExc_BufferError,
                         "memory shared from another interpreter is "
-                        "read-only");
+                        "read-only (send it with writable=True)");
         goto error;
     }
     if (src->suboffsets != NULL && (flags & PyBUF_INDIRECT) != PyBUF_INDIRECT)
@@ -102,7 +104,7 @@ view_getbuffer(PyObject *op, Py_buffer *view, int flags)
     }
     view->buf = src->buf;
     view->len = src->len;
-    view->readonly = 1;
+    view->readonly = !writable;
     view->itemsize = src->itemsize;
     view->format = (flags & PyBUF_FORMAT) ? src->format : NULL;
     if ((flags & PyBUF_ND) == PyBUF_ND) {

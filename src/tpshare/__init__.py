@@ -10,9 +10,15 @@ import os as _os
 from . import _tpshare
 from ._tpshare import (
     ABI_VERSION,
+    Channel,
+    ChannelClosed,
+    ChannelEmpty,
+    ChannelFull,
     Error,
+    MemChannel,
     NotShareableError,
     Shared,
+    Tracker,
     View,
     _C_API,
     attach,
@@ -26,9 +32,15 @@ from ._tpshare import (
 
 __all__ = [
     "ABI_VERSION",
+    "Channel",
+    "ChannelClosed",
+    "ChannelEmpty",
+    "ChannelFull",
     "Error",
+    "MemChannel",
     "NotShareableError",
     "Shared",
+    "Tracker",
     "View",
     "attach",
     "drain",

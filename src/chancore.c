@@ -1,0 +1,513 @@
+/* chancore.c - the channel core: FIFOs of share records between
+ * interpreters (DESIGN.md layer 4).
+ *
+ * A channel is a ring of records with an optional capacity, one mutex,
+ * and two wait lists (receivers, senders).  It knows nothing about Python
+ * types: MemChannel and the Object Channel (channel.c) put records in and
+ * take them out; what a record holds is their business.
+ *
+ * Blocking (D7).  send/recv try once with the GIL held; if they must
+ * wait they release the GIL, spin briefly on the item count (no lock),
+ * then park on a per-thread semaphore with a monotonic deadline.  A parked
+ * thread is also on its interpreter's release-waiter list, so releases
+ * pushed to it while it waits are drained at once (D4), and a signal ends
+ * the park so Ctrl-C is handled promptly in the main thread.  Blocked
+ * senders resume only once the ring has drained below a low-water mark
+ * (maxsize - maxsize/8): without that hysteresis both sides fall into
+ * lock-step on a full ring.
+ *
+ * Closing (D8).  close() wakes every waiter.  Queued items can still be
+ * received; then recv fails with TPS_ERR_CLOSED, and send fails at once.
+ * When the last reference to a channel goes, every unreceived record is
+ * released (in its owner).  When an interpreter exits, the owner-bound
+ * items it sent that are still queued are released in it and dropped
+ * (their memory dies with it); neutral items stay deliverable.
+ *
+ * Why the channel table is process-wide: channels are found by ID from
+ * any interpreter.  It holds records and raw memory, no PyObject*.
+ */
+#include "tpshare_internal.h"
+#include "ptrmap.h"
+#include "waiter.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#elif defined(__aarch64__)
+#define cpu_relax() __asm__ __volatile__("yield")
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+struct tps_channel {
+    int64_t id;
+    long refcnt;                 /* guarded by channels.mutex */
+    pthread_mutex_t mutex;       /* guards everything below */
+    TpShare_Record **ring;       /* raw memory, capacity cap (power of 2) */
+    size_t cap;
+    size_t head;
+    atomic_long count;           /* written under mutex, read lock-free */
+    Py_ssize_t maxsize;          /* 0: unbounded */
+    int64_t spin_ns;
+    atomic_int closed;
+    tps_wlist receivers;
+    tps_wlist senders;
+    uint64_t sent, received, dropped;
+};
+
+static struct {
+    pthread_mutex_t mutex;
+    ptrmap byid;                 /* id -> channel (the table's reference) */
+    int64_t next_id;
+} channels = {
+    .mutex = PTHREAD_MUTEX_INITIALIZER,
+    .next_id = 16,               /* keys 0, 1 and 2 are reserved by ptrmap */
+};
+
+#define KEY(id) ((void *)(uintptr_t)(id))
+
+/* ---------------------------------------------------------------------
+ * Life cycle.
+ */
+
+tps_channel *
+tps_channel_new(Py_ssize_t maxsize, int64_t spin_ns)
+{
+    tps_channel *ch = PyMem_RawCalloc(1, sizeof(tps_channel));
+    if (ch == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    pthread_mutex_init(&ch->mutex, NULL);
+    tps_wlist_init(&ch->receivers);
+    tps_wlist_init(&ch->senders);
+    ch->maxsize = maxsize;
+    ch->spin_ns = spin_ns;
+    ch->refcnt = 1;
+    if (maxsize > 0) {
+        /* Bounded rings are allocated and touched up front: no page
+         * faults or growth in the transfer loop. */
+        size_t cap = 16;
+        while (cap < (size_t)maxsize && cap < ((size_t)1 << 20)) {
+            cap *= 2;
+        }
+        ch->ring = PyMem_RawCalloc(cap, sizeof(TpShare_Record *));
+        if (ch->ring == NULL) {
+            goto nomem;
+        }
+        ch->cap = cap;
+    }
+    pthread_mutex_lock(&channels.mutex);
+    ch->id = channels.next_id++;
+    int rc = ptrmap_set(&channels.byid, KEY(ch->id), ch);
+    pthread_mutex_unlock(&channels.mutex);
+    if (rc < 0) {
+        goto nomem;
+    }
+    return ch;
+
+nomem:
+    PyMem_RawFree(ch->ring);
+    pthread_mutex_destroy(&ch->mutex);
+    PyMem_RawFree(ch);
+    PyErr_NoMemory();
+    return NULL;
+}
+
+tps_channel *
+tps_channel_lookup(int64_t id)
+{
+    int found;
+    pthread_mutex_lock(&channels.mutex);
+    tps_channel *ch = ptrmap_get(&channels.byid, KEY(id), &found);
+    if (ch != NULL) {
+        ch->refcnt++;
+    }
+    pthread_mutex_unlock(&channels.mutex);
+    return ch;
+}
+
+void
+tps_channel_incref(tps_channel *ch)
+{
+    pthread_mutex_lock(&channels.mutex);
+    ch->refcnt++;
+    pthread_mutex_unlock(&channels.mutex);
+}
+
+/* Release every queued record (no other thread can reach `ch`). */
+static void
+release_all(tps_channel *ch)
+{
+    long n = atomic_load(&ch->count);
+    for (long i = 0; i < n; i++) {
+        tps_record_release(ch->ring[(ch->head + (size_t)i) & (ch->cap - 1)]);
+    }
+    atomic_store(&ch->count, 0);
+}
+
+void
+tps_channel_decref(tps_channel *ch)
+{
+    pthread_mutex_lock(&channels.mutex);
+    int last = --ch->refcnt == 0;
+    if (last) {
+        ptrmap_del(&channels.byid, KEY(ch->id));
+    }
+    pthread_mutex_unlock(&channels.mutex);
+    if (!last) {
+        return;
+    }
+    /* No handle is left, so no thread waits on it. */
+    release_all(ch);
+    PyMem_RawFree(ch->ring);
+    pthread_mutex_destroy(&ch->mutex);
+    PyMem_RawFree(ch);
+}
+
+int64_t
+tps_channel_id(const tps_channel *ch)
+{
+    return ch->id;
+}
+
+Py_ssize_t
+tps_channel_maxsize(const tps_channel *ch)
+{
+    return ch->maxsize;
+}
+
+Py_ssize_t
+tps_channel_count(tps_channel *ch)
+{
+    return (Py_ssize_t)atomic_load(&ch->count);
+}
+
+int
+tps_channel_is_closed(tps_channel *ch)
+{
+    return atomic_load(&ch->closed);
+}
+
+void
+tps_channel_close(tps_channel *ch)
+{
+    pthread_mutex_lock(&ch->mutex);
+    atomic_store(&ch->closed, 1);
+    tps_wlist_wake_all(&ch->receivers);
+    tps_wlist_wake_all(&ch->senders);
+    pthread_mutex_unlock(&ch->mutex);
+}
+
+void
+tps_channel_counters(tps_channel *ch, uint64_t out[3])
+{
+    pthread_mutex_lock(&ch->mutex);
+    out[0] = ch->sent;
+    out[1] = ch->received;
+    out[2] = ch->dropped;
+    pthread_mutex_unlock(&ch->mutex);
+}
+
+/* ---------------------------------------------------------------------
+ * The ring (mutex held).
+ */
+
+static int
+ring_reserve(tps_channel *ch, size_t need)
+{
+    size_t count = (size_t)atomic_load(&ch->count);
+    if (count + need <= ch->cap) {
+        return 0;
+    }
+    size_t cap = ch->cap ? ch->cap : 16;
+    while (cap < count + need) {
+        cap *= 2;
+    }
+    TpShare_Record **ring = PyMem_RawMalloc(cap * sizeof(TpShare_Record *));
+    if (ring == NULL) {
+        return -1;
+    }
+    for (size_t i = 0; i < count; i++) {
+        ring[i] = ch->ring[(ch->head + i) & (ch->cap - 1)];
+    }
+    PyMem_RawFree(ch->ring);
+    ch->ring = ring;
+    ch->cap = cap;
+    ch->head = 0;
+    return 0;
+}
+
+static void
+ring_push(tps_channel *ch, TpShare_Record *const *recs, Py_ssize_t n)
+{
+    size_t count = (size_t)atomic_load(&ch->count);
+    for (Py_ssize_t i = 0; i < n; i++) {
+        ch->ring[(ch->head + count + (size_t)i) & (ch->cap - 1)] = recs[i];
+    }
+    atomic_store(&ch->count, (long)(count + (size_t)n));
+    ch->sent += (uint64_t)n;
+}
+
+static Py_ssize_t
+ring_pop(tps_channel *ch, TpShare_Record **out, Py_ssize_t max)
+{
+    Py_ssize_t n = (Py_ssize_t)atomic_load(&ch->count);
+    if (n > max) {
+        n = max;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        out[i] = ch->ring[ch->head];
+        ch->head = (ch->head + 1) & (ch->cap - 1);
+    }
+    atomic_fetch_sub(&ch->count, (long)n);
+    ch->received += (uint64_t)n;
+    return n;
+}
+
+static inline int
+can_send(tps_channel *ch, Py_ssize_t n)
+{
+    long count = atomic_load_explicit(&ch->count, memory_order_relaxed);
+    return ch->maxsize == 0 || count == 0 || count + n <= ch->maxsize;
+}
+
+/* After items left the ring: wake senders once below the low-water mark. */
+static void
+wake_senders(tps_channel *ch)
+{
+    if (ch->senders.count == 0) {
+        return;
+    }
+    Py_ssize_t low = ch->maxsize - (ch->maxsize / 8 > 1 ? ch->maxsize / 8 : 1);
+    if (atomic_load(&ch->count) <= low) {
+        tps_wlist_wake_all(&ch->senders);
+    }
+}
+
+/* ---------------------------------------------------------------------
+ * Waiting.
+ */
+
+typedef enum { SENDING, RECEIVING } direction;
+
+/* Whether the operation can proceed, or must stop (closed), seen without
+ * the lock: a hint for spinning. */
+static inline int
+worth_locking(tps_channel *ch, direction dir, Py_ssize_t n)
+{
+    if (atomic_load_explicit(&ch->closed, memory_order_relaxed)) {
+        return 1;
+    }
+    return dir == RECEIVING
+        ? atomic_load_explicit(&ch->count, memory_order_relaxed) > 0
+        : can_send(ch, n);
+}
+
+/* One attempt with the mutex held.  Returns 1 when done (*rc set), 0 to
+ * keep waiting. */
+static int
+attempt(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
+        Py_ssize_t *got, int *rc)
+{
+    if (dir == RECEIVING) {
+        if (atomic_load(&ch->count) > 0) {
+            *got = ring_pop(ch, recs, n);
+            wake_senders(ch);
+            *rc = 0;
+            return 1;
+        }
+        if (atomic_load(&ch->closed)) {
+            *rc = TPS_ERR_CLOSED;
+            return 1;
+        }
+        return 0;
+    }
+    if (atomic_load(&ch->closed)) {
+        *rc = TPS_ERR_CLOSED;
+        return 1;
+    }
+    if (can_send(ch, n)) {
+        if (ring_reserve(ch, (size_t)n) < 0) {
+            *rc = TPS_ERR_NOMEM;
+            return 1;
+        }
+        ring_push(ch, recs, n);
+        tps_wlist_wake(&ch->receivers, (int)(n < INT32_MAX ? n : INT32_MAX));
+        *rc = 0;
+        return 1;
+    }
+    return 0;
+}
+
+/* Send or receive, waiting up to timeout_ns (< 0: forever).  Called with
+ * the GIL; released while waiting.  Returns 0 or a TPS_ERR_* code;
+ * TPS_ERR_SIGNAL comes with the exception a signal handler raised. */
+static int
+transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
+         Py_ssize_t *got, int64_t timeout_ns)
+{
+    int rc = 0;
+
+    pthread_mutex_lock(&ch->mutex);
+    int done = attempt(ch, dir, recs, n, got, &rc);
+    pthread_mutex_unlock(&ch->mutex);
+    if (done) {
+        return rc;
+    }
+    if (timeout_ns == 0) {
+        return dir == RECEIVING ? TPS_ERR_EMPTY : TPS_ERR_FULL;
+    }
+
+    tps_interp *st = tps_interp_current();
+    if (st == NULL) {
+        return TPS_ERR_PYTHON;
+    }
+    int64_t now = tps_now_ns();
+    int64_t deadline = timeout_ns < 0 ? -1 : now + timeout_ns;
+    tps_waiter *w = tps_waiter_self();
+    tps_wnode node = {.waiter = w}, inode = {.waiter = w};
+    tps_wlist *list = dir == RECEIVING ? &ch->receivers : &ch->senders;
+
+    PyThreadState *ts = PyEval_SaveThread();
+    int64_t spin_until = now + ch->spin_ns;
+    if (deadline >= 0 && spin_until > deadline) {
+        spin_until = deadline;
+    }
+    for (int i = 0; !worth_locking(ch, dir, n); i++) {
+        cpu_relax();
+        if ((i & 63) == 63 && tps_now_ns() >= spin_until) {
+            break;
+        }
+    }
+    for (;;) {
+        pthread_mutex_lock(&ch->mutex);
+        if (attempt(ch, dir, recs, n, got, &rc)) {
+            pthread_mutex_unlock(&ch->mutex);
+            break;
+        }
+        if (deadline >= 0 && tps_now_ns() >= deadline) {
+            pthread_mutex_unlock(&ch->mutex);
+            rc = dir == RECEIVING ? TPS_ERR_EMPTY : TPS_ERR_FULL;
+            break;
+        }
+        tps_waiter_reset(w);
+        tps_wlist_push(list, &node);
+        pthread_mutex_unlock(&ch->mutex);
+
+        tps_interp_watch(st, &inode);
+        int why = tps_interp_has_pending(st)
+                  ? TPS_PARK_WOKEN : tps_waiter_park(w, deadline);
+        tps_interp_unwatch(st, &inode);
+
+        pthread_mutex_lock(&ch->mutex);
+        tps_wlist_remove(list, &node);
+        pthread_mutex_unlock(&ch->mutex);
+
+        if (why == TPS_PARK_SIGNAL || tps_interp_has_pending(st)) {
+            PyEval_RestoreThread(ts);
+            tps_interp_drain(st);
+            if (why == TPS_PARK_SIGNAL && PyErr_CheckSignals() < 0) {
+                return TPS_ERR_SIGNAL;
+            }
+            ts = PyEval_SaveThread();
+        }
+    }
+    PyEval_RestoreThread(ts);
+    return rc;
+}
+
+int
+tps_channel_send(tps_channel *ch, TpShare_Record *const *recs, Py_ssize_t n,
+                 int64_t timeout_ns)
+{
+    Py_ssize_t unused;
+    return transfer(ch, SENDING, (TpShare_Record **)recs, n, &unused,
+                    timeout_ns);
+}
+
+int
+tps_channel_recv(tps_channel *ch, TpShare_Record **out, Py_ssize_t max,
+                 Py_ssize_t *got, int64_t timeout_ns)
+{
+    *got = 0;
+    return transfer(ch, RECEIVING, out, max, got, timeout_ns);
+}
+
+int
+tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
+                   Py_ssize_t n)
+{
+    pthread_mutex_lock(&ch->mutex);
+    if (ring_reserve(ch, (size_t)n) < 0) {
+        pthread_mutex_unlock(&ch->mutex);
+        return TPS_ERR_NOMEM;
+    }
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        ch->head = (ch->head - 1) & (ch->cap - 1);
+        ch->ring[ch->head] = recs[i];
+    }
+    atomic_fetch_add(&ch->count, (long)n);
+    ch->received -= (uint64_t)n;
+    tps_wlist_wake(&ch->receivers, (int)(n < INT32_MAX ? n : INT32_MAX));
+    pthread_mutex_unlock(&ch->mutex);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------
+ * Interpreter exit: drop owner-bound items sent by the exiting one.
+ */
+
+static void
+drop_items_of(tps_channel *ch, int64_t interp)
+{
+    TpShare_Record *dead = NULL;
+
+    pthread_mutex_lock(&ch->mutex);
+    size_t count = (size_t)atomic_load(&ch->count), kept = 0;
+    for (size_t i = 0; i < count; i++) {
+        TpShare_Record *rec = ch->ring[(ch->head + i) & (ch->cap - 1)];
+        if ((rec->flags & TPS_REC_BOUND) && rec->owner == interp) {
+            rec->next_release = dead;
+            dead = rec;
+            ch->dropped++;
+        }
+        else {
+            ch->ring[(ch->head + kept++) & (ch->cap - 1)] = rec;
+        }
+    }
+    atomic_store(&ch->count, (long)kept);
+    if (kept < count) {
+        wake_senders(ch);
+    }
+    pthread_mutex_unlock(&ch->mutex);
+    while (dead != NULL) {
+        TpShare_Record *next = dead->next_release;
+        tps_record_release(dead);
+        dead = next;
+    }
+}
+
+void
+tps_channels_forget_interp(int64_t interp)
+{
+    /* Hold every channel while working on it outside the table lock. */
+    pthread_mutex_lock(&channels.mutex);
+    size_t n = channels.byid.used, k = 0;
+    tps_channel **all = PyMem_RawMalloc((n + 1) * sizeof(tps_channel *));
+    if (all != NULL) {
+        PTRMAP_FOREACH(&channels.byid, s) {
+            tps_channel *ch = s->value;
+            ch->refcnt++;
+            all[k++] = ch;
+        }
+    }
+    pthread_mutex_unlock(&channels.mutex);
+    if (all == NULL) {
+        return;  /* XXX out of memory at exit: the items stay queued */
+    }
+    for (size_t i = 0; i < k; i++) {
+        drop_items_of(all[i], interp);
+        tps_channel_decref(all[i]);
+    }
+    PyMem_RawFree(all);
+}

@@ -1,0 +1,682 @@
+/* channel.c - tpshare.Channel (the Object Channel) and tpshare.MemChannel.
+ *
+ * Both are handles on one channel of the core (chancore.c); they differ
+ * only in what they put in it.  MemChannel.send() accepts buffer
+ * exporters only and shares them zero-copy with the buffer handler,
+ * returning a Tracker; Channel.send() shares any shareable object through
+ * the registry.  Receiving is the same code for both: take a record,
+ * rebuild it (a memoryview for a buffer), release the record.  So the
+ * difference between the two designs, as measured, is the object layer
+ * alone.
+ *
+ * Handles are shareable: a handle's record holds a reference to the
+ * channel and rebuilds as a handle of the receiving interpreter's own
+ * class; a channel lives while any handle or record holds it.
+ */
+#include "tpshare_internal.h"
+
+/* Default spin before parking (see docs/design.md). */
+#define DEFAULT_SPIN_NS 50000
+
+typedef struct {
+    PyObject_HEAD
+    tps_channel *ch;             /* held */
+} Chan;
+
+static inline tps_module_state *
+state_of(PyObject *op)
+{
+    return PyType_GetModuleState(Py_TYPE(op));
+}
+
+static inline int
+is_mem(PyObject *op)
+{
+    return Py_TYPE(op) == state_of(op)->MemChannelType;
+}
+
+PyObject *
+tps_raise_error(tps_module_state *state, int code)
+{
+    switch (code) {
+    case TPS_ERR_CLOSED:
+        PyErr_SetString(state->ChannelClosed, "the channel is closed");
+        break;
+    case TPS_ERR_EMPTY:
+        PyErr_SetString(state->ChannelEmpty,
+                        "timed out waiting for an item");
+        break;
+    case TPS_ERR_FULL:
+        PyErr_SetString(state->ChannelFull, "timed out waiting for room");
+        break;
+    case TPS_ERR_NOMEM:
+        PyErr_NoMemory();
+        break;
+    default:
+        assert(PyErr_Occurred());
+        break;
+    }
+    return NULL;
+}
+
+/* Keyword parsing for the hot methods, without PyArg's overhead.
+ * Positional parameters fill pos[0..npos_max); keyword-only ones (names
+ * in kwlist) fill kw[].  Unset slots stay NULL.  Returns 0 or -1. */
+static int
+parse(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+      PyObject *kwnames, Py_ssize_t npos_min, Py_ssize_t npos_max,
+      const char *const *posnames, PyObject **pos,
+      const char *const *kwlist, PyObject **kw)
+{
+    if (nargs < npos_min || nargs > npos_max) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd to %zd positional "
+                     "arguments but %zd were given", fname, npos_min,
+                     npos_max, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        pos[i] = args[i];
+    }
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        int matched = 0;
+        for (int j = 0; kwlist && kwlist[j]; j++) {
+            if (tps_unicode_equal_ascii(name, kwlist[j])) {
+                kw[j] = args[nargs + i];
+                matched = 1;
+            }
+        }
+        for (Py_ssize_t j = nargs; !matched && posnames && j < npos_max; j++) {
+            if (tps_unicode_equal_ascii(name, posnames[j])) {
+                pos[j] = args[nargs + i];
+                matched = 1;
+            }
+        }
+        if (!matched) {
+            PyErr_Format(PyExc_TypeError,
+                         "%s() got an unexpected keyword argument %R",
+                         fname, name);
+            return -1;
+        }
+    }
+    for (Py_ssize_t j = 0; j < npos_min; j++) {
+        if (pos[j] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing argument '%s'",
+                         fname, posnames[j]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------
+ * Creating handles.
+ */
+
+/* A handle of `type` on `ch`, taking over the caller's reference.  New
+ * reference, or NULL (the channel reference is then released). */
+static PyObject *
+wrap(PyTypeObject *type, tps_channel *ch)
+{
+    Chan *self = PyObject_New(Chan, type);
+    if (self == NULL) {
+        tps_channel_decref(ch);
+        return NULL;
+    }
+    self->ch = ch;
+    return (PyObject *)self;
+}
+
+static PyObject *
+chan_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"maxsize", "spin", NULL};
+    Py_ssize_t maxsize = 0;
+    double spin = DEFAULT_SPIN_NS / 1e9;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n$d", kwlist, &maxsize,
+                                     &spin)) {
+        return NULL;
+    }
+    if (maxsize < 0) {
+        PyErr_SetString(PyExc_ValueError, "maxsize must be >= 0");
+        return NULL;
+    }
+    if (!(spin >= 0 && spin <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "spin must be between 0 and 1 second");
+        return NULL;
+    }
+    tps_interp *st = tps_interp_current();
+    if (st == NULL) {
+        return NULL;
+    }
+    tps_interp_drain(st);
+    tps_channel *ch = tps_channel_new(maxsize, (int64_t)(spin * 1e9));
+    if (ch == NULL) {
+        return NULL;
+    }
+    return wrap(type, ch);
+}
+
+static PyObject *
+chan_from_id(PyObject *cls, PyObject *arg)
+{
+    long long id = PyLong_AsLongLong(arg);
+    if (id == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    tps_channel *ch = tps_channel_lookup(id);
+    if (ch == NULL) {
+        PyErr_Format(PyExc_KeyError, "no channel with id %lld", id);
+        return NULL;
+    }
+    return wrap((PyTypeObject *)cls, ch);
+}
+
+static void
+chan_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    tps_channel_decref(((Chan *)op)->ch);
+    PyObject_Free(op);
+    Py_DECREF(tp);
+}
+
+/* ---------------------------------------------------------------------
+ * Sending.
+ */
+
+/* The record for one object sent through `self`, or NULL. */
+static TpShare_Record *
+make_record(PyObject *self, PyObject *obj, int writable)
+{
+    if (!is_mem(self)) {
+        return tps_share(obj);
+    }
+    if (!PyObject_CheckBuffer(obj)) {
+        PyErr_Format(PyExc_TypeError,
+                     "MemChannel.send() needs a buffer exporter (bytes, "
+                     "bytearray, memoryview, array...), not '%.200s'",
+                     Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    return tps_share_with(obj, writable ? tps_buffer_writable_entry
+                                        : tps_buffer_entry);
+}
+
+static PyObject *
+chan_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+          PyObject *kwnames)
+{
+    static const char *const posnames[] = {"obj", NULL};
+    static const char *const kwlist[] = {"timeout", "writable", NULL};
+    PyObject *pos[1] = {NULL}, *kw[2] = {NULL, NULL};
+    tps_module_state *state = state_of(self);
+    PyObject *tracker = NULL;
+    int64_t timeout;
+    int writable = 0;
+
+    if (parse("send", args, nargs, kwnames, 1, 1, posnames, pos, kwlist, kw)
+        < 0 || tps_parse_timeout(kw[0], &timeout) < 0)
+    {
+        return NULL;
+    }
+    if (kw[1] != NULL) {
+        if (!is_mem(self)) {
+            PyErr_SetString(PyExc_TypeError,
+                            "writable= is a MemChannel option");
+            return NULL;
+        }
+        if ((writable = PyObject_IsTrue(kw[1])) < 0) {
+            return NULL;
+        }
+    }
+    tps_interp *st = tps_interp_current();
+    if (st == NULL) {
+        return NULL;
+    }
+    tps_interp_drain(st);
+    TpShare_Record *rec = make_record(self, pos[0], writable);
+    if (rec == NULL) {
+        return NULL;
+    }
+    if (is_mem(self)) {
+        tps_tracker *t = tps_tracker_new(st);
+        if (t == NULL) {
+            goto error;
+        }
+        rec->tracker = t;   /* the record's reference */
+        tracker = tps_tracker_wrap(state, t);
+        if (tracker == NULL) {
+            goto error;
+        }
+    }
+    int rc = tps_channel_send(((Chan *)self)->ch, &rec, 1, timeout);
+    if (rc < 0) {
+        tps_raise_error(state, rc);
+        goto error;
+    }
+    if (tracker != NULL) {
+        return tracker;
+    }
+    Py_RETURN_NONE;
+
+error:
+    /* Nothing was queued: the record (and the export) go now. */
+    Py_XDECREF(tracker);
+    tps_record_release(rec);
+    return NULL;
+}
+
+static PyObject *
+chan_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
+{
+    static const char *const posnames[] = {"items", NULL};
+    static const char *const kwlist[] = {"timeout", NULL};
+    PyObject *pos[1] = {NULL}, *kw[1] = {NULL};
+    TpShare_Record **recs = NULL;
+    PyObject *seq = NULL;
+    Py_ssize_t n = 0, made = 0;
+    int64_t timeout;
+
+    if (parse("send_many", args, nargs, kwnames, 1, 1, posnames, pos, kwlist,
+              kw) < 0 || tps_parse_timeout(kw[0], &timeout) < 0)
+    {
+        return NULL;
+    }
+    tps_interp *st = tps_interp_current();
+    if (st == NULL) {
+        return NULL;
+    }
+    tps_interp_drain(st);
+    seq = PySequence_Fast(pos[0], "send_many() needs an iterable");
+    if (seq == NULL) {
+        return NULL;
+    }
+    n = PySequence_Fast_GET_SIZE(seq);
+    if (n == 0) {
+        Py_DECREF(seq);
+        Py_RETURN_NONE;
+    }
+    recs = PyMem_RawMalloc((size_t)n * sizeof(TpShare_Record *));
+    if (recs == NULL) {
+        PyErr_NoMemory();
+        goto finally;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (made = 0; made < n; made++) {
+        recs[made] = make_record(self, items[made], 0);
+        if (recs[made] == NULL) {
+            goto finally;
+        }
+    }
+    int rc = tps_channel_send(((Chan *)self)->ch, recs, n, timeout);
+    if (rc < 0) {
+        tps_raise_error(state_of(self), rc);
+        goto finally;
+    }
+    made = 0;   /* the channel owns them now */
+
+finally:
+    for (Py_ssize_t i = 0; i < made; i++) {
+        tps_record_release(recs[i]);
+    }
+    PyMem_RawFree(recs);
+    Py_DECREF(seq);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* ---------------------------------------------------------------------
+ * Receiving.
+ */
+
+static PyObject *
+chan_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+          PyObject *kwnames)
+{
+    static const char *const posnames[] = {"timeout", NULL};
+    PyObject *pos[1] = {NULL};
+    TpShare_Record *rec;
+    Py_ssize_t got;
+    int64_t timeout;
+
+    if (parse("recv", args, nargs, kwnames, 0, 1, posnames, pos, NULL, NULL)
+        < 0 || tps_parse_timeout(pos[0], &timeout) < 0)
+    {
+        return NULL;
+    }
+    tps_interp *st = tps_interp_current();
+    if (st == NULL) {
+        return NULL;
+    }
+    tps_interp_drain(st);
+    tps_channel *ch = ((Chan *)self)->ch;
+    int rc = tps_channel_recv(ch, &rec, 1, &got, timeout);
+    if (rc < 0) {
+        return tps_raise_error(state_of(self), rc);
+    }
+    PyObject *obj = tps_rebuild(rec);
+    if (obj == NULL) {
+        /* Keep the item for a receiver that can rebuild it. */
+        if (tps_channel_unrecv(ch, &rec, 1) < 0) {
+            tps_record_release(rec);
+        }
+        return NULL;
+    }
+    tps_record_release(rec);
+    return obj;
+}
+
+static PyObject *
+chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames)
+{
+    static const char *const posnames[] = {"max", "timeout", NULL};
+    PyObject *pos[2] = {NULL, NULL};
+    TpShare_Record **recs = NULL;
+    PyObject *res = NULL;
+    Py_ssize_t got = 0, i = 0;
+    int64_t timeout;
+
+    if (parse("recv_many", args, nargs, kwnames, 1, 2, posnames, pos, NULL,
+              NULL) < 0 || tps_parse_timeout(pos[1], &timeout) < 0)
+    {
+        return NULL;
+    }
+    Py_ssize_t max = PyLong_AsSsize_t(pos[0]);
+    if (max == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max < 1) {
+        PyErr_SetString(PyExc_ValueError, "max must be >= 1");
+        return NULL;
+    }
+    tps_interp *st = tps_interp_current();
+    if (st == NULL) {
+        return NULL;
+    }
+    tps_interp_drain(st);
+    if (max > 1 << 16) {
+        max = 1 << 16;
+    }
+    recs = PyMem_RawMalloc((size_t)max * sizeof(TpShare_Record *));
+    if (recs == NULL) {
+        return PyErr_NoMemory();
+    }
+    tps_channel *ch = ((Chan *)self)->ch;
+    int rc = tps_channel_recv(ch, recs, max, &got, timeout);
+    if (rc < 0) {
+        tps_raise_error(state_of(self), rc);
+        goto finally;
+    }
+    res = PyList_New(got);
+    if (res == NULL) {
+        goto finally;
+    }
+    for (i = 0; i < got; i++) {
+        PyObject *obj = tps_rebuild(recs[i]);
+        if (obj == NULL) {
+            break;
+        }
+        PyList_SET_ITEM(res, i, obj);
+        tps_record_release(recs[i]);
+    }
+    if (i < got) {
+        /* Return what was rebuilt; put the rest back.  Fail only if
+         * nothing was. */
+        if (i > 0) {
+            PyErr_Clear();
+            Py_SET_SIZE(res, i);
+        }
+        else {
+            Py_CLEAR(res);
+        }
+    }
+
+finally:
+    if (i < got && tps_channel_unrecv(ch, recs + i, got - i) < 0) {
+        for (Py_ssize_t j = i; j < got; j++) {
+            tps_record_release(recs[j]);
+        }
+    }
+    PyMem_RawFree(recs);
+    return res;
+}
+
+/* ---------------------------------------------------------------------
+ * The rest of the API.
+ */
+
+static PyObject *
+chan_close(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    tps_channel_close(((Chan *)self)->ch);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+chan_qsize(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyLong_FromSsize_t(tps_channel_count(((Chan *)self)->ch));
+}
+
+static Py_ssize_t
+chan_len(PyObject *self)
+{
+    return tps_channel_count(((Chan *)self)->ch);
+}
+
+static PyObject *
+chan_empty(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(tps_channel_count(((Chan *)self)->ch) == 0);
+}
+
+static PyObject *
+chan_full(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    tps_channel *ch = ((Chan *)self)->ch;
+    Py_ssize_t max = tps_channel_maxsize(ch);
+    return PyBool_FromLong(max > 0 && tps_channel_count(ch) >= max);
+}
+
+static PyObject *
+chan_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    uint64_t c[3];
+    tps_channel_counters(((Chan *)self)->ch, c);
+    return Py_BuildValue("{sKsKsKsn}", "sent", (unsigned long long)c[0],
+                         "received", (unsigned long long)c[1],
+                         "dropped", (unsigned long long)c[2], "queued",
+                         tps_channel_count(((Chan *)self)->ch));
+}
+
+static PyObject *
+chan_get_id(PyObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLongLong(tps_channel_id(((Chan *)self)->ch));
+}
+
+static PyObject *
+chan_get_maxsize(PyObject *self, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(tps_channel_maxsize(((Chan *)self)->ch));
+}
+
+static PyObject *
+chan_get_closed(PyObject *self, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(tps_channel_is_closed(((Chan *)self)->ch));
+}
+
+static PyObject *
+chan_repr(PyObject *self)
+{
+    tps_channel *ch = ((Chan *)self)->ch;
+    return PyUnicode_FromFormat("<%s id=%lld maxsize=%zd queued=%zd%s>",
+                                Py_TYPE(self)->tp_name,
+                                (long long)tps_channel_id(ch),
+                                tps_channel_maxsize(ch),
+                                tps_channel_count(ch),
+                                tps_channel_is_closed(ch) ? " closed" : "");
+}
+
+static Py_hash_t
+chan_hash(PyObject *self)
+{
+    Py_hash_t h = (Py_hash_t)tps_channel_id(((Chan *)self)->ch);
+    return h == -1 ? -2 : h;
+}
+
+static PyObject *
+chan_richcompare(PyObject *self, PyObject *other, int op)
+{
+    if ((op != Py_EQ && op != Py_NE) || Py_TYPE(other) != Py_TYPE(self)) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    int eq = ((Chan *)self)->ch == ((Chan *)other)->ch;
+    return PyBool_FromLong(op == Py_EQ ? eq : !eq);
+}
+
+static PyMethodDef chan_methods[] = {
+    {"send", _PyCFunction_CAST(chan_send), METH_FASTCALL | METH_KEYWORDS,
+     "send(obj, *, timeout=None)\n--\n\nQueue obj, waiting up to timeout "
+     "seconds for room (ChannelFull then); ChannelClosed once closed."},
+    {"recv", _PyCFunction_CAST(chan_recv), METH_FASTCALL | METH_KEYWORDS,
+     "recv(timeout=None)\n--\n\nTake the next item, waiting up to timeout "
+     "seconds (ChannelEmpty then); ChannelClosed once closed and empty."},
+    {"send_many", _PyCFunction_CAST(chan_send_many),
+     METH_FASTCALL | METH_KEYWORDS,
+     "send_many(items, *, timeout=None)\n--\n\nQueue every item of an "
+     "iterable under one lock, all or nothing."},
+    {"recv_many", _PyCFunction_CAST(chan_recv_many),
+     METH_FASTCALL | METH_KEYWORDS,
+     "recv_many(max, timeout=None)\n--\n\nTake 1 to max items at once, "
+     "waiting for the first; a list."},
+    {"close", chan_close, METH_NOARGS,
+     "close()\n--\n\nClose the channel: wake every waiter; queued items "
+     "can still be received."},
+    {"qsize", chan_qsize, METH_NOARGS, "Number of queued items."},
+    {"empty", chan_empty, METH_NOARGS, "True if no item is queued."},
+    {"full", chan_full, METH_NOARGS, "True if a bounded channel is full."},
+    {"stats", chan_stats, METH_NOARGS,
+     "Counters: sent, received, dropped, queued."},
+    {"from_id", chan_from_id, METH_O | METH_CLASS,
+     "from_id(id)\n--\n\nA new handle on the live channel with this id."},
+    {NULL},
+};
+
+static PyGetSetDef chan_getset[] = {
+    {"id", chan_get_id, NULL, "Process-wide ID of the channel.", NULL},
+    {"maxsize", chan_get_maxsize, NULL, "Capacity (0: unbounded).", NULL},
+    {"closed", chan_get_closed, NULL, "True once close() was called.",
+     NULL},
+    {NULL},
+};
+
+#define CHAN_SLOTS(DOC)                                   \
+    {Py_tp_new, chan_new},                                \
+    {Py_tp_dealloc, chan_dealloc},                        \
+    {Py_tp_repr, chan_repr},                              \
+    {Py_tp_hash, chan_hash},                              \
+    {Py_tp_richcompare, chan_richcompare},                \
+    {Py_tp_methods, chan_methods},                        \
+    {Py_tp_getset, chan_getset},                          \
+    {Py_sq_length, chan_len},                             \
+    {Py_tp_doc, DOC},                                     \
+    {0, NULL}
+
+static PyType_Slot channel_slots[] = {CHAN_SLOTS(
+    "Channel(maxsize=0, *, spin=5e-05)\n--\n\n"
+    "A FIFO of shareable objects between interpreters.")};
+
+static PyType_Slot memchannel_slots[] = {CHAN_SLOTS(
+    "MemChannel(maxsize=0, *, spin=5e-05)\n--\n\n"
+    "A FIFO of buffers between interpreters, zero-copy: recv() returns a "
+    "memoryview of the sender's memory; send() returns a Tracker.")};
+
+static PyType_Spec channel_spec = {
+    .name = "tpshare.Channel",
+    .basicsize = sizeof(Chan),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = channel_slots,
+};
+
+static PyType_Spec memchannel_spec = {
+    .name = "tpshare.MemChannel",
+    .basicsize = sizeof(Chan),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = memchannel_slots,
+};
+
+/* ---------------------------------------------------------------------
+ * Sharing handles: the record holds the channel, neutral.
+ */
+
+static int
+handle_share(PyObject *obj, TpShare_Data *data)
+{
+    tps_channel *ch = ((Chan *)obj)->ch;
+    tps_channel_incref(ch);
+    data->ptr = ch;
+    return 0;
+}
+
+static PyObject *
+handle_rebuild(PyTypeObject *type, const TpShare_Data *data)
+{
+    tps_channel *ch = data->ptr;
+    tps_channel_incref(ch);
+    return wrap(type, ch);
+}
+
+static void
+handle_free(TpShare_Data *data)
+{
+    tps_channel_decref(data->ptr);
+}
+
+static const TpShare_Hooks channel_hooks = {
+    TPSHARE_ABI_VERSION, 0, "tpshare.Channel",
+    handle_share, handle_rebuild, handle_free,
+};
+
+static const TpShare_Hooks memchannel_hooks = {
+    TPSHARE_ABI_VERSION, 0, "tpshare.MemChannel",
+    handle_share, handle_rebuild, handle_free,
+};
+
+static PyTypeObject *
+make_type(PyObject *module, PyType_Spec *spec, const TpShare_Hooks *hooks)
+{
+    PyTypeObject *type = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, spec, NULL);
+    if (type == NULL) {
+        return NULL;
+    }
+    if (PyModule_AddType(module, type) < 0
+        || tps_registry_register(type, hooks, 0) < 0)
+    {
+        Py_DECREF(type);
+        return NULL;
+    }
+    return type;
+}
+
+int
+tps_channel_init_types(PyObject *module, tps_module_state *state)
+{
+    state->ChannelType = make_type(module, &channel_spec, &channel_hooks);
+    if (state->ChannelType == NULL) {
+        return -1;
+    }
+    state->MemChannelType = make_type(module, &memchannel_spec,
+                                      &memchannel_hooks);
+    return state->MemChannelType == NULL ? -1 : 0;
+}

@@ -1,0 +1,159 @@
+/* waiter.h - parking a thread until something happens (DESIGN.md D7).
+ *
+ * A waiter is a per-thread semaphore that a blocked thread puts on one or
+ * more wait lists (a channel's receivers or senders, its interpreter's
+ * release waiters) before it parks.  Whoever makes progress possible takes
+ * waiters off a list and posts them, under that list's lock.  A woken
+ * thread takes itself off every list, under each lock, before it returns,
+ * so nothing touches a waiter after its wait ended; an extra post is only
+ * a spurious wake-up, and every caller re-checks its condition in a loop.
+ *
+ * Semaphores rather than condition variables because sem_clockwait()
+ * returns EINTR when a signal arrives: a Ctrl-C in the main thread ends
+ * the park at once and the caller runs the Python signal handlers, with
+ * no timed polling.  Waits use CLOCK_MONOTONIC deadlines.
+ */
+#ifndef TPSHARE_WAITER_H
+#define TPSHARE_WAITER_H
+
+#ifndef TPSHARE_BUILD_CORE
+#error "waiter.h is internal to tpshare"
+#endif
+
+#include <errno.h>
+#include <semaphore.h>
+#include <stdint.h>
+#include <time.h>
+
+typedef struct tps_waiter tps_waiter;
+
+/* A node on one wait list; a waiter has one node per list it can be on. */
+typedef struct tps_wnode {
+    struct tps_wnode *prev, *next;
+    tps_waiter *waiter;
+    int linked;
+} tps_wnode;
+
+struct tps_waiter {
+    sem_t sem;
+    int ready;
+};
+
+/* A wait list: a circular doubly linked list with a sentinel.  Guarded by
+ * the lock of whatever owns it. */
+typedef struct {
+    tps_wnode head;
+    int count;
+} tps_wlist;
+
+static inline void
+tps_wlist_init(tps_wlist *l)
+{
+    l->head.prev = l->head.next = &l->head;
+    l->head.waiter = NULL;
+    l->head.linked = 0;
+    l->count = 0;
+}
+
+/* Append `n` (lock held). */
+static inline void
+tps_wlist_push(tps_wlist *l, tps_wnode *n)
+{
+    n->prev = l->head.prev;
+    n->next = &l->head;
+    l->head.prev->next = n;
+    l->head.prev = n;
+    n->linked = 1;
+    l->count++;
+}
+
+/* Unlink `n` if it is linked (lock held). */
+static inline void
+tps_wlist_remove(tps_wlist *l, tps_wnode *n)
+{
+    if (n->linked) {
+        n->prev->next = n->next;
+        n->next->prev = n->prev;
+        n->linked = 0;
+        l->count--;
+    }
+}
+
+/* Wake up to `n` waiters, oldest first (lock held).  Returns how many. */
+static inline int
+tps_wlist_wake(tps_wlist *l, int n)
+{
+    int woken = 0;
+    while (woken < n && l->count > 0) {
+        tps_wnode *w = l->head.next;
+        tps_wlist_remove(l, w);
+        sem_post(&w->waiter->sem);
+        woken++;
+    }
+    return woken;
+}
+
+static inline int
+tps_wlist_wake_all(tps_wlist *l)
+{
+    return tps_wlist_wake(l, l->count);
+}
+
+/* The calling thread's waiter (created on first use; its semaphore lives
+ * as long as the thread). */
+static inline tps_waiter *
+tps_waiter_self(void)
+{
+    static _Thread_local tps_waiter self;
+    if (!self.ready) {
+        sem_init(&self.sem, 0, 0);
+        self.ready = 1;
+    }
+    return &self;
+}
+
+/* Monotonic time in nanoseconds. */
+static inline int64_t
+tps_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Results of tps_waiter_park(). */
+#define TPS_PARK_WOKEN 0
+#define TPS_PARK_TIMEOUT 1
+#define TPS_PARK_SIGNAL 2
+
+/* Park until posted, until `deadline_ns` (monotonic; < 0: no deadline),
+ * or until a signal arrives.  Call without the GIL. */
+static inline int
+tps_waiter_park(tps_waiter *w, int64_t deadline_ns)
+{
+    int rc;
+    if (deadline_ns < 0) {
+        rc = sem_wait(&w->sem);
+    }
+    else {
+        struct timespec ts;
+        ts.tv_sec = (time_t)(deadline_ns / 1000000000);
+        ts.tv_nsec = (long)(deadline_ns % 1000000000);
+        rc = sem_clockwait(&w->sem, CLOCK_MONOTONIC, &ts);
+    }
+    if (rc == 0) {
+        return TPS_PARK_WOKEN;
+    }
+    return errno == ETIMEDOUT ? TPS_PARK_TIMEOUT : TPS_PARK_SIGNAL;
+}
+
+/* Consume posts left over from an earlier wait (a post that raced with a
+ * timeout), so the next park does not return at once for nothing. */
+static inline void
+tps_waiter_reset(tps_waiter *w)
+{
+    while (sem_trywait(&w->sem) == 0) {
+    }
+}
+
+#endif /* TPSHARE_WAITER_H */
