@@ -1,0 +1,202 @@
+/* buffer.c - tpshare.Buffer: memory that belongs to no interpreter (D6).
+ *
+ * A Buffer is a writable block of raw memory with an atomic refcount.
+ * Sharing one (through Channel, MemChannel or share()) makes a neutral
+ * record that holds the block, and rebuilding makes a new Buffer object in
+ * the receiver over the same block: no export of the sender is involved,
+ * so views of it need no owner and stay valid after the interpreter that
+ * made it is gone.  It is the unit a zero-copy pipeline between
+ * long-lived workers should use.
+ *
+ * The block is never resized, so exports need no bookkeeping; concurrent
+ * writes from several interpreters are the user's to coordinate, as with
+ * any shared memory.
+ */
+#include "tpshare_internal.h"
+
+#include <string.h>
+
+typedef struct {
+    atomic_long refcnt;
+    Py_ssize_t size;
+    char data[];
+} block;
+
+typedef struct {
+    PyObject_HEAD
+    block *b;                    /* held */
+} Buffer;
+
+static block *
+block_new(Py_ssize_t size)
+{
+    /* calloc: large blocks come as untouched zero pages. */
+    block *b = PyMem_RawCalloc(1, sizeof(block) + (size_t)size);
+    if (b == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    atomic_init(&b->refcnt, 1);
+    b->size = size;
+    return b;
+}
+
+static void
+block_incref(block *b)
+{
+    atomic_fetch_add(&b->refcnt, 1);
+}
+
+static void
+block_decref(block *b)
+{
+    if (atomic_fetch_sub(&b->refcnt, 1) == 1) {
+        PyMem_RawFree(b);
+    }
+}
+
+/* A Buffer of `type` over `b`, taking over the caller's reference.  New
+ * reference or NULL (the block reference is then released). */
+static PyObject *
+wrap(PyTypeObject *type, block *b)
+{
+    Buffer *self = PyObject_New(Buffer, type);
+    if (self == NULL) {
+        block_decref(b);
+        return NULL;
+    }
+    self->b = b;
+    return (PyObject *)self;
+}
+
+static PyObject *
+buffer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"size", NULL};
+    Py_ssize_t size;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n:Buffer", kwlist, &size)) {
+        return NULL;
+    }
+    if (size < 0) {
+        PyErr_SetString(PyExc_ValueError, "size must be >= 0");
+        return NULL;
+    }
+    block *b = block_new(size);
+    return b == NULL ? NULL : wrap(type, b);
+}
+
+static void
+buffer_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    block_decref(((Buffer *)op)->b);
+    PyObject_Free(op);
+    Py_DECREF(tp);
+}
+
+static int
+buffer_getbuffer(PyObject *op, Py_buffer *view, int flags)
+{
+    block *b = ((Buffer *)op)->b;
+    return PyBuffer_FillInfo(view, op, b->data, b->size, 0, flags);
+}
+
+static Py_ssize_t
+buffer_len(PyObject *op)
+{
+    return ((Buffer *)op)->b->size;
+}
+
+static PyObject *
+buffer_get_nbytes(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(((Buffer *)op)->b->size);
+}
+
+static PyObject *
+buffer_get_refs(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLong(atomic_load(&((Buffer *)op)->b->refcnt));
+}
+
+static PyObject *
+buffer_repr(PyObject *op)
+{
+    block *b = ((Buffer *)op)->b;
+    return PyUnicode_FromFormat("<tpshare.Buffer of %zd bytes at %p>",
+                                b->size, (void *)b->data);
+}
+
+static PyGetSetDef buffer_getset[] = {
+    {"nbytes", buffer_get_nbytes, NULL, "Size in bytes.", NULL},
+    {"refs", buffer_get_refs, NULL,
+     "Holders of the memory, in every interpreter (Buffer objects and "
+     "records).", NULL},
+    {NULL},
+};
+
+static PyType_Slot buffer_slots[] = {
+    {Py_tp_new, buffer_new},
+    {Py_tp_dealloc, buffer_dealloc},
+    {Py_tp_repr, buffer_repr},
+    {Py_tp_getset, buffer_getset},
+    {Py_bf_getbuffer, buffer_getbuffer},
+    {Py_sq_length, buffer_len},
+    {Py_tp_doc, "Buffer(size)\n--\n\n"
+                "Writable memory that belongs to no interpreter: shared "
+                "zero-copy, it stays valid whichever interpreter exits."},
+    {0, NULL},
+};
+
+static PyType_Spec buffer_spec = {
+    .name = "tpshare.Buffer",
+    .basicsize = sizeof(Buffer),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = buffer_slots,
+};
+
+/* ---------------------------------------------------------------------
+ * Hooks: a neutral record holding the block.
+ */
+
+static int
+hook_share(PyObject *obj, TpShare_Data *data)
+{
+    block *b = ((Buffer *)obj)->b;
+    block_incref(b);
+    data->ptr = b;
+    data->size = b->size;
+    return 0;
+}
+
+static PyObject *
+hook_rebuild(PyTypeObject *type, const TpShare_Data *data)
+{
+    block *b = data->ptr;
+    block_incref(b);
+    return wrap(type, b);
+}
+
+static void
+hook_free(TpShare_Data *data)
+{
+    block_decref(data->ptr);
+}
+
+static const TpShare_Hooks buffer_hooks = {
+    TPSHARE_ABI_VERSION, TPSHARE_ZERO_COPY, "tpshare.Buffer",
+    hook_share, hook_rebuild, hook_free,
+};
+
+int
+tps_buffer_init_type(PyObject *module, tps_module_state *state)
+{
+    state->BufferType = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &buffer_spec, NULL);
+    if (state->BufferType == NULL
+        || PyModule_AddType(module, state->BufferType) < 0)
+    {
+        return -1;
+    }
+    return tps_registry_register(state->BufferType, &buffer_hooks, 0);
+}
