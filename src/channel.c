@@ -195,6 +195,10 @@ make_record(PyObject *self, PyObject *obj, int writable)
     if (!is_mem(self)) {
         return tps_share(obj);
     }
+    if (Py_TYPE(obj) == state_of(self)->BufferType) {
+        /* Memory of no interpreter: a neutral record, no export. */
+        return tps_share(obj);
+    }
     if (!PyObject_CheckBuffer(obj)) {
         PyErr_Format(PyExc_TypeError,
                      "MemChannel.send() needs a buffer exporter (bytes, "
@@ -336,6 +340,20 @@ finally:
  * Receiving.
  */
 
+/* The received object for `rec` (borrowed): MemChannel gives a
+ * memoryview for a tpshare.Buffer too.  New reference or NULL. */
+static PyObject *
+rebuild(PyObject *self, TpShare_Record *rec)
+{
+    PyObject *obj = tps_rebuild(rec);
+    if (obj != NULL && is_mem(self)
+        && Py_TYPE(obj) == state_of(self)->BufferType)
+    {
+        Py_SETREF(obj, PyMemoryView_FromObject(obj));
+    }
+    return obj;
+}
+
 static PyObject *
 chan_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
           PyObject *kwnames)
@@ -361,7 +379,7 @@ chan_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (rc < 0) {
         return tps_raise_error(state_of(self), rc);
     }
-    PyObject *obj = tps_rebuild(rec);
+    PyObject *obj = rebuild(self, rec);
     if (obj == NULL) {
         /* Keep the item for a receiver that can rebuild it. */
         if (tps_channel_unrecv(ch, &rec, 1) < 0) {
@@ -420,7 +438,7 @@ chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         goto finally;
     }
     for (i = 0; i < got; i++) {
-        PyObject *obj = tps_rebuild(recs[i]);
+        PyObject *obj = rebuild(self, recs[i]);
         if (obj == NULL) {
             break;
         }

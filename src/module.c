@@ -347,6 +347,7 @@ module_exec(PyObject *module)
     if (tps_shared_init_type(module, state) < 0
         || tps_view_init_type(module, state) < 0
         || tps_tracker_init_type(module, state) < 0
+        || tps_buffer_init_type(module, state) < 0
         || tps_channel_init_types(module, state) < 0)
     {
         goto finally;
@@ -390,6 +391,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->TrackerType);
     Py_VISIT(state->ChannelType);
     Py_VISIT(state->MemChannelType);
+    Py_VISIT(state->BufferType);
     return 0;
 }
 
@@ -407,6 +409,7 @@ module_clear(PyObject *module)
     Py_CLEAR(state->TrackerType);
     Py_CLEAR(state->ChannelType);
     Py_CLEAR(state->MemChannelType);
+    Py_CLEAR(state->BufferType);
     return 0;
 }
 

@@ -121,6 +121,7 @@ typedef struct {
     PyTypeObject *TrackerType;
     PyTypeObject *ChannelType;
     PyTypeObject *MemChannelType;
+    PyTypeObject *BufferType;
 } tps_module_state;
 
 /* ---------------------------------------------------------------------
@@ -310,6 +311,9 @@ int tps_shared_init_type(PyObject *module, tps_module_state *state);
 PyObject *tps_shared_new(tps_module_state *state, TpShare_Record *rec);
 PyObject *tps_attach(tps_module_state *state, int64_t token);
 void tps_tokens_forget_interp(int64_t interp);
+
+/* buffer.c: tpshare.Buffer, memory of no interpreter. */
+int tps_buffer_init_type(PyObject *module, tps_module_state *state);
 
 /* channel.c: the Channel and MemChannel types. */
 int tps_channel_init_types(PyObject *module, tps_module_state *state);

@@ -10,6 +10,7 @@ import os as _os
 from . import _tpshare
 from ._tpshare import (
     ABI_VERSION,
+    Buffer,
     Channel,
     ChannelClosed,
     ChannelEmpty,
@@ -32,6 +33,7 @@ from ._tpshare import (
 
 __all__ = [
     "ABI_VERSION",
+    "Buffer",
     "Channel",
     "ChannelClosed",
     "ChannelEmpty",
