@@ -19,7 +19,7 @@
 #define INLINE_MAX ((Py_ssize_t)sizeof(((TpShare_Data *)0)->inline_data))
 
 /* Bytes of this size or more are shared, smaller ones copied. */
-static atomic_llong bytes_threshold = 64 * 1024;
+static atomic_llong bytes_threshold = 4 * 1024;
 
 Py_ssize_t
 tps_bytes_threshold(Py_ssize_t value)

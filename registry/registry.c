@@ -31,13 +31,18 @@
 void
 tps_entry_incref(tps_entry *e)
 {
-    atomic_fetch_add_explicit(&e->refcnt, 1, memory_order_relaxed);
+    if (!e->immortal) {
+        atomic_fetch_add_explicit(&e->refcnt, 1, memory_order_relaxed);
+    }
 }
 
 void
 tps_entry_decref(tps_entry *e)
 {
-    if (atomic_fetch_sub_explicit(&e->refcnt, 1, memory_order_acq_rel) == 1) {
+    if (!e->immortal
+        && atomic_fetch_sub_explicit(&e->refcnt, 1, memory_order_acq_rel)
+           == 1)
+    {
         PyMem_RawFree(e->name);
         PyMem_RawFree(e);
     }
@@ -99,7 +104,7 @@ static struct {
 /* The current thread's last cache, to skip the search in registry.caches
  * while a thread stays in one interpreter.  The pointer is only used when
  * the interpreter ID matches, and IDs are never reused. */
-static _Thread_local struct {
+static TPS_TLS struct {
     int64_t interp;
     cache *c;
 } tls_cache = {-1, NULL};
@@ -163,6 +168,39 @@ current_cache(void)
         c->generation = gen;
     }
     return c;
+}
+
+/* The built-in registrations, checked by pointer before any table: most
+ * values shared are of these types.  A slot is cleared for good when its
+ * type's registration changes (replace or unregister), sending that type
+ * back to the general path. */
+#define NFAST 8
+static struct {
+    PyTypeObject *type;
+    tps_entry *entry;
+} fast[NFAST];
+
+tps_entry *
+tps_registry_fast(PyTypeObject *type)
+{
+    for (int i = 0; i < NFAST; i++) {
+        if (fast[i].type == type) {
+            return fast[i].entry;
+        }
+    }
+    return NULL;
+}
+
+/* Forget `type` in the fast table (registry mutex held). */
+static void
+fast_forget(PyTypeObject *type)
+{
+    for (int i = 0; i < NFAST; i++) {
+        if (fast[i].type == type) {
+            fast[i].type = NULL;
+            fast[i].entry = NULL;
+        }
+    }
 }
 
 static inline int
@@ -240,11 +278,14 @@ tps_registry_find(PyTypeObject *type)
 tps_entry *
 tps_registry_find_for_rebuild(tps_entry *sent)
 {
-    int64_t id = tps_current_interp_id();
     /* A static type's entry keeps its type for the process.  A heap
      * type's entry is only changed under its own interpreter's GIL, which
      * the caller holds when id == sent->interp. */
-    if (sent->interp < 0 || (sent->interp == id && sent->type != NULL)) {
+    if (sent->interp < 0) {
+        return sent;
+    }
+    int64_t id = tps_current_interp_id();
+    if (sent->interp == id && sent->type != NULL) {
         return sent;
     }
     cache *c = current_cache();
@@ -329,6 +370,7 @@ remove_locked(PyTypeObject *type, int64_t interp)
         return NULL;
     }
     ptrmap_del(&registry.bytype, type);
+    fast_forget(type);
     if (e->interp >= 0) {
         /* Read without the mutex only under this interpreter's GIL. */
         e->type = NULL;
@@ -613,25 +655,50 @@ tps_registry_list(void)
  * Set-up and per-interpreter teardown.
  */
 
+static int init_builtins(void);
+
 int
 tps_registry_init(void)
 {
-    pthread_mutex_lock(&registry.mutex);
-    int done = registry.initialized;
-    registry.initialized = 1;
-    pthread_mutex_unlock(&registry.mutex);
-    if (done) {
-        return 0;
+    /* Serializes first imports racing in several interpreters, so none
+     * proceeds before the built-ins are registered. */
+    static pthread_mutex_t init_mutex = PTHREAD_MUTEX_INITIALIZER;
+    int rc = 0;
+
+    pthread_mutex_lock(&init_mutex);
+    if (!registry.initialized) {
+        rc = init_builtins();
+        registry.initialized = rc == 0;
     }
-    /* Runs once, in the first interpreter that imports tpshare. */
+    pthread_mutex_unlock(&init_mutex);
+    return rc;
+}
+
+/* Register the built-in handlers; once per process. */
+static int
+init_builtins(void)
+{
     if (tps_handlers_scalar_init() < 0 || tps_handlers_text_init() < 0
         || tps_handlers_tuple_init() < 0 || tps_handlers_buffer_init() < 0)
     {
-        pthread_mutex_lock(&registry.mutex);
-        registry.initialized = 0;
-        pthread_mutex_unlock(&registry.mutex);
         return -1;
     }
+    /* The built-in registrations never die (an Unregister of one leaks a
+     * small entry): records skip refcounting them. */
+    pthread_mutex_lock(&registry.mutex);
+    int i = 0;
+    PTRMAP_FOREACH(&registry.bytype, s) {
+        tps_entry *e = s->value;
+        e->immortal = 1;
+        if (i < NFAST) {
+            fast[i].type = e->type;
+            fast[i].entry = e;
+            i++;
+        }
+    }
+    pthread_mutex_unlock(&registry.mutex);
+    tps_buffer_entry->immortal = 1;
+    tps_buffer_writable_entry->immortal = 1;
     return 0;
 }
 

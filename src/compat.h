@@ -61,6 +61,15 @@ PyAPI_FUNC(int) _PyEval_AddPendingCall(PyInterpreterState *interp,
 #define tps_runtime_finalizing() _Py_IsFinalizing()
 #endif
 
+/* Thread-local storage with the initial-exec model: tpshare's few hot
+ * per-thread variables are then reached without a __tls_get_addr call
+ * (about 15% of a small share + rebuild otherwise). */
+#if defined(__GNUC__)
+#define TPS_TLS _Thread_local __attribute__((tls_model("initial-exec")))
+#else
+#define TPS_TLS _Thread_local
+#endif
+
 /* Two's-complement little-endian conversion of ints of any size. */
 #if PY_VERSION_HEX >= 0x030D0000
 #define tps_long_as_bytes(v, buf, n) \

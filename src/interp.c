@@ -62,7 +62,7 @@ static struct {
     .mutex = PTHREAD_MUTEX_INITIALIZER,
 };
 
-static _Thread_local struct {
+static TPS_TLS struct {
     int64_t id;
     tps_interp *st;
 } tls_interp = {-1, NULL};

@@ -24,6 +24,7 @@
 #include "ptrmap.h"
 
 #include <stddef.h>
+#include <string.h>
 
 /* ---------------------------------------------------------------------
  * Per-thread contexts of the message being shared or rebuilt.
@@ -39,6 +40,7 @@ typedef struct frame {
 typedef struct {
     int depth;
     int any_bound;       /* a record finished at this level is bound */
+    int64_t owner;       /* the sharing interpreter, set at top level */
     frame *top;
     ptrmap memo;         /* obj -> record (holds a record reference) */
 } share_ctx;
@@ -48,8 +50,52 @@ typedef struct {
     ptrmap memo;         /* record -> object (holds a new reference) */
 } rebuild_ctx;
 
-static _Thread_local share_ctx sctx;
-static _Thread_local rebuild_ctx rctx;
+static TPS_TLS share_ctx sctx;
+static TPS_TLS rebuild_ctx rctx;
+
+/* Nesting deeper than this raises RecursionError (C stack safety). */
+#define MAX_DEPTH 2000
+
+/* Freed records kept for reuse by the thread that freed them: most
+ * records live for microseconds, and malloc/free was a large part of
+ * their cost. */
+#define FREELIST_MAX 512
+
+static TPS_TLS struct {
+    TpShare_Record *head;
+    int count;
+} freelist;
+
+/* Memos keep their table between messages unless it grew large. */
+#define MEMO_KEEP_SLOTS 256
+
+static void
+memo_reset(ptrmap *m)
+{
+    if (m->slots != NULL && m->mask + 1 <= MEMO_KEEP_SLOTS) {
+        memset(m->slots, 0, (m->mask + 1) * sizeof(ptrslot));
+        m->used = m->filled = 0;
+    }
+    else {
+        ptrmap_clear(m);
+    }
+}
+
+/* Whether `obj` rebuilds as the very same object anyway (a singleton or
+ * a small int, cached by every interpreter): no memo needed. */
+static inline int
+rebuilds_identical(PyObject *obj)
+{
+    if (obj == Py_None || obj == Py_True || obj == Py_False) {
+        return 1;
+    }
+    if (PyLong_CheckExact(obj)) {
+        int overflow;
+        long v = PyLong_AsLongAndOverflow(obj, &overflow);
+        return !overflow && v >= -5 && v <= 256;
+    }
+    return 0;
+}
 
 /* The index of the item about to be shared by the current container
  * hook, for error messages.  Called by built-in container handlers. */
@@ -64,19 +110,25 @@ tps_share_set_index(Py_ssize_t index)
 static void
 share_memo_clear(void)
 {
+    if (sctx.memo.used == 0 && sctx.memo.filled == 0) {
+        return;
+    }
     PTRMAP_FOREACH(&sctx.memo, s) {
         tps_record_release(s->value);
     }
-    ptrmap_clear(&sctx.memo);
+    memo_reset(&sctx.memo);
 }
 
 static void
 rebuild_memo_clear(void)
 {
+    if (rctx.memo.used == 0 && rctx.memo.filled == 0) {
+        return;
+    }
     PTRMAP_FOREACH(&rctx.memo, s) {
         Py_DECREF((PyObject *)s->value);
     }
-    ptrmap_clear(&rctx.memo);
+    memo_reset(&rctx.memo);
 }
 
 /* Raise NotShareableError for `obj` (borrowed), naming its position. */
@@ -129,10 +181,18 @@ not_shareable(PyObject *obj)
 static TpShare_Record *
 record_alloc(tps_entry *entry, int64_t owner)
 {
-    TpShare_Record *rec = PyMem_RawCalloc(1, sizeof(TpShare_Record));
-    if (rec == NULL) {
-        PyErr_NoMemory();
-        return NULL;
+    TpShare_Record *rec = freelist.head;
+    if (rec != NULL) {
+        freelist.head = rec->next_release;
+        freelist.count--;
+        memset(rec, 0, sizeof(*rec));
+    }
+    else {
+        rec = PyMem_RawCalloc(1, sizeof(TpShare_Record));
+        if (rec == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
     }
     atomic_init(&rec->refcnt, 1);
     rec->owner = owner;
@@ -141,12 +201,25 @@ record_alloc(tps_entry *entry, int64_t owner)
     return rec;
 }
 
+static void
+record_dealloc(TpShare_Record *rec)
+{
+    if (freelist.count < FREELIST_MAX) {
+        rec->next_release = freelist.head;
+        freelist.head = rec;
+        freelist.count++;
+    }
+    else {
+        PyMem_RawFree(rec);
+    }
+}
+
 /* Free a record that was never shared (its hook failed): no free hook. */
 static void
 record_discard(TpShare_Record *rec)
 {
     tps_entry_decref(rec->entry);
-    PyMem_RawFree(rec);
+    record_dealloc(rec);
 }
 
 static TpShare_Record *share_entry(PyObject *obj, tps_entry *entry);
@@ -175,7 +248,8 @@ share_entry(PyObject *obj, tps_entry *entry)
         PyErr_SetString(PyExc_SystemError, "Share() of NULL");
         return NULL;
     }
-    if (!top_level) {
+    int memoize = !top_level && !rebuilds_identical(obj);
+    if (memoize) {
         int found;
         rec = ptrmap_get(&sctx.memo, obj, &found);
         if (found) {
@@ -186,7 +260,10 @@ share_entry(PyObject *obj, tps_entry *entry)
         }
     }
     if (entry == NULL) {
-        entry = tps_registry_find(Py_TYPE(obj));
+        entry = tps_registry_fast(Py_TYPE(obj));
+        if (entry == NULL) {
+            entry = tps_registry_find(Py_TYPE(obj));
+        }
     }
     if (entry == NULL) {
         if (!PyErr_Occurred()) {
@@ -194,12 +271,16 @@ share_entry(PyObject *obj, tps_entry *entry)
         }
         goto done;
     }
-    if (Py_EnterRecursiveCall(" while sharing a nested object")) {
+    if (sctx.depth >= MAX_DEPTH) {
+        PyErr_SetString(PyExc_RecursionError,
+                        "maximum nesting depth exceeded while sharing");
         goto done;
     }
-    rec = record_alloc(entry, tps_current_interp_id());
+    if (top_level) {
+        sctx.owner = tps_current_interp_id();
+    }
+    rec = record_alloc(entry, sctx.owner);
     if (rec == NULL) {
-        Py_LeaveRecursiveCall();
         goto done;
     }
 
@@ -214,7 +295,6 @@ share_entry(PyObject *obj, tps_entry *entry)
     int bound = sctx.any_bound || rec->data.obj != NULL
                 || (rec->data.flags & TPSHARE_DATA_OWNER_BOUND);
     sctx.any_bound = saved_bound | bound;
-    Py_LeaveRecursiveCall();
 
     if (rc < 0 || PyErr_Occurred()) {
         if (rc == 0) {
@@ -251,7 +331,7 @@ share_entry(PyObject *obj, tps_entry *entry)
         tps_interp_incref(st);
         tps_interp_export_add(st, 1);
     }
-    if (!top_level && ptrmap_set(&sctx.memo, obj, rec) == 0) {
+    if (memoize && ptrmap_set(&sctx.memo, obj, rec) == 0) {
         /* Without memory for the memo the object is simply shared again
          * if met again: identity is lost, nothing else. */
         tps_record_incref(rec);
@@ -289,13 +369,14 @@ tps_rebuild(TpShare_Record *rec)
     if (local == NULL) {
         goto done;
     }
-    if (Py_EnterRecursiveCall(" while rebuilding a nested object")) {
+    if (rctx.depth >= MAX_DEPTH) {
+        PyErr_SetString(PyExc_RecursionError,
+                        "maximum nesting depth exceeded while rebuilding");
         goto done;
     }
     rctx.depth++;
     res = local->hooks.rebuild(local->type, &rec->data);
     rctx.depth--;
-    Py_LeaveRecursiveCall();
 
     if (res == NULL) {
         if (!PyErr_Occurred()) {
@@ -371,7 +452,7 @@ tps_record_free(TpShare_Record *rec)
         tps_interp_decref(st);
     }
     tps_entry_decref(entry);
-    PyMem_RawFree(rec);
+    record_dealloc(rec);
 }
 
 void

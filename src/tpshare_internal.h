@@ -47,6 +47,8 @@ typedef struct tps_entry {
     TpShare_Hooks hooks;
     /* Owned, raw memory; freed with the entry. */
     char *name;
+    /* Built-in registrations live for the process: no refcounting. */
+    int immortal;
 } tps_entry;
 
 /* A new entry (one reference) with a copy of `hooks`, or NULL on memory
@@ -64,6 +66,11 @@ void tps_entry_decref(tps_entry *e);
  * NULL without an exception when the type is not shareable.  Needs the
  * GIL. */
 tps_entry *tps_registry_find(PyTypeObject *type);
+
+/* The built-in registration of exactly `type` when it is one of the
+ * built-in types and unchanged, else NULL: a lock-free first check.
+ * Borrowed (built-in entries are immortal). */
+tps_entry *tps_registry_fast(PyTypeObject *type);
 
 /* The current interpreter's entry for a record made with `sent`, found by
  * name: `sent` itself when it is visible here.  Returns a borrowed entry

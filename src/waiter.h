@@ -104,7 +104,7 @@ tps_wlist_wake_all(tps_wlist *l)
 static inline tps_waiter *
 tps_waiter_self(void)
 {
-    static _Thread_local tps_waiter self;
+    static TPS_TLS tps_waiter self;
     if (!self.ready) {
         sem_init(&self.sem, 0, 0);
         self.ready = 1;
