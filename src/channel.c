@@ -346,7 +346,8 @@ static PyObject *
 rebuild(PyObject *self, TpShare_Record *rec)
 {
     PyObject *obj = tps_rebuild(rec);
-    if (obj != NULL && is_mem(self)
+    if (obj != NULL && rec->entry != tps_buffer_entry
+        && rec->entry != tps_buffer_writable_entry && is_mem(self)
         && Py_TYPE(obj) == state_of(self)->BufferType)
     {
         Py_SETREF(obj, PyMemoryView_FromObject(obj));

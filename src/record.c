@@ -56,15 +56,70 @@ static TPS_TLS rebuild_ctx rctx;
 /* Nesting deeper than this raises RecursionError (C stack safety). */
 #define MAX_DEPTH 2000
 
-/* Freed records kept for reuse by the thread that freed them: most
- * records live for microseconds, and malloc/free was a large part of
- * their cost. */
-#define FREELIST_MAX 512
+/* Freed records are kept for reuse: most live for microseconds, and
+ * malloc/free was the largest part of their cost.  Each thread keeps a
+ * free list; a channel's receiver frees what its sender allocates, so
+ * full lists move, a chunk at a time, through a process-wide pool to the
+ * threads whose lists run dry (one mutex operation per CHUNK records). */
+#define CHUNK 256
+#define FREELIST_MAX (2 * CHUNK)
+#define POOL_CHUNKS 64
 
 static TPS_TLS struct {
     TpShare_Record *head;
     int count;
 } freelist;
+
+static struct {
+    pthread_mutex_t mutex;
+    TpShare_Record *chunks[POOL_CHUNKS];   /* each CHUNK records, linked */
+    int n;
+} pool = {.mutex = PTHREAD_MUTEX_INITIALIZER};
+
+/* Move CHUNK records from this thread's list to the pool, or free them
+ * when the pool is full. */
+static void
+freelist_spill(void)
+{
+    TpShare_Record *chunk = freelist.head, *last = chunk;
+    for (int i = 1; i < CHUNK; i++) {
+        last = last->next_release;
+    }
+    freelist.head = last->next_release;
+    freelist.count -= CHUNK;
+    last->next_release = NULL;
+
+    pthread_mutex_lock(&pool.mutex);
+    int stored = pool.n < POOL_CHUNKS;
+    if (stored) {
+        pool.chunks[pool.n++] = chunk;
+    }
+    pthread_mutex_unlock(&pool.mutex);
+    while (!stored && chunk != NULL) {
+        TpShare_Record *next = chunk->next_release;
+        PyMem_RawFree(chunk);
+        chunk = next;
+    }
+}
+
+/* Refill this thread's empty list from the pool.  0 if the pool is
+ * empty too. */
+static int
+freelist_refill(void)
+{
+    TpShare_Record *chunk = NULL;
+    pthread_mutex_lock(&pool.mutex);
+    if (pool.n > 0) {
+        chunk = pool.chunks[--pool.n];
+    }
+    pthread_mutex_unlock(&pool.mutex);
+    if (chunk == NULL) {
+        return 0;
+    }
+    freelist.head = chunk;
+    freelist.count = CHUNK;
+    return 1;
+}
 
 /* Memos keep their table between messages unless it grew large. */
 #define MEMO_KEEP_SLOTS 256
@@ -181,6 +236,9 @@ not_shareable(PyObject *obj)
 static TpShare_Record *
 record_alloc(tps_entry *entry, int64_t owner)
 {
+    if (freelist.head == NULL) {
+        freelist_refill();
+    }
     TpShare_Record *rec = freelist.head;
     if (rec != NULL) {
         freelist.head = rec->next_release;
@@ -204,13 +262,10 @@ record_alloc(tps_entry *entry, int64_t owner)
 static void
 record_dealloc(TpShare_Record *rec)
 {
-    if (freelist.count < FREELIST_MAX) {
-        rec->next_release = freelist.head;
-        freelist.head = rec;
-        freelist.count++;
-    }
-    else {
-        PyMem_RawFree(rec);
+    rec->next_release = freelist.head;
+    freelist.head = rec;
+    if (++freelist.count >= FREELIST_MAX) {
+        freelist_spill();
     }
 }
 
