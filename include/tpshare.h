@@ -133,6 +133,9 @@ typedef void (*TpShare_FreeFunc)(TpShare_Data *data);
 #define TPSHARE_ZERO_COPY   0x2u  /* the receiver sees the sender's memory */
 #define TPSHARE_SUBCLASSES  0x4u  /* also used for subclasses (MRO walk) */
 #define TPSHARE_ANY_RESULT  0x8u  /* rebuild may return another type */
+#define TPSHARE_IMMUTABLE   0x10u /* instances never change: a receiver may
+                                     reuse what it rebuilt for the same
+                                     object sent again (identity, D9) */
 
 typedef struct TpShare_Hooks {
     /* Must be TPSHARE_ABI_VERSION; Register() refuses anything else. */

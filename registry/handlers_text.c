@@ -104,18 +104,48 @@ bytes_free(TpShare_Data *data)
 }
 
 static const TpShare_Hooks str_hooks = {
-    TPSHARE_ABI_VERSION, TPSHARE_COPIES, "builtins.str",
+    TPSHARE_ABI_VERSION, TPSHARE_COPIES | TPSHARE_IMMUTABLE, "builtins.str",
     str_share, str_rebuild, NULL,
 };
 
 static const TpShare_Hooks bytes_hooks = {
-    TPSHARE_ABI_VERSION, TPSHARE_COPIES, "builtins.bytes",
+    TPSHARE_ABI_VERSION, TPSHARE_COPIES | TPSHARE_IMMUTABLE, "builtins.bytes",
     bytes_share, bytes_rebuild, bytes_free,
+};
+
+/* --- pickled objects: bytes on the wire, pickle.loads() on receipt. --- */
+
+tps_entry *tps_pickle_entry = NULL;
+
+static PyObject *
+pickled_rebuild(PyTypeObject *Py_UNUSED(type), const TpShare_Data *data)
+{
+    PyObject *pickle = NULL, *raw = NULL, *res = NULL;
+    pickle = PyImport_ImportModule("pickle");
+    if (pickle != NULL) {
+        raw = PyBytes_FromStringAndSize(payload(data), data->size);
+    }
+    if (raw != NULL) {
+        res = PyObject_CallMethod(pickle, "loads", "O", raw);
+    }
+    Py_XDECREF(raw);
+    Py_XDECREF(pickle);
+    return res;
+}
+
+static const TpShare_Hooks pickle_hooks = {
+    TPSHARE_ABI_VERSION, TPSHARE_COPIES | TPSHARE_ANY_RESULT,
+    "tpshare.pickled", bytes_share, pickled_rebuild, bytes_free,
 };
 
 int
 tps_handlers_text_init(void)
 {
+    tps_pickle_entry = tps_entry_new(NULL, -1, &pickle_hooks);
+    if (tps_pickle_entry == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
     if (tps_registry_register(&PyUnicode_Type, &str_hooks, 0) < 0
         || tps_registry_register(&PyBytes_Type, &bytes_hooks, 0) < 0)
     {

@@ -567,6 +567,7 @@ flags_tuple(uint32_t flags)
         {TPSHARE_ZERO_COPY, "zero_copy"},
         {TPSHARE_SUBCLASSES, "subclasses"},
         {TPSHARE_ANY_RESULT, "any_result"},
+        {TPSHARE_IMMUTABLE, "immutable"},
     };
     PyObject *res = PyTuple_New(0);
     for (size_t i = 0; res != NULL && i < Py_ARRAY_LENGTH(names); i++) {
@@ -699,6 +700,7 @@ init_builtins(void)
     pthread_mutex_unlock(&registry.mutex);
     tps_buffer_entry->immortal = 1;
     tps_buffer_writable_entry->immortal = 1;
+    tps_pickle_entry->immortal = 1;
     return 0;
 }
 

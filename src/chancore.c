@@ -48,6 +48,7 @@ struct tps_channel {
     atomic_long count;           /* written under mutex, read lock-free */
     Py_ssize_t maxsize;          /* 0: unbounded */
     int64_t spin_ns;
+    unsigned int flags;          /* TPS_CHAN_*, fixed at creation */
     atomic_int closed;
     tps_wlist receivers;
     tps_wlist senders;
@@ -70,7 +71,7 @@ static struct {
  */
 
 tps_channel *
-tps_channel_new(Py_ssize_t maxsize, int64_t spin_ns)
+tps_channel_new(Py_ssize_t maxsize, int64_t spin_ns, unsigned int flags)
 {
     tps_channel *ch = PyMem_RawCalloc(1, sizeof(tps_channel));
     if (ch == NULL) {
@@ -82,6 +83,7 @@ tps_channel_new(Py_ssize_t maxsize, int64_t spin_ns)
     tps_wlist_init(&ch->senders);
     ch->maxsize = maxsize;
     ch->spin_ns = spin_ns;
+    ch->flags = flags;
     ch->refcnt = 1;
     if (maxsize > 0) {
         /* Bounded rings are allocated and touched up front: no page
@@ -168,6 +170,12 @@ int64_t
 tps_channel_id(const tps_channel *ch)
 {
     return ch->id;
+}
+
+unsigned int
+tps_channel_flags(const tps_channel *ch)
+{
+    return ch->flags;
 }
 
 Py_ssize_t

@@ -1,4 +1,5 @@
-/* channel.c - tpshare.Channel (the Object Channel) and tpshare.MemChannel.
+/* channel.c - tpshare.Channel (the Object Channel), tpshare.MemChannel and
+ * tpshare.Queue (PEP 734's Queue API on the Object Channel).
  *
  * Both are handles on one channel of the core (chancore.c); they differ
  * only in what they put in it.  MemChannel.send() accepts buffer
@@ -27,12 +28,6 @@ static inline tps_module_state *
 state_of(PyObject *op)
 {
     return PyType_GetModuleState(Py_TYPE(op));
-}
-
-static inline int
-is_mem(PyObject *op)
-{
-    return Py_TYPE(op) == state_of(op)->MemChannelType;
 }
 
 PyObject *
@@ -114,6 +109,16 @@ parse(const char *fname, PyObject *const *args, Py_ssize_t nargs,
  * Creating handles.
  */
 
+typedef enum { KIND_CHANNEL, KIND_MEM, KIND_QUEUE } kind;
+
+static inline kind
+kind_of(PyObject *self, tps_module_state *state)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    return tp == state->MemChannelType ? KIND_MEM
+           : tp == state->QueueType ? KIND_QUEUE : KIND_CHANNEL;
+}
+
 /* A handle of `type` on `ch`, taking over the caller's reference.  New
  * reference, or NULL (the channel reference is then released). */
 static PyObject *
@@ -131,12 +136,17 @@ wrap(PyTypeObject *type, tps_channel *ch)
 static PyObject *
 chan_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    static char *kwlist[] = {"maxsize", "spin", NULL};
+    static char *kwlist[] = {"maxsize", "spin", "identity", "fallback",
+                             NULL};
+    tps_module_state *state = PyType_GetModuleState(type);
     Py_ssize_t maxsize = 0;
     double spin = DEFAULT_SPIN_NS / 1e9;
+    int identity = 1;
+    PyObject *fallback = NULL;
+    unsigned int flags = 0;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n$d", kwlist, &maxsize,
-                                     &spin)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n$dpO", kwlist, &maxsize,
+                                     &spin, &identity, &fallback)) {
         return NULL;
     }
     if (maxsize < 0) {
@@ -148,12 +158,35 @@ chan_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                         "spin must be between 0 and 1 second");
         return NULL;
     }
+    if (type == state->QueueType && fallback == NULL) {
+        /* Like the standard library's queues: anything picklable goes. */
+        flags |= TPS_CHAN_PICKLE;
+    }
+    if (fallback != NULL && fallback != Py_None) {
+        if (!PyUnicode_Check(fallback)
+            || !tps_unicode_equal_ascii(fallback, "pickle"))
+        {
+            PyErr_Format(PyExc_ValueError,
+                         "fallback must be None or 'pickle', not %R",
+                         fallback);
+            return NULL;
+        }
+        flags |= TPS_CHAN_PICKLE;
+    }
+    if (identity) {
+        flags |= TPS_CHAN_IDENTITY;
+    }
+    if (type == state->MemChannelType && (flags & TPS_CHAN_PICKLE)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "MemChannel carries buffers only: no fallback");
+        return NULL;
+    }
     tps_interp *st = tps_interp_current();
     if (st == NULL) {
         return NULL;
     }
     tps_interp_drain(st);
-    tps_channel *ch = tps_channel_new(maxsize, (int64_t)(spin * 1e9));
+    tps_channel *ch = tps_channel_new(maxsize, (int64_t)(spin * 1e9), flags);
     if (ch == NULL) {
         return NULL;
     }
@@ -184,69 +217,141 @@ chan_dealloc(PyObject *op)
     Py_DECREF(tp);
 }
 
+/* Raise for a TPS_ERR_* code; Queue handles raise QueueEmpty/QueueFull. */
+static PyObject *
+raise_for(PyObject *self, tps_module_state *state, int code)
+{
+    if (kind_of(self, state) == KIND_QUEUE) {
+        if (code == TPS_ERR_EMPTY) {
+            PyErr_SetString(state->QueueEmpty, "the queue is empty");
+            return NULL;
+        }
+        if (code == TPS_ERR_FULL) {
+            PyErr_SetString(state->QueueFull, "the queue is full");
+            return NULL;
+        }
+    }
+    return tps_raise_error(state, code);
+}
+
 /* ---------------------------------------------------------------------
- * Sending.
+ * The object layer: what goes in, what comes out.
  */
+
+/* A record of pickle.dumps(obj), marked as a pickled copy, or NULL. */
+static TpShare_Record *
+pickled_record(PyObject *obj)
+{
+    PyObject *pickle = PyImport_ImportModule("pickle");
+    if (pickle == NULL) {
+        return NULL;
+    }
+    PyObject *raw = PyObject_CallMethod(pickle, "dumps", "Oi", obj, 5);
+    Py_DECREF(pickle);
+    if (raw == NULL) {
+        return NULL;
+    }
+    TpShare_Record *rec = tps_share_with(raw, tps_pickle_entry);
+    Py_DECREF(raw);
+    return rec;
+}
 
 /* The record for one object sent through `self`, or NULL. */
 static TpShare_Record *
-make_record(PyObject *self, PyObject *obj, int writable)
+make_record(PyObject *self, kind k, tps_module_state *state, PyObject *obj,
+            int writable)
 {
-    if (!is_mem(self)) {
-        return tps_share(obj);
+    tps_channel *ch = ((Chan *)self)->ch;
+
+    if (k == KIND_MEM) {
+        if (Py_TYPE(obj) == state->BufferType) {
+            /* Memory of no interpreter: a neutral record, no export. */
+            return tps_share(obj);
+        }
+        if (!PyObject_CheckBuffer(obj)) {
+            PyErr_Format(PyExc_TypeError,
+                         "MemChannel.send() needs a buffer exporter "
+                         "(bytes, bytearray, memoryview, array...), not "
+                         "'%.200s'", Py_TYPE(obj)->tp_name);
+            return NULL;
+        }
+        return tps_share_with(obj, writable ? tps_buffer_writable_entry
+                                            : tps_buffer_entry);
     }
-    if (Py_TYPE(obj) == state_of(self)->BufferType) {
-        /* Memory of no interpreter: a neutral record, no export. */
-        return tps_share(obj);
+    unsigned int flags = tps_channel_flags(ch);
+    TpShare_Record *rec = tps_share(obj);
+    if (rec == NULL) {
+        if ((flags & TPS_CHAN_PICKLE)
+            && PyErr_ExceptionMatches(state->NotShareableError))
+        {
+            PyObject *exc = PyErr_GetRaisedException();
+            rec = pickled_record(obj);
+            if (rec == NULL) {
+                /* Neither shareable nor picklable: say both. */
+                PyObject *cur = PyErr_GetRaisedException();
+                PyException_SetContext(cur, exc);
+                PyErr_SetRaisedException(cur);
+            }
+            else {
+                Py_DECREF(exc);
+            }
+        }
+        return rec;
     }
-    if (!PyObject_CheckBuffer(obj)) {
-        PyErr_Format(PyExc_TypeError,
-                     "MemChannel.send() needs a buffer exporter (bytes, "
-                     "bytearray, memoryview, array...), not '%.200s'",
-                     Py_TYPE(obj)->tp_name);
+    if ((flags & TPS_CHAN_IDENTITY) && (rec->flags & TPS_REC_IMMUTABLE)
+        && !tps_rebuilds_identical(obj)
+        && tps_identity_tag(state->identity, rec, obj) < 0)
+    {
+        tps_record_release(rec);
         return NULL;
     }
-    return tps_share_with(obj, writable ? tps_buffer_writable_entry
-                                        : tps_buffer_entry);
+    return rec;
 }
 
+/* The received object for `rec` (borrowed).  New reference or NULL. */
 static PyObject *
-chan_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
-          PyObject *kwnames)
+rebuild(kind k, tps_module_state *state, TpShare_Record *rec)
 {
-    static const char *const posnames[] = {"obj", NULL};
-    static const char *const kwlist[] = {"timeout", "writable", NULL};
-    PyObject *pos[1] = {NULL}, *kw[2] = {NULL, NULL};
-    tps_module_state *state = state_of(self);
-    PyObject *tracker = NULL;
-    int64_t timeout;
-    int writable = 0;
-
-    if (parse("send", args, nargs, kwnames, 1, 1, posnames, pos, kwlist, kw)
-        < 0 || tps_parse_timeout(kw[0], &timeout) < 0)
-    {
+    PyObject *obj;
+    if (rec->serial != 0) {
+        obj = tps_identity_lookup(state->identity, rec);
+        if (obj != NULL) {
+            return obj;
+        }
+    }
+    obj = tps_rebuild(rec);
+    if (obj == NULL) {
         return NULL;
     }
-    if (kw[1] != NULL) {
-        if (!is_mem(self)) {
-            PyErr_SetString(PyExc_TypeError,
-                            "writable= is a MemChannel option");
-            return NULL;
-        }
-        if ((writable = PyObject_IsTrue(kw[1])) < 0) {
-            return NULL;
-        }
+    if (rec->serial != 0) {
+        tps_identity_remember(state->identity, rec, obj);
     }
+    else if (k == KIND_MEM && Py_TYPE(obj) == state->BufferType) {
+        /* MemChannel always gives a memoryview. */
+        Py_SETREF(obj, PyMemoryView_FromObject(obj));
+    }
+    return obj;
+}
+
+/* Send `obj` (borrowed) through `self`: None, or a Tracker for a
+ * MemChannel; NULL on failure with nothing queued. */
+static PyObject *
+do_send(PyObject *self, PyObject *obj, int64_t timeout, int writable)
+{
+    tps_module_state *state = state_of(self);
+    kind k = kind_of(self, state);
+    PyObject *tracker = NULL;
+
     tps_interp *st = tps_interp_current();
     if (st == NULL) {
         return NULL;
     }
     tps_interp_drain(st);
-    TpShare_Record *rec = make_record(self, pos[0], writable);
+    TpShare_Record *rec = make_record(self, k, state, obj, writable);
     if (rec == NULL) {
         return NULL;
     }
-    if (is_mem(self)) {
+    if (k == KIND_MEM) {
         tps_tracker *t = tps_tracker_new(st);
         if (t == NULL) {
             goto error;
@@ -259,7 +364,7 @@ chan_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     int rc = tps_channel_send(((Chan *)self)->ch, &rec, 1, timeout);
     if (rc < 0) {
-        tps_raise_error(state, rc);
+        raise_for(self, state, rc);
         goto error;
     }
     if (tracker != NULL) {
@@ -268,10 +373,72 @@ chan_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     Py_RETURN_NONE;
 
 error:
-    /* Nothing was queued: the record (and the export) go now. */
+    /* Nothing was queued: the record (and any export) go now. */
     Py_XDECREF(tracker);
     tps_record_release(rec);
     return NULL;
+}
+
+/* Receive one object from `self`.  New reference or NULL. */
+static PyObject *
+do_recv(PyObject *self, int64_t timeout)
+{
+    tps_module_state *state = state_of(self);
+    TpShare_Record *rec;
+    Py_ssize_t got;
+
+    tps_interp *st = tps_interp_current();
+    if (st == NULL) {
+        return NULL;
+    }
+    tps_interp_drain(st);
+    tps_channel *ch = ((Chan *)self)->ch;
+    int rc = tps_channel_recv(ch, &rec, 1, &got, timeout);
+    if (rc < 0) {
+        return raise_for(self, state, rc);
+    }
+    PyObject *obj = rebuild(kind_of(self, state), state, rec);
+    if (obj == NULL) {
+        /* Keep the item for a receiver that can rebuild it. */
+        if (tps_channel_unrecv(ch, &rec, 1) < 0) {
+            tps_record_release(rec);
+        }
+        return NULL;
+    }
+    tps_record_release(rec);
+    return obj;
+}
+
+/* ---------------------------------------------------------------------
+ * Channel and MemChannel methods.
+ */
+
+static PyObject *
+chan_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+          PyObject *kwnames)
+{
+    static const char *const posnames[] = {"obj", NULL};
+    static const char *const kwlist[] = {"timeout", "writable", NULL};
+    PyObject *pos[1] = {NULL}, *kw[2] = {NULL, NULL};
+    int64_t timeout;
+    int writable = 0;
+
+    if (parse("send", args, nargs, kwnames, 1, 1, posnames, pos, kwlist, kw)
+        < 0 || tps_parse_timeout(kw[0], &timeout) < 0)
+    {
+        return NULL;
+    }
+    if (kw[1] != NULL) {
+        if (kind_of(self, state_of(self)) != KIND_MEM) {
+            PyErr_SetString(PyExc_TypeError,
+                            "writable= is a MemChannel option");
+            return NULL;
+        }
+        if ((writable = PyObject_IsTrue(kw[1])) < 0) {
+            return NULL;
+        }
+    }
+    return do_send(self, pos[0], timeout, writable);
 }
 
 static PyObject *
@@ -281,6 +448,8 @@ chan_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     static const char *const posnames[] = {"items", NULL};
     static const char *const kwlist[] = {"timeout", NULL};
     PyObject *pos[1] = {NULL}, *kw[1] = {NULL};
+    tps_module_state *state = state_of(self);
+    kind k = kind_of(self, state);
     TpShare_Record **recs = NULL;
     PyObject *seq = NULL;
     Py_ssize_t n = 0, made = 0;
@@ -312,14 +481,14 @@ chan_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     PyObject **items = PySequence_Fast_ITEMS(seq);
     for (made = 0; made < n; made++) {
-        recs[made] = make_record(self, items[made], 0);
+        recs[made] = make_record(self, k, state, items[made], 0);
         if (recs[made] == NULL) {
             goto finally;
         }
     }
     int rc = tps_channel_send(((Chan *)self)->ch, recs, n, timeout);
     if (rc < 0) {
-        tps_raise_error(state_of(self), rc);
+        raise_for(self, state, rc);
         goto finally;
     }
     made = 0;   /* the channel owns them now */
@@ -336,33 +505,12 @@ finally:
     Py_RETURN_NONE;
 }
 
-/* ---------------------------------------------------------------------
- * Receiving.
- */
-
-/* The received object for `rec` (borrowed): MemChannel gives a
- * memoryview for a tpshare.Buffer too.  New reference or NULL. */
-static PyObject *
-rebuild(PyObject *self, TpShare_Record *rec)
-{
-    PyObject *obj = tps_rebuild(rec);
-    if (obj != NULL && rec->entry != tps_buffer_entry
-        && rec->entry != tps_buffer_writable_entry && is_mem(self)
-        && Py_TYPE(obj) == state_of(self)->BufferType)
-    {
-        Py_SETREF(obj, PyMemoryView_FromObject(obj));
-    }
-    return obj;
-}
-
 static PyObject *
 chan_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
           PyObject *kwnames)
 {
     static const char *const posnames[] = {"timeout", NULL};
     PyObject *pos[1] = {NULL};
-    TpShare_Record *rec;
-    Py_ssize_t got;
     int64_t timeout;
 
     if (parse("recv", args, nargs, kwnames, 0, 1, posnames, pos, NULL, NULL)
@@ -370,26 +518,7 @@ chan_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     {
         return NULL;
     }
-    tps_interp *st = tps_interp_current();
-    if (st == NULL) {
-        return NULL;
-    }
-    tps_interp_drain(st);
-    tps_channel *ch = ((Chan *)self)->ch;
-    int rc = tps_channel_recv(ch, &rec, 1, &got, timeout);
-    if (rc < 0) {
-        return tps_raise_error(state_of(self), rc);
-    }
-    PyObject *obj = rebuild(self, rec);
-    if (obj == NULL) {
-        /* Keep the item for a receiver that can rebuild it. */
-        if (tps_channel_unrecv(ch, &rec, 1) < 0) {
-            tps_record_release(rec);
-        }
-        return NULL;
-    }
-    tps_record_release(rec);
-    return obj;
+    return do_recv(self, timeout);
 }
 
 static PyObject *
@@ -398,6 +527,8 @@ chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
 {
     static const char *const posnames[] = {"max", "timeout", NULL};
     PyObject *pos[2] = {NULL, NULL};
+    tps_module_state *state = state_of(self);
+    kind k = kind_of(self, state);
     TpShare_Record **recs = NULL;
     PyObject *res = NULL;
     Py_ssize_t got = 0, i = 0;
@@ -431,7 +562,7 @@ chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     tps_channel *ch = ((Chan *)self)->ch;
     int rc = tps_channel_recv(ch, recs, max, &got, timeout);
     if (rc < 0) {
-        tps_raise_error(state_of(self), rc);
+        raise_for(self, state, rc);
         goto finally;
     }
     res = PyList_New(got);
@@ -439,7 +570,7 @@ chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         goto finally;
     }
     for (i = 0; i < got; i++) {
-        PyObject *obj = rebuild(self, recs[i]);
+        PyObject *obj = rebuild(k, state, recs[i]);
         if (obj == NULL) {
             break;
         }
@@ -466,6 +597,70 @@ finally:
     }
     PyMem_RawFree(recs);
     return res;
+}
+
+/* ---------------------------------------------------------------------
+ * Queue methods: PEP 734's concurrent.interpreters.Queue API.
+ */
+
+/* block/timeout as PEP 734 reads them: not blocking means no wait;
+ * a negative timeout is a ValueError. */
+static int
+queue_timeout(PyObject *block, PyObject *timeout, int64_t *ns)
+{
+    int b = block == NULL ? 1 : PyObject_IsTrue(block);
+    if (b < 0) {
+        return -1;
+    }
+    if (tps_parse_timeout(timeout, ns) < 0) {
+        return -1;
+    }
+    if (!b) {
+        *ns = 0;
+    }
+    return 0;
+}
+
+static PyObject *
+queue_put(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+          PyObject *kwnames)
+{
+    static const char *const posnames[] = {"obj", "block", "timeout", NULL};
+    PyObject *pos[3] = {NULL, NULL, NULL};
+    int64_t timeout;
+    if (parse("put", args, nargs, kwnames, 1, 3, posnames, pos, NULL, NULL)
+        < 0 || queue_timeout(pos[1], pos[2], &timeout) < 0)
+    {
+        return NULL;
+    }
+    return do_send(self, pos[0], timeout, 0);
+}
+
+static PyObject *
+queue_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+          PyObject *kwnames)
+{
+    static const char *const posnames[] = {"block", "timeout", NULL};
+    PyObject *pos[2] = {NULL, NULL};
+    int64_t timeout;
+    if (parse("get", args, nargs, kwnames, 0, 2, posnames, pos, NULL, NULL)
+        < 0 || queue_timeout(pos[0], pos[1], &timeout) < 0)
+    {
+        return NULL;
+    }
+    return do_recv(self, timeout);
+}
+
+static PyObject *
+queue_put_nowait(PyObject *self, PyObject *obj)
+{
+    return do_send(self, obj, 0, 0);
+}
+
+static PyObject *
+queue_get_nowait(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return do_recv(self, 0);
 }
 
 /* ---------------------------------------------------------------------
@@ -599,26 +794,59 @@ static PyGetSetDef chan_getset[] = {
     {NULL},
 };
 
-#define CHAN_SLOTS(DOC)                                   \
+static PyMethodDef queue_methods[] = {
+    {"put", _PyCFunction_CAST(queue_put), METH_FASTCALL | METH_KEYWORDS,
+     "put(obj, block=True, timeout=None)\n--\n\nAdd obj, waiting up to "
+     "timeout seconds for room (QueueFull then)."},
+    {"get", _PyCFunction_CAST(queue_get), METH_FASTCALL | METH_KEYWORDS,
+     "get(block=True, timeout=None)\n--\n\nRemove and return the next "
+     "object, waiting up to timeout seconds (QueueEmpty then)."},
+    {"put_nowait", queue_put_nowait, METH_O,
+     "put_nowait(obj)\n--\n\nput(obj, block=False)."},
+    {"get_nowait", queue_get_nowait, METH_NOARGS,
+     "get_nowait()\n--\n\nget(block=False)."},
+    {"qsize", chan_qsize, METH_NOARGS, "Number of queued objects."},
+    {"empty", chan_empty, METH_NOARGS, "True if nothing is queued."},
+    {"full", chan_full, METH_NOARGS, "True if a bounded queue is full."},
+    {"from_id", chan_from_id, METH_O | METH_CLASS,
+     "from_id(id)\n--\n\nA new handle on the live queue with this id."},
+    {NULL},
+};
+
+static PyGetSetDef queue_getset[] = {
+    {"id", chan_get_id, NULL, "Process-wide ID of the queue.", NULL},
+    {"maxsize", chan_get_maxsize, NULL, "Capacity (0: unbounded).", NULL},
+    {NULL},
+};
+
+#define HANDLE_SLOTS(METHODS, GETSET, DOC)                \
     {Py_tp_new, chan_new},                                \
     {Py_tp_dealloc, chan_dealloc},                        \
     {Py_tp_repr, chan_repr},                              \
     {Py_tp_hash, chan_hash},                              \
     {Py_tp_richcompare, chan_richcompare},                \
-    {Py_tp_methods, chan_methods},                        \
-    {Py_tp_getset, chan_getset},                          \
+    {Py_tp_methods, METHODS},                             \
+    {Py_tp_getset, GETSET},                               \
     {Py_sq_length, chan_len},                             \
     {Py_tp_doc, DOC},                                     \
     {0, NULL}
 
-static PyType_Slot channel_slots[] = {CHAN_SLOTS(
-    "Channel(maxsize=0, *, spin=5e-05)\n--\n\n"
-    "A FIFO of shareable objects between interpreters.")};
+static PyType_Slot channel_slots[] = {HANDLE_SLOTS(
+    chan_methods, chan_getset,
+    "Channel(maxsize=0, *, spin=5e-05, identity=True, fallback=None)\n--\n"
+    "\nA FIFO of shareable objects between interpreters.")};
 
-static PyType_Slot memchannel_slots[] = {CHAN_SLOTS(
+static PyType_Slot memchannel_slots[] = {HANDLE_SLOTS(
+    chan_methods, chan_getset,
     "MemChannel(maxsize=0, *, spin=5e-05)\n--\n\n"
     "A FIFO of buffers between interpreters, zero-copy: recv() returns a "
     "memoryview of the sender's memory; send() returns a Tracker.")};
+
+static PyType_Slot queue_slots[] = {HANDLE_SLOTS(
+    queue_methods, queue_getset,
+    "Queue(maxsize=0, *, spin=5e-05, identity=True, fallback='pickle')\n"
+    "--\n\nThe API of PEP 734's concurrent.interpreters.Queue on the "
+    "Object Channel, with real blocking and float timeouts.")};
 
 static PyType_Spec channel_spec = {
     .name = "tpshare.Channel",
@@ -632,6 +860,13 @@ static PyType_Spec memchannel_spec = {
     .basicsize = sizeof(Chan),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = memchannel_slots,
+};
+
+static PyType_Spec queue_spec = {
+    .name = "tpshare.Queue",
+    .basicsize = sizeof(Chan),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = queue_slots,
 };
 
 /* ---------------------------------------------------------------------
@@ -671,6 +906,11 @@ static const TpShare_Hooks memchannel_hooks = {
     handle_share, handle_rebuild, handle_free,
 };
 
+static const TpShare_Hooks queue_hooks = {
+    TPSHARE_ABI_VERSION, 0, "tpshare.Queue",
+    handle_share, handle_rebuild, handle_free,
+};
+
 static PyTypeObject *
 make_type(PyObject *module, PyType_Spec *spec, const TpShare_Hooks *hooks)
 {
@@ -697,5 +937,9 @@ tps_channel_init_types(PyObject *module, tps_module_state *state)
     }
     state->MemChannelType = make_type(module, &memchannel_spec,
                                       &memchannel_hooks);
-    return state->MemChannelType == NULL ? -1 : 0;
+    if (state->MemChannelType == NULL) {
+        return -1;
+    }
+    state->QueueType = make_type(module, &queue_spec, &queue_hooks);
+    return state->QueueType == NULL ? -1 : 0;
 }

@@ -211,6 +211,22 @@ mod_drain(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(origin_id_doc,
+"origin_id(obj, /)\n--\n\n"
+"The sender's id() of obj, an object received through a Channel or\n"
+"Queue in this interpreter while identity is tracked for it; None if\n"
+"it is not known (not received, or a mutable value).");
+
+static PyObject *
+mod_origin_id(PyObject *module, PyObject *obj)
+{
+    Py_ssize_t origin = tps_identity_origin(get_state(module)->identity, obj);
+    if (origin == -1) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromSize_t((size_t)origin);
+}
+
 PyDoc_STRVAR(interpreter_id_doc,
 "interpreter_id()\n--\n\nThe ID of the current interpreter.");
 
@@ -251,6 +267,7 @@ static PyMethodDef module_methods[] = {
     {"registered", mod_registered, METH_NOARGS, registered_doc},
     {"stats", mod_stats, METH_NOARGS, stats_doc},
     {"drain", mod_drain, METH_NOARGS, drain_doc},
+    {"origin_id", mod_origin_id, METH_O, origin_id_doc},
     {"interpreter_id", mod_interpreter_id, METH_NOARGS,
      interpreter_id_doc},
     {"_bytes_threshold", _PyCFunction_CAST(mod_bytes_threshold),
@@ -262,14 +279,13 @@ static PyMethodDef module_methods[] = {
  * Module life cycle.
  */
 
-/* Make the error class tpshare.<name>, a subclass of tpshare.Error and,
- * when queue_base is given, of queue.<queue_base>; store it (new
+/* Make the error class tpshare.<name>, a subclass of `base` (borrowed)
+ * and, when queue_base is given, of queue.<queue_base>; store it (new
  * reference) in *slot and add it to the module.  0 or -1. */
 static int
 add_error(PyObject *module, PyObject **slot, const char *name,
-          const char *doc, const char *queue_base)
+          const char *doc, PyObject *base, const char *queue_base)
 {
-    tps_module_state *state = get_state(module);
     PyObject *bases = NULL, *extra = NULL, *queue = NULL;
     char qualname[64];
     int rc = -1;
@@ -283,10 +299,10 @@ add_error(PyObject *module, PyObject **slot, const char *name,
         if (extra == NULL) {
             goto finally;
         }
-        bases = PyTuple_Pack(2, state->Error, extra);
+        bases = PyTuple_Pack(2, base, extra);
     }
     else {
-        bases = PyTuple_Pack(1, state->Error);
+        bases = PyTuple_Pack(1, base);
     }
     if (bases == NULL) {
         goto finally;
@@ -336,12 +352,23 @@ module_exec(PyObject *module)
         goto finally;
     }
     if (add_error(module, &state->ChannelClosed, "ChannelClosed",
-                  "The channel is closed (and, for recv, empty).", NULL) < 0
+                  "The channel is closed (and, for recv, empty).",
+                  state->Error, NULL) < 0
         || add_error(module, &state->ChannelEmpty, "ChannelEmpty",
-                     "recv timed out: no item.", "Empty") < 0
+                     "recv timed out: no item.", state->Error, "Empty") < 0
         || add_error(module, &state->ChannelFull, "ChannelFull",
-                     "send timed out: no room.", "Full") < 0)
+                     "send timed out: no room.", state->Error, "Full") < 0
+        || add_error(module, &state->QueueEmpty, "QueueEmpty",
+                     "Queue.get found no object in time.",
+                     state->ChannelEmpty, NULL) < 0
+        || add_error(module, &state->QueueFull, "QueueFull",
+                     "Queue.put found no room in time.",
+                     state->ChannelFull, NULL) < 0)
     {
+        goto finally;
+    }
+    state->identity = tps_identity_new();
+    if (state->identity == NULL) {
         goto finally;
     }
     if (tps_shared_init_type(module, state) < 0
@@ -386,6 +413,9 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->ChannelClosed);
     Py_VISIT(state->ChannelEmpty);
     Py_VISIT(state->ChannelFull);
+    Py_VISIT(state->QueueType);
+    Py_VISIT(state->QueueFull);
+    Py_VISIT(state->QueueEmpty);
     Py_VISIT(state->SharedType);
     Py_VISIT(state->ViewType);
     Py_VISIT(state->TrackerType);
@@ -404,6 +434,9 @@ module_clear(PyObject *module)
     Py_CLEAR(state->ChannelClosed);
     Py_CLEAR(state->ChannelEmpty);
     Py_CLEAR(state->ChannelFull);
+    Py_CLEAR(state->QueueType);
+    Py_CLEAR(state->QueueFull);
+    Py_CLEAR(state->QueueEmpty);
     Py_CLEAR(state->SharedType);
     Py_CLEAR(state->ViewType);
     Py_CLEAR(state->TrackerType);
@@ -416,7 +449,10 @@ module_clear(PyObject *module)
 static void
 module_free(void *module)
 {
+    tps_module_state *state = get_state((PyObject *)module);
     module_clear((PyObject *)module);
+    tps_identity_free(state->identity);
+    state->identity = NULL;
 }
 
 static PyModuleDef_Slot module_slots[] = {

@@ -40,6 +40,7 @@ typedef struct frame {
 typedef struct {
     int depth;
     int any_bound;       /* a record finished at this level is bound */
+    int any_mutable;     /* ... or may change (not TPSHARE_IMMUTABLE) */
     int64_t owner;       /* the sharing interpreter, set at top level */
     frame *top;
     ptrmap memo;         /* obj -> record (holds a record reference) */
@@ -138,8 +139,8 @@ memo_reset(ptrmap *m)
 
 /* Whether `obj` rebuilds as the very same object anyway (a singleton or
  * a small int, cached by every interpreter): no memo needed. */
-static inline int
-rebuilds_identical(PyObject *obj)
+int
+tps_rebuilds_identical(PyObject *obj)
 {
     if (obj == Py_None || obj == Py_True || obj == Py_False) {
         return 1;
@@ -303,7 +304,7 @@ share_entry(PyObject *obj, tps_entry *entry)
         PyErr_SetString(PyExc_SystemError, "Share() of NULL");
         return NULL;
     }
-    int memoize = !top_level && !rebuilds_identical(obj);
+    int memoize = !top_level && !tps_rebuilds_identical(obj);
     if (memoize) {
         int found;
         rec = ptrmap_get(&sctx.memo, obj, &found);
@@ -311,6 +312,7 @@ share_entry(PyObject *obj, tps_entry *entry)
             tps_record_incref(rec);
             rec->flags |= TPS_REC_DUP;
             sctx.any_bound |= (rec->flags & TPS_REC_BOUND) != 0;
+            sctx.any_mutable |= !(rec->flags & TPS_REC_IMMUTABLE);
             return rec;
         }
     }
@@ -340,16 +342,22 @@ share_entry(PyObject *obj, tps_entry *entry)
     }
 
     frame f = {sctx.top, obj, -1};
-    int saved_bound = sctx.any_bound;
+    int saved_bound = sctx.any_bound, saved_mutable = sctx.any_mutable;
     sctx.top = &f;
-    sctx.any_bound = 0;
+    sctx.any_bound = sctx.any_mutable = 0;
     sctx.depth++;
     int rc = entry->hooks.share(obj, &rec->data);
     sctx.depth--;
     sctx.top = f.up;
     int bound = sctx.any_bound || rec->data.obj != NULL
                 || (rec->data.flags & TPSHARE_DATA_OWNER_BOUND);
+    int mutable = sctx.any_mutable || bound
+                  || !(entry->hooks.flags & TPSHARE_IMMUTABLE);
     sctx.any_bound = saved_bound | bound;
+    sctx.any_mutable = saved_mutable | mutable;
+    if (!mutable) {
+        rec->flags |= TPS_REC_IMMUTABLE;
+    }
 
     if (rc < 0 || PyErr_Occurred()) {
         if (rc == 0) {

@@ -99,6 +99,11 @@ int tps_handlers_text_init(void);
 int tps_handlers_tuple_init(void);
 int tps_handlers_buffer_init(void);
 
+/* The registration of pickled objects (Channel(fallback="pickle")):
+ * shared as the bytes of pickle.dumps(), rebuilt with pickle.loads()
+ * (registry/handlers_text.c). */
+extern tps_entry *tps_pickle_entry;
+
 /* The buffer-protocol fallback entry, and its writable variant used by
  * MemChannel.send(writable=True) (registry/handlers_buffer.c). */
 extern tps_entry *tps_buffer_entry;
@@ -123,12 +128,16 @@ typedef struct {
     PyObject *ChannelClosed;
     PyObject *ChannelEmpty;
     PyObject *ChannelFull;
+    PyObject *QueueEmpty;
+    PyObject *QueueFull;
     PyTypeObject *SharedType;
     PyTypeObject *ViewType;
     PyTypeObject *TrackerType;
     PyTypeObject *ChannelType;
     PyTypeObject *MemChannelType;
+    PyTypeObject *QueueType;
     PyTypeObject *BufferType;
+    struct tps_identity *identity;   /* owned; identity.c */
 } tps_module_state;
 
 /* ---------------------------------------------------------------------
@@ -187,6 +196,7 @@ PyObject *tps_interp_stats(void);
 
 #define TPS_REC_BOUND 0x1u   /* this record or a nested one is owner-bound */
 #define TPS_REC_DUP   0x2u   /* referenced twice inside one message */
+#define TPS_REC_IMMUTABLE 0x4u  /* the whole value can never change */
 
 struct TpShare_Record {
     /* Holders: the creator, nested parents, Shared objects, views. */
@@ -202,6 +212,11 @@ struct TpShare_Record {
     TpShare_Record *next_release;
     /* Held; told when the record is freed (MemChannel.send's tracker). */
     struct tps_tracker *tracker;
+    /* Identity across messages (identity.c): nonzero serial of the sent
+     * object while its sender keeps it in its identity ring, and the
+     * sender's id() of it. */
+    uint64_t serial;
+    uintptr_t origin;
     TpShare_Data data;
 };
 
@@ -218,6 +233,9 @@ void tps_record_release(TpShare_Record *rec);
  * owner, or any for a neutral record). */
 void tps_record_free(TpShare_Record *rec);
 int tps_is_shareable(PyObject *obj);
+/* Whether obj rebuilds as the very same object anyway (None, True,
+ * False, small ints). */
+int tps_rebuilds_identical(PyObject *obj);
 /* For container hooks: the index of the item about to be shared. */
 void tps_share_set_index(Py_ssize_t index);
 
@@ -265,9 +283,15 @@ extern const TpShare_CAPI tps_capi;
 
 typedef struct tps_channel tps_channel;
 
+/* Channel options, fixed at creation (the object layer reads them). */
+#define TPS_CHAN_IDENTITY 0x1u   /* identity across messages (D9) */
+#define TPS_CHAN_PICKLE   0x2u   /* pickle what is not shareable */
+
 /* A new channel with one reference, or NULL with MemoryError.  maxsize 0
  * means unbounded; spin_ns is how long a waiter spins before parking. */
-tps_channel *tps_channel_new(Py_ssize_t maxsize, int64_t spin_ns);
+tps_channel *tps_channel_new(Py_ssize_t maxsize, int64_t spin_ns,
+                             unsigned int flags);
+unsigned int tps_channel_flags(const tps_channel *ch);
 /* The channel with this ID, with a new reference, or NULL. */
 tps_channel *tps_channel_lookup(int64_t id);
 void tps_channel_incref(tps_channel *ch);
@@ -318,6 +342,24 @@ int tps_shared_init_type(PyObject *module, tps_module_state *state);
 PyObject *tps_shared_new(tps_module_state *state, TpShare_Record *rec);
 PyObject *tps_attach(tps_module_state *state, int64_t token);
 void tps_tokens_forget_interp(int64_t interp);
+
+/* identity.c: identity of objects sent more than once (D9). */
+typedef struct tps_identity tps_identity;
+tps_identity *tps_identity_new(void);
+/* Drop every reference (with the GIL of the interpreter it belongs to). */
+void tps_identity_free(tps_identity *id);
+/* Sender: tag `rec` (immutable, top level) with the serial of `obj`
+ * (borrowed; kept alive by the sender's bounded ring).  0 or -1 with
+ * MemoryError. */
+int tps_identity_tag(tps_identity *id, TpShare_Record *rec, PyObject *obj);
+/* Receiver: the object already rebuilt here for rec's serial (new
+ * reference), or NULL without an exception. */
+PyObject *tps_identity_lookup(tps_identity *id, TpShare_Record *rec);
+/* Receiver: remember `obj` (borrowed) as the rebuild of rec. */
+void tps_identity_remember(tps_identity *id, TpShare_Record *rec,
+                           PyObject *obj);
+/* The sender's id() of a received object, or -1 if unknown. */
+Py_ssize_t tps_identity_origin(tps_identity *id, PyObject *obj);
 
 /* buffer.c: tpshare.Buffer, memory of no interpreter. */
 int tps_buffer_init_type(PyObject *module, tps_module_state *state);
