@@ -181,11 +181,10 @@ chan_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                         "MemChannel carries buffers only: no fallback");
         return NULL;
     }
-    tps_interp *st = tps_interp_current();
+    tps_interp *st = tps_enter();
     if (st == NULL) {
         return NULL;
     }
-    tps_interp_drain(st);
     tps_channel *ch = tps_channel_new(maxsize, (int64_t)(spin * 1e9), flags);
     if (ch == NULL) {
         return NULL;
@@ -342,11 +341,10 @@ do_send(PyObject *self, PyObject *obj, int64_t timeout, int writable)
     kind k = kind_of(self, state);
     PyObject *tracker = NULL;
 
-    tps_interp *st = tps_interp_current();
+    tps_interp *st = tps_enter();
     if (st == NULL) {
         return NULL;
     }
-    tps_interp_drain(st);
     TpShare_Record *rec = make_record(self, k, state, obj, writable);
     if (rec == NULL) {
         return NULL;
@@ -387,11 +385,10 @@ do_recv(PyObject *self, int64_t timeout)
     TpShare_Record *rec;
     Py_ssize_t got;
 
-    tps_interp *st = tps_interp_current();
+    tps_interp *st = tps_enter();
     if (st == NULL) {
         return NULL;
     }
-    tps_interp_drain(st);
     tps_channel *ch = ((Chan *)self)->ch;
     int rc = tps_channel_recv(ch, &rec, 1, &got, timeout);
     if (rc < 0) {
@@ -460,11 +457,10 @@ chan_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     {
         return NULL;
     }
-    tps_interp *st = tps_interp_current();
+    tps_interp *st = tps_enter();
     if (st == NULL) {
         return NULL;
     }
-    tps_interp_drain(st);
     seq = PySequence_Fast(pos[0], "send_many() needs an iterable");
     if (seq == NULL) {
         return NULL;
@@ -547,11 +543,10 @@ chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         PyErr_SetString(PyExc_ValueError, "max must be >= 1");
         return NULL;
     }
-    tps_interp *st = tps_interp_current();
+    tps_interp *st = tps_enter();
     if (st == NULL) {
         return NULL;
     }
-    tps_interp_drain(st);
     if (max > 1 << 16) {
         max = 1 << 16;
     }

@@ -152,6 +152,16 @@ tps_interp_current(void)
     return st;
 }
 
+tps_interp *
+tps_enter(void)
+{
+    tps_interp *st = tps_interp_current();
+    if (st != NULL) {
+        tps_interp_drain(st);
+    }
+    return st;
+}
+
 int64_t
 tps_interp_id(const tps_interp *st)
 {

@@ -20,19 +20,6 @@ get_state(PyObject *module)
     return (tps_module_state *)PyModule_GetState(module);
 }
 
-/* The current interpreter's state, after draining its release list: every
- * entry into tpshare gives queued releases a chance to run (D4).
- * Borrowed; NULL with an exception. */
-static tps_interp *
-enter(void)
-{
-    tps_interp *st = tps_interp_current();
-    if (st != NULL) {
-        tps_interp_drain(st);
-    }
-    return st;
-}
-
 void
 tps_set_not_shareable(const char *format, ...)
 {
@@ -120,7 +107,7 @@ PyDoc_STRVAR(share_doc,
 static PyObject *
 mod_share(PyObject *module, PyObject *obj)
 {
-    if (enter() == NULL) {
+    if (tps_enter() == NULL) {
         return NULL;
     }
     TpShare_Record *rec = tps_share(obj);
@@ -139,7 +126,7 @@ PyDoc_STRVAR(attach_doc,
 static PyObject *
 mod_attach(PyObject *module, PyObject *arg)
 {
-    if (enter() == NULL) {
+    if (tps_enter() == NULL) {
         return NULL;
     }
     long long token = PyLong_AsLongLong(arg);
@@ -157,7 +144,7 @@ PyDoc_STRVAR(is_shareable_doc,
 static PyObject *
 mod_is_shareable(PyObject *Py_UNUSED(module), PyObject *obj)
 {
-    if (enter() == NULL) {
+    if (tps_enter() == NULL) {
         return NULL;
     }
     int rc = tps_is_shareable(obj);
@@ -176,7 +163,7 @@ PyDoc_STRVAR(registered_doc,
 static PyObject *
 mod_registered(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
-    if (enter() == NULL) {
+    if (tps_enter() == NULL) {
         return NULL;
     }
     return tps_registry_list();
@@ -191,7 +178,7 @@ PyDoc_STRVAR(stats_doc,
 static PyObject *
 mod_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
-    if (enter() == NULL) {
+    if (tps_enter() == NULL) {
         return NULL;
     }
     return tps_interp_stats();
@@ -205,7 +192,7 @@ PyDoc_STRVAR(drain_doc,
 static PyObject *
 mod_drain(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 {
-    if (enter() == NULL) {
+    if (tps_enter() == NULL) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -375,7 +362,8 @@ module_exec(PyObject *module)
         || tps_view_init_type(module, state) < 0
         || tps_tracker_init_type(module, state) < 0
         || tps_buffer_init_type(module, state) < 0
-        || tps_channel_init_types(module, state) < 0)
+        || tps_channel_init_types(module, state) < 0
+        || tps_interpreters_init(module) < 0)
     {
         goto finally;
     }

@@ -151,6 +151,11 @@ typedef struct tps_interp tps_interp;
 tps_interp *tps_interp_current(void);
 int64_t tps_interp_id(const tps_interp *st);
 
+/* Every Python-facing entry into tpshare starts here: the current
+ * interpreter's state, after running the releases queued for it (D4).
+ * Borrowed; NULL with an exception. */
+tps_interp *tps_enter(void);
+
 /* Hold/let go of an interpreter state (a record made in it holds one, so
  * the release list outlives the interpreter's exit for late frees). */
 void tps_interp_incref(tps_interp *st);
@@ -369,6 +374,15 @@ int tps_channel_init_types(PyObject *module, tps_module_state *state);
 /* Raise the exception for a TPS_ERR_* code (no-op for TPS_ERR_PYTHON and
  * TPS_ERR_SIGNAL, whose exception is set).  Returns NULL. */
 PyObject *tps_raise_error(tps_module_state *state, int code);
+
+/* ---------------------------------------------------------------------
+ * Interpreters made by tpshare (src/interpreter.c).
+ */
+
+/* Add the functions _interp_start, _interp_run, _interp_interrupt,
+ * _interp_abandon, _interp_end and _interp_list, used by
+ * tpshare/_interpreters.py, to `module` (borrowed).  0 or -1. */
+int tps_interpreters_init(PyObject *module);
 
 /* ---------------------------------------------------------------------
  * Small helpers.
