@@ -67,3 +67,23 @@ def test_interpreter_ids_match_the_runtime(sub):
 
         assert tpshare.interpreter_id() == int(_xxsubinterpreters.get_current())
     assert int(sub.eval("tpshare.interpreter_id()")) == int(sub.id)
+
+
+def test_type_stubs_match_the_module():
+    import ast
+    import pathlib
+
+    stub = pathlib.Path(tpshare.__file__).with_name("_tpshare.pyi")
+    assert (stub.parent / "py.typed").exists()
+    tree = ast.parse(stub.read_text())
+    names = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.AnnAssign):
+            names.add(node.target.id)
+    names.discard("_Handle")  # a stub-only base of the handle types
+    missing = {n for n in names if not hasattr(tpshare._tpshare, n)}
+    assert not missing
+    public = {n for n in dir(tpshare._tpshare) if not n.startswith("_")}
+    assert public <= names | {"ABI_VERSION"}, public - names
