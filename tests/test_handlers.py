@@ -199,3 +199,22 @@ def test_deep_nesting_is_bounded_by_the_recursion_limit():
     for _ in range(200):
         v = (v,)
     assert tpshare.share(v).rebuild() == v
+
+
+@given(values)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_refcount_returns_to_baseline_for_any_value(value):
+    """Sharing takes no reference it does not give back, at any depth."""
+    def refs(v):
+        out = [sys.getrefcount(v)]
+        if isinstance(v, tuple):
+            for item in v:
+                out.extend(refs(item))
+        return out
+
+    before = refs(value)
+    s = tpshare.share(value)
+    rebuilt = s.rebuild()
+    s.release()
+    del s, rebuilt
+    assert refs(value) == before
