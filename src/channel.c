@@ -255,10 +255,11 @@ pickled_record(PyObject *obj)
     return rec;
 }
 
-/* The record for one object sent through `self`, or NULL. */
+/* The record for one object sent through `self` by interpreter `owner`
+ * (the current one), or NULL. */
 static TpShare_Record *
 make_record(PyObject *self, kind k, tps_module_state *state, PyObject *obj,
-            int writable)
+            int writable, int64_t owner)
 {
     tps_channel *ch = ((Chan *)self)->ch;
 
@@ -278,7 +279,7 @@ make_record(PyObject *self, kind k, tps_module_state *state, PyObject *obj,
                                             : tps_buffer_entry);
     }
     unsigned int flags = tps_channel_flags(ch);
-    TpShare_Record *rec = tps_share(obj);
+    TpShare_Record *rec = tps_share_in(obj, owner);
     if (rec == NULL) {
         if ((flags & TPS_CHAN_PICKLE)
             && PyErr_ExceptionMatches(state->NotShareableError))
@@ -345,7 +346,8 @@ do_send(PyObject *self, PyObject *obj, int64_t timeout, int writable)
     if (st == NULL) {
         return NULL;
     }
-    TpShare_Record *rec = make_record(self, k, state, obj, writable);
+    TpShare_Record *rec = make_record(self, k, state, obj, writable,
+                                      tps_interp_id(st));
     if (rec == NULL) {
         return NULL;
     }
@@ -477,7 +479,8 @@ chan_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     PyObject **items = PySequence_Fast_ITEMS(seq);
     for (made = 0; made < n; made++) {
-        recs[made] = make_record(self, k, state, items[made], 0);
+        recs[made] = make_record(self, k, state, items[made], 0,
+                                 tps_interp_id(st));
         if (recs[made] == NULL) {
             goto finally;
         }

@@ -278,24 +278,32 @@ record_discard(TpShare_Record *rec)
     record_dealloc(rec);
 }
 
-static TpShare_Record *share_entry(PyObject *obj, tps_entry *entry);
+static TpShare_Record *share_entry(PyObject *obj, tps_entry *entry,
+                                   int64_t owner);
 
 TpShare_Record *
 tps_share(PyObject *obj)
 {
-    return share_entry(obj, NULL);
+    return share_entry(obj, NULL, -1);
 }
 
 TpShare_Record *
 tps_share_with(PyObject *obj, tps_entry *entry)
 {
-    return share_entry(obj, entry);
+    return share_entry(obj, entry, -1);
+}
+
+TpShare_Record *
+tps_share_in(PyObject *obj, int64_t owner)
+{
+    return share_entry(obj, NULL, owner);
 }
 
 /* Share `obj` with `entry`, or with the registry's entry for its type when
- * `entry` is NULL. */
+ * `entry` is NULL.  `owner` is the current interpreter's ID when the
+ * caller knows it, else -1. */
 static TpShare_Record *
-share_entry(PyObject *obj, tps_entry *entry)
+share_entry(PyObject *obj, tps_entry *entry, int64_t owner)
 {
     int top_level = sctx.depth == 0;
     TpShare_Record *rec = NULL;
@@ -334,7 +342,7 @@ share_entry(PyObject *obj, tps_entry *entry)
         goto done;
     }
     if (top_level) {
-        sctx.owner = tps_current_interp_id();
+        sctx.owner = owner >= 0 ? owner : tps_current_interp_id();
     }
     rec = record_alloc(entry, sctx.owner);
     if (rec == NULL) {
@@ -359,7 +367,9 @@ share_entry(PyObject *obj, tps_entry *entry)
         rec->flags |= TPS_REC_IMMUTABLE;
     }
 
-    if (rc < 0 || PyErr_Occurred()) {
+    /* Built-in hooks are trusted; others are checked for an exception
+     * left behind by a "successful" call. */
+    if (rc < 0 || (!entry->immortal && PyErr_Occurred())) {
         if (rc == 0) {
             /* The hook succeeded yet left an exception: undo its work. */
             PyObject *exc = PyErr_GetRaisedException();
@@ -449,7 +459,7 @@ tps_rebuild(TpShare_Record *rec)
         }
         goto done;
     }
-    if (PyErr_Occurred()) {
+    if (!local->immortal && PyErr_Occurred()) {
         Py_CLEAR(res);
         PyObject *exc = PyErr_GetRaisedException();
         PyErr_Format(PyExc_SystemError,

@@ -230,6 +230,8 @@ struct TpShare_Record {
 TpShare_Record *tps_share(PyObject *obj);
 /* The same with the given registration instead of the registry's. */
 TpShare_Record *tps_share_with(PyObject *obj, tps_entry *entry);
+/* tps_share() when the caller knows the current interpreter's ID. */
+TpShare_Record *tps_share_in(PyObject *obj, int64_t owner);
 /* New reference or NULL with an exception. */
 PyObject *tps_rebuild(TpShare_Record *rec);
 void tps_record_incref(TpShare_Record *rec);
