@@ -7,8 +7,9 @@
  * take them out; what a record holds is their business.
  *
  * Blocking (D7).  send/recv try once with the GIL held; if they must
- * wait they release the GIL, spin briefly on the item count (no lock),
- * then park on a per-thread semaphore with a monotonic deadline.  A parked
+ * wait they release the GIL, spin on the item count (no lock) for an
+ * adaptive window (waiter.h), then park on a per-thread semaphore with a
+ * monotonic deadline.  A parked
  * thread is also on its interpreter's release-waiter list, so releases
  * pushed to it while it waits are drained at once (D4), and a signal ends
  * the park so Ctrl-C is handled promptly in the main thread.  Blocked
@@ -30,14 +31,6 @@
 #include "ptrmap.h"
 #include "waiter.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#define cpu_relax() __builtin_ia32_pause()
-#elif defined(__aarch64__)
-#define cpu_relax() __asm__ __volatile__("yield")
-#else
-#define cpu_relax() ((void)0)
-#endif
-
 struct tps_channel {
     int64_t id;
     long refcnt;                 /* guarded by channels.mutex */
@@ -47,7 +40,7 @@ struct tps_channel {
     size_t head;
     atomic_long count;           /* written under mutex, read lock-free */
     Py_ssize_t maxsize;          /* 0: unbounded */
-    int64_t spin_ns;
+    int64_t spin_ns;             /* < 0: adaptive (waiter.h) */
     unsigned int flags;          /* TPS_CHAN_*, fixed at creation */
     atomic_int closed;
     tps_wlist receivers;
@@ -311,6 +304,19 @@ worth_locking(tps_channel *ch, direction dir, Py_ssize_t n)
         : can_send(ch, n);
 }
 
+struct spin_arg {
+    tps_channel *ch;
+    direction dir;
+    Py_ssize_t n;
+};
+
+static int
+spin_ready(void *arg)
+{
+    struct spin_arg *a = arg;
+    return worth_locking(a->ch, a->dir, a->n);
+}
+
 /* One attempt with the mutex held.  Returns 1 when done (*rc set), 0 to
  * keep waiting. */
 static int
@@ -377,16 +383,12 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     tps_wlist *list = dir == RECEIVING ? &ch->receivers : &ch->senders;
 
     PyThreadState *ts = PyEval_SaveThread();
-    int64_t spin_until = now + ch->spin_ns;
+    int64_t spin_until = now + tps_spin_window(ch->spin_ns);
     if (deadline >= 0 && spin_until > deadline) {
         spin_until = deadline;
     }
-    for (int i = 0; !worth_locking(ch, dir, n); i++) {
-        cpu_relax();
-        if ((i & 63) == 63 && tps_now_ns() >= spin_until) {
-            break;
-        }
-    }
+    struct spin_arg sa = {ch, dir, n};
+    tps_spin(spin_ready, &sa, spin_until);
     for (;;) {
         pthread_mutex_lock(&ch->mutex);
         if (attempt(ch, dir, recs, n, got, &rc)) {
@@ -419,6 +421,9 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
             }
             ts = PyEval_SaveThread();
         }
+    }
+    if (rc == 0) {
+        tps_spin_learn(tps_now_ns() - now);
     }
     PyEval_RestoreThread(ts);
     return rc;

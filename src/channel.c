@@ -16,9 +16,6 @@
  */
 #include "tpshare_internal.h"
 
-/* Default spin before parking (see docs/design.md). */
-#define DEFAULT_SPIN_NS 50000
-
 typedef struct {
     PyObject_HEAD
     tps_channel *ch;             /* held */
@@ -140,23 +137,31 @@ chan_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
                              NULL};
     tps_module_state *state = PyType_GetModuleState(type);
     Py_ssize_t maxsize = 0;
-    double spin = DEFAULT_SPIN_NS / 1e9;
-    int identity = 1;
+    PyObject *spin_arg = NULL;
+    int64_t spin_ns = -1;        /* adaptive */
+    int identity = 0;
     PyObject *fallback = NULL;
     unsigned int flags = 0;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n$dpO", kwlist, &maxsize,
-                                     &spin, &identity, &fallback)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n$OpO", kwlist, &maxsize,
+                                     &spin_arg, &identity, &fallback)) {
         return NULL;
     }
     if (maxsize < 0) {
         PyErr_SetString(PyExc_ValueError, "maxsize must be >= 0");
         return NULL;
     }
-    if (!(spin >= 0 && spin <= 1.0)) {
-        PyErr_SetString(PyExc_ValueError,
-                        "spin must be between 0 and 1 second");
-        return NULL;
+    if (spin_arg != NULL && spin_arg != Py_None) {
+        double spin = PyFloat_AsDouble(spin_arg);
+        if (spin == -1.0 && PyErr_Occurred()) {
+            return NULL;
+        }
+        if (!(spin >= 0 && spin <= 1.0)) {
+            PyErr_SetString(PyExc_ValueError,
+                            "spin must be None or between 0 and 1 second");
+            return NULL;
+        }
+        spin_ns = (int64_t)(spin * 1e9);
     }
     if (type == state->QueueType && fallback == NULL) {
         /* Like the standard library's queues: anything picklable goes. */
@@ -185,7 +190,7 @@ chan_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (st == NULL) {
         return NULL;
     }
-    tps_channel *ch = tps_channel_new(maxsize, (int64_t)(spin * 1e9), flags);
+    tps_channel *ch = tps_channel_new(maxsize, spin_ns, flags);
     if (ch == NULL) {
         return NULL;
     }
@@ -831,18 +836,18 @@ static PyGetSetDef queue_getset[] = {
 
 static PyType_Slot channel_slots[] = {HANDLE_SLOTS(
     chan_methods, chan_getset,
-    "Channel(maxsize=0, *, spin=5e-05, identity=True, fallback=None)\n--\n"
+    "Channel(maxsize=0, *, spin=None, identity=False, fallback=None)\n--\n"
     "\nA FIFO of shareable objects between interpreters.")};
 
 static PyType_Slot memchannel_slots[] = {HANDLE_SLOTS(
     chan_methods, chan_getset,
-    "MemChannel(maxsize=0, *, spin=5e-05)\n--\n\n"
+    "MemChannel(maxsize=0, *, spin=None)\n--\n\n"
     "A FIFO of buffers between interpreters, zero-copy: recv() returns a "
     "memoryview of the sender's memory; send() returns a Tracker.")};
 
 static PyType_Slot queue_slots[] = {HANDLE_SLOTS(
     queue_methods, queue_getset,
-    "Queue(maxsize=0, *, spin=5e-05, identity=True, fallback='pickle')\n"
+    "Queue(maxsize=0, *, spin=None, identity=False, fallback='pickle')\n"
     "--\n\nThe API of PEP 734's concurrent.interpreters.Queue on the "
     "Object Channel, with real blocking and float timeouts.")};
 

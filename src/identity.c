@@ -14,6 +14,9 @@
  *     (strong references), and received objects to the sender's id().
  *     When full it evicts the entries only it still holds (refcount 1).
  *
+ * Both sides are bounded in count and in bytes kept alive (objects over
+ * 64 KiB are not tracked at all).
+ *
  * So a serial never names two different objects, and a stale object is
  * never handed back.  Only values that can never change are tracked
  * (built-in immutable kinds, tuples of them, and third-party types whose
@@ -26,22 +29,66 @@
 
 #define RING_MAX 1024
 #define RECV_MAX 4096
+/* Memory kept alive for identity is bounded too: objects estimated above
+ * OBJ_MAX bytes are not tracked, and each side keeps at most its byte
+ * budget of them. */
+#define OBJ_MAX (64 * 1024)
+#define RING_BYTES (8 * 1024 * 1024)
+#define RECV_BYTES (16 * 1024 * 1024)
+
+typedef struct {
+    PyObject *obj;               /* strong reference */
+    size_t size;
+    uintptr_t origin;            /* the sender's id() */
+} received;
 
 struct tps_identity {
     /* Sender side. */
     ptrmap sent;                 /* obj -> serial */
     struct {
         PyObject *obj;           /* strong reference */
+        size_t size;
     } ring[RING_MAX];
-    size_t ring_head, ring_count;
+    size_t ring_head, ring_count, ring_bytes;
     /* Receiver side. */
-    ptrmap byserial;             /* serial -> obj (strong reference) */
-    ptrmap origin;               /* obj -> sender's id() */
+    ptrmap byserial;             /* serial -> received (raw memory) */
+    ptrmap byobj;                /* received obj -> received */
+    size_t recv_bytes;
 };
 
 static atomic_uint_fast64_t next_serial = 16;  /* 0-2 reserved by ptrmap */
 
 #define KEY(serial) ((void *)(uintptr_t)(serial))
+
+/* A rough size of an immutable value, or OBJ_MAX + 1 once it is past the
+ * limit (so deep or wide values stop the walk early). */
+static size_t
+approx_size(PyObject *obj, int depth)
+{
+    size_t size = (size_t)Py_TYPE(obj)->tp_basicsize;
+    if (PyUnicode_CheckExact(obj)) {
+        size += (size_t)PyUnicode_GET_LENGTH(obj) * PyUnicode_KIND(obj);
+    }
+    else if (PyBytes_CheckExact(obj)) {
+        size += (size_t)PyBytes_GET_SIZE(obj);
+    }
+    else if (PyLong_CheckExact(obj)) {
+        size += _PyLong_NumBits(obj) / 8;
+    }
+    else if (PyTuple_CheckExact(obj)) {
+        if (depth > 8) {
+            return OBJ_MAX + 1;
+        }
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(obj); i++) {
+            size += sizeof(PyObject *)
+                    + approx_size(PyTuple_GET_ITEM(obj, i), depth + 1);
+            if (size > OBJ_MAX) {
+                return OBJ_MAX + 1;
+            }
+        }
+    }
+    return size;
+}
 
 tps_identity *
 tps_identity_new(void)
@@ -51,6 +98,15 @@ tps_identity_new(void)
         PyErr_NoMemory();
     }
     return id;
+}
+
+static void
+forget_received(tps_identity *id, received *r)
+{
+    ptrmap_del(&id->byobj, r->obj);
+    id->recv_bytes -= r->size;
+    Py_DECREF(r->obj);
+    PyMem_RawFree(r);
 }
 
 void
@@ -63,12 +119,23 @@ tps_identity_free(tps_identity *id)
         Py_DECREF(id->ring[(id->ring_head + i) % RING_MAX].obj);
     }
     PTRMAP_FOREACH(&id->byserial, s) {
-        Py_DECREF((PyObject *)s->value);
+        forget_received(id, s->value);
     }
     ptrmap_clear(&id->sent);
     ptrmap_clear(&id->byserial);
-    ptrmap_clear(&id->origin);
+    ptrmap_clear(&id->byobj);
     PyMem_RawFree(id);
+}
+
+static void
+ring_pop(tps_identity *id)
+{
+    PyObject *old = id->ring[id->ring_head].obj;
+    id->ring_bytes -= id->ring[id->ring_head].size;
+    id->ring_head = (id->ring_head + 1) % RING_MAX;
+    id->ring_count--;
+    ptrmap_del(&id->sent, old);
+    Py_DECREF(old);
 }
 
 int
@@ -77,21 +144,25 @@ tps_identity_tag(tps_identity *id, TpShare_Record *rec, PyObject *obj)
     int found;
     void *serial = ptrmap_get(&id->sent, obj, &found);
     if (!found) {
-        if (id->ring_count == RING_MAX) {
-            PyObject *old = id->ring[id->ring_head].obj;
-            id->ring_head = (id->ring_head + 1) % RING_MAX;
-            id->ring_count--;
-            ptrmap_del(&id->sent, old);
-            Py_DECREF(old);
+        size_t size = approx_size(obj, 0);
+        if (size > OBJ_MAX) {
+            return 0;   /* too big to keep alive for identity */
+        }
+        while (id->ring_count == RING_MAX
+               || (id->ring_count && id->ring_bytes + size > RING_BYTES))
+        {
+            ring_pop(id);
         }
         serial = KEY(atomic_fetch_add(&next_serial, 1));
         if (ptrmap_set(&id->sent, obj, serial) < 0) {
             PyErr_NoMemory();
             return -1;
         }
-        id->ring[(id->ring_head + id->ring_count) % RING_MAX].obj =
-            Py_NewRef(obj);
+        size_t slot = (id->ring_head + id->ring_count) % RING_MAX;
+        id->ring[slot].obj = Py_NewRef(obj);
+        id->ring[slot].size = size;
         id->ring_count++;
+        id->ring_bytes += size;
     }
     rec->serial = (uint64_t)(uintptr_t)serial;
     rec->origin = (uintptr_t)obj;
@@ -102,8 +173,8 @@ PyObject *
 tps_identity_lookup(tps_identity *id, TpShare_Record *rec)
 {
     int found;
-    PyObject *obj = ptrmap_get(&id->byserial, KEY(rec->serial), &found);
-    return found ? Py_NewRef(obj) : NULL;
+    received *r = ptrmap_get(&id->byserial, KEY(rec->serial), &found);
+    return found ? Py_NewRef(r->obj) : NULL;
 }
 
 /* Evict what only the cache still holds. */
@@ -111,13 +182,12 @@ static void
 sweep(tps_identity *id)
 {
     PTRMAP_FOREACH(&id->byserial, s) {
-        PyObject *obj = s->value;
-        if (Py_REFCNT(obj) == 1) {
-            ptrmap_del(&id->origin, obj);
+        received *r = s->value;
+        if (Py_REFCNT(r->obj) == 1) {
             s->key = PTRMAP_TOMBSTONE;
             s->value = NULL;
             id->byserial.used--;
-            Py_DECREF(obj);
+            forget_received(id, r);
         }
     }
 }
@@ -125,26 +195,41 @@ sweep(tps_identity *id)
 void
 tps_identity_remember(tps_identity *id, TpShare_Record *rec, PyObject *obj)
 {
-    if (id->byserial.used >= RECV_MAX) {
+    size_t size = approx_size(obj, 0);
+    if (id->byserial.used >= RECV_MAX
+        || id->recv_bytes + size > RECV_BYTES)
+    {
         sweep(id);
-        if (id->byserial.used >= RECV_MAX) {
+        if (id->byserial.used >= RECV_MAX
+            || id->recv_bytes + size > RECV_BYTES)
+        {
             return;   /* all held by the receiver: just not remembered */
         }
     }
-    if (ptrmap_set(&id->byserial, KEY(rec->serial), obj) < 0) {
+    received *r = PyMem_RawMalloc(sizeof(received));
+    if (r == NULL) {
         return;       /* out of memory: identity is lost, nothing else */
     }
-    if (ptrmap_set(&id->origin, obj, (void *)rec->origin) < 0) {
+    r->obj = obj;
+    r->size = size;
+    r->origin = rec->origin;
+    if (ptrmap_set(&id->byserial, KEY(rec->serial), r) < 0) {
+        PyMem_RawFree(r);
+        return;
+    }
+    if (ptrmap_set(&id->byobj, obj, r) < 0) {
         ptrmap_del(&id->byserial, KEY(rec->serial));
+        PyMem_RawFree(r);
         return;
     }
     Py_INCREF(obj);
+    id->recv_bytes += size;
 }
 
 Py_ssize_t
 tps_identity_origin(tps_identity *id, PyObject *obj)
 {
     int found;
-    void *origin = ptrmap_get(&id->origin, obj, &found);
-    return found ? (Py_ssize_t)(uintptr_t)origin : -1;
+    received *r = ptrmap_get(&id->byobj, obj, &found);
+    return found ? (Py_ssize_t)r->origin : -1;
 }

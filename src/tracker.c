@@ -123,6 +123,20 @@ tps_parse_timeout(PyObject *arg, int64_t *ns)
     return 0;
 }
 
+struct spin_arg {
+    tps_tracker *t;
+    tps_interp *st;
+};
+
+/* Released, or a release queued here that may be the one. */
+static int
+spin_ready(void *arg)
+{
+    struct spin_arg *a = arg;
+    return atomic_load_explicit(&a->t->released, memory_order_relaxed)
+           || tps_interp_has_pending(a->st);
+}
+
 static PyObject *
 tracker_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
 {
@@ -160,11 +174,20 @@ tracker_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         }
         int why;
         Py_BEGIN_ALLOW_THREADS
+        /* Spin first: the release usually arrives within microseconds. */
+        int64_t start = tps_now_ns();
+        int64_t spin_until = start + tps_spin_window(-1);
+        if (deadline >= 0 && spin_until > deadline) {
+            spin_until = deadline;
+        }
+        struct spin_arg sa = {t, st};
+        tps_spin(spin_ready, &sa, spin_until);
         tps_waiter_reset(w);
         tps_interp_watch(st, &node);
         why = (atomic_load(&t->released) || tps_interp_has_pending(st))
               ? TPS_PARK_WOKEN : tps_waiter_park(w, deadline);
         tps_interp_unwatch(st, &node);
+        tps_spin_learn(tps_now_ns() - start);
         Py_END_ALLOW_THREADS
         if (why == TPS_PARK_SIGNAL && PyErr_CheckSignals() < 0) {
             return NULL;

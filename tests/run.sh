@@ -41,7 +41,7 @@ if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    setuptools wheel "pytest>=8" "hypothesis>=6.100" numpy
+    setuptools wheel "pytest>=8" "hypothesis>=6.100" numpy "matplotlib>=3.8"
 env_prefix=()
 if [ "${TPSHARE_SANITIZE:-0}" = 1 ]; then
     asan=$(gcc -print-file-name=libasan.so)

@@ -101,6 +101,15 @@ class Sub:
         self.close()
 
 
+def rss_kib():
+    """Resident memory of this process, in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
 def run_child(code, timeout=120, env=None):
     """Run code in a fresh Python process; return CompletedProcess."""
     full_env = dict(os.environ)

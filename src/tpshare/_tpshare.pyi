@@ -73,8 +73,8 @@ class Channel(_Handle):
         cls,
         maxsize: int = 0,
         *,
-        spin: float = 5e-05,
-        identity: bool = True,
+        spin: float | None = None,
+        identity: bool = False,
         fallback: Literal["pickle"] | None = None,
     ) -> Channel: ...
     @property
@@ -88,7 +88,7 @@ class Channel(_Handle):
 
 @final
 class MemChannel(_Handle):
-    def __new__(cls, maxsize: int = 0, *, spin: float = 5e-05) -> MemChannel: ...
+    def __new__(cls, maxsize: int = 0, *, spin: float | None = None) -> MemChannel: ...
     @property
     def closed(self) -> bool: ...
     def send(self, obj: Any, *, timeout: float | None = None, writable: bool = False) -> Tracker: ...
@@ -104,8 +104,8 @@ class Queue(_Handle):
         cls,
         maxsize: int = 0,
         *,
-        spin: float = 5e-05,
-        identity: bool = True,
+        spin: float | None = None,
+        identity: bool = False,
         fallback: Literal["pickle"] | None = "pickle",
     ) -> Queue: ...
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None: ...

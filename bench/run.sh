@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Run the comparison experiments in a virtual environment of their own.
+#
+#   bash bench/run.sh [experiment ...] [--quick] [--out DIR] [options...]
+#
+# Everything after the script name goes to `python -m tpshare.bench`
+# (--help lists the experiments, sizes and contenders).  Results go to
+# ./results/<timestamp>/ (results.json, summary.txt and PNG plots) unless
+# --out is given; the tables are printed as the run goes.  A full run
+# takes about 10 minutes, --quick under 2.
+#
+# PYTHON   the interpreter to measure (default: CPython 3.13 from pyenv,
+#          else python3.13, else python3)
+#
+# It creates .venv-<python version> in the checkout if needed (the one
+# tests/run.sh uses), installs matplotlib for the plots, builds tpshare
+# optimised into it (TPSHARE_DEBUG and TPSHARE_SANITIZE are ignored:
+# figures from such builds mean nothing) and runs the experiments from
+# the directory it was called in.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+start_dir=$(pwd)
+
+find_python() {
+    if [ -n "${PYTHON:-}" ]; then
+        echo "$PYTHON"
+    elif command -v pyenv >/dev/null 2>&1 \
+        && [ -x "$(pyenv root)/versions/3.13.0/bin/python3" ]; then
+        echo "$(pyenv root)/versions/3.13.0/bin/python3"
+    elif command -v python3.13 >/dev/null 2>&1; then
+        echo python3.13
+    else
+        echo python3
+    fi
+}
+
+cd "$here"
+python=$(find_python)
+version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+venv="$here/.venv-$version"
+
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+fi
+pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
+"${pip[@]}" setuptools wheel
+if ! "${pip[@]}" "matplotlib>=3.8"; then
+    echo "bench/run.sh: could not install matplotlib: the run will" \
+        "print tables and write JSON, but no plots" >&2
+fi
+
+# Always rebuild, optimised: the C sources may have changed.
+rm -rf build
+env -u TPSHARE_DEBUG -u TPSHARE_SANITIZE "$venv/bin/python" -m pip install \
+    --quiet --disable-pip-version-check --no-build-isolation \
+    --force-reinstall --no-deps .
+
+cd "$start_dir"
+exec "$venv/bin/python" -m tpshare.bench "$@"

@@ -1,0 +1,36 @@
+"""The comparison experiments: tpshare's two channel designs against
+CPython's own cross-interpreter queues and channels, ``queue.Queue``
+between threads, ``multiprocessing`` pipes and
+``multiprocessing.shared_memory``, on real isolated interpreters.
+
+Run ``python -m tpshare.bench --help`` (or ``bash bench/run.sh`` from a
+checkout).  Each experiment prints a table with the baselines beside
+tpshare's figures and the ratios, and the run writes ``results.json``
+and PNG plots into a results folder.
+
+The modules:
+
+- ``cli``: the command line, the run and its outputs.
+- ``common``: machine description, sizes, statistics, progress bar.
+- ``runner``: where remote code runs (the one place that picks
+  ``tpshare.Interpreter`` or the standard library's subinterpreters).
+- ``contenders``: each transport, its availability, set-up and the
+  sender's side of each loop.
+- ``_remote``: the receiver's side, imported inside isolated
+  interpreters, threads and child processes (standard library and
+  tpshare only).
+- ``throughput``, ``latency``, ``release``, ``scaling``, ``memory``: the
+  experiments.
+- ``plots``: the PNG figures (matplotlib, Agg backend).
+
+Importing this package imports nothing heavy: the subinterpreters import
+``tpshare.bench._remote`` and must not pull in matplotlib.
+"""
+
+EXPERIMENTS = ("throughput", "latency", "release", "scaling", "memory")
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status."""
+    from .cli import main as _main
+    return _main(argv)

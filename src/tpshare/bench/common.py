@@ -1,0 +1,352 @@
+"""Helpers shared by the experiments: the machine and Python build a run
+depends on, payload sizes, statistics, number formatting, RSS readings
+and a progress bar.
+
+The same machine description is produced by bench/_common.py in the
+checkout (the stand-alone benchmark scripts); this package cannot import
+from there because it ships in the wheel.
+"""
+
+import datetime
+import itertools
+import os
+import platform
+import statistics
+import sys
+import sysconfig
+import time
+
+import tpshare
+
+# ---------------------------------------------------------------------------
+# Payload sizes.  The names are what --sizes accepts (argparse choices).
+
+SIZES = {
+    "64": 64,
+    "256": 256,
+    "1K": 1 << 10,
+    "4K": 4 << 10,
+    "16K": 16 << 10,
+    "64K": 64 << 10,
+    "256K": 256 << 10,
+    "1M": 1 << 20,
+    "4M": 4 << 20,
+    "16M": 16 << 20,
+    "64M": 64 << 20,
+    "256M": 256 << 20,
+}
+SIZE_NAMES = tuple(SIZES)
+
+
+def size_name(text):
+    """Canonical size name for what a user typed ("1k", "1KiB", "1024",
+    "64B" -> "1K", "1K", "1K", "64"); unknown text comes back unchanged,
+    for argparse's choices to reject with the list of valid names."""
+    t = text.strip().upper().replace("IB", "").rstrip("B")
+    if t in SIZES:
+        return t
+    if t.isdigit():
+        for name, n in SIZES.items():
+            if n == int(t):
+                return name
+    return text
+
+
+def fmt_size(n):
+    """Bytes as "64 B", "4 KiB", "256 MiB"."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale} {unit}"
+    return f"{n} B"
+
+
+# ---------------------------------------------------------------------------
+# Numbers.
+
+
+def median(values):
+    return statistics.median(values) if values else None
+
+
+def percentile(sorted_values, p):
+    """The p-th percentile (0-100) of an already sorted list, nearest
+    rank."""
+    if not sorted_values:
+        return None
+    k = max(0, min(len(sorted_values) - 1,
+                   int(round(p / 100 * (len(sorted_values) - 1)))))
+    return sorted_values[k]
+
+
+def fmt_rate(x):
+    """A rate per second: 1.23 M/s, 45.6 k/s, 12.3 /s."""
+    if x is None:
+        return "n/a"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}/s"
+    return f"{x:.3g} /s"
+
+
+def fmt_bytes_rate(x):
+    """Bytes per second as GB/s, MB/s, kB/s (powers of 10)."""
+    if x is None:
+        return "n/a"
+    for unit, scale in (("TB/s", 1e12), ("GB/s", 1e9), ("MB/s", 1e6),
+                        ("kB/s", 1e3)):
+        if x >= scale:
+            return f"{x / scale:.3g} {unit}"
+    return f"{x:.3g} B/s"
+
+
+def fmt_ns(ns):
+    """Nanoseconds as ns, us, ms or s."""
+    if ns is None:
+        return "n/a"
+    if ns >= 1e9:
+        return f"{ns / 1e9:.3g} s"
+    if ns >= 1e6:
+        return f"{ns / 1e6:.3g} ms"
+    if ns >= 1e3:
+        return f"{ns / 1e3:.3g} us"
+    return f"{ns:.3g} ns"
+
+
+def fmt_ratio(r):
+    """A ratio as "x3.2" (or "n/a")."""
+    if r is None:
+        return "n/a"
+    if r >= 100:
+        return f"x{r:.0f}"
+    if r >= 10:
+        return f"x{r:.1f}"
+    return f"x{r:.2f}"
+
+
+def table(headers, rows):
+    """rows (sequences of str) under headers, as text: the first column
+    left-aligned, the others right-aligned."""
+    widths = [max(len(str(r[i])) for r in [headers, *rows])
+              for i in range(len(headers))]
+
+    def line(cells):
+        out = [str(cells[0]).ljust(widths[0])]
+        out += [str(c).rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return " | ".join(out).rstrip()
+
+    return "\n".join([line(headers), "-+-".join("-" * w for w in widths),
+                      *(line(r) for r in rows)])
+
+
+# ---------------------------------------------------------------------------
+# The machine.
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _empty_loop_ns(n=200_000, repeat=5):
+    """Median cost of one iteration of an empty `for` loop: a gauge of how
+    fast the CPU we run on is right now (this machine's vCPUs change
+    speed)."""
+    times = []
+    for _ in range(repeat):
+        it = itertools.repeat(None, n)
+        t0 = time.perf_counter_ns()
+        for _ in it:
+            pass
+        times.append(time.perf_counter_ns() - t0)
+    return statistics.median(times) / n
+
+
+def _meminfo_total():
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def machine_info():
+    """What the figures depend on: Python version and build flags,
+    tpshare, the CPU, the OS, and a gauge of the CPU's speed."""
+    try:
+        affinity = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        affinity = None
+    try:
+        load = os.getloadavg()
+    except OSError:
+        load = None
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(
+            timespec="seconds"),
+        "python": sys.version.replace("\n", " "),
+        "implementation": platform.python_implementation(),
+        "executable": sys.executable,
+        "cflags": sysconfig.get_config_var("CFLAGS"),
+        "config_args": sysconfig.get_config_var("CONFIG_ARGS"),
+        "py_debug": bool(sysconfig.get_config_var("Py_DEBUG")),
+        "gil_disabled": bool(sysconfig.get_config_var("Py_GIL_DISABLED")),
+        "tpshare": tpshare.__version__,
+        "tpshare_path": os.path.dirname(tpshare.__file__),
+        "tpshare_build_env": {k: v for k, v in os.environ.items()
+                              if k in ("TPSHARE_DEBUG", "TPSHARE_SANITIZE",
+                                       "TPSHARE_WERROR")},
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "affinity": affinity,
+        "memory_bytes": _meminfo_total(),
+        "loadavg": load,
+        "empty_loop_ns": round(_empty_loop_ns(), 2),
+    }
+
+
+def machine_text(info):
+    """The machine description as lines for the terminal."""
+    mem = info.get("memory_bytes")
+    lines = [
+        f"date:     {info['date']}",
+        f"python:   {info['python']}",
+        f"          {info['executable']}",
+        f"CFLAGS:   {info['cflags']}",
+        f"config:   {info['config_args'] or '(none)'}",
+        f"tpshare:  {info['tpshare']} ({info['tpshare_path']})",
+        f"machine:  {info['platform']}",
+        f"cpu:      {info['cpu']}, {info['cores']} cores, affinity "
+        f"{info['affinity']}"
+        + (f", {mem / (1 << 30):.0f} GiB" if mem else ""),
+        f"load:     {info['loadavg']}",
+        f"empty loop iteration: {info['empty_loop_ns']} ns (a gauge of the "
+        "CPU's speed now; compare only within one run)",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# glibc's malloc.
+
+MMAP_THRESHOLD = 32 << 20
+TRIM_THRESHOLD = 64 << 20
+
+
+def steady_malloc():
+    """Fix glibc's mmap and trim thresholds at the largest values its
+    dynamic adjustment reaches in a long-running process (32 MiB, 64 MiB),
+    here with mallopt() and in child processes through the environment.
+
+    Otherwise whether a 64 KiB-16 MiB copy made by one thread and freed
+    by another is handed back to the kernel and page-faulted in again for
+    every message depends on the history of the process, and the same
+    run of a copying transport moves by up to 20x from one run to the
+    next (seen with str payloads of 64 KiB).  Returns a line for the
+    report."""
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return "malloc: not glibc, left as it is"
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    os.environ["MALLOC_TRIM_THRESHOLD_"] = str(TRIM_THRESHOLD)
+    libc = ctypes.CDLL(None)
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    if not (libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+            and libc.mallopt(m_trim_threshold, TRIM_THRESHOLD)):
+        return "malloc: mallopt() failed, glibc defaults in force"
+    return (f"malloc: glibc mmap threshold {fmt_size(MMAP_THRESHOLD)}, trim "
+            f"threshold {fmt_size(TRIM_THRESHOLD)} (their largest dynamic "
+            "values; --malloc-defaults to keep glibc's start-up values)")
+
+
+# ---------------------------------------------------------------------------
+# Memory: resident set size, which sees raw (malloc) memory that
+# tracemalloc does not.
+
+
+def rss_bytes():
+    """VmRSS of this process from /proc/self/status, in bytes (None where
+    there is no /proc)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Progress.
+
+
+class Progress:
+    """A progress bar on stderr: redrawn in place on a terminal, a line
+    per tenth of the way otherwise (CI logs)."""
+
+    def __init__(self, total, stream=None, enabled=True):
+        self.total = max(1, total)
+        self.done = 0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled
+        self.tty = enabled and self.stream.isatty()
+        self.t0 = time.monotonic()
+        self.last_decile = -1
+        self.label = ""
+
+    def add_total(self, n):
+        self.total += n
+
+    def step(self, label=None, n=1):
+        self.done = min(self.total, self.done + n)
+        if label is not None:
+            self.label = label
+        self._draw()
+
+    def note(self, label):
+        self.label = label
+        self._draw()
+
+    def _draw(self):
+        if not self.enabled:
+            return
+        frac = self.done / self.total
+        elapsed = time.monotonic() - self.t0
+        if self.tty:
+            width = 30
+            fill = int(frac * width)
+            bar = "#" * fill + "." * (width - fill)
+            text = (f"\r[{bar}] {frac * 100:3.0f}% {elapsed:5.0f}s "
+                    f"{self.label}")[:110]
+            self.stream.write(text.ljust(110))
+            self.stream.flush()
+        else:
+            decile = int(frac * 10)
+            if decile > self.last_decile:
+                self.last_decile = decile
+                self.stream.write(f"[{frac * 100:3.0f}% {elapsed:5.0f}s] "
+                                  f"{self.label}\n")
+                self.stream.flush()
+
+    def clear(self):
+        """Erase the bar (before printing a table)."""
+        if self.tty:
+            self.stream.write("\r" + " " * 110 + "\r")
+            self.stream.flush()
+
+    def finish(self):
+        self.done = self.total
+        if self.tty:
+            self.clear()

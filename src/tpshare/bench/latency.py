@@ -1,0 +1,135 @@
+"""Blocking ping-pong latency: the main thread sends an 8-byte bytes
+object, the far side (an isolated interpreter, a thread or a child
+process) receives it and answers with an 8-byte bytes object of its own;
+the main thread times each round trip with ``time.perf_counter_ns()``.
+Each side cycles through 2048 distinct objects.
+
+Both sides wait the way each transport waits: tpshare spins briefly and
+then parks on a semaphore (``spin=0`` parks at once); ``queue.Queue``
+waits on a condition variable; a pipe blocks in ``read()``; CPython's
+queue and channel have no blocking call in C, so they are shown twice:
+retried in a busy loop (the best case, a core burnt per waiting side),
+and with the 10 ms sleep of their Python wrappers' blocking ``get()`` /
+``recv()``.  Memoryviews received through MemChannel are released
+after the round trip's clock stops.  Warm-up round trips are dropped;
+rounds alternate between contenders.
+"""
+
+from . import _remote, common, contenders as cts
+
+PINGS = _remote.distinct_bytes(8)
+QUANTILES = 1000   # the JSON keeps the distribution as 1001 quantiles
+
+
+def _polls(c):
+    return c.name.endswith("-poll")
+
+
+def steps(ctx, names):
+    return len(cts.split_available(names)[0]) * (ctx.repeat + 1)
+
+
+def run(ctx, names):
+    active, skipped = cts.split_available(names)
+    repeat = ctx.repeat
+    samples = {c.name: [] for c in active}
+    rounds = {c.name: [] for c in active}
+    errors = {}
+    sessions = {}
+    try:
+        for c in active:
+            ctx.progress.step(f"latency: starting {c.name}")
+            try:
+                s = sessions[c.name] = cts.Session(c, 16, ctx.runner)
+                s.pingpong(3 if _polls(c) else ctx.latency_warmup, PINGS)
+            except Exception as exc:  # noqa: BLE001 - reported
+                errors[c.name] = str(exc)
+                bad = sessions.pop(c.name, None)
+                if bad is not None:
+                    bad.close()
+        ready = [c for c in active if c.name in sessions]
+        for r in range(repeat):
+            order = ready if r % 2 == 0 else ready[::-1]
+            for c in order:
+                ctx.progress.step(f"latency {c.name} round {r + 1}")
+                n = ctx.poll_n if _polls(c) else ctx.latency_n
+                n = max(1, n // repeat)
+                got = sessions[c.name].pingpong(n, PINGS)
+                samples[c.name] += got
+                rounds[c.name].append(common.median(got))
+    finally:
+        for s in sessions.values():
+            try:
+                s.close()
+            except Exception:  # noqa: BLE001
+                pass
+    stats = {}
+    for name, xs in samples.items():
+        if not xs:
+            continue
+        xs.sort()
+        stats[name] = {
+            "n": len(xs),
+            "min_ns": xs[0],
+            "median_ns": common.percentile(xs, 50),
+            "p90_ns": common.percentile(xs, 90),
+            "p99_ns": common.percentile(xs, 99),
+            "p999_ns": common.percentile(xs, 99.9),
+            "max_ns": xs[-1],
+            "mean_ns": sum(xs) / len(xs),
+            "round_medians_ns": rounds[name],
+            "quantiles_ns": [common.percentile(xs, 100 * i / QUANTILES)
+                             for i in range(QUANTILES + 1)],
+        }
+    return {
+        "method": __doc__.strip(),
+        "contenders": [c.name for c in active if c.name in stats],
+        "skipped": skipped,
+        "errors": errors,
+        "round_trips": {c.name: stats[c.name]["n"] for c in active
+                        if c.name in stats},
+        "stats": stats,
+    }
+
+
+REFS = ("channel", "memchannel")
+
+
+def report(res):
+    labels = {c.name: c.label for c in cts.ALL}
+    st = res["stats"]
+    lines = ["\nPing-pong round trip (8-byte bytes each way), main "
+             "interpreter <-> far side"]
+    refs = [r for r in REFS if r in st]
+    headers = ["contender", "n", "min", "median", "p90", "p99", "p99.9"]
+    headers += [f"median vs {labels[r]}" for r in refs]
+    headers += [f"p99 vs {labels[r]}" for r in refs]
+    rows = []
+    for name in res["contenders"]:
+        x = st[name]
+        row = [labels[name], str(x["n"])]
+        row += [common.fmt_ns(x[k]) for k in
+                ("min_ns", "median_ns", "p90_ns", "p99_ns", "p999_ns")]
+        row += [common.fmt_ratio(x["median_ns"] / st[r]["median_ns"])
+                for r in refs]
+        row += [common.fmt_ratio(x["p99_ns"] / st[r]["p99_ns"])
+                for r in refs]
+        rows.append(row)
+    lines.append(common.table(headers, rows))
+    lines.append("(\"vs\": this contender's time / tpshare's; above 1: "
+                 "tpshare is faster)")
+    spread = []
+    for n in res["contenders"]:
+        meds = st[n].get("round_medians_ns", [])
+        if len(meds) > 1:
+            spread.append(f"{labels[n]} "
+                          + ", ".join(common.fmt_ns(m) for m in meds))
+    if spread:
+        lines.append("medians of each round (a wide spread is a waiter "
+                     "flipping between spinning and parking): "
+                     + "; ".join(spread))
+    for name, why in res["skipped"].items():
+        lines.append(f"skipped {name}: {why}")
+    for name, why in res["errors"].items():
+        lines.append(f"ERROR {name}: {why}")
+    return "\n".join(lines)

@@ -1,0 +1,290 @@
+"""Throughput against payload size: one sender (the main thread of the
+main interpreter), one receiver (an isolated interpreter, a thread or a
+child process), the same payload sent n times.
+
+Each message is one of up to 2048 distinct payload objects, sent in
+turn, so that no transport is timed handing back an object it cached.
+A trial times the main thread from its first send until the receiver has
+received the n-th item and consumed it (released a view, or dropped the
+object), stamped by the receiver with ``time.perf_counter()`` (the same
+monotonic clock in every interpreter and process).  Receivers get a
+usable object: bytes, str or int where the transport rebuilds objects, a
+memoryview where it shares memory, so a zero-copy transport's figure
+does not include reading the memory.  n is calibrated per contender so a
+trial lasts about the target time; contenders are timed in alternating
+order within each round, and the median over rounds is reported.
+
+Queues hold at most 1000 items.  Where each queued item holds a copy of
+the payload (CPython's pickle mode; str, and bytes below the share
+threshold, through tpshare's Channel and Queue) the bound is lowered so
+that at most 256 MiB of copies are queued (at least 2 items); transports
+that queue references or exports keep 1000 at every size.  Pipes buffer
+what the kernel does; shared memory has up to 8 slots (512 MiB at most).
+"""
+
+import gc
+
+from . import common, contenders as cts
+
+ONE_INT = 2 ** 40 + 12345          # not a cached small int; fits 64 bits
+INT_BITS = ONE_INT.bit_length()
+
+
+def copies_at_send(contender, kind, size):
+    """Whether each queued item holds its own copy of the payload."""
+    if contender.family == "cpython-queue":
+        return contender.options[0] == "pickle"
+    if contender.family in ("channel", "tpshare-queue"):
+        if kind == "str":
+            return True
+        if kind == "bytes":
+            from tpshare import _tpshare
+            threshold = getattr(_tpshare, "_bytes_threshold", None)
+            return threshold is None or size < threshold()
+    return False
+
+
+def capacity(contender, kind, size):
+    """Queue bound for a contender at a payload (see the module doc)."""
+    if not copies_at_send(contender, kind, size):
+        return 1000
+    return max(2, min(1000, (256 << 20) // max(size, 1)))
+
+
+POOL = 2048      # distinct payloads, more than the identity ring (1024)
+
+
+def payloads(kind, size):
+    """Distinct payload objects, sent in turn: 2048 of them up to 64 KiB
+    (so no transport can hand back an object it cached for an earlier
+    message: the Channel's identity ring holds 1024), fewer above
+    (at most 128 MiB in all; bytes that large are shared, not cached)."""
+    k = POOL if size <= (64 << 10) else max(1, min(POOL,
+                                                   (128 << 20) // size))
+    if kind == "bytes":
+        if k == 1:
+            return [b"x" * size]
+        return [(b"%08d" % i + b"x" * size)[:size] for i in range(k)]
+    if kind == "str":
+        return [("%08d" % i + "x" * size)[:size] for i in range(k)]
+    return [ONE_INT + i for i in range(k)]
+
+
+def expected(contender, kind, size):
+    """What the receiver must see: (type name, size or bits)."""
+    if kind == "int":
+        return ("int", INT_BITS)
+    if contender.family == "memchannel" and contender.options:
+        return (kind, size)     # pickled and unpickled
+    if contender.family == "channel" and contender.options == ("view",):
+        return ("memoryview", size)
+    if contender.family in ("memchannel", "mp-shm") or (
+            contender.family == "cpython-queue" and
+            contender.options[0] == "mv"):
+        return ("memoryview", size)
+    return (kind, size)
+
+
+def points(sizes, str_sizes):
+    """(kind, size) in running order: ints first, then each size with its
+    kinds (sessions are remade when the queue capacity changes)."""
+    out = [("int", 8)]
+    for size in sizes:
+        out.append(("bytes", size))
+        if size in str_sizes:
+            out.append(("str", size))
+    return out
+
+
+def _plan(ctx, names):
+    active, skipped = cts.split_available(names)
+    str_sizes = [s for s in ctx.sizes if s <= ctx.str_max]
+    return active, skipped, str_sizes, points(ctx.sizes, str_sizes)
+
+
+def steps(ctx, names):
+    """Progress steps run() will take."""
+    active, _, _, pts = _plan(ctx, names)
+    return sum(ctx.repeat + 1 for kind, _ in pts for c in active
+               if kind in c.kinds)
+
+
+def run(ctx, names):
+    """Run the experiment for the contenders named (those that can
+    carry each kind); returns the result dict for the JSON."""
+    active, skipped, str_sizes, pts = _plan(ctx, names)
+    sizes = ctx.sizes
+    repeat = ctx.repeat
+
+    results = {}                    # "kind/size" -> contender -> record
+    errors = {}
+    sessions = {}                   # contender name -> Session
+    try:
+        for kind, size in pts:
+            key = f"{kind}/{size}"
+            row = results.setdefault(key, {})
+            data = payloads(kind, size)
+            ready = []
+            for c in active:
+                if kind not in c.kinds or c.name in errors:
+                    continue
+                ctx.progress.note(f"throughput {c.name} {kind} "
+                                  f"{common.fmt_size(size)}")
+                try:
+                    cap = capacity(c, kind, size)
+                    s = sessions.get(c.name)
+                    if s is not None and s.capacity != cap:
+                        sessions.pop(c.name).close()
+                        s = None
+                    if s is None:
+                        s = sessions[c.name] = cts.Session(
+                            c, cap, ctx.runner)
+                    s.prepare(size)
+                    got = s.probe(data[0])
+                    want = expected(c, kind, size)
+                    if got != want:
+                        raise RuntimeError(f"received {got}, expected {want}")
+                    # Warm-up, also the calibration of n.
+                    n0 = max(1, min(200, (8 << 20) // size))
+                    t = s.trial(data, n0)
+                    per = max(t / n0, 1e-9)
+                    n = int(ctx.trial_seconds / per)
+                    n = max(ctx.min_n, min(ctx.max_n, n))
+                    row[c.name] = {"n": n, "received_as": got[0],
+                                   "capacity": cap, "seconds": []}
+                    ready.append((c, s))
+                except Exception as exc:  # noqa: BLE001 - reported
+                    errors[c.name] = f"{kind} {size}: {exc}"
+                    ctx.progress.step(n=repeat + 1)
+                    bad = sessions.pop(c.name, None)
+                    if bad is not None:
+                        _close_quietly(bad)
+                    continue
+                ctx.progress.step()
+            for r in range(repeat):
+                order = ready if r % 2 == 0 else ready[::-1]
+                for c, s in order:
+                    rec = row[c.name]
+                    gc.collect()
+                    gc.disable()
+                    try:
+                        rec["seconds"].append(s.trial(data, rec["n"]))
+                    finally:
+                        gc.enable()
+                    ctx.progress.step()
+            for c, _ in ready:
+                rec = row[c.name]
+                rates = [rec["n"] / t for t in rec["seconds"]]
+                rec["msgs_per_s"] = rates
+                rec["median_msgs_per_s"] = common.median(rates)
+                rec["median_bytes_per_s"] = (
+                    None if kind == "int"
+                    else rec["median_msgs_per_s"] * size)
+            del data
+    finally:
+        for s in sessions.values():
+            _close_quietly(s)
+    return {
+        "method": __doc__.strip(),
+        "contenders": [c.name for c in active],
+        "skipped": skipped,
+        "errors": errors,
+        "sizes": sizes,
+        "str_sizes": str_sizes,
+        "int_value": ONE_INT,
+        "repeat": repeat,
+        "trial_seconds": ctx.trial_seconds,
+        "points": results,
+    }
+
+
+def _close_quietly(session):
+    try:
+        session.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+# ---------------------------------------------------------------------------
+# Report.
+
+REFS = ("memchannel", "channel")
+
+
+def _paired(a, b):
+    """Median over rounds of a[i] / b[i] (rates timed side by side)."""
+    if not a or not b:
+        return None
+    return common.median([x / y for x, y in zip(a, b)])
+
+
+def ratios(res):
+    """For each point, each of our designs against each baseline: the
+    median of per-round throughput ratios (> 1: ours faster)."""
+    out = {}
+    for key, row in res["points"].items():
+        for ref in REFS:
+            if ref not in row or "msgs_per_s" not in row[ref]:
+                continue
+            for name, rec in row.items():
+                if name == ref or "msgs_per_s" not in rec:
+                    continue
+                out.setdefault(key, {}).setdefault(ref, {})[name] = _paired(
+                    row[ref]["msgs_per_s"], rec["msgs_per_s"])
+    return out
+
+
+def report(res):
+    """The terminal tables."""
+    lines = []
+    names = [n for n in res["contenders"]]
+    labels = {c.name: c.label for c in cts.ALL}
+    rat = ratios(res)
+    for kind in ("bytes", "str", "int"):
+        keys = [k for k in res["points"] if k.startswith(kind + "/")]
+        cols = [n for n in names
+                if any(n in res["points"][k] for k in keys)]
+        if not keys or not cols:
+            continue
+        unit = "messages/s" if kind == "int" else "bytes/s (messages/s)"
+        lines.append(f"\nThroughput, {kind} payloads: {unit}, median of "
+                     f"{res['repeat']} rounds")
+        rows = []
+        for k in keys:
+            size = int(k.split("/")[1])
+            row = [("one int" if kind == "int" else common.fmt_size(size))]
+            for n in cols:
+                rec = res["points"][k].get(n)
+                if rec is None or "median_msgs_per_s" not in rec:
+                    row.append("n/a")
+                elif kind == "int":
+                    row.append(common.fmt_rate(rec["median_msgs_per_s"]))
+                else:
+                    row.append(
+                        f"{common.fmt_bytes_rate(rec['median_bytes_per_s'])}"
+                        f" ({common.fmt_rate(rec['median_msgs_per_s'])})")
+            rows.append(row)
+        lines.append(common.table(["size"] + [labels[n] for n in cols], rows))
+        for ref in REFS:
+            if ref not in cols:
+                continue
+            others = [n for n in cols if n != ref]
+            rows = []
+            for k in keys:
+                size = int(k.split("/")[1])
+                r = rat.get(k, {}).get(ref, {})
+                if not r:
+                    continue
+                rows.append([("one int" if kind == "int"
+                              else common.fmt_size(size))]
+                            + [common.fmt_ratio(r.get(n)) for n in others])
+            if rows:
+                lines.append(f"\n{labels[ref]} throughput / baseline's "
+                             f"({kind}; above 1: {labels[ref]} faster)")
+                lines.append(common.table(
+                    ["size"] + [labels[n] for n in others], rows))
+    for name, why in res["skipped"].items():
+        lines.append(f"skipped {name}: {why}")
+    for name, why in res["errors"].items():
+        lines.append(f"ERROR {name}: {why}")
+    return "\n".join(lines)

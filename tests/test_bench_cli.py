@@ -1,0 +1,173 @@
+"""The comparison experiments' command line (python -m tpshare.bench):
+a --quick run of one small experiment writes the JSON, the summary and
+a PNG; unknown experiment names, sizes and contenders are usage errors
+that list the valid ones; a baseline missing from this Python is
+reported as skipped.  Nothing here asserts on speed."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from tpshare.bench import EXPERIMENTS, cli, common, contenders
+
+HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
+
+
+def run_bench(args, tmp_path, prelude="", timeout=180):
+    """python -m tpshare.bench args in a child process (prelude runs
+    first, in the child); CompletedProcess."""
+    code = textwrap.dedent(f"""\
+        import sys
+        {prelude}
+        from tpshare.bench.cli import main
+        sys.exit(main({list(args)!r}))
+        """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, timeout=timeout, cwd=tmp_path)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = run_bench(["throughput", "--quick", "--sizes", "64", "4K",
+                      "--contenders", "channel", "memchannel", "threads",
+                      "--out", str(out)], out)
+    return proc, out
+
+
+def test_quick_run_writes_results(quick_run):
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(out / "results.json", encoding="utf-8") as f:
+        doc = json.load(f)
+    assert doc["quick"] is True
+    assert doc["machine"]["python"].startswith(
+        "%d.%d" % sys.version_info[:2])
+    res = doc["experiments"]["throughput"]
+    assert res["errors"] == {}
+    for name in ("channel", "memchannel", "threads"):
+        rec = res["points"]["bytes/64"][name]
+        assert rec["median_msgs_per_s"] > 0
+        assert len(rec["seconds"]) == 1       # --quick: one round
+    assert res["points"]["bytes/64"]["memchannel"]["received_as"] == \
+        "memoryview"
+    assert res["points"]["bytes/4096"]["channel"]["received_as"] == "bytes"
+    assert "memchannel" not in res["points"]["str/64"]   # buffers only
+    # The table shows the baseline beside ours, with the ratios.
+    assert "Channel throughput / baseline's" in proc.stdout
+    assert "queue.Queue threads" in proc.stdout
+    assert (out / "summary.txt").read_text().startswith(
+        "tpshare comparison experiments")
+
+
+@pytest.mark.skipif(not HAVE_MPL, reason="matplotlib is not installed")
+def test_quick_run_draws_png(quick_run):
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(out / "throughput.png", "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.skipif(HAVE_MPL, reason="matplotlib is installed")
+def test_quick_run_without_matplotlib_says_so(quick_run):
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "no plots" in proc.stdout
+    assert not list(out.glob("*.png"))
+
+
+def usage_error(argv, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_unknown_experiment_lists_valid_ones(capsys):
+    err = usage_error(["throughput", "nonsense"], capsys)
+    assert "invalid choice: 'nonsense'" in err
+    for name in EXPERIMENTS:
+        assert repr(name) in err
+
+
+def test_unknown_size_lists_valid_ones(capsys):
+    err = usage_error(["--sizes", "64", "3K"], capsys)
+    assert "invalid choice: '3K'" in err
+    for name in common.SIZE_NAMES:
+        assert repr(name) in err
+
+
+def test_unknown_contender_lists_valid_ones(capsys):
+    err = usage_error(["--contenders", "zeromq"], capsys)
+    assert "invalid choice: 'zeromq'" in err
+    for name in contenders.NAMES:
+        assert repr(name) in err
+
+
+def test_bad_repeat_is_a_usage_error(capsys):
+    assert "--repeat" in usage_error(["--repeat", "0"], capsys)
+
+
+@pytest.mark.parametrize("text,name", [
+    ("64", "64"), ("64B", "64"), ("1k", "1K"), ("1KiB", "1K"),
+    ("1024", "1K"), ("256MiB", "256M"), ("4m", "4M"),
+])
+def test_size_spellings(text, name):
+    args = cli.build_parser().parse_args(["--sizes", text])
+    assert args.sizes == [name]
+
+
+def test_default_runs_every_experiment():
+    args = cli.build_parser().parse_args([])
+    assert not args.experiments       # main() then runs all of them
+
+
+def test_missing_baseline_is_skipped_not_crashed(tmp_path):
+    # Hide CPython's queue and channel modules, as on a Python without
+    # them (3.12 has no _interpqueues).
+    prelude = ("for m in ('_interpqueues', '_interpchannels', "
+               "'_xxinterpchannels'): sys.modules[m] = None")
+    proc = run_bench(["throughput", "latency", "--quick", "--sizes", "64",
+                      "--contenders", "channel", "cpython-queue",
+                      "cpython-queue-poll", "cpython-channel",
+                      "--repeat", "1", "--no-plots", "--out", str(tmp_path)],
+                     tmp_path, prelude=prelude)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((tmp_path / "results.json").read_text())
+    thr = doc["experiments"]["throughput"]
+    assert set(thr["skipped"]) == {"cpython-queue", "cpython-channel"}
+    assert "not available" in thr["skipped"]["cpython-queue"]
+    assert thr["contenders"] == ["channel"]
+    assert set(doc["experiments"]["latency"]["skipped"]) == {
+        "cpython-queue", "cpython-queue-poll", "cpython-channel"}
+    assert "skipped cpython-queue: _interpqueues not available" in \
+        proc.stdout
+    assert doc["errors"] == {}
+
+
+def test_list_shows_availability():
+    proc = subprocess.run([sys.executable, "-m", "tpshare.bench", "--list"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for name in contenders.NAMES:
+        assert name in proc.stdout
+    if sys.version_info < (3, 13):
+        assert "_interpqueues not available" in proc.stdout
+
+
+@pytest.mark.skipif(not HAVE_MPL, reason="matplotlib is not installed")
+def test_replot(quick_run, tmp_path):
+    proc, out = quick_run
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    copy = tmp_path / "results.json"
+    copy.write_text((out / "results.json").read_text())
+    again = subprocess.run(
+        [sys.executable, "-m", "tpshare.bench", "--replot", str(copy)],
+        capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert os.path.exists(tmp_path / "throughput.png")
