@@ -67,6 +67,17 @@ static TPS_TLS struct {
     tps_interp *st;
 } tls_interp = {-1, NULL};
 
+/* Set when the process has begun to exit (tpshare.Interpreter's exit
+ * hook, run before the runtime finalizes): from then on exit hooks do not
+ * wait for remote holders, as during finalization. */
+static atomic_int process_exiting;
+
+void
+tps_interp_process_exiting(void)
+{
+    atomic_store(&process_exiting, 1);
+}
+
 /* Seconds an exiting interpreter waits before warning on stderr. */
 #define EXIT_WARN_AFTER 2.0
 
@@ -396,7 +407,9 @@ on_exit_hook(void *arg)
     pthread_mutex_lock(&st->mutex);
     st->exiting = 1;
     pthread_mutex_unlock(&st->mutex);
-    if (!is_main && !tps_runtime_finalizing()) {
+    if (!is_main && !tps_runtime_finalizing()
+        && !atomic_load(&process_exiting))
+    {
         wait_for_remote_holders(st);
     }
     /* No waiting once the process itself shuts down: the main interpreter

@@ -214,6 +214,19 @@ mod_origin_id(PyObject *module, PyObject *obj)
     return PyLong_FromSize_t((size_t)origin);
 }
 
+PyDoc_STRVAR(process_exiting_doc,
+"_process_exiting()\n--\n\n"
+"Tell tpshare the process is exiting: interpreters ended from now on do\n"
+"not wait for views of their memory held elsewhere (that memory stays\n"
+"allocated until the process ends).  Called by tpshare's own exit hook.");
+
+static PyObject *
+mod_process_exiting(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
+{
+    tps_interp_process_exiting();
+    Py_RETURN_NONE;
+}
+
 PyDoc_STRVAR(interpreter_id_doc,
 "interpreter_id()\n--\n\nThe ID of the current interpreter.");
 
@@ -255,6 +268,8 @@ static PyMethodDef module_methods[] = {
     {"stats", mod_stats, METH_NOARGS, stats_doc},
     {"drain", mod_drain, METH_NOARGS, drain_doc},
     {"origin_id", mod_origin_id, METH_O, origin_id_doc},
+    {"_process_exiting", mod_process_exiting, METH_NOARGS,
+     process_exiting_doc},
     {"interpreter_id", mod_interpreter_id, METH_NOARGS,
      interpreter_id_doc},
     {"_bytes_threshold", _PyCFunction_CAST(mod_bytes_threshold),

@@ -182,6 +182,10 @@ int tps_interp_has_pending(tps_interp *st);
  * Cheap when the list is empty (one atomic load). */
 void tps_interp_drain(tps_interp *st);
 
+/* The process has begun to exit: exit hooks stop waiting for remote
+ * holders (as during finalization; see docs/design.md). */
+void tps_interp_process_exiting(void);
+
 /* Run `cb(interp_id)` in every interpreter's exit hook, before it waits
  * for remote holders (used to drop what it left unclaimed).  Returns 0 or
  * -1 when the fixed table of callbacks is full. */

@@ -142,8 +142,10 @@ before = rss_kib()
 took = exchange(subs, ch, results)
 after = rss_kib()
 print(f"{TOTAL} messages in {took:.2f} s ({TOTAL / took / 1e6:.2f} M/s), RSS {before} -> {after} KiB")
-# Memory is flat: a second million costs no more than noise.
-assert after - before < 8_000, (before, after)
+# Memory is flat: a second million costs no more than noise (not
+# measurable under AddressSanitizer, whose quarantine holds freed memory).
+from support import SANITIZED
+assert SANITIZED or after - before < 8_000, (before, after)
 for s in subs:
     s.close()
 stats = tpshare.stats()

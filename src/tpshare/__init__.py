@@ -62,6 +62,25 @@ __all__ = [
     "stats",
 ]
 
+# Interpreters that run in the background (docs/interpreters.md).
+from ._interpreters import (  # noqa: E402
+    Interpreter,
+    InterpreterBusy,
+    InterpreterClosed,
+    Pool,
+    RemoteError,
+    list_interpreters,
+)
+
+__all__ += [
+    "Interpreter",
+    "InterpreterBusy",
+    "InterpreterClosed",
+    "Pool",
+    "RemoteError",
+    "list_interpreters",
+]
+
 __version__ = "0.1.0.dev0"
 
 

@@ -1,0 +1,1077 @@
+"""Interpreters that run in the background (DESIGN.md D10).
+
+``tpshare.Interpreter`` is an isolated interpreter with its own GIL, made
+by ``src/interpreter.c`` and running on an OS thread of its own (or, with
+``thread=False``, in the threads that submit work to it).
+``tpshare.Pool`` is a set of them sharing one queue of work.  This module
+holds both sides of the protocol between the creating interpreter (the
+*owner*) and the interpreters it made (the *workers*):
+
+- Work goes to a worker through a ``tpshare.Channel`` of its own (a
+  pool's members share one).  A job is a neutral tuple ``(job id, kind,
+  target, token)``: ``target`` is the source code, or the function's
+  module and qualified name; ``token`` is a detached ``tpshare.Shared``
+  holding the arguments.  Arguments are shared when the job is
+  submitted, so an unshareable one raises ``NotShareableError`` before
+  anything is queued; they are rebuilt in the worker after the
+  function's module is imported there (it may register the types).
+- Results come back through one results channel per owner, read by one
+  thread of the owner (the *collector*) that completes the
+  ``concurrent.futures.Future`` of each job.  A reply is ``(job id,
+  status, payload, worker id)``; a value travels as a detached token, so
+  a value the owner cannot rebuild fails its future instead of blocking
+  the channel.
+- The idle worker waits in ``Channel.recv()``, which also drains the
+  releases other interpreters queue for it (D4).
+
+Lifetimes.  An interpreter lives until ``close()`` (or the pool's
+``shutdown()``), or until the owner exits: interpreters are not closed
+when their Python object is collected, and ``list_interpreters()`` lists
+them.  At exit (``threading``'s at-exit hook, which runs before
+non-daemon threads are joined and before ``atexit``), queued work is
+cancelled, running work is interrupted with ``SystemExit``, and each
+interpreter is ended; one whose memory is still viewed elsewhere is left
+to the runtime instead (ending it would wait for the views, D5).  See
+docs/interpreters.md.
+"""
+
+import itertools
+import os
+import sys
+import threading
+import time
+
+from . import _tpshare
+from ._tpshare import (
+    Channel,
+    ChannelClosed,
+    ChannelEmpty,
+    Error,
+    NotShareableError,
+    attach,
+    interpreter_id,
+    is_shareable,
+    share,
+    stats,
+)
+
+__all__ = [
+    "Interpreter",
+    "InterpreterBusy",
+    "InterpreterClosed",
+    "Pool",
+    "RemoteError",
+    "list_interpreters",
+]
+
+# Job kinds and reply statuses.
+_EXEC, _CALL, _MAP = 0, 1, 2
+_OK, _RAISED, _UNSHAREABLE = 0, 1, 2
+
+# Code the C layer runs in a new interpreter: once at start, then the
+# worker loop (threaded) or one job per submission (thread=False).
+_MODULE = "__import__('tpshare._interpreters', fromlist=['_'])"
+_INIT = _MODULE + "._worker_init(%d)"
+_LOOP = _MODULE + "._worker_loop()"
+_SERVE_ONE = _MODULE + "._worker_serve_one()"
+
+# States of an Interpreter or a Pool.
+_OPEN, _CLOSING, _STOPPING, _CLOSED = range(4)
+
+# Seconds between warnings while the exit hook waits for an interpreter.
+_EXIT_WARN_EVERY = 10.0
+
+
+# ---------------------------------------------------------------------------
+# Errors.
+
+
+class RemoteError(Error):
+    """An exception raised by code run in another interpreter.
+
+    The exception itself cannot cross interpreters; this carries its
+    type's name (``type_name``, e.g. ``'ValueError'`` or
+    ``'mypkg.MyError'``), its message (``message``, ``str()`` of it) and
+    the formatted remote traceback (``remote_traceback``, also added as a
+    note so it prints with the local one), plus the ID of the interpreter
+    that raised it (``interpreter_id``)."""
+
+    def __init__(self, type_name, message="", remote_traceback="",
+                 interpreter_id=None):
+        super().__init__(type_name, message, remote_traceback, interpreter_id)
+        self.type_name = type_name
+        self.message = message
+        self.remote_traceback = remote_traceback
+        self.interpreter_id = interpreter_id
+        if remote_traceback and not getattr(self, "__notes__", None):
+            self.add_note(f"Remote traceback (interpreter {interpreter_id}):"
+                          f"\n{remote_traceback.rstrip()}")
+
+    def __str__(self):
+        if self.message:
+            return f"{self.type_name}: {self.message}"
+        return self.type_name
+
+
+class InterpreterBusy(Error):
+    """An interpreter cannot be closed: values it exported (views of its
+    memory, ``Shared`` records) are still held by other interpreters, and
+    ending it would pull the memory from under them (D5).  ``held`` maps
+    each such interpreter's ID to the number of holders."""
+
+    def __init__(self, message, held=None):
+        super().__init__(message)
+        self.held = dict(held or {})
+
+
+class InterpreterClosed(Error, RuntimeError):
+    """Work was submitted to an interpreter or pool that is closed or
+    closing, or the process is exiting."""
+
+
+for _cls in (RemoteError, InterpreterBusy, InterpreterClosed):
+    _cls.__module__ = "tpshare"
+del _cls
+
+
+# ---------------------------------------------------------------------------
+# The worker side: runs inside the interpreters made here.
+
+_worker = None
+
+
+class _Worker:
+    """The state of a worker interpreter: its channels and how to run a
+    job.  One per worker, made by _worker_init()."""
+
+    def __init__(self, work, results, main_name, main_file):
+        self.work = work
+        self.results = results
+        self.main_name = main_name
+        self.main_file = main_file
+        self.functions = {}
+        self.id = interpreter_id()
+
+    def loop(self):
+        """Run jobs until the work channel is closed and empty."""
+        work = self.work
+        while True:
+            try:
+                msg = work.recv()
+            except ChannelClosed:
+                return
+            except BaseException:
+                # The exit interrupt (SystemExit) between two jobs.
+                if work.closed:
+                    return
+                continue
+            try:
+                self.run(msg)
+            except BaseException:
+                if work.closed:
+                    return
+            msg = None
+
+    def serve_one(self):
+        """Run the next queued job, if any (thread=False)."""
+        try:
+            msg = self.work.recv(timeout=0)
+        except (ChannelEmpty, ChannelClosed):
+            return
+        self.run(msg)
+
+    def run(self, msg):
+        job_id, kind, target, token = msg
+        code = None
+        try:
+            if kind == _EXEC:
+                code = target
+                self.exec(code, token)
+                result = None
+            else:
+                func = self.function(*target)
+                if kind == _CALL:
+                    args, kwargs = _take_arguments(token)
+                    result = func(*args, **kwargs)
+                else:
+                    chunk = _take(token)
+                    result = tuple([func(*args) for args in chunk])
+                    del chunk
+        except BaseException as exc:
+            reply = (job_id, _RAISED, _describe(exc, code), self.id)
+        else:
+            reply = self.reply(job_id, kind, target, result)
+            del result
+        self.send(reply)
+
+    def exec(self, code, token):
+        ns = sys.modules["__main__"].__dict__
+        if token is not None:
+            names, values = _take(token)
+            ns.update(zip(names, values))
+            del values
+        if code.lstrip("\r\n")[:1] in (" ", "\t"):
+            import textwrap
+            code = textwrap.dedent(code)
+        exec(compile(code, _EXEC_FILENAME, "exec"), ns)
+
+    def function(self, modname, qualname):
+        key = (modname, qualname)
+        func = self.functions.get(key)
+        if func is None:
+            if modname == "__main__":
+                obj = self.main_module()
+            else:
+                __import__(modname)
+                obj = sys.modules[modname]
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+            func = self.functions[key] = obj
+        return func
+
+    def main_module(self):
+        """The owner's __main__, imported here as multiprocessing's spawn
+        does: by module name when it was run with -m, else from its file
+        under the name __tpshare_main__ (so its `if __name__ ==
+        '__main__':` block does not run)."""
+        mod = sys.modules.get("__tpshare_main__")
+        if mod is not None:
+            return mod
+        if self.main_name:
+            __import__(self.main_name)
+            mod = sys.modules[self.main_name]
+        elif self.main_file:
+            import importlib.util
+            spec = importlib.util.spec_from_file_location(
+                "__tpshare_main__", self.main_file)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules["__tpshare_main__"] = mod
+            try:
+                spec.loader.exec_module(mod)
+            except BaseException:
+                del sys.modules["__tpshare_main__"]
+                raise
+        else:
+            raise ImportError("the owner's __main__ has no file to import "
+                              "functions from")
+        sys.modules["__tpshare_main__"] = mod
+        return mod
+
+    def reply(self, job_id, kind, target, result):
+        if result is None:
+            return (job_id, _OK, None, self.id)
+        try:
+            token = share(result).detach()
+        except BaseException as exc:
+            what = "the code" if kind == _EXEC else f"{target[1]}()"
+            return (job_id, _UNSHAREABLE,
+                    f"the result of {what} is not shareable: {exc}", self.id)
+        return (job_id, _OK, token, self.id)
+
+    def send(self, reply):
+        try:
+            self.results.send(reply)
+        except BaseException:
+            if reply[1] == _OK and reply[2] is not None:
+                _release_token(reply[2])
+            if not self.results.closed:
+                raise
+            # Closed at exit: nobody waits for the reply any more.
+
+
+_EXEC_FILENAME = "<tpshare exec>"
+
+
+def _describe(exc, code=None):
+    """(type name, message, traceback text) of exc, all str."""
+    tp = type(exc)
+    mod = getattr(tp, "__module__", "builtins")
+    if mod in ("builtins", "__main__"):
+        name = tp.__qualname__
+    else:
+        name = f"{mod}.{tp.__qualname__}"
+    try:
+        message = str(exc)
+    except BaseException:
+        message = "<unprintable message>"
+    try:
+        import linecache
+        import traceback
+        if code is not None:
+            linecache.cache[_EXEC_FILENAME] = (
+                len(code), None, code.splitlines(True), _EXEC_FILENAME)
+        tb = exc.__traceback__
+        # Drop the frames of this module: they are tpshare's, not the
+        # user's.
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        text = "".join(traceback.format_exception(tp, exc, tb))
+    except BaseException:
+        text = ""
+    return (name, message, text)
+
+
+def _take(token):
+    """The value detached under token, rebuilt here; the record is
+    released."""
+    with attach(token) as s:
+        return s.rebuild()
+
+
+def _take_arguments(token):
+    if token is None:
+        return (), {}
+    args, kwnames, kwvalues = _take(token)
+    return args, dict(zip(kwnames, kwvalues))
+
+
+def _release_token(token):
+    try:
+        attach(token).release()
+    except KeyError:
+        pass
+
+
+def _worker_init(token):
+    """Run first in a new interpreter: set sys.path as the owner's and
+    open the channels."""
+    global _worker
+    work_id, results_id, path, main_name, main_file = _take(token)
+    sys.path[:] = path
+    _worker = _Worker(Channel.from_id(work_id), Channel.from_id(results_id),
+                      main_name, main_file)
+
+
+def _worker_loop():
+    try:
+        _worker.loop()
+    finally:
+        _forget_dummy_thread()
+
+
+def _forget_dummy_thread():
+    """On 3.13 threading's main thread is the process's, so a worker's own
+    thread is a threading._DummyThread in its interpreter once anything
+    calls threading.current_thread() there.  The dummy is forgotten when
+    the thread state is cleared, which Py_EndInterpreter does after
+    tearing the threading module down ("Exception ignored in
+    _DeleteDummyThreadOnDel.__del__").  Forget it now instead."""
+    info = getattr(threading, "_thread_local_info", None)
+    try:
+        info.__dict__.pop("_track_dummy_thread_ref", None)
+    except AttributeError:
+        pass
+
+
+def _worker_serve_one():
+    _worker.serve_one()
+
+
+# ---------------------------------------------------------------------------
+# The owner side.
+
+
+def _new_future():
+    # Imported here: concurrent.futures costs ~20 ms to import, which
+    # workers (and plain `import tpshare`) do not need.
+    from concurrent.futures import Future
+    return Future()
+
+
+def _remaining(deadline):
+    if deadline is None:
+        return None
+    return max(0.0, deadline - time.monotonic())
+
+
+def _remote_holders(iid):
+    return stats().get(iid, {}).get("remote", 0)
+
+
+def _main_info():
+    """How a worker finds the owner's __main__: (module name, file)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    name = getattr(spec, "name", None)
+    if name == "__main__":
+        name = None
+    file = getattr(main, "__file__", None)
+    if isinstance(file, str):
+        file = os.path.abspath(file)
+    else:
+        file = None
+    return name, file
+
+
+def _target_of(func):
+    """(module, qualified name) under which func can be found in another
+    interpreter.  NotShareableError when it cannot."""
+    if not callable(func):
+        raise TypeError(f"{func!r} is not callable")
+    modname = getattr(func, "__module__", None)
+    qualname = getattr(func, "__qualname__", None)
+    found = None
+    if (isinstance(modname, str) and isinstance(qualname, str)
+            and "<" not in qualname):
+        found = sys.modules.get(modname)
+        for part in qualname.split("."):
+            found = getattr(found, part, None)
+    if found is None or not (found is func or found == func):
+        raise NotShareableError(
+            f"{func!r} cannot be called in another interpreter: functions "
+            "are sent by module and qualified name, so it must be "
+            "importable (defined at the top level of a module, or a "
+            "method of a class defined there)")
+    if modname == "__main__" and _main_info() == (None, None):
+        raise NotShareableError(
+            f"{func!r} is defined in a __main__ that has no file, so "
+            "other interpreters cannot import it; move it to a module")
+    return (modname, qualname)
+
+
+def _share_payload(payload, what):
+    """A token for payload (a tuple of values), or None for no payload.
+    `what` lists (label, value) for the values inside payload, so that
+    NotShareableError names the one at fault."""
+    if payload is None:
+        return None
+    try:
+        return share(payload).detach()
+    except NotShareableError:
+        # Find the culprit for a clear message (the error path only).
+        for label, value in what:
+            if not is_shareable(value):
+                try:
+                    share(value).release()
+                except NotShareableError as exc:
+                    raise NotShareableError(f"{label}: {exc}") from None
+        raise
+
+
+class _Hub:
+    """The owner's side, one per interpreter that makes interpreters: the
+    results channel, the collector thread that completes futures, the
+    table of jobs and of live interpreters, and the exit hook."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.jobs = {}           # job id -> (Future, Interpreter or Pool)
+        self.members = {}        # interpreter id -> Interpreter
+        self.users = 0           # interpreters started or starting
+        self.results = None      # Channel, while users > 0
+        self.collector = None    # threading.Thread, while users > 0
+        self.ids = itertools.count(1)
+        self.hooked = False
+        self.exiting = False
+
+    # Interpreters come and go.
+
+    def enter(self):
+        """Count one more interpreter; return the results channel."""
+        with self.lock:
+            if self.exiting:
+                raise InterpreterClosed(
+                    "the process is exiting: no new interpreters")
+            if not self.hooked:
+                # threading's at-exit hooks run before non-daemon threads
+                # are joined (the collector is one) and before atexit.
+                register = getattr(threading, "_register_atexit", None)
+                if register is None:
+                    import atexit
+                    atexit.register(self.at_exit)
+                else:
+                    register(self.at_exit)
+                self.hooked = True
+            if self.results is None:
+                results = Channel()
+                collector = threading.Thread(
+                    target=self.collect, args=(results,),
+                    name="tpshare-results")
+                collector.start()
+                self.results, self.collector = results, collector
+            self.users += 1
+            return self.results
+
+    def add_member(self, interp):
+        with self.lock:
+            self.members[interp.id] = interp
+
+    def leave(self, interp=None):
+        """Count one interpreter less (interp, when it was a member); the
+        last one stops the collector."""
+        with self.lock:
+            if interp is not None:
+                self.members.pop(interp.id, None)
+            self.users -= 1
+            if self.users > 0 or self.results is None:
+                return
+            results, collector = self.results, self.collector
+            self.results = self.collector = None
+        results.close()
+        if collector.ident != threading.get_ident():
+            collector.join()
+
+    # Jobs.
+
+    def add_job(self, fut, owner):
+        with self.lock:
+            job_id = next(self.ids)
+            self.jobs[job_id] = (fut, owner)
+        return job_id
+
+    def pop_job(self, job_id):
+        with self.lock:
+            return self.jobs.pop(job_id, (None, None))
+
+    def in_collector(self):
+        collector = self.collector
+        return (collector is not None
+                and collector.ident == threading.get_ident())
+
+    def collect(self, results):
+        """The collector thread: complete the future of each reply."""
+        while True:
+            try:
+                reply = results.recv()
+            except ChannelClosed:
+                return
+            if self.exiting:
+                if reply[1] == _OK and reply[2] is not None:
+                    _release_token(reply[2])
+                return
+            try:
+                self.deliver(*reply)
+            except BaseException:  # never lose the collector
+                pass
+            reply = None
+
+    def deliver(self, job_id, status, payload, worker_id):
+        fut, owner = self.pop_job(job_id)
+        if fut is None or not fut.set_running_or_notify_cancel():
+            # Cancelled (or discarded): drop the value where it is.
+            if status == _OK and payload is not None:
+                _release_token(payload)
+        elif status == _OK:
+            try:
+                fut.set_result(None if payload is None else _take(payload))
+            except BaseException as exc:
+                fut.set_exception(exc)
+        elif status == _RAISED:
+            fut.set_exception(RemoteError(*payload, worker_id))
+        else:
+            fut.set_exception(NotShareableError(payload))
+        fut = None
+        if owner is not None:
+            # After the value left this frame (close() checks holders).
+            owner._delivered(job_id)
+
+    # Exit.
+
+    def at_exit(self):
+        """Stop every interpreter made here: cancel queued work, interrupt
+        running work, end each interpreter (or leave it to the runtime
+        when its memory is still viewed elsewhere), fail what was not
+        delivered."""
+        with self.lock:
+            if self.exiting:
+                return
+            self.exiting = True
+            members = sorted(self.members.values(), key=lambda i: i.id)
+            results, collector = self.results, self.collector
+        if results is not None:
+            results.close()
+            if collector.ident != threading.get_ident():
+                collector.join()
+        owners = []
+        for m in members:
+            owner = m._pool or m
+            if owner not in owners:
+                owners.append(owner)
+        busy = [m.id for m in members if _remote_holders(m.id) > 0]
+        if busy:
+            _release_views_of(busy)
+            busy = [i for i in busy if _remote_holders(i) > 0]
+        for iid in busy:
+            # Held by other interpreters (they may be ending too), or by
+            # objects here that the sweep could not release.
+            if _CAN_ABANDON:
+                _quietly(_tpshare._interp_abandon, iid)
+            else:
+                # 3.12 cannot leave it to the runtime: end it without
+                # waiting; the viewed memory stays allocated until the
+                # process ends.
+                _tpshare._process_exiting()
+        for owner in owners:
+            with owner._lock:
+                owner._state = _STOPPING
+            owner._work.close()
+            owner._discard_queued()
+        for m in members:
+            _quietly(_tpshare._interp_interrupt, m.id)
+        for m in members:
+            waited = 0.0
+            while not _quietly(_tpshare._interp_end, m.id, _EXIT_WARN_EVERY):
+                waited += _EXIT_WARN_EVERY
+                sys.stderr.write(
+                    f"tpshare: at exit, interpreter {m.id} has not stopped "
+                    f"after {waited:.0f} s: it runs code that does not "
+                    "return to the interpreter loop (a long C call or a "
+                    "blocking wait); still waiting\n")
+                sys.stderr.flush()
+            m._state = _CLOSED
+        for owner in owners:
+            owner._state = _CLOSED
+        with self.lock:
+            jobs, self.jobs = self.jobs, {}
+            self.members.clear()
+            self.users = 0
+            self.results = self.collector = None
+        for fut, owner in jobs.values():
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(InterpreterClosed(
+                    "the interpreter was shut down at process exit before "
+                    "the work completed"))
+        # Joining threads above made this thread a dummy again if it is
+        # a worker's (this hook then runs as the worker ends).
+        _forget_dummy_thread()
+
+
+_hub = _Hub()
+
+
+def _quietly(func, iid, *args):
+    """func(iid, *args), or True when the interpreter is already gone (a
+    close() in another thread finished it)."""
+    try:
+        return func(iid, *args)
+    except ValueError:
+        return True
+
+
+# Whether an interpreter can be left to the runtime at exit: CPython 3.12
+# aborts ("remaining subinterpreters") if any is left; 3.13 finalizes
+# them itself, after the exit hooks, without tpshare's wait (D5).
+_CAN_ABANDON = sys.version_info >= (3, 13)
+
+
+def _release_views_of(ids):
+    """At exit: release the memoryviews (and Shared records) of this
+    interpreter that view the memory of interpreters `ids`, so these can
+    end without waiting for them.  A released memoryview raises
+    ValueError when used; it never reads freed memory.  Views pinned by
+    an export of their own (e.g. a NumPy array over them) stay."""
+    import gc
+    gc.collect()
+    View, Shared = _tpshare.View, _tpshare.Shared
+    for obj in gc.get_objects():
+        try:
+            if type(obj) is memoryview:
+                exporter = obj.obj
+                if type(exporter) is View and exporter.owner in ids:
+                    obj.release()
+            elif type(obj) is Shared and obj.owner in ids:
+                obj.release()
+        except (ValueError, BufferError):
+            pass   # already released, or pinned by an export
+    obj = exporter = None
+
+
+def list_interpreters():
+    """The interpreters made by tpshare in this interpreter that are not
+    closed (pool members included), sorted by ID."""
+    with _hub.lock:
+        return sorted(_hub.members.values(), key=lambda i: i.id)
+
+
+class _Submitter:
+    """What an Interpreter and a Pool share: a work channel, the jobs not
+    yet delivered, and closing."""
+
+    def _setup(self, work):
+        self._work = work
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._close_lock = threading.Lock()
+        self._state = _OPEN
+        self._pending = set()     # ids of jobs not yet delivered
+
+    # Submitting.
+
+    def _submit(self, kind, target, payload, what=()):
+        token = _share_payload(payload, what)
+        fut = _new_future()
+        try:
+            with self._lock:
+                if self._state != _OPEN:
+                    raise InterpreterClosed(f"{self._name()} is closed")
+                job_id = _hub.add_job(fut, self)
+                self._pending.add(job_id)
+            try:
+                self._work.send((job_id, kind, target, token))
+            except ChannelClosed:
+                _hub.pop_job(job_id)
+                self._delivered(job_id)
+                fut.cancel()
+                raise InterpreterClosed(f"{self._name()} is closed") from None
+        except BaseException:
+            if token is not None:
+                _release_token(token)
+            raise
+        self._after_submit(job_id)
+        return fut
+
+    def _after_submit(self, job_id):
+        pass
+
+    def _delivered(self, job_id):
+        with self._lock:
+            self._pending.discard(job_id)
+            if not self._pending:
+                self._idle.notify_all()
+
+    def _discard_queued(self):
+        """Take back the jobs no worker took yet (the work channel is
+        closed): their futures are cancelled."""
+        while True:
+            try:
+                job_id, _, _, token = self._work.recv(timeout=0)
+            except (ChannelEmpty, ChannelClosed):
+                return
+            if token is not None:
+                _release_token(token)
+            fut, _ = _hub.pop_job(job_id)
+            if fut is not None:
+                fut.cancel()
+            self._delivered(job_id)
+
+    # Closing.
+
+    def _close(self, timeout):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._close_lock:
+            with self._lock:
+                if self._state == _CLOSED:
+                    return
+                if self._state == _OPEN:
+                    self._state = _CLOSING
+                stopping = self._state == _STOPPING
+            if not stopping:
+                try:
+                    self._wait_idle(timeout, deadline)
+                    self._check_not_busy()
+                except BaseException:
+                    with self._lock:
+                        if self._state == _CLOSING:
+                            self._state = _OPEN
+                    raise
+                with self._lock:
+                    self._state = _STOPPING
+                self._work.close()
+                self._discard_queued()
+            for m in self._members():
+                if m._state == _CLOSED:
+                    continue
+                if not _tpshare._interp_end(m.id, _remaining(deadline)):
+                    raise TimeoutError(
+                        f"interpreter {m.id} did not end within {timeout} s "
+                        "(its last job still runs); call close() again")
+                m._state = _CLOSED
+                _hub.leave(m)
+            self._state = _CLOSED
+
+    def _wait_idle(self, timeout, deadline):
+        with self._lock:
+            if not self._pending:
+                return
+            if _hub.in_collector():
+                raise RuntimeError(
+                    f"cannot close {self._name()} from a done-callback "
+                    "while it has work pending: the callback runs in the "
+                    "thread that delivers the results")
+            if not self._idle.wait_for(lambda: not self._pending,
+                                       _remaining(deadline)):
+                raise TimeoutError(
+                    f"{self._name()}: {len(self._pending)} job(s) still "
+                    f"pending after {timeout} s")
+
+    def _check_not_busy(self):
+        held = {}
+        for m in self._members():
+            n = _remote_holders(m.id)
+            if n:
+                held[m.id] = n
+        if held:
+            names = ", ".join(f"interpreter {i}: {n}" for i, n in held.items())
+            raise InterpreterBusy(
+                f"{self._name()} cannot be closed: values it exported are "
+                f"still held by other interpreters ({names}), e.g. "
+                "memoryviews of its memory returned as results; release "
+                "them (and drop the futures holding them), then close "
+                "again", held)
+
+
+class Interpreter(_Submitter):
+    """An isolated interpreter with its own GIL, made by tpshare.
+
+    ``Interpreter()`` runs it on a new OS thread that waits for work;
+    ``Interpreter(thread=False)`` runs submitted work in the submitting
+    thread instead.  Work is source code (``exec``) or an importable
+    function (``call``); values cross as tpshare shares them.  Close it
+    with ``close()`` or a ``with`` block; see docs/interpreters.md."""
+
+    def __init__(self, *, thread=True, _pool=None):
+        self._pool = _pool
+        self.thread = bool(thread) or _pool is not None
+        self.id = None
+        self._setup(_pool._work if _pool is not None else Channel())
+        results = _hub.enter()
+        try:
+            token = share((self._work.id, results.id,
+                           tuple(p for p in sys.path if isinstance(p, str)),
+                           *_main_info())).detach()
+            try:
+                self.id = _tpshare._interp_start(
+                    _INIT % token, _LOOP if self.thread else None)
+            finally:
+                _release_token(token)   # a KeyError if the worker took it
+        except BaseException:
+            _hub.leave()
+            raise
+        _hub.add_member(self)
+
+    def __repr__(self):
+        if self._state == _OPEN:
+            state = "open"
+        elif self._state == _CLOSED:
+            state = "closed"
+        else:
+            state = "closing"
+        mode = " pool member" if self._pool is not None else (
+            "" if self.thread else " thread=False")
+        return f"<tpshare.Interpreter id={self.id}{mode} {state}>"
+
+    def _name(self):
+        return f"interpreter {self.id}"
+
+    def _members(self):
+        return [self]
+
+    def _check_own(self):
+        if self._pool is not None:
+            raise TypeError(f"interpreter {self.id} belongs to a Pool: "
+                            "submit work through the pool")
+
+    def _after_submit(self, job_id):
+        if self.thread:
+            return
+        try:
+            _tpshare._interp_run(self.id, _SERVE_ONE)
+        except RuntimeError as exc:
+            fut, _ = _hub.pop_job(job_id)
+            if fut is not None and fut.set_running_or_notify_cancel():
+                fut.set_exception(exc)
+            self._delivered(job_id)
+
+    @property
+    def closed(self):
+        """True once close() started (no new work is accepted)."""
+        return self._state != _OPEN
+
+    def submit_exec(self, code, /, **shared):
+        """Run source code in the interpreter's ``__main__``, with each
+        keyword argument bound there to the value shared; return a
+        ``concurrent.futures.Future`` whose result is None, or whose
+        exception is a ``RemoteError``.  Code indented as a whole is
+        dedented.  NotShareableError (before anything runs) when a value
+        cannot be shared."""
+        self._check_own()
+        if not isinstance(code, str):
+            raise TypeError(f"code must be a str, not {type(code).__name__}")
+        payload = None
+        if shared:
+            payload = (tuple(shared), tuple(shared.values()))
+        what = [(f"shared value {k!r}", v) for k, v in shared.items()]
+        return self._submit(_EXEC, code, payload, what)
+
+    def exec(self, code, /, **shared):
+        """Like submit_exec(), but wait: return None, or raise the
+        RemoteError.  The names stay bound in ``__main__`` afterwards."""
+        self.submit_exec(code, **shared).result()
+
+    def call(self, func, /, *args, **kwargs):
+        """Call ``func(*args, **kwargs)`` in the interpreter and return a
+        ``concurrent.futures.Future`` of its result.  ``func`` is found
+        there by module and qualified name, so it must be importable;
+        arguments and result cross as tpshare shares them.  An exception
+        comes back as ``RemoteError``; an unshareable result as
+        ``NotShareableError``; an unshareable argument raises
+        ``NotShareableError`` here, before anything runs."""
+        self._check_own()
+        target = _target_of(func)
+        return self._submit(_CALL, target, *_call_payload(target, args,
+                                                          kwargs))
+
+    submit = call
+
+    def close(self, timeout=None):
+        """Wait for the work submitted so far, then end the interpreter.
+
+        Raises ``InterpreterBusy`` (the interpreter stays usable) while
+        values it exported are held by other interpreters, and
+        ``TimeoutError`` if ``timeout`` seconds pass first (call again).
+        Idempotent."""
+        if self._pool is not None:
+            raise TypeError(f"interpreter {self.id} belongs to a Pool: "
+                            "shut the pool down")
+        self._close(timeout)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+
+def _call_payload(target, args, kwargs):
+    payload = None
+    if args or kwargs:
+        payload = (args, tuple(kwargs), tuple(kwargs.values()))
+    what = [(f"argument {i} of {target[1]}()", a) for i, a in enumerate(args)]
+    what += [(f"argument {k!r} of {target[1]}()", v)
+             for k, v in kwargs.items()]
+    return payload, what
+
+
+def _chunks(items, size):
+    it = iter(items)
+    while True:
+        chunk = tuple(itertools.islice(it, size))
+        if not chunk:
+            return
+        yield chunk
+
+
+class Pool(_Submitter):
+    """``workers`` interpreters (default: os.cpu_count()), each on its
+    own thread, taking jobs from one shared queue: an executor in the
+    manner of ``concurrent.futures`` (``submit``, ``map``, ``shutdown``,
+    a context manager) whose work runs in parallel on separate GILs."""
+
+    def __init__(self, workers=None):
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self._setup(Channel())
+        self._interps = []
+        try:
+            for _ in range(workers):
+                self._interps.append(Interpreter(_pool=self))
+        except BaseException:
+            self._state = _STOPPING
+            self._work.close()
+            for m in self._interps:
+                _tpshare._interp_end(m.id)
+                m._state = _CLOSED
+                _hub.leave(m)
+            self._state = _CLOSED
+            raise
+
+    def __repr__(self):
+        state = {_OPEN: "open", _CLOSED: "closed"}.get(self._state,
+                                                       "closing")
+        return f"<tpshare.Pool ids={self.ids} {state}>"
+
+    def _name(self):
+        return f"the pool of interpreters {list(self.ids)}"
+
+    def _members(self):
+        return list(self._interps)
+
+    @property
+    def ids(self):
+        """The IDs of the pool's interpreters."""
+        return tuple(m.id for m in self._interps)
+
+    @property
+    def closed(self):
+        return self._state != _OPEN
+
+    def submit(self, fn, /, *args, **kwargs):
+        """Schedule ``fn(*args, **kwargs)`` on the first free interpreter;
+        return a ``concurrent.futures.Future``.  Same rules as
+        ``Interpreter.call()``."""
+        target = _target_of(fn)
+        return self._submit(_CALL, target, *_call_payload(target, args,
+                                                          kwargs))
+
+    def map(self, fn, *iterables, timeout=None, chunksize=1):
+        """Like ``concurrent.futures.Executor.map``: an iterator of
+        ``fn(*args)`` for the items of ``iterables`` taken together, in
+        order.  Everything is submitted at once; ``chunksize`` items
+        travel per job (results then cross as one tuple per chunk)."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1")
+        target = _target_of(fn)
+        end = None if timeout is None else time.monotonic() + timeout
+        items = zip(*iterables)
+        if chunksize == 1:
+            fs = [self._submit(_CALL, target,
+                               *_call_payload(target, args, {}))
+                  for args in items]
+        else:
+            fs = [self._submit(_MAP, target, chunk,
+                               [(f"a chunk of arguments of {target[1]}()",
+                                 chunk)])
+                  for chunk in _chunks(items, chunksize)]
+
+        def results():
+            try:
+                fs.reverse()
+                while fs:
+                    f = fs.pop()
+                    value = f.result(_remaining(end))
+                    f = None
+                    if chunksize == 1:
+                        yield value
+                    else:
+                        yield from value
+            finally:
+                for f in fs:
+                    f.cancel()
+        return results()
+
+    def close(self, timeout=None):
+        """Wait for the submitted work, then end every interpreter of the
+        pool.  ``InterpreterBusy`` (the pool stays usable) while values
+        they exported are held elsewhere; ``TimeoutError`` after
+        ``timeout`` seconds."""
+        self._close(timeout)
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        """``Executor.shutdown``: stop accepting work; with
+        ``cancel_futures``, cancel the jobs no interpreter took yet; with
+        ``wait``, close() now, else close in a background thread (if the
+        pool is then busy, its interpreters stay open until exit)."""
+        with self._lock:
+            if self._state == _OPEN:
+                self._state = _CLOSING
+        if cancel_futures:
+            self._discard_queued()
+        if wait:
+            self._close(None)
+        else:
+            threading.Thread(target=self._close_quietly,
+                             name="tpshare-pool-shutdown").start()
+
+    def _close_quietly(self):
+        try:
+            self._close(None)
+        except Error:
+            pass   # busy: its interpreters stay open until exit
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.shutdown(wait=True)
