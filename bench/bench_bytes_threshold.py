@@ -51,7 +51,6 @@ import _common  # noqa: E402
 
 # The default of registry/handlers_text.c, checked against the module's
 # value at start-up (a fresh process has the default in force).
-DEFAULT_THRESHOLD = 64 * 1024
 COPY_ALL = 1 << 62              # threshold no bytes object reaches
 SHARE_ALL = 0                   # everything above the inline size (16 B)
 MAX_K = 10_000                  # transfers per batch, small sizes
@@ -278,9 +277,6 @@ def main():
     _common.print_header(
         "bench_bytes_threshold: copy vs share for bytes, main -> subinterpreter",
         __doc__)
-    if saved != DEFAULT_THRESHOLD:
-        print(f"note: threshold in force is {saved}, not the default "
-              f"{DEFAULT_THRESHOLD} this script expects")
     results = []
     try:
         with _common.Subinterpreter() as sub:
@@ -315,7 +311,7 @@ def main():
     cross, last_copy = crossover(results)
     clear = first_clear_win(results, cross)
     print(f"crossover: {_common.fmt_size(cross) if cross else 'none'}")
-    for line in verdict(results, cross, last_copy, clear, DEFAULT_THRESHOLD):
+    for line in verdict(results, cross, last_copy, clear, saved):
         print(line)
     print(f"threshold restored to {_common.fmt_size(_tpshare._bytes_threshold())}")
 
@@ -323,7 +319,7 @@ def main():
         _common.write_json(args.json, "bytes_threshold", {
             "repeat": repeat, "step": step, "budget": args.budget,
             "malloc": malloc_note,
-            "default_threshold": DEFAULT_THRESHOLD,
+            "default_threshold": saved,
             "crossover": cross, "last_copy_win": last_copy,
             "clear_win_from": clear, "clear_win_ratio": CLEAR_WIN,
         }, results)

@@ -87,17 +87,17 @@ ALL = [
               note="objects over the minimal design: send(pickle.dumps(x)), "
                    "pickle.loads(view) then view.release()"),
     Contender("channel", "Channel", "channel", "interp", KINDS, ours=True,
-              note="objects: bytes >= 64 KiB shared, copied once on "
+              note="objects: bytes >= 4 KiB shared, copied once on "
                    "receive; smaller values copied at send"),
     Contender("channel-view", "Channel (memoryview)", "channel", "interp",
               ["bytes"], ours=True, options=("view",),
               note="memoryviews through the Channel: zero-copy like "
                    "MemChannel, through the registry (the object layer's "
                    "cost on the same work)"),
-    Contender("channel-noid", "Channel identity=False", "channel", "interp",
-              KINDS, ours=True, identity=False,
-              note="without identity across messages (D9): the cost of "
-                   "that bookkeeping"),
+    Contender("channel-id", "Channel identity=True", "channel", "interp",
+              KINDS, ours=True, identity=True,
+              note="with identity across messages (D9, opt-in): the cost "
+                   "of that bookkeeping"),
     Contender("channel-park", "Channel spin=0", "channel", "interp", KINDS,
               ours=True, spin=0.0,
               note="no spinning before parking (latency only)"),
@@ -148,7 +148,7 @@ BY_NAME = {c.name: c for c in ALL}
 NAMES = tuple(BY_NAME)
 
 THROUGHPUT = ("memchannel", "memchannel-pickle", "channel", "channel-view",
-              "channel-noid",
+              "channel-id",
               "tpshare-queue", "cpython-queue",
               "cpython-queue-mv", "cpython-queue-pickle", "cpython-channel",
               "threads", "mp-pipe", "mp-shm")

@@ -27,10 +27,10 @@ import sys
 
 from . import common, contenders as cts
 
-CONTENDERS = ("channel", "channel-noid", "memchannel", "tpshare-queue",
+CONTENDERS = ("channel", "channel-id", "memchannel", "tpshare-queue",
               "cpython-queue", "cpython-queue-mv", "cpython-queue-pickle",
               "cpython-channel", "threads")
-RETAINED = ("channel", "channel-noid", "tpshare-queue", "cpython-queue",
+RETAINED = ("channel", "channel-id", "tpshare-queue", "cpython-queue",
             "cpython-channel", "threads")
 RETAINED_SIZE = 64 << 10
 
@@ -63,10 +63,10 @@ def _putter(name, data):
     interpreter, and the objects to keep alive."""
     import pickle
 
-    if name in ("channel", "channel-noid", "memchannel"):
+    if name in ("channel", "channel-id", "memchannel"):
         import tpshare
         ch = (tpshare.MemChannel() if name == "memchannel"
-              else tpshare.Channel(identity=name == "channel"))
+              else tpshare.Channel(identity=name == "channel-id"))
         send = ch.send
         return (lambda: send(data)), ch
     if name == "tpshare-queue":
@@ -135,9 +135,9 @@ def steps(ctx, names):
 
 def _pair(name):
     """(send, recv, keep) for a transport used within one interpreter."""
-    if name in ("channel", "channel-noid"):
+    if name in ("channel", "channel-id"):
         import tpshare
-        ch = tpshare.Channel(identity=name == "channel")
+        ch = tpshare.Channel(identity=name == "channel-id")
         return ch.send, ch.recv, ch
     if name == "tpshare-queue":
         import tpshare

@@ -20,7 +20,7 @@ _PALETTE = {
     "memchannel-pickle": "#ff9896",
     "channel": "#1f77b4",
     "channel-view": "#3182bd",
-    "channel-noid": "#9ecae1",
+    "channel-id": "#9ecae1",
     "channel-park": "#6baed6",
     "channel-spin500": "#08306b",
     "tpshare-queue": "#9467bd",
