@@ -37,29 +37,23 @@ owner-bound record also keeps the sender's bytes alive until the receiver
 lets go, and needs the owner to drain its release list.
 """
 
-import ctypes
 import os
-import platform
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import tpshare  # noqa: E402
 from tpshare import _tpshare  # noqa: E402
+from tpshare.bench.common import steady_malloc  # noqa: E402
 
 import _common  # noqa: E402
 
-# The default of registry/handlers_text.c, checked against the module's
-# value at start-up (a fresh process has the default in force).
 COPY_ALL = 1 << 62              # threshold no bytes object reaches
 SHARE_ALL = 0                   # everything above the inline size (16 B)
 MAX_K = 10_000                  # transfers per batch, small sizes
 MIN_K = 2                       # transfers per batch, largest sizes
 TIE = 0.05                      # ratios within 1 +- TIE are ties (noise)
 CLEAR_WIN = 1.25                # a margin well above this run's noise
-# glibc's largest dynamic malloc settings (see steady_malloc()).
-MMAP_THRESHOLD = 32 << 20
-TRIM_THRESHOLD = 64 << 20
 
 RECEIVER = """
 import tpshare
@@ -68,26 +62,6 @@ def work(first, n, attach=tpshare.attach):
     for token in range(first, first + n):
         attach(token).rebuild()
 """
-
-
-def steady_malloc():
-    """Fix glibc's mmap and trim thresholds at the largest values its
-    dynamic adjustment reaches in a long-running process.  Otherwise the
-    K copies of a batch, freed together, are given back to the kernel at
-    the end of every batch and page-faulted in again by the next one: a
-    cost of batching (or of a large backlog), not of copying, which makes
-    copy mode look several times slower from 1 KiB up.  Returns a line
-    for the header."""
-    if platform.libc_ver()[0] != "glibc":
-        return "malloc: not glibc, left as it is"
-    libc = ctypes.CDLL(None)
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    if not (libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
-            and libc.mallopt(m_trim_threshold, TRIM_THRESHOLD)):
-        return "malloc: mallopt() failed, glibc defaults in force"
-    return (f"malloc: glibc mmap threshold {_common.fmt_size(MMAP_THRESHOLD)}, "
-            f"trim threshold {_common.fmt_size(TRIM_THRESHOLD)} "
-            "(its largest dynamic values)")
 
 
 def sizes(step, lo=64, hi=64 << 20):

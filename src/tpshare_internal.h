@@ -284,7 +284,7 @@ extern const TpShare_CAPI tps_capi;
  */
 
 /* Error codes of code that runs without the GIL or for another
- * interpreter; converted to exceptions by tps_raise_channel_error(). */
+ * interpreter; converted to exceptions by tps_raise_error(). */
 #define TPS_ERR_PYTHON  -1   /* an exception is already set */
 #define TPS_ERR_CLOSED  -2
 #define TPS_ERR_EMPTY   -3   /* timed out waiting for an item */
