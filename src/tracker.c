@@ -89,15 +89,11 @@ tracker_dealloc(PyObject *op)
 static PyObject *
 tracker_get_released(PyObject *op, void *Py_UNUSED(closure))
 {
-    tps_tracker *t = ((Tracker *)op)->t;
-    tps_interp *st = tps_interp_current();
-    if (st == NULL) {
+    /* Entering drains the releases queued here: one may be this one. */
+    if (tps_enter() == NULL) {
         return NULL;
     }
-    if (st == t->st) {
-        tps_interp_drain(st);  /* a queued release may be the one */
-    }
-    return PyBool_FromLong(atomic_load(&t->released));
+    return PyBool_FromLong(atomic_load(&((Tracker *)op)->t->released));
 }
 
 /* Parse a timeout: None (forever, -1), or seconds >= 0.  Returns 0, or -1

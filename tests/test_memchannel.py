@@ -108,9 +108,11 @@ def test_tracker_wait_times_out_then_succeeds():
     assert "released" in repr(tracker)
 
 
-def test_tracker_wait_only_in_the_sender(sub):
+def test_tracker_sees_a_release_made_in_the_receiver(sub):
     mc = tpshare.MemChannel()
     tracker = mc.send(bytearray(4))
+    # A tracker stays with its sender: it cannot be sent anywhere.
+    assert not tpshare.is_shareable(tracker)
     sub.put("mc", mc)
     sub.run("mv = mc.recv()")
     sub.run("mv.release()")
