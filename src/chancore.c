@@ -1,7 +1,7 @@
 /* chancore.c - the channel core: FIFOs of share records between
  * interpreters (DESIGN.md layer 4).
  *
- * A channel is a ring of records with an optional capacity, one mutex,
+ * A channel is a ring of records with an optional capacity, one lock,
  * and two wait lists (receivers, senders).  It knows nothing about Python
  * types: MemChannel and the Object Channel (channel.c) put records in and
  * take them out; what a record holds is their business.
@@ -34,11 +34,11 @@
 struct tps_channel {
     int64_t id;
     long refcnt;                 /* guarded by channels.mutex */
-    pthread_mutex_t mutex;       /* guards everything below */
+    tps_lock lock;               /* guards everything below */
     TpShare_Record **ring;       /* raw memory, capacity cap (power of 2) */
     size_t cap;
     size_t head;
-    atomic_long count;           /* written under mutex, read lock-free */
+    atomic_long count;           /* written under lock, read lock-free */
     Py_ssize_t maxsize;          /* 0: unbounded */
     int64_t spin_ns;             /* < 0: adaptive (waiter.h) */
     unsigned int flags;          /* TPS_CHAN_*, fixed at creation */
@@ -71,7 +71,7 @@ tps_channel_new(Py_ssize_t maxsize, int64_t spin_ns, unsigned int flags)
         PyErr_NoMemory();
         return NULL;
     }
-    pthread_mutex_init(&ch->mutex, NULL);
+    tps_lock_init(&ch->lock);
     tps_wlist_init(&ch->receivers);
     tps_wlist_init(&ch->senders);
     ch->maxsize = maxsize;
@@ -102,7 +102,6 @@ tps_channel_new(Py_ssize_t maxsize, int64_t spin_ns, unsigned int flags)
 
 nomem:
     PyMem_RawFree(ch->ring);
-    pthread_mutex_destroy(&ch->mutex);
     PyMem_RawFree(ch);
     PyErr_NoMemory();
     return NULL;
@@ -155,7 +154,6 @@ tps_channel_decref(tps_channel *ch)
     /* No handle is left, so no thread waits on it. */
     release_all(ch);
     PyMem_RawFree(ch->ring);
-    pthread_mutex_destroy(&ch->mutex);
     PyMem_RawFree(ch);
 }
 
@@ -192,25 +190,25 @@ tps_channel_is_closed(tps_channel *ch)
 void
 tps_channel_close(tps_channel *ch)
 {
-    pthread_mutex_lock(&ch->mutex);
+    tps_lock_acquire(&ch->lock);
     atomic_store(&ch->closed, 1);
     tps_wlist_wake_all(&ch->receivers);
     tps_wlist_wake_all(&ch->senders);
-    pthread_mutex_unlock(&ch->mutex);
+    tps_lock_release(&ch->lock);
 }
 
 void
 tps_channel_counters(tps_channel *ch, uint64_t out[3])
 {
-    pthread_mutex_lock(&ch->mutex);
+    tps_lock_acquire(&ch->lock);
     out[0] = ch->sent;
     out[1] = ch->received;
     out[2] = ch->dropped;
-    pthread_mutex_unlock(&ch->mutex);
+    tps_lock_release(&ch->lock);
 }
 
 /* ---------------------------------------------------------------------
- * The ring (mutex held).
+ * The ring (lock held).
  */
 
 static int
@@ -317,7 +315,7 @@ spin_ready(void *arg)
     return worth_locking(a->ch, a->dir, a->n);
 }
 
-/* One attempt with the mutex held.  Returns 1 when done (*rc set), 0 to
+/* One attempt with the lock held.  Returns 1 when done (*rc set), 0 to
  * keep waiting. */
 static int
 attempt(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
@@ -362,9 +360,9 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
 {
     int rc = 0;
 
-    pthread_mutex_lock(&ch->mutex);
+    tps_lock_acquire(&ch->lock);
     int done = attempt(ch, dir, recs, n, got, &rc);
-    pthread_mutex_unlock(&ch->mutex);
+    tps_lock_release(&ch->lock);
     if (done) {
         return rc;
     }
@@ -390,28 +388,28 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     struct spin_arg sa = {ch, dir, n};
     tps_spin(spin_ready, &sa, spin_until);
     for (;;) {
-        pthread_mutex_lock(&ch->mutex);
+        tps_lock_acquire(&ch->lock);
         if (attempt(ch, dir, recs, n, got, &rc)) {
-            pthread_mutex_unlock(&ch->mutex);
+            tps_lock_release(&ch->lock);
             break;
         }
         if (deadline >= 0 && tps_now_ns() >= deadline) {
-            pthread_mutex_unlock(&ch->mutex);
+            tps_lock_release(&ch->lock);
             rc = dir == RECEIVING ? TPS_ERR_EMPTY : TPS_ERR_FULL;
             break;
         }
         tps_waiter_reset(w);
         tps_wlist_push(list, &node);
-        pthread_mutex_unlock(&ch->mutex);
+        tps_lock_release(&ch->lock);
 
         tps_interp_watch(st, &inode);
         int why = tps_interp_has_pending(st)
                   ? TPS_PARK_WOKEN : tps_waiter_park(w, deadline);
         tps_interp_unwatch(st, &inode);
 
-        pthread_mutex_lock(&ch->mutex);
+        tps_lock_acquire(&ch->lock);
         tps_wlist_remove(list, &node);
-        pthread_mutex_unlock(&ch->mutex);
+        tps_lock_release(&ch->lock);
 
         if (why == TPS_PARK_SIGNAL || tps_interp_has_pending(st)) {
             PyEval_RestoreThread(ts);
@@ -450,9 +448,9 @@ int
 tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
                    Py_ssize_t n)
 {
-    pthread_mutex_lock(&ch->mutex);
+    tps_lock_acquire(&ch->lock);
     if (ring_reserve(ch, (size_t)n) < 0) {
-        pthread_mutex_unlock(&ch->mutex);
+        tps_lock_release(&ch->lock);
         return TPS_ERR_NOMEM;
     }
     for (Py_ssize_t i = n - 1; i >= 0; i--) {
@@ -462,7 +460,7 @@ tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
     atomic_fetch_add(&ch->count, (long)n);
     ch->received -= (uint64_t)n;
     tps_wlist_wake(&ch->receivers, (int)(n < INT32_MAX ? n : INT32_MAX));
-    pthread_mutex_unlock(&ch->mutex);
+    tps_lock_release(&ch->lock);
     return 0;
 }
 
@@ -475,7 +473,7 @@ drop_items_of(tps_channel *ch, int64_t interp)
 {
     TpShare_Record *dead = NULL;
 
-    pthread_mutex_lock(&ch->mutex);
+    tps_lock_acquire(&ch->lock);
     size_t count = (size_t)atomic_load(&ch->count), kept = 0;
     for (size_t i = 0; i < count; i++) {
         TpShare_Record *rec = ch->ring[(ch->head + i) & (ch->cap - 1)];
@@ -492,7 +490,7 @@ drop_items_of(tps_channel *ch, int64_t interp)
     if (kept < count) {
         wake_senders(ch);
     }
-    pthread_mutex_unlock(&ch->mutex);
+    tps_lock_release(&ch->lock);
     while (dead != NULL) {
         TpShare_Record *next = dead->next_release;
         tps_record_release(dead);
