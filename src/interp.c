@@ -7,8 +7,9 @@
  *   - the release list (DESIGN.md D4): owner-bound records whose last
  *     holder let go in another interpreter wait here to be freed under
  *     the owner's GIL.  The list is intrusive (linked through the records
- *     themselves), so pushing never allocates and never fails, however
- *     many requests pile up while the owner is idle.  It is drained
+ *     themselves) and lock-free (a compare-and-swap push, an exchange to
+ *     drain), so pushing never allocates, never fails and never waits,
+ *     however many requests pile up while the owner is idle.  It is drained
  *     whenever the owner enters tpshare, by one coalesced pending call
  *     (at most one is queued per interpreter, so CPython's bounded
  *     pending-call queue can never overflow because of us), and at exit;
@@ -31,19 +32,26 @@
 #include <time.h>
 
 struct tps_interp {
-    tps_interp *next;            /* in interps.list */
-    int64_t id;
+    /* Written by other interpreters' threads, on every release: one cache
+     * line of its own, so the owner's own counters do not bounce with it. */
+    _Alignas(64) _Atomic(TpShare_Record *) releases;  /* the release list
+                                                          (LIFO, lock-free
+                                                          push) */
+    atomic_long pending;         /* pushed and not yet drained */
+    atomic_int scheduled;        /* a pending call is queued */
+    atomic_int nwatchers;        /* watchers.count, readable unlocked */
+    atomic_int exiting;          /* the exit hook is waiting */
     /* One for being alive (dropped at exit) plus one per bound record. */
     atomic_long refcnt;
-    atomic_long exports;
     atomic_long remote;
-    atomic_long pending;
-    pthread_mutex_t mutex;       /* guards the fields below */
+    /* The owner's side. */
+    _Alignas(64) atomic_long exports;
+    tps_interp *next;            /* in interps.list */
+    int64_t id;
+    pthread_mutex_t mutex;       /* guards the fields below, and the slow
+                                    path of a push */
     pthread_cond_t cond;         /* signalled on push and remote == 0 */
-    TpShare_Record *releases;    /* the release list (LIFO) */
-    int scheduled;               /* a pending call is queued */
     int alive;                   /* cleared when the exit hook finishes */
-    int exiting;                 /* the exit hook is waiting */
     /* Threads of this interpreter parked in tpshare (channel waits,
      * tracker waits): a release pushed here wakes one of them to drain
      * it at once, so a blocked interpreter is not an idle one. */
@@ -212,7 +220,7 @@ tps_interp_remote_add(tps_interp *st, long n)
         == 0 && n < 0)
     {
         pthread_mutex_lock(&st->mutex);
-        if (st->exiting) {
+        if (atomic_load(&st->exiting)) {
             pthread_cond_broadcast(&st->cond);
         }
         pthread_mutex_unlock(&st->mutex);
@@ -232,34 +240,47 @@ drain_pending(void *Py_UNUSED(arg))
         PyErr_Clear();
         return 0;
     }
-    pthread_mutex_lock(&st->mutex);
-    st->scheduled = 0;
-    pthread_mutex_unlock(&st->mutex);
+    /* Cleared before the list is taken: a push that still sees the flag
+     * set is drained below (both sides are sequentially consistent). */
+    atomic_store(&st->scheduled, 0);
     tps_interp_drain(st);
     return 0;
 }
 
+/* The caller keeps `st` alive across the call (the record's own reference
+ * may be gone as soon as it is on the list: the owner can drain it). */
 void
 tps_interp_push_release(tps_interp *st, TpShare_Record *rec)
 {
+    atomic_fetch_add(&st->pending, 1);
+    TpShare_Record *head = atomic_load_explicit(&st->releases,
+                                                memory_order_relaxed);
+    do {
+        rec->next_release = head;
+    } while (!atomic_compare_exchange_weak(&st->releases, &head, rec));
+
+    /* Fast path: a pending call is already queued (it drains this push:
+     * see drain_pending), nobody is parked to be woken, no exit waits. */
+    if (atomic_load(&st->scheduled) && atomic_load(&st->nwatchers) == 0
+        && !atomic_load(&st->exiting))
+    {
+        return;
+    }
     pthread_mutex_lock(&st->mutex);
-    rec->next_release = st->releases;
-    st->releases = rec;
-    atomic_fetch_add_explicit(&st->pending, 1, memory_order_release);
-    if (st->exiting) {
+    if (atomic_load(&st->exiting)) {
         pthread_cond_broadcast(&st->cond);
     }
     else if (st->watchers.count > 0) {
         tps_wlist_wake(&st->watchers, 1);
     }
-    else if (!st->scheduled && st->alive) {
+    else if (!atomic_load(&st->scheduled) && st->alive) {
         /* The owner cannot finish exiting while we hold its mutex with
          * alive set, so the interpreter found here stays valid. */
         PyInterpreterState *interp = _PyInterpreterState_LookUpID(st->id);
         if (interp != NULL
             && tps_add_pending_call(interp, drain_pending, NULL) == 0)
         {
-            st->scheduled = 1;
+            atomic_store(&st->scheduled, 1);
         }
         /* Otherwise the owner drains on its next entry into tpshare. */
     }
@@ -271,6 +292,7 @@ tps_interp_watch(tps_interp *st, tps_wnode *node)
 {
     pthread_mutex_lock(&st->mutex);
     tps_wlist_push(&st->watchers, node);
+    atomic_store(&st->nwatchers, st->watchers.count);
     pthread_mutex_unlock(&st->mutex);
 }
 
@@ -279,6 +301,7 @@ tps_interp_unwatch(tps_interp *st, tps_wnode *node)
 {
     pthread_mutex_lock(&st->mutex);
     tps_wlist_remove(&st->watchers, node);
+    atomic_store(&st->nwatchers, st->watchers.count);
     pthread_mutex_unlock(&st->mutex);
 }
 
@@ -287,6 +310,7 @@ tps_interp_wake_watchers(tps_interp *st)
 {
     pthread_mutex_lock(&st->mutex);
     tps_wlist_wake_all(&st->watchers);
+    atomic_store(&st->nwatchers, st->watchers.count);
     pthread_mutex_unlock(&st->mutex);
 }
 
@@ -302,16 +326,17 @@ tps_interp_drain(tps_interp *st)
     if (atomic_load_explicit(&st->pending, memory_order_acquire) == 0) {
         return;
     }
-    pthread_mutex_lock(&st->mutex);
-    TpShare_Record *rec = st->releases;
-    st->releases = NULL;
-    atomic_store(&st->pending, 0);
-    pthread_mutex_unlock(&st->mutex);
+    TpShare_Record *rec = atomic_exchange(&st->releases, NULL);
+    long n = 0;
     while (rec != NULL) {
         TpShare_Record *next = rec->next_release;
         tps_record_free(rec);
         rec = next;
+        n++;
     }
+    /* Pushers count before they push: the count never goes below the
+     * length of the list. */
+    atomic_fetch_sub(&st->pending, n);
 }
 
 /* ---------------------------------------------------------------------
@@ -405,7 +430,7 @@ on_exit_hook(void *arg)
     }
 
     pthread_mutex_lock(&st->mutex);
-    st->exiting = 1;
+    atomic_store(&st->exiting, 1);
     pthread_mutex_unlock(&st->mutex);
     if (!is_main && !tps_runtime_finalizing()
         && !atomic_load(&process_exiting))

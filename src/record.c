@@ -528,8 +528,10 @@ tps_record_free(TpShare_Record *rec)
     record_dealloc(rec);
 }
 
-void
-tps_record_release(TpShare_Record *rec)
+/* Drop a reference to `rec`; the last one frees it, in its owner.  With
+ * st_held the caller keeps the owner's state alive across the call. */
+static void
+release(TpShare_Record *rec, int st_held)
 {
     if (rec == NULL) {
         return;
@@ -551,7 +553,20 @@ tps_record_release(TpShare_Record *rec)
         tps_record_free(rec);
         return;
     }
-    tps_interp_push_release(rec->ownerst, rec);
+    tps_interp *st = rec->ownerst;
+    if (st_held) {
+        tps_interp_push_release(st, rec);
+        return;
+    }
+    tps_interp_incref(st);
+    tps_interp_push_release(st, rec);
+    tps_interp_decref(st);
+}
+
+void
+tps_record_release(TpShare_Record *rec)
+{
+    release(rec, 0);
 }
 
 void
@@ -571,7 +586,7 @@ tps_record_unhold(TpShare_Record *rec, int64_t holder)
          * remote holder, the record is already on its release list. */
         tps_interp *st = rec->ownerst;
         tps_interp_incref(st);
-        tps_record_release(rec);
+        release(rec, 1);
         tps_interp_remote_add(st, -1);
         tps_interp_decref(st);
         return;

@@ -167,7 +167,9 @@ void tps_interp_export_add(tps_interp *st, long n);
 void tps_interp_remote_add(tps_interp *st, long n);
 
 /* Queue `rec` (whose refcount reached zero elsewhere) for freeing in its
- * owner.  Never fails; may run without any GIL. */
+ * owner.  Never fails; may run without any GIL; takes no lock unless a
+ * pending call must be queued, a parked thread woken or an exit told.
+ * The caller keeps `st` alive across the call. */
 void tps_interp_push_release(tps_interp *st, TpShare_Record *rec);
 
 /* Threads parked in tpshare register here (see waiter.h) so a release
