@@ -9,10 +9,11 @@
  * Blocking (D7).  send/recv try once with the GIL held; if they must
  * wait they release the GIL, spin on the item count (no lock) for an
  * adaptive window (waiter.h), then park on a per-thread semaphore with a
- * monotonic deadline.  A parked
- * thread is also on its interpreter's release-waiter list, so releases
- * pushed to it while it waits are drained at once (D4), and a signal ends
- * the park so Ctrl-C is handled promptly in the main thread.  Blocked
+ * monotonic deadline.  A parked thread is also on its interpreter's
+ * release-waiter list, so releases pushed to it while it waits are
+ * drained (D4): by another thread of the interpreter if one is running
+ * and drains them within a grace period, else by the parked thread.  A
+ * signal ends the park so Ctrl-C is handled promptly in the main thread.  Blocked
  * senders resume only once the ring has drained below a low-water mark
  * (maxsize - maxsize/8): without that hysteresis both sides fall into
  * lock-step on a full ring.
@@ -387,6 +388,9 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     }
     struct spin_arg sa = {ch, dir, n};
     tps_spin(spin_ready, &sa, spin_until);
+    int64_t grace_until = -1;    /* see below */
+    int64_t grace = TPS_DRAIN_GRACE_NS;
+    unsigned long drains_seen = 0;
     for (;;) {
         tps_lock_acquire(&ch->lock);
         if (attempt(ch, dir, recs, n, got, &rc)) {
@@ -402,16 +406,49 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
         tps_wlist_push(list, &node);
         tps_lock_release(&ch->lock);
 
-        tps_interp_watch(st, &inode);
-        int why = tps_interp_has_pending(st)
-                  ? TPS_PARK_WOKEN : tps_waiter_park(w, deadline);
-        tps_interp_unwatch(st, &inode);
+        int watching = grace_until < 0;
+        int64_t until = deadline;
+        if (!watching && (until < 0 || grace_until < until)) {
+            until = grace_until;
+        }
+        if (watching) {
+            tps_interp_watch(st, &inode);
+        }
+        int why = watching && tps_interp_has_pending(st)
+                  ? TPS_PARK_WOKEN : tps_waiter_park(w, until);
+        if (watching) {
+            tps_interp_unwatch(st, &inode);
+        }
 
         tps_lock_acquire(&ch->lock);
         tps_wlist_remove(list, &node);
         tps_lock_release(&ch->lock);
 
-        if (why == TPS_PARK_SIGNAL || tps_interp_has_pending(st)) {
+        /* Releases for this interpreter are waiting.  Another thread of
+         * it may be running Python and drain them any moment (on its
+         * next tpshare call or by the pending call queued for it); taking
+         * the GIL from that thread for every release costs both of them
+         * dearly.  So a grace period first, parked but not watching:
+         * only if nobody drained during it does this thread drain.  While
+         * another thread keeps draining, the grace doubles (up to a cap),
+         * so a busy interpreter's parked thread wakes rarely. */
+        int drain = why == TPS_PARK_SIGNAL;
+        if (grace_until < 0) {
+            /* Woken while watching and the channel not ready yet (the
+             * next attempt tells): most likely by a release. */
+            if (watching && why == TPS_PARK_WOKEN) {
+                grace_until = tps_now_ns() + grace;
+                drains_seen = tps_interp_drains(st);
+            }
+        }
+        else if (tps_now_ns() >= grace_until) {
+            int others = tps_interp_drains(st) != drains_seen;
+            drain |= !others && tps_interp_has_pending(st);
+            grace = others && grace < TPS_DRAIN_GRACE_MAX_NS
+                    ? 2 * grace : TPS_DRAIN_GRACE_NS;
+            grace_until = -1;
+        }
+        if (drain) {
             PyEval_RestoreThread(ts);
             tps_interp_drain(st);
             if (why == TPS_PARK_SIGNAL && PyErr_CheckSignals() < 0) {

@@ -46,6 +46,8 @@ struct tps_interp {
     atomic_long remote;
     /* The owner's side. */
     _Alignas(64) atomic_long exports;
+    atomic_ulong drains;         /* drains that freed something */
+    atomic_int tracker_waits;    /* watchers waiting on a Tracker */
     tps_interp *next;            /* in interps.list */
     int64_t id;
     pthread_mutex_t mutex;       /* guards the fields below, and the slow
@@ -216,8 +218,11 @@ tps_interp_export_add(tps_interp *st, long n)
 void
 tps_interp_remote_add(tps_interp *st, long n)
 {
-    if (atomic_fetch_add_explicit(&st->remote, n, memory_order_acq_rel) + n
-        == 0 && n < 0)
+    /* The exit hook sets `exiting` before it reads `remote`; this side
+     * changes `remote` before it reads `exiting` (both sequentially
+     * consistent): one of them sees the other. */
+    if (atomic_fetch_add(&st->remote, n) + n == 0 && n < 0
+        && atomic_load(&st->exiting))
     {
         pthread_mutex_lock(&st->mutex);
         if (atomic_load(&st->exiting)) {
@@ -306,8 +311,19 @@ tps_interp_unwatch(tps_interp *st, tps_wnode *node)
 }
 
 void
+tps_interp_tracker_waits(tps_interp *st, int delta)
+{
+    atomic_fetch_add(&st->tracker_waits, delta);
+}
+
+void
 tps_interp_wake_watchers(tps_interp *st)
 {
+    /* Pairs with the waiter's count-then-check: either it sees what the
+     * caller did before this call, or this call sees it counted. */
+    if (atomic_load(&st->tracker_waits) == 0) {
+        return;
+    }
     pthread_mutex_lock(&st->mutex);
     tps_wlist_wake_all(&st->watchers);
     atomic_store(&st->nwatchers, st->watchers.count);
@@ -337,6 +353,15 @@ tps_interp_drain(tps_interp *st)
     /* Pushers count before they push: the count never goes below the
      * length of the list. */
     atomic_fetch_sub(&st->pending, n);
+    if (n > 0) {
+        atomic_fetch_add_explicit(&st->drains, 1, memory_order_relaxed);
+    }
+}
+
+unsigned long
+tps_interp_drains(tps_interp *st)
+{
+    return atomic_load_explicit(&st->drains, memory_order_relaxed);
 }
 
 /* ---------------------------------------------------------------------

@@ -177,12 +177,19 @@ void tps_interp_push_release(tps_interp *st, TpShare_Record *rec);
 struct tps_wnode;
 void tps_interp_watch(tps_interp *st, struct tps_wnode *node);
 void tps_interp_unwatch(tps_interp *st, struct tps_wnode *node);
+/* Trackers: a thread counts itself in (delta +1) before it checks its
+ * tracker and parks, out (-1) after; firing a tracker then wakes every
+ * watcher, only while somebody waits on a tracker. */
+void tps_interp_tracker_waits(tps_interp *st, int delta);
 void tps_interp_wake_watchers(tps_interp *st);
 int tps_interp_has_pending(tps_interp *st);
 
 /* Free everything queued for the current interpreter.  Needs the GIL.
  * Cheap when the list is empty (one atomic load). */
 void tps_interp_drain(tps_interp *st);
+/* How many drains have freed something so far: a thread that was woken
+ * to drain sees whether another thread of its interpreter did it. */
+unsigned long tps_interp_drains(tps_interp *st);
 
 /* The process has begun to exit: exit hooks stop waiting for remote
  * holders (as during finalization; see docs/design.md). */

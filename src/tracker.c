@@ -179,10 +179,12 @@ tracker_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         struct spin_arg sa = {t, st};
         tps_spin(spin_ready, &sa, spin_until);
         tps_waiter_reset(w);
+        tps_interp_tracker_waits(st, 1);
         tps_interp_watch(st, &node);
         why = (atomic_load(&t->released) || tps_interp_has_pending(st))
               ? TPS_PARK_WOKEN : tps_waiter_park(w, deadline);
         tps_interp_unwatch(st, &node);
+        tps_interp_tracker_waits(st, -1);
         tps_spin_learn(tps_now_ns() - start);
         Py_END_ALLOW_THREADS
         if (why == TPS_PARK_SIGNAL && PyErr_CheckSignals() < 0) {

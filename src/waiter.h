@@ -234,6 +234,13 @@ tps_lock_release(tps_lock *l)
     atomic_store_explicit(&l->taken, 0, memory_order_release);
 }
 
+/* How long a thread parked in a channel wait, woken because releases
+ * are waiting for its interpreter, leaves them to another thread of the
+ * interpreter that may be running (see chancore.c): 200 us, doubled up
+ * to 3.2 ms while another thread keeps draining. */
+#define TPS_DRAIN_GRACE_NS 200000
+#define TPS_DRAIN_GRACE_MAX_NS 3200000
+
 /* Results of tps_waiter_park(). */
 #define TPS_PARK_WOKEN 0
 #define TPS_PARK_TIMEOUT 1
