@@ -352,6 +352,18 @@ attempt(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     return 0;
 }
 
+/* Whether this thread drains its interpreter's releases while parked in
+ * a channel wait (see tps_thread_parked_drains()). */
+static TPS_TLS int no_parked_drains;
+
+int
+tps_thread_parked_drains(int flag)
+{
+    int old = !no_parked_drains;
+    no_parked_drains = !flag;
+    return old;
+}
+
 /* Send or receive, waiting up to timeout_ns (< 0: forever).  Called with
  * the GIL; released while waiting.  Returns 0 or a TPS_ERR_* code;
  * TPS_ERR_SIGNAL comes with the exception a signal handler raised. */
@@ -406,7 +418,7 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
         tps_wlist_push(list, &node);
         tps_lock_release(&ch->lock);
 
-        int watching = grace_until < 0;
+        int watching = grace_until < 0 && !no_parked_drains;
         int64_t until = deadline;
         if (!watching && (until < 0 || grace_until < until)) {
             until = grace_until;

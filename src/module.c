@@ -260,6 +260,24 @@ mod_bytes_threshold(PyObject *Py_UNUSED(module), PyObject *const *args,
     return PyLong_FromSsize_t(tps_bytes_threshold(value));
 }
 
+PyDoc_STRVAR(parked_drains_doc,
+"_parked_drains(flag, /)\n--\n\n"
+"Whether the calling thread, while parked in a channel wait, drains the\n"
+"releases queued for its interpreter (the default).  tpshare.Interpreter's\n"
+"result collector turns it off: it waits in an interpreter whose other\n"
+"threads run, and waking it for releases only takes CPU from them.\n"
+"Returns the previous setting.");
+
+static PyObject *
+mod_parked_drains(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    int flag = PyObject_IsTrue(arg);
+    if (flag < 0) {
+        return NULL;
+    }
+    return PyBool_FromLong(tps_thread_parked_drains(flag));
+}
+
 static PyMethodDef module_methods[] = {
     {"share", mod_share, METH_O, share_doc},
     {"attach", mod_attach, METH_O, attach_doc},
@@ -274,6 +292,7 @@ static PyMethodDef module_methods[] = {
      interpreter_id_doc},
     {"_bytes_threshold", _PyCFunction_CAST(mod_bytes_threshold),
      METH_FASTCALL, bytes_threshold_doc},
+    {"_parked_drains", mod_parked_drains, METH_O, parked_drains_doc},
     {NULL},
 };
 

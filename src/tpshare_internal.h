@@ -172,6 +172,11 @@ void tps_interp_remote_add(tps_interp *st, long n);
  * The caller keeps `st` alive across the call. */
 void tps_interp_push_release(tps_interp *st, TpShare_Record *rec);
 
+/* Set whether the calling thread, parked in a channel wait, drains its
+ * interpreter's releases (1, the default) or leaves them to its other
+ * threads (0).  Returns the previous setting. */
+int tps_thread_parked_drains(int flag);
+
 /* Threads parked in tpshare register here (see waiter.h) so a release
  * pushed to their interpreter wakes one of them to drain it. */
 struct tps_wnode;

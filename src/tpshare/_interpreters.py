@@ -530,6 +530,9 @@ class _Hub:
 
     def collect(self, results):
         """The collector thread: complete the future of each reply."""
+        # Its interpreter's other threads run and drain releases; waking
+        # this one for them would only take CPU from them.
+        _tpshare._parked_drains(False)
         while True:
             try:
                 reply = results.recv()
