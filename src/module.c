@@ -11,6 +11,10 @@
  * function pointers, so the same static table serves every interpreter.
  */
 #include "tpshare_internal.h"
+#include "waiter.h"
+
+#include <pthread.h>
+#include <time.h>
 
 
 
@@ -278,6 +282,110 @@ mod_parked_drains(PyObject *Py_UNUSED(module), PyObject *arg)
     return PyBool_FromLong(tps_thread_parked_drains(flag));
 }
 
+/* ---------------------------------------------------------------------
+ * The machine's floor for waking a parked thread, for the benchmarks: a
+ * bare semaphore between two pthreads, the waiter parked long before the
+ * post (the same wait tpshare's channels end in), no Python involved.
+ */
+
+typedef struct {
+    sem_t go;
+    sem_t done;
+    atomic_llong stamp;          /* monotonic ns of the post */
+    long long woke;              /* ns from post to the waiter running */
+    int stop;
+} wake_floor_state;
+
+static void *
+wake_floor_waiter(void *arg)
+{
+    wake_floor_state *w = arg;
+    for (;;) {
+        while (sem_wait(&w->go) != 0) {
+        }
+        if (w->stop) {
+            return NULL;
+        }
+        w->woke = tps_now_ns() - atomic_load(&w->stamp);
+        sem_post(&w->done);
+    }
+}
+
+PyDoc_STRVAR(wake_floor_doc,
+"_wake_floor(n, pause, /)\n--\n\n"
+"n one-way wake-ups of a thread parked on a bare POSIX semaphore, each\n"
+"posted `pause` seconds after the previous one ended: a list of n\n"
+"latencies in ns (post to the waiter running).  The machine's floor for\n"
+"the benchmarks; runs without the GIL.");
+
+static PyObject *
+mod_wake_floor(PyObject *Py_UNUSED(module), PyObject *const *args,
+               Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_wake_floor(n, pause)");
+        return NULL;
+    }
+    Py_ssize_t n = PyLong_AsSsize_t(args[0]);
+    double pause = PyFloat_AsDouble(args[1]);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (n < 1 || n > 1000000 || !(pause >= 0 && pause <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError,
+                        "n must be 1..1000000, pause 0..1 s");
+        return NULL;
+    }
+    long long *out = PyMem_RawMalloc((size_t)n * sizeof(long long));
+    if (out == NULL) {
+        return PyErr_NoMemory();
+    }
+    wake_floor_state w = {.stop = 0};
+    sem_init(&w.go, 0, 0);
+    sem_init(&w.done, 0, 0);
+    pthread_t th;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = pthread_create(&th, NULL, wake_floor_waiter, &w);
+    if (rc == 0) {
+        struct timespec ts = {
+            .tv_sec = (time_t)pause,
+            .tv_nsec = (long)((pause - (double)(time_t)pause) * 1e9),
+        };
+        for (Py_ssize_t i = 0; i < n; i++) {
+            nanosleep(&ts, NULL);
+            atomic_store(&w.stamp, tps_now_ns());
+            sem_post(&w.go);
+            while (sem_wait(&w.done) != 0) {
+            }
+            out[i] = w.woke;
+        }
+        w.stop = 1;
+        sem_post(&w.go);
+        pthread_join(th, NULL);
+    }
+    Py_END_ALLOW_THREADS
+    sem_destroy(&w.go);
+    sem_destroy(&w.done);
+    PyObject *res = NULL;
+    if (rc != 0) {
+        errno = rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+    }
+    else if ((res = PyList_New(n)) != NULL) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *v = PyLong_FromLongLong(out[i]);
+            if (v == NULL) {
+                Py_CLEAR(res);
+                break;
+            }
+            PyList_SET_ITEM(res, i, v);
+        }
+    }
+    PyMem_RawFree(out);
+    return res;
+}
+
 static PyMethodDef module_methods[] = {
     {"share", mod_share, METH_O, share_doc},
     {"attach", mod_attach, METH_O, attach_doc},
@@ -293,6 +401,8 @@ static PyMethodDef module_methods[] = {
     {"_bytes_threshold", _PyCFunction_CAST(mod_bytes_threshold),
      METH_FASTCALL, bytes_threshold_doc},
     {"_parked_drains", mod_parked_drains, METH_O, parked_drains_doc},
+    {"_wake_floor", _PyCFunction_CAST(mod_wake_floor), METH_FASTCALL,
+     wake_floor_doc},
     {NULL},
 };
 

@@ -43,6 +43,7 @@ class Settings:
         self.max_n = 50_000 if q else 300_000
         self.latency_n = 1_000 if q else 20_000
         self.latency_warmup = 50 if q else 500
+        self.wake_n = 100 if q else 1_000
         self.poll_n = 10 if q else 100
         self.release_n = 300 if q else 5_000
         self.work_seconds = 0.05 if q else 0.5

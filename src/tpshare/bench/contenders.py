@@ -94,6 +94,10 @@ ALL = [
               note="memoryviews through the Channel: zero-copy like "
                    "MemChannel, through the registry (the object layer's "
                    "cost on the same work)"),
+    Contender("channel-batch", "Channel batches of 100", "channel",
+              "interp", KINDS, ours=True, options=("batch",),
+              note="send_many() of 100-item lists, recv_many(100): one "
+                   "lock and one wake-up per batch"),
     Contender("channel-id", "Channel identity=True", "channel", "interp",
               KINDS, ours=True, identity=True,
               note="with identity across messages (D9, opt-in): the cost "
@@ -148,7 +152,7 @@ BY_NAME = {c.name: c for c in ALL}
 NAMES = tuple(BY_NAME)
 
 THROUGHPUT = ("memchannel", "memchannel-pickle", "channel", "channel-view",
-              "channel-id",
+              "channel-batch", "channel-id",
               "tpshare-queue", "cpython-queue",
               "cpython-queue-mv", "cpython-queue-pickle", "cpython-channel",
               "threads", "mp-pipe", "mp-shm")
@@ -388,6 +392,21 @@ class Session:
         del got
         self.reply()
         return out
+
+    def wake(self, n, pause):
+        """n one-way deliveries to a far side that has been waiting for
+        `pause` seconds: ns from the send to the far side running with
+        the item (a list)."""
+        import struct
+        self.command(("wake", n))
+        send, clock, sleep = self.ep.send, time.perf_counter_ns, time.sleep
+        pack = struct.pack
+        pad = b"w" * 8
+        for _ in range(n):
+            sleep(pause)
+            send(pack("q", clock()) + pad)
+        self.ep.after_trial()
+        return list(self.reply())
 
     def close(self):
         if self.closed:

@@ -13,11 +13,22 @@ and with the 10 ms sleep of their Python wrappers' blocking ``get()`` /
 ``recv()``.  Memoryviews received through MemChannel are released
 after the round trip's clock stops.  Warm-up round trips are dropped;
 rounds alternate between contenders.
+
+Then the parked wake-up, one way: the main thread sleeps 1 ms (longer
+than tpshare's longest spin window, so the far side has parked), sends
+its ``perf_counter_ns()`` in the message, and the far side takes the
+clock as soon as it has the item.  Beside it, the machine's floor in the
+same run: a bare POSIX semaphore posted to a parked thread, the same
+pause, no Python (``_tpshare._wake_floor``).
 """
 
 from . import _remote, common, contenders as cts
 
 PINGS = _remote.distinct_bytes(8)
+# Parked wake-up: one-way, after the far side has waited this long (longer
+# than tpshare's longest spin window, 250 us, so it has parked).
+WAKE_PAUSE = 0.001
+WAKE = ("channel", "memchannel", "threads", "mp-pipe")
 QUANTILES = 1000   # the JSON keeps the distribution as 1001 quantiles
 
 
@@ -26,7 +37,40 @@ def _polls(c):
 
 
 def steps(ctx, names):
-    return len(cts.split_available(names)[0]) * (ctx.repeat + 1)
+    active = cts.split_available(names)[0]
+    return (len(active) * (ctx.repeat + 1)
+            + sum(c.name in WAKE for c in active) + 1)
+
+
+def _quantiles(xs):
+    """Summary of a sorted list of ns."""
+    return {
+        "n": len(xs),
+        "min_ns": xs[0],
+        "median_ns": common.percentile(xs, 50),
+        "p90_ns": common.percentile(xs, 90),
+        "p99_ns": common.percentile(xs, 99),
+        "max_ns": xs[-1],
+    }
+
+
+def _wake_phase(ctx, sessions):
+    """One-way wake-ups of a parked far side, with the machine's floor
+    (a bare semaphore between two threads) measured in the same run."""
+    n = ctx.wake_n
+    out = {}
+    from tpshare import _tpshare
+    floor = getattr(_tpshare, "_wake_floor", None)
+    ctx.progress.step("latency: wake-up floor")
+    if floor is not None:
+        out["floor"] = _quantiles(sorted(floor(n, WAKE_PAUSE)))
+    for name in WAKE:
+        s = sessions.get(name)
+        if s is None:
+            continue
+        ctx.progress.step(f"latency: {name} parked wake-up")
+        out[name] = _quantiles(sorted(s.wake(n, WAKE_PAUSE)))
+    return out
 
 
 def run(ctx, names):
@@ -48,6 +92,7 @@ def run(ctx, names):
                 if bad is not None:
                     bad.close()
         ready = [c for c in active if c.name in sessions]
+        wake = {}
         for r in range(repeat):
             order = ready if r % 2 == 0 else ready[::-1]
             for c in order:
@@ -57,6 +102,7 @@ def run(ctx, names):
                 got = sessions[c.name].pingpong(n, PINGS)
                 samples[c.name] += got
                 rounds[c.name].append(common.median(got))
+        wake = _wake_phase(ctx, sessions)
     finally:
         for s in sessions.values():
             try:
@@ -89,6 +135,8 @@ def run(ctx, names):
         "round_trips": {c.name: stats[c.name]["n"] for c in active
                         if c.name in stats},
         "stats": stats,
+        "wake_pause_s": WAKE_PAUSE,
+        "wake": wake,
     }
 
 
@@ -128,6 +176,24 @@ def report(res):
         lines.append("medians of each round (a wide spread is a waiter "
                      "flipping between spinning and parking): "
                      + "; ".join(spread))
+    wake = res.get("wake") or {}
+    if wake:
+        lines.append(f"\nParked wake-up: one-way, send to the far side "
+                     f"running with the item, after it waited "
+                     f"{common.fmt_ns(res['wake_pause_s'] * 1e9)} (parked)")
+        rows = []
+        floor = wake.get("floor")
+        for name, x in wake.items():
+            label = ("bare semaphore, two threads (machine floor)"
+                     if name == "floor" else labels[name])
+            row = [label, str(x["n"])]
+            row += [common.fmt_ns(x[k]) for k in
+                    ("min_ns", "median_ns", "p90_ns", "p99_ns")]
+            row.append(common.fmt_ratio(x["median_ns"] / floor["median_ns"])
+                       if floor else "")
+            rows.append(row)
+        lines.append(common.table(["contender", "n", "min", "median", "p90",
+                                   "p99", "median / floor"], rows))
     for name, why in res["skipped"].items():
         lines.append(f"skipped {name}: {why}")
     for name, why in res["errors"].items():
