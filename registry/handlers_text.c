@@ -31,7 +31,8 @@ tps_bytes_threshold(Py_ssize_t value)
 }
 
 /* Copy n bytes into the record: inline when they fit (ptr stays NULL),
- * else into new raw memory.  Returns 0 or -1 with MemoryError. */
+ * else into a small block of the record's (up to TPS_SMALL_MAX bytes) or
+ * new raw memory.  Returns 0 or -1 with MemoryError. */
 static int
 copy_in(TpShare_Data *data, const void *src, Py_ssize_t n)
 {
@@ -39,7 +40,10 @@ copy_in(TpShare_Data *data, const void *src, Py_ssize_t n)
         memcpy(data->inline_data.bytes, src, (size_t)n);
         return 0;
     }
-    data->ptr = PyMem_RawMalloc((size_t)n);
+    data->ptr = tps_small_alloc(data, n);
+    if (data->ptr == NULL) {
+        data->ptr = PyMem_RawMalloc((size_t)n);
+    }
     if (data->ptr == NULL) {
         PyErr_NoMemory();
         return -1;

@@ -58,68 +58,121 @@ static TPS_TLS rebuild_ctx rctx;
 #define MAX_DEPTH 2000
 
 /* Freed records are kept for reuse: most live for microseconds, and
- * malloc/free was the largest part of their cost.  Each thread keeps a
- * free list; a channel's receiver frees what its sender allocates, so
- * full lists move, a chunk at a time, through a process-wide pool to the
- * threads whose lists run dry (one mutex operation per CHUNK records). */
+ * malloc/free was the largest part of their cost.  So are small payload
+ * blocks (the copies of short str and bytes): glibc's malloc is slow when
+ * one thread frees what another allocated, which is what a channel does.
+ * Each thread keeps a free list per kind of block; a channel's receiver
+ * frees what its sender allocates, so full lists move, a chunk at a time,
+ * through a process-wide pool to the threads whose lists run dry (one
+ * mutex operation per CHUNK blocks).  A free block is linked through its
+ * first word. */
 #define CHUNK 256
 #define FREELIST_MAX (2 * CHUNK)
 #define POOL_CHUNKS 64
 
-static TPS_TLS struct {
-    TpShare_Record *head;
+typedef struct block {
+    struct block *next;
+} block;
+
+typedef struct {
+    block *head;
     int count;
-} freelist;
+} block_list;
 
-static struct {
+typedef struct {
     pthread_mutex_t mutex;
-    TpShare_Record *chunks[POOL_CHUNKS];   /* each CHUNK records, linked */
+    size_t size;                   /* of each block */
+    block *chunks[POOL_CHUNKS];    /* each CHUNK blocks, linked */
     int n;
-} pool = {.mutex = PTHREAD_MUTEX_INITIALIZER};
+} block_pool;
 
-/* Move CHUNK records from this thread's list to the pool, or free them
- * when the pool is full. */
+static TPS_TLS block_list record_list, small_list;
+static block_pool record_pool = {PTHREAD_MUTEX_INITIALIZER,
+                                 sizeof(TpShare_Record)};
+static block_pool small_pool = {PTHREAD_MUTEX_INITIALIZER, TPS_SMALL_MAX};
+
+/* Move CHUNK blocks from the list to the pool, or free them when the
+ * pool is full. */
 static void
-freelist_spill(void)
+blocks_spill(block_list *l, block_pool *p)
 {
-    TpShare_Record *chunk = freelist.head, *last = chunk;
+    block *chunk = l->head, *last = chunk;
     for (int i = 1; i < CHUNK; i++) {
-        last = last->next_release;
+        last = last->next;
     }
-    freelist.head = last->next_release;
-    freelist.count -= CHUNK;
-    last->next_release = NULL;
+    l->head = last->next;
+    l->count -= CHUNK;
+    last->next = NULL;
 
-    pthread_mutex_lock(&pool.mutex);
-    int stored = pool.n < POOL_CHUNKS;
+    pthread_mutex_lock(&p->mutex);
+    int stored = p->n < POOL_CHUNKS;
     if (stored) {
-        pool.chunks[pool.n++] = chunk;
+        p->chunks[p->n++] = chunk;
     }
-    pthread_mutex_unlock(&pool.mutex);
+    pthread_mutex_unlock(&p->mutex);
     while (!stored && chunk != NULL) {
-        TpShare_Record *next = chunk->next_release;
+        block *next = chunk->next;
         PyMem_RawFree(chunk);
         chunk = next;
     }
 }
 
-/* Refill this thread's empty list from the pool.  0 if the pool is
- * empty too. */
-static int
-freelist_refill(void)
+/* A block of p->size bytes (contents undefined), or NULL without an
+ * exception when memory is exhausted. */
+static void *
+block_alloc(block_list *l, block_pool *p)
 {
-    TpShare_Record *chunk = NULL;
-    pthread_mutex_lock(&pool.mutex);
-    if (pool.n > 0) {
-        chunk = pool.chunks[--pool.n];
+    if (l->head == NULL) {
+        pthread_mutex_lock(&p->mutex);
+        if (p->n > 0) {
+            l->head = p->chunks[--p->n];
+            l->count = CHUNK;
+        }
+        pthread_mutex_unlock(&p->mutex);
     }
-    pthread_mutex_unlock(&pool.mutex);
-    if (chunk == NULL) {
-        return 0;
+    block *b = l->head;
+    if (b == NULL) {
+        return PyMem_RawMalloc(p->size);
     }
-    freelist.head = chunk;
-    freelist.count = CHUNK;
-    return 1;
+    block *next = b->next;
+    l->head = next;
+    l->count--;
+    if (next != NULL) {
+        /* Recycled blocks were last written by another thread (a
+         * channel's receiver frees what its sender allocates): fetch the
+         * next one's lines while this one is filled. */
+        __builtin_prefetch(next, 1);
+        if (p->size > 64) {
+            __builtin_prefetch((char *)next + 64, 1);
+        }
+    }
+    return b;
+}
+
+static void
+block_free(block_list *l, block_pool *p, void *ptr)
+{
+    block *b = ptr;
+    b->next = l->head;
+    l->head = b;
+    if (++l->count >= FREELIST_MAX) {
+        blocks_spill(l, p);
+    }
+}
+
+void *
+tps_small_alloc(TpShare_Data *data, Py_ssize_t n)
+{
+    if (n > TPS_SMALL_MAX) {
+        return NULL;
+    }
+    void *ptr = block_alloc(&small_list, &small_pool);
+    if (ptr != NULL) {
+        TpShare_Record *rec = (TpShare_Record *)(
+            (char *)data - offsetof(TpShare_Record, data));
+        rec->flags |= TPS_REC_SMALL;
+    }
+    return ptr;
 }
 
 /* Memos keep their table between messages unless it grew large. */
@@ -237,30 +290,12 @@ not_shareable(PyObject *obj)
 static TpShare_Record *
 record_alloc(tps_entry *entry, int64_t owner)
 {
-    if (freelist.head == NULL) {
-        freelist_refill();
+    TpShare_Record *rec = block_alloc(&record_list, &record_pool);
+    if (rec == NULL) {
+        PyErr_NoMemory();
+        return NULL;
     }
-    TpShare_Record *rec = freelist.head;
-    if (rec != NULL) {
-        TpShare_Record *next = rec->next_release;
-        freelist.head = next;
-        freelist.count--;
-        if (next != NULL) {
-            /* Recycled records were last written by another thread (a
-             * channel's receiver frees what its sender allocates): fetch
-             * the next one's lines while this one is filled. */
-            __builtin_prefetch(next, 1);
-            __builtin_prefetch((char *)next + 64, 1);
-        }
-        *rec = (TpShare_Record){0};
-    }
-    else {
-        rec = PyMem_RawCalloc(1, sizeof(TpShare_Record));
-        if (rec == NULL) {
-            PyErr_NoMemory();
-            return NULL;
-        }
-    }
+    *rec = (TpShare_Record){0};
     atomic_init(&rec->refcnt, 1);
     rec->owner = owner;
     rec->entry = entry;
@@ -271,11 +306,10 @@ record_alloc(tps_entry *entry, int64_t owner)
 static void
 record_dealloc(TpShare_Record *rec)
 {
-    rec->next_release = freelist.head;
-    freelist.head = rec;
-    if (++freelist.count >= FREELIST_MAX) {
-        freelist_spill();
+    if (rec->flags & TPS_REC_SMALL) {
+        block_free(&small_list, &small_pool, rec->data.ptr);
     }
+    block_free(&record_list, &record_pool, rec);
 }
 
 /* Free a record that was never shared (its hook failed): no free hook. */
@@ -517,12 +551,19 @@ tps_record_free(TpShare_Record *rec)
     tps_entry *entry = rec->entry;
     tps_interp *st = (rec->flags & TPS_REC_BOUND) ? rec->ownerst : NULL;
 
+    void *small = NULL;
+    if (rec->flags & TPS_REC_SMALL) {
+        /* A block of ours (tps_small_alloc): the hooks see no pointer. */
+        small = rec->data.ptr;
+        rec->data.ptr = NULL;
+    }
     if (entry->hooks.free != NULL) {
         entry->hooks.free(&rec->data);
     }
     else {
         PyMem_RawFree(rec->data.ptr);
     }
+    rec->data.ptr = small;
     Py_XDECREF(rec->data.obj);
     if (rec->tracker != NULL) {
         tps_tracker_fire(rec->tracker);

@@ -220,6 +220,7 @@ PyObject *tps_interp_stats(void);
 #define TPS_REC_BOUND 0x1u   /* this record or a nested one is owner-bound */
 #define TPS_REC_DUP   0x2u   /* referenced twice inside one message */
 #define TPS_REC_IMMUTABLE 0x4u  /* the whole value can never change */
+#define TPS_REC_SMALL 0x8u   /* data.ptr is a block of tps_small_alloc() */
 
 struct TpShare_Record {
     /* Holders: the creator, nested parents, Shared objects, views. */
@@ -242,6 +243,14 @@ struct TpShare_Record {
     uintptr_t origin;
     TpShare_Data data;
 };
+
+/* Payload blocks for built-in handlers: TPS_SMALL_MAX bytes taken from
+ * a per-thread cache (not malloc), for `data` of a record being shared.
+ * NULL when n is larger (use PyMem_RawMalloc) or memory is exhausted (no
+ * exception set).  The record frees the block itself; the hooks' free
+ * sees data->ptr NULL. */
+#define TPS_SMALL_MAX 128
+void *tps_small_alloc(TpShare_Data *data, Py_ssize_t n);
 
 /* Share `obj` (borrowed) into a new record (one reference for the
  * caller).  NULL with an exception on failure; nothing kept. */
