@@ -218,3 +218,26 @@ def test_refcount_returns_to_baseline_for_any_value(value):
     s.release()
     del s, rebuilt
     assert refs(value) == before
+
+
+# Sizes around the boundaries of where copies go: inline in the record
+# (16 bytes), a cached small block (up to 128 bytes), malloc'd memory.
+BOUNDARY_SIZES = [15, 16, 17, 63, 64, 127, 128, 129, 1000]
+
+
+@pytest.mark.parametrize("n", BOUNDARY_SIZES)
+def test_copies_at_block_boundaries_round_trip(sub, n):
+    values = (bytes(range(256)) * 8)[:n], "a" * n, "\xe9" * n, \
+        "\u20ac" * (n // 2 + 1), "\U0001f600" * (n // 4 + 1)
+    for v in values:
+        with tpshare.share(v) as s:
+            assert s.rebuild() == v
+    # Made in one thread (this one), freed in another interpreter's.
+    ch = tpshare.Channel()
+    sub.put("ch", ch)
+    for _ in range(3):  # recycled blocks hold no stale bytes
+        for v in values:
+            ch.send(v)
+        sub.run(f"got = [ch.recv() for _ in range({len(values)})]")
+        assert sub.eval(f"tuple(got) == {values!r}") == "True"
+    ch.close()
