@@ -34,9 +34,9 @@ def run_bench(args, tmp_path, prelude="", timeout=180):
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    proc = run_bench(["throughput", "--quick", "--sizes", "64", "4K",
-                      "--contenders", "channel", "memchannel", "threads",
-                      "--out", str(out)], out)
+    proc = run_bench(["throughput", "--quick", "--sizes", "64", "4K", "64K",
+                      "--contenders", "channel", "channel-batch",
+                      "memchannel", "threads", "--out", str(out)], out)
     return proc, out
 
 
@@ -58,6 +58,11 @@ def test_quick_run_writes_results(quick_run):
         "memoryview"
     assert res["points"]["bytes/4096"]["channel"]["received_as"] == "bytes"
     assert "memchannel" not in res["points"]["str/64"]   # buffers only
+    # Batches: every kind up to 4 KiB, nothing above.
+    for key in ("int/8", "bytes/64", "str/64", "bytes/4096"):
+        assert res["points"][key]["channel-batch"]["median_msgs_per_s"] > 0
+    assert "channel-batch" not in res["points"]["bytes/65536"]
+    assert "channel" in res["points"]["bytes/65536"]
     # The table shows the baseline beside ours, with the ratios.
     assert "Channel throughput / baseline's" in proc.stdout
     assert "queue.Queue threads" in proc.stdout
@@ -171,3 +176,20 @@ def test_replot(quick_run, tmp_path):
         capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert os.path.exists(tmp_path / "throughput.png")
+
+
+def test_latency_reports_parked_wake_ups_beside_the_floor(tmp_path):
+    proc = run_bench(["latency", "--quick", "--contenders", "channel",
+                      "threads", "--out", str(tmp_path), "--no-plots"],
+                     tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(tmp_path / "results.json", encoding="utf-8") as f:
+        res = json.load(f)["experiments"]["latency"]
+    wake = res["wake"]
+    assert set(wake) == {"floor", "channel", "threads"}
+    for name, x in wake.items():
+        assert x["n"] == 100                       # --quick
+        assert 0 < x["min_ns"] <= x["median_ns"] <= x["p99_ns"] <= x["max_ns"]
+    assert res["wake_pause_s"] == 0.001
+    assert "Parked wake-up" in proc.stdout
+    assert "machine floor" in proc.stdout

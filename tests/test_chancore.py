@@ -313,3 +313,32 @@ def test_waiting_receiver_drains_its_releases_at_once(sub):
     ch.send("done")
     parked.join(5)
     assert sub.eval("(got, tr.released)") == "('done', True)"
+
+
+def test_a_thread_can_leave_draining_to_its_interpreter_s_others(sub):
+    """_parked_drains(False) (tpshare.Interpreter's result collector):
+    the parked thread is not woken for releases; they wait, counted as
+    pending, until the interpreter next enters tpshare."""
+    mc, ch = tpshare.MemChannel(), tpshare.Channel()
+    sub.put("mc", mc)
+    sub.put("ch", ch)
+    sub.run("own = bytearray(b'sub memory'); tr = mc.send(own)")
+    sid = int(sub.id)
+    mv = mc.recv()
+    parked = threading.Thread(target=sub.run, args=(
+        "from tpshare import _tpshare\n"
+        "before = _tpshare._parked_drains(False)\n"
+        "got = ch.recv(timeout=10)\n"
+        "after = _tpshare._parked_drains(before)\n",))
+    parked.start()
+    time.sleep(0.2)  # parked in recv
+    mv.release()
+    time.sleep(0.3)  # far beyond the grace period of a draining thread
+    assert tpshare.stats()[sid] == {"exports": 1, "remote": 0, "pending": 1}
+    assert parked.is_alive()
+    ch.send("done")
+    parked.join(5)
+    assert sub.eval("(got, before, after)") == "('done', True, False)"
+    # The next entry into tpshare drains: the tracker fires.
+    assert sub.eval("tr.released") == "True"
+    assert tpshare.stats()[sid] == {"exports": 0, "remote": 0, "pending": 0}

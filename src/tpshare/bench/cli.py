@@ -153,7 +153,7 @@ def _headline(doc):
                       (f"bytes/{sizes[-1]}",
                        f"bytes {common.fmt_size(sizes[-1])}")]
         for key, label in picks:
-            for ref in ("channel", "memchannel"):
+            for ref in ("channel", "channel-batch", "memchannel"):
                 r = rat.get(key, {}).get(ref)
                 if not r:
                     continue

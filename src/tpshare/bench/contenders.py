@@ -32,10 +32,12 @@ class Contender:
     where    "interp" (isolated interpreter), "thread" or "process"
     kinds    payload kinds it can carry ("bytes" means any buffer)
     options  extra endpoint options (after out, in)
+    max_size largest payload it is timed with (None: every size)
     """
 
     def __init__(self, name, label, family, where, kinds, *, ours=False,
-                 options=(), needs=(), spin=None, identity=None, note=""):
+                 options=(), needs=(), spin=None, identity=None, note="",
+                 max_size=None):
         self.name = name
         self.label = label
         self.family = family
@@ -47,6 +49,7 @@ class Contender:
         self.spin = spin
         self.identity = identity
         self.note = note
+        self.max_size = max_size
 
     def unavailable(self):
         """None if it can run here, else the reason (it is then reported
@@ -97,7 +100,9 @@ ALL = [
     Contender("channel-batch", "Channel batches of 100", "channel",
               "interp", KINDS, ours=True, options=("batch",),
               note="send_many() of 100-item lists, recv_many(100): one "
-                   "lock and one wake-up per batch"),
+                   "lock and one wake-up per batch (payloads up to 4 KiB: "
+                   "a batch of larger copies is a memory test)",
+              max_size=4 << 10),
     Contender("channel-id", "Channel identity=True", "channel", "interp",
               KINDS, ours=True, identity=True,
               note="with identity across messages (D9, opt-in): the cost "

@@ -105,8 +105,9 @@ def _plan(ctx, names):
 def steps(ctx, names):
     """Progress steps run() will take."""
     active, _, _, pts = _plan(ctx, names)
-    return sum(ctx.repeat + 1 for kind, _ in pts for c in active
-               if kind in c.kinds)
+    return sum(ctx.repeat + 1 for kind, size in pts for c in active
+               if kind in c.kinds
+               and (c.max_size is None or size <= c.max_size))
 
 
 def run(ctx, names):
@@ -126,7 +127,8 @@ def run(ctx, names):
             data = payloads(kind, size)
             ready = []
             for c in active:
-                if kind not in c.kinds or c.name in errors:
+                if kind not in c.kinds or c.name in errors \
+                        or (c.max_size is not None and size > c.max_size):
                     continue
                 ctx.progress.note(f"throughput {c.name} {kind} "
                                   f"{common.fmt_size(size)}")
