@@ -33,17 +33,19 @@
 #include "waiter.h"
 
 struct tps_channel {
+    /* Read on every operation, written rarely: a line of their own. */
     int64_t id;
     long refcnt;                 /* guarded by channels.mutex */
-    tps_lock lock;               /* guards everything below */
-    TpShare_Record **ring;       /* raw memory, capacity cap (power of 2) */
-    size_t cap;
-    size_t head;
-    atomic_long count;           /* written under lock, read lock-free */
     Py_ssize_t maxsize;          /* 0: unbounded */
     int64_t spin_ns;             /* < 0: adaptive (waiter.h) */
     unsigned int flags;          /* TPS_CHAN_*, fixed at creation */
     atomic_int closed;
+    /* Written by both sides on every operation. */
+    _Alignas(TPS_LINE) tps_lock lock;  /* guards everything below */
+    atomic_long count;           /* written under lock, read lock-free */
+    size_t head;
+    TpShare_Record **ring;       /* raw memory, capacity cap (power of 2) */
+    size_t cap;
     tps_wlist receivers;
     tps_wlist senders;
     uint64_t sent, received, dropped;
@@ -67,7 +69,7 @@ static struct {
 tps_channel *
 tps_channel_new(Py_ssize_t maxsize, int64_t spin_ns, unsigned int flags)
 {
-    tps_channel *ch = PyMem_RawCalloc(1, sizeof(tps_channel));
+    tps_channel *ch = tps_calloc_lines(sizeof(tps_channel));
     if (ch == NULL) {
         PyErr_NoMemory();
         return NULL;
@@ -103,7 +105,7 @@ tps_channel_new(Py_ssize_t maxsize, int64_t spin_ns, unsigned int flags)
 
 nomem:
     PyMem_RawFree(ch->ring);
-    PyMem_RawFree(ch);
+    free(ch);
     PyErr_NoMemory();
     return NULL;
 }
@@ -155,7 +157,7 @@ tps_channel_decref(tps_channel *ch)
     /* No handle is left, so no thread waits on it. */
     release_all(ch);
     PyMem_RawFree(ch->ring);
-    PyMem_RawFree(ch);
+    free(ch);
 }
 
 int64_t

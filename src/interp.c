@@ -34,7 +34,7 @@
 struct tps_interp {
     /* Written by other interpreters' threads, on every release: one cache
      * line of its own, so the owner's own counters do not bounce with it. */
-    _Alignas(64) _Atomic(TpShare_Record *) releases;  /* the release list
+    _Alignas(TPS_LINE) _Atomic(TpShare_Record *) releases;  /* the release list
                                                           (LIFO, lock-free
                                                           push) */
     atomic_long pending;         /* pushed and not yet drained */
@@ -45,7 +45,7 @@ struct tps_interp {
     atomic_long refcnt;
     atomic_long remote;
     /* The owner's side. */
-    _Alignas(64) atomic_long exports;
+    _Alignas(TPS_LINE) atomic_long exports;
     atomic_ulong drains;         /* drains that freed something */
     atomic_int tracker_waits;    /* watchers waiting on a Tracker */
     tps_interp *next;            /* in interps.list */
@@ -111,7 +111,7 @@ find_locked(int64_t id)
 static tps_interp *
 state_new(int64_t id)
 {
-    tps_interp *st = PyMem_RawCalloc(1, sizeof(tps_interp));
+    tps_interp *st = tps_calloc_lines(sizeof(tps_interp));
     if (st == NULL) {
         return NULL;
     }
@@ -206,7 +206,7 @@ tps_interp_decref(tps_interp *st)
     /* Unlinked from interps.list at exit; nothing can find it now. */
     pthread_cond_destroy(&st->cond);
     pthread_mutex_destroy(&st->mutex);
-    PyMem_RawFree(st);
+    free(st);
 }
 
 void

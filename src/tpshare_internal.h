@@ -21,6 +21,8 @@
 #include <Python.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -243,6 +245,22 @@ struct TpShare_Record {
     uintptr_t origin;
     TpShare_Data data;
 };
+
+/* Zeroed memory aligned to a cache line (TPS_LINE bytes), for shared
+ * structures whose fields are laid out by line so that what one thread
+ * writes does not evict what another reads.  Free with free().  NULL on
+ * failure (no exception set). */
+#define TPS_LINE 64
+static inline void *
+tps_calloc_lines(size_t size)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, TPS_LINE, size) != 0) {
+        return NULL;
+    }
+    memset(p, 0, size);
+    return p;
+}
 
 /* Payload blocks for built-in handlers: TPS_SMALL_MAX bytes taken from
  * a per-thread cache (not malloc), for `data` of a record being shared.
