@@ -58,7 +58,14 @@ payload(const TpShare_Data *data)
     return data->ptr != NULL ? data->ptr : (const void *)data->inline_data.bytes;
 }
 
-/* --- str: size = length in code points, aux = kind. --- */
+/* --- str: size = length in code points, aux = kind, plus STR_ASCII. ---
+ *
+ * A str is always in its canonical form (the narrowest kind that holds
+ * its widest character), so the sender's kind and ASCII flag say exactly
+ * which form the copy takes: the receiver allocates it directly and
+ * copies the code units, with no scan for the widest character. */
+
+#define STR_ASCII 0x100u
 
 static int
 str_share(PyObject *obj, TpShare_Data *data)
@@ -66,15 +73,23 @@ str_share(PyObject *obj, TpShare_Data *data)
     Py_ssize_t len = PyUnicode_GET_LENGTH(obj);
     int kind = PyUnicode_KIND(obj);
     data->size = len;
-    data->aux = (uint32_t)kind;
+    data->aux = (uint32_t)kind | (PyUnicode_IS_ASCII(obj) ? STR_ASCII : 0);
     return copy_in(data, PyUnicode_DATA(obj), len * kind);
 }
 
 static PyObject *
 str_rebuild(PyTypeObject *Py_UNUSED(type), const TpShare_Data *data)
 {
-    return PyUnicode_FromKindAndData((int)data->aux, payload(data),
-                                     data->size);
+    int kind = (int)(data->aux & 0xff);
+    Py_UCS4 maxchar = (data->aux & STR_ASCII) ? 0x7f
+                      : kind == PyUnicode_1BYTE_KIND ? 0xff
+                      : kind == PyUnicode_2BYTE_KIND ? 0xffff : 0x10ffff;
+    PyObject *res = PyUnicode_New(data->size, maxchar);
+    if (res != NULL && data->size > 0) {
+        memcpy(PyUnicode_DATA(res), payload(data),
+               (size_t)data->size * (size_t)kind);
+    }
+    return res;
 }
 
 /* --- bytes: size = length; obj set when shared rather than copied. --- */

@@ -241,3 +241,22 @@ def test_copies_at_block_boundaries_round_trip(sub, n):
         sub.run(f"got = [ch.recv() for _ in range({len(values)})]")
         assert sub.eval(f"tuple(got) == {values!r}") == "True"
     ch.close()
+
+
+def _str_kind(s):
+    widest = max(map(ord, s), default=0)
+    return 1 if widest < 0x100 else 2 if widest < 0x10000 else 4
+
+
+@pytest.mark.parametrize("s", [
+    "", "a", "\xe9", "\xff" * 3, "ab\xe9", "\u0100", "\u20ac", "\ud800",
+    "x" * 100 + "\u20ac", "\U0001f600", "a\U0010ffff", "abc" * 50,
+], ids=ascii)
+def test_str_arrives_in_canonical_form(s):
+    # The receiver builds the narrowest form directly from the sender's
+    # kind and ASCII flag: same kind, same ASCII-ness, same size.
+    r = tpshare.share(s).rebuild()
+    assert r == s and type(r) is str
+    assert r.isascii() == s.isascii()
+    header = 40 if s.isascii() else 56   # compact ASCII / compact object
+    assert sys.getsizeof(r) == header + (len(s) + 1) * _str_kind(s)
