@@ -28,12 +28,14 @@ typedef struct {
 tps_tracker *
 tps_tracker_new(tps_interp *st)
 {
-    tps_tracker *t = PyMem_RawCalloc(1, sizeof(tps_tracker));
+    /* malloc, not calloc: glibc's calloc bypasses its per-thread cache. */
+    tps_tracker *t = PyMem_RawMalloc(sizeof(tps_tracker));
     if (t == NULL) {
         PyErr_NoMemory();
         return NULL;
     }
     atomic_init(&t->refcnt, 1);
+    atomic_init(&t->released, 0);
     t->st = st;
     tps_interp_incref(st);
     return t;
