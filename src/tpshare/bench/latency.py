@@ -28,7 +28,7 @@ PINGS = _remote.distinct_bytes(8)
 # Parked wake-up: one-way, after the far side has waited this long (longer
 # than tpshare's longest spin window, 250 us, so it has parked).
 WAKE_PAUSE = 0.001
-WAKE = ("channel", "memchannel", "threads", "mp-pipe")
+WAKE = ("channel", "memchannel", "cpython-queue-poll", "threads", "mp-pipe")
 QUANTILES = 1000   # the JSON keeps the distribution as 1001 quantiles
 
 
