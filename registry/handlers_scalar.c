@@ -112,8 +112,8 @@ complex_rebuild(PyTypeObject *Py_UNUSED(type), const TpShare_Data *data)
 }
 
 #define HOOKS(NAME, PREFIX) \
-    {TPSHARE_ABI_VERSION, TPSHARE_COPIES | TPSHARE_IMMUTABLE, NAME, PREFIX##_share, \
-     PREFIX##_rebuild, NULL}
+    {TPSHARE_ABI_VERSION, TPSHARE_COPIES | TPSHARE_IMMUTABLE, NAME, \
+     PREFIX##_share, PREFIX##_rebuild, NULL}
 
 static const TpShare_Hooks none_hooks = HOOKS("builtins.NoneType", none);
 static const TpShare_Hooks bool_hooks = HOOKS("builtins.bool", bool);

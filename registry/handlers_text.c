@@ -55,7 +55,8 @@ copy_in(TpShare_Data *data, const void *src, Py_ssize_t n)
 static inline const void *
 payload(const TpShare_Data *data)
 {
-    return data->ptr != NULL ? data->ptr : (const void *)data->inline_data.bytes;
+    return data->ptr != NULL ? data->ptr
+                             : (const void *)data->inline_data.bytes;
 }
 
 /* --- str: size = length in code points, aux = kind, plus STR_ASCII. ---

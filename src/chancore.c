@@ -13,10 +13,10 @@
  * release-waiter list, so releases pushed to it while it waits are
  * drained (D4): by another thread of the interpreter if one is running
  * and drains them within a grace period, else by the parked thread.  A
- * signal ends the park so Ctrl-C is handled promptly in the main thread.  Blocked
- * senders resume only once the ring has drained below a low-water mark
- * (maxsize - maxsize/8): without that hysteresis both sides fall into
- * lock-step on a full ring.
+ * signal ends the park so Ctrl-C is handled promptly in the main thread.
+ * Blocked senders resume only once the ring has drained below a
+ * low-water mark (maxsize - maxsize/8): without that hysteresis both
+ * sides fall into lock-step on a full ring.
  *
  * Closing (D8).  close() wakes every waiter.  Queued items can still be
  * received; then recv fails with TPS_ERR_CLOSED, and send fails at once.

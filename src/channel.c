@@ -572,11 +572,24 @@ chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (res == NULL) {
         goto finally;
     }
+    if (got > 0) {
+        __builtin_prefetch(recs[0]);
+        __builtin_prefetch((char *)recs[0] + 64);
+    }
+    if (got > 1) {
+        __builtin_prefetch(recs[1]);
+        __builtin_prefetch((char *)recs[1] + 64);
+    }
     for (i = 0; i < got; i++) {
-        if (i + 1 < got) {
-            /* Written by the sending thread: fetch ahead. */
-            __builtin_prefetch(recs[i + 1]);
-            __builtin_prefetch((char *)recs[i + 1] + 64);
+        /* Records and their payloads were written by the sending
+         * thread: fetch two records ahead, and the payload of the next
+         * one (its record's lines were fetched an iteration ago). */
+        if (i + 2 < got) {
+            __builtin_prefetch(recs[i + 2]);
+            __builtin_prefetch((char *)recs[i + 2] + 64);
+        }
+        if (i + 1 < got && recs[i + 1]->data.ptr != NULL) {
+            __builtin_prefetch(recs[i + 1]->data.ptr);
         }
         PyObject *obj = rebuild(k, state, recs[i]);
         if (obj == NULL) {

@@ -551,19 +551,23 @@ tps_record_free(TpShare_Record *rec)
     tps_entry *entry = rec->entry;
     tps_interp *st = (rec->flags & TPS_REC_BOUND) ? rec->ownerst : NULL;
 
-    void *small = NULL;
     if (rec->flags & TPS_REC_SMALL) {
-        /* A block of ours (tps_small_alloc): the hooks see no pointer. */
-        small = rec->data.ptr;
-        rec->data.ptr = NULL;
+        /* A block of ours (tps_small_alloc), freed with the record: the
+         * hook sees a copy of the data without it.  (A copy, so that this
+         * thread does not write the record's data line: the sender that
+         * reuses the record next finds it clean.) */
+        if (entry->hooks.free != NULL) {
+            TpShare_Data data = rec->data;
+            data.ptr = NULL;
+            entry->hooks.free(&data);
+        }
     }
-    if (entry->hooks.free != NULL) {
+    else if (entry->hooks.free != NULL) {
         entry->hooks.free(&rec->data);
     }
     else {
         PyMem_RawFree(rec->data.ptr);
     }
-    rec->data.ptr = small;
     Py_XDECREF(rec->data.obj);
     if (rec->tracker != NULL) {
         tps_tracker_fire(rec->tracker);
