@@ -86,10 +86,17 @@ typedef struct {
     int n;
 } block_pool;
 
-static TPS_TLS block_list record_list, small_list;
+/* Small payload blocks come in two sizes, so that a 64-byte copy takes
+ * one cache line, not two. */
+#define SMALL_LOW 64
+
+static TPS_TLS block_list record_list, small_lists[2];
 static block_pool record_pool = {PTHREAD_MUTEX_INITIALIZER,
                                  sizeof(TpShare_Record)};
-static block_pool small_pool = {PTHREAD_MUTEX_INITIALIZER, TPS_SMALL_MAX};
+static block_pool small_pools[2] = {
+    {PTHREAD_MUTEX_INITIALIZER, SMALL_LOW},
+    {PTHREAD_MUTEX_INITIALIZER, TPS_SMALL_MAX},
+};
 
 /* Move CHUNK blocks from the list to the pool, or free them when the
  * pool is full. */
@@ -166,11 +173,13 @@ tps_small_alloc(TpShare_Data *data, Py_ssize_t n)
     if (n > TPS_SMALL_MAX) {
         return NULL;
     }
-    void *ptr = block_alloc(&small_list, &small_pool);
+    int big = n > SMALL_LOW;
+    void *ptr = block_alloc(&small_lists[big], &small_pools[big]);
     if (ptr != NULL) {
         TpShare_Record *rec = (TpShare_Record *)(
             (char *)data - offsetof(TpShare_Record, data));
-        rec->flags |= TPS_REC_SMALL;
+        rec->flags |= big ? TPS_REC_SMALL | TPS_REC_SMALL_BIG
+                          : TPS_REC_SMALL;
     }
     return ptr;
 }
@@ -307,7 +316,8 @@ static void
 record_dealloc(TpShare_Record *rec)
 {
     if (rec->flags & TPS_REC_SMALL) {
-        block_free(&small_list, &small_pool, rec->data.ptr);
+        int big = (rec->flags & TPS_REC_SMALL_BIG) != 0;
+        block_free(&small_lists[big], &small_pools[big], rec->data.ptr);
     }
     block_free(&record_list, &record_pool, rec);
 }

@@ -223,6 +223,7 @@ PyObject *tps_interp_stats(void);
 #define TPS_REC_DUP   0x2u   /* referenced twice inside one message */
 #define TPS_REC_IMMUTABLE 0x4u  /* the whole value can never change */
 #define TPS_REC_SMALL 0x8u   /* data.ptr is a block of tps_small_alloc() */
+#define TPS_REC_SMALL_BIG 0x10u  /* ... of the larger size */
 
 struct TpShare_Record {
     /* Holders: the creator, nested parents, Shared objects, views. */
@@ -262,8 +263,9 @@ tps_calloc_lines(size_t size)
     return p;
 }
 
-/* Payload blocks for built-in handlers: TPS_SMALL_MAX bytes taken from
- * a per-thread cache (not malloc), for `data` of a record being shared.
+/* Payload blocks for built-in handlers: n bytes (64 or TPS_SMALL_MAX, the
+ * smaller that holds n) taken from a per-thread cache (not malloc), for
+ * `data` of a record being shared.
  * NULL when n is larger (use PyMem_RawMalloc) or memory is exhausted (no
  * exception set).  The record frees the block itself; the hooks' free
  * sees data->ptr NULL. */

@@ -221,8 +221,8 @@ def test_refcount_returns_to_baseline_for_any_value(value):
 
 
 # Sizes around the boundaries of where copies go: inline in the record
-# (16 bytes), a cached small block (up to 128 bytes), malloc'd memory.
-BOUNDARY_SIZES = [15, 16, 17, 63, 64, 127, 128, 129, 1000]
+# (16 bytes), a cached small block (64 or 128 bytes), malloc'd memory.
+BOUNDARY_SIZES = [15, 16, 17, 63, 64, 65, 127, 128, 129, 1000]
 
 
 @pytest.mark.parametrize("n", BOUNDARY_SIZES)
