@@ -290,16 +290,23 @@ def test_items_of_an_exited_sender(sub):
     assert ch.qsize() == 0 and mc.qsize() == 0
 
 
-def test_waiting_receiver_drains_its_releases_at_once(sub):
-    """A thread parked in recv is a watcher of its interpreter: a release
-    requested by another interpreter runs at once, although the owner runs
-    no bytecode and makes no call."""
+def _view_of_sub_memory(sub):
+    """A MemChannel view here of a bytearray of sub's (sub keeps the
+    tracker as `tr`), and a Channel bound as `ch` in sub.  Returns
+    (ch, sub's interpreter ID, the view)."""
     mc, ch = tpshare.MemChannel(), tpshare.Channel()
     sub.put("mc", mc)
     sub.put("ch", ch)
     sub.run("own = bytearray(b'sub memory'); tr = mc.send(own)")
-    sid = int(sub.id)
-    mv = mc.recv()
+    return ch, int(sub.id), mc.recv()
+
+
+def test_waiting_receiver_drains_its_releases(sub):
+    """A thread parked in recv is a watcher of its interpreter: a release
+    requested by another interpreter runs (after the grace period in which
+    a running thread of the owner could have done it), although the owner
+    runs no bytecode and makes no call."""
+    ch, sid, mv = _view_of_sub_memory(sub)
     parked = threading.Thread(target=sub.run, args=("got = ch.recv(timeout=10)",))
     parked.start()
     time.sleep(0.2)  # the subinterpreter is now parked in recv
@@ -319,12 +326,7 @@ def test_a_thread_can_leave_draining_to_its_interpreter_s_others(sub):
     """_parked_drains(False) (tpshare.Interpreter's result collector):
     the parked thread is not woken for releases; they wait, counted as
     pending, until the interpreter next enters tpshare."""
-    mc, ch = tpshare.MemChannel(), tpshare.Channel()
-    sub.put("mc", mc)
-    sub.put("ch", ch)
-    sub.run("own = bytearray(b'sub memory'); tr = mc.send(own)")
-    sid = int(sub.id)
-    mv = mc.recv()
+    ch, sid, mv = _view_of_sub_memory(sub)
     parked = threading.Thread(target=sub.run, args=(
         "from tpshare import _tpshare\n"
         "before = _tpshare._parked_drains(False)\n"

@@ -78,6 +78,20 @@ def percentile(sorted_values, p):
     return sorted_values[k]
 
 
+def summary(sorted_values):
+    """n, min, median, p90, p99 and max of an already sorted list of ns,
+    under the names the JSON uses."""
+    xs = sorted_values
+    return {
+        "n": len(xs),
+        "min_ns": xs[0],
+        "median_ns": percentile(xs, 50),
+        "p90_ns": percentile(xs, 90),
+        "p99_ns": percentile(xs, 99),
+        "max_ns": xs[-1],
+    }
+
+
 def fmt_rate(x):
     """A rate per second: 1.23 M/s, 45.6 k/s, 12.3 /s."""
     if x is None:

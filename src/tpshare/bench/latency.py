@@ -42,18 +42,6 @@ def steps(ctx, names):
             + sum(c.name in WAKE for c in active) + 1)
 
 
-def _quantiles(xs):
-    """Summary of a sorted list of ns."""
-    return {
-        "n": len(xs),
-        "min_ns": xs[0],
-        "median_ns": common.percentile(xs, 50),
-        "p90_ns": common.percentile(xs, 90),
-        "p99_ns": common.percentile(xs, 99),
-        "max_ns": xs[-1],
-    }
-
-
 def _wake_phase(ctx, sessions):
     """One-way wake-ups of a parked far side, with the machine's floor
     (a bare semaphore between two threads) measured in the same run."""
@@ -63,13 +51,13 @@ def _wake_phase(ctx, sessions):
     floor = getattr(_tpshare, "_wake_floor", None)
     ctx.progress.step("latency: wake-up floor")
     if floor is not None:
-        out["floor"] = _quantiles(sorted(floor(n, WAKE_PAUSE)))
+        out["floor"] = common.summary(sorted(floor(n, WAKE_PAUSE)))
     for name in WAKE:
         s = sessions.get(name)
         if s is None:
             continue
         ctx.progress.step(f"latency: {name} parked wake-up")
-        out[name] = _quantiles(sorted(s.wake(n, WAKE_PAUSE)))
+        out[name] = common.summary(sorted(s.wake(n, WAKE_PAUSE)))
     return out
 
 

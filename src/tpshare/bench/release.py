@@ -26,15 +26,10 @@ MODES = ("tracker.wait()", "poll tracker.released", "ack via Channel")
 
 def _stats(xs):
     xs = sorted(xs)
-    return {
-        "n": len(xs),
-        "min_ns": xs[0],
-        "median_ns": common.percentile(xs, 50),
-        "p90_ns": common.percentile(xs, 90),
-        "p99_ns": common.percentile(xs, 99),
-        "max_ns": xs[-1],
-        "quantiles_ns": [common.percentile(xs, i / 10) for i in range(1001)],
-    }
+    out = common.summary(xs)
+    out["quantiles_ns"] = [common.percentile(xs, i / 10)
+                           for i in range(1001)]
+    return out
 
 
 def steps(ctx, names=None):
