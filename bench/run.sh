@@ -22,18 +22,8 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 start_dir=$(pwd)
 
-find_python() {
-    if [ -n "${PYTHON:-}" ]; then
-        echo "$PYTHON"
-    elif command -v pyenv >/dev/null 2>&1 \
-        && [ -x "$(pyenv root)/versions/3.13.0/bin/python3" ]; then
-        echo "$(pyenv root)/versions/3.13.0/bin/python3"
-    elif command -v python3.13 >/dev/null 2>&1; then
-        echo python3.13
-    else
-        echo python3
-    fi
-}
+# shellcheck source=../tools/find_python.sh
+source "$here/tools/find_python.sh"
 
 cd "$here"
 python=$(find_python)
