@@ -129,9 +129,15 @@ tps_now_ns(void)
  * The window adapts per thread: twice the recent waits (an exponential
  * average), between SPIN_MIN_NS and SPIN_MAX_NS.  A channel created with
  * an explicit spin uses that instead.  Spinners yield the CPU every
- * TPS_SPIN_YIELD_NS, so that on a loaded machine the thread they wait for
- * gets to run instead of waiting out their window. */
-#define TPS_SPIN_YIELD_NS 20000
+ * TPS_SPIN_YIELD_NS, so that a thread they wait for that shares their CPU
+ * gets to run instead of waiting out their window.  That happens more
+ * than on loaded machines: the kernel tends to wake a parked thread on
+ * its waker's CPU, and two busy threads can then share one CPU for
+ * milliseconds until it moves one.  Each round trip between them then
+ * costs two yield intervals: at 20 us that was a cluster of 46 us round
+ * trips in 1-3% of a ping-pong; at 2 us, 11 us (both pinned to one CPU).
+ * Yielding with nothing else to run returns at once. */
+#define TPS_SPIN_YIELD_NS 2000
 #define TPS_SPIN_MIN_NS 50000
 #define TPS_SPIN_MAX_NS 250000
 
