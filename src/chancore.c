@@ -43,6 +43,9 @@ struct tps_channel {
     /* Written by both sides on every operation. */
     _Alignas(TPS_LINE) tps_lock lock;  /* guards everything below */
     atomic_long count;           /* written under lock, read lock-free */
+    /* The CPU each side last completed an operation on, read lock-free
+     * by the other side's spinner (waiter.h). */
+    atomic_int cpu[2];
     size_t head;
     TpShare_Record **ring;       /* raw memory, capacity cap (power of 2) */
     size_t cap;
@@ -75,6 +78,8 @@ tps_channel_new(Py_ssize_t maxsize, int64_t spin_ns, unsigned int flags)
         return NULL;
     }
     tps_lock_init(&ch->lock);
+    atomic_init(&ch->cpu[0], -1);
+    atomic_init(&ch->cpu[1], -1);
     tps_wlist_init(&ch->receivers);
     tps_wlist_init(&ch->senders);
     ch->maxsize = maxsize;
@@ -326,6 +331,8 @@ attempt(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
 {
     if (dir == RECEIVING) {
         if (atomic_load(&ch->count) > 0) {
+            atomic_store_explicit(&ch->cpu[RECEIVING], sched_getcpu(),
+                                  memory_order_relaxed);
             *got = ring_pop(ch, recs, n);
             wake_senders(ch);
             *rc = 0;
@@ -346,6 +353,8 @@ attempt(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
             *rc = TPS_ERR_NOMEM;
             return 1;
         }
+        atomic_store_explicit(&ch->cpu[SENDING], sched_getcpu(),
+                              memory_order_relaxed);
         ring_push(ch, recs, n);
         tps_wlist_wake(&ch->receivers, (int)(n < INT32_MAX ? n : INT32_MAX));
         *rc = 0;
@@ -401,7 +410,8 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
         spin_until = deadline;
     }
     struct spin_arg sa = {ch, dir, n};
-    tps_spin(spin_ready, &sa, spin_until);
+    tps_spin(spin_ready, &sa, spin_until,
+             &ch->cpu[dir == RECEIVING ? SENDING : RECEIVING]);
     int64_t grace_until = -1;    /* see below */
     int64_t grace = TPS_DRAIN_GRACE_NS;
     unsigned long drains_seen = 0;

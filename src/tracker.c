@@ -179,7 +179,7 @@ tracker_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
             spin_until = deadline;
         }
         struct spin_arg sa = {t, st};
-        tps_spin(spin_ready, &sa, spin_until);
+        tps_spin(spin_ready, &sa, spin_until, NULL);
         tps_waiter_reset(w);
         tps_interp_tracker_waits(st, 1);
         tps_interp_watch(st, &node);
