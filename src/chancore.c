@@ -375,6 +375,45 @@ tps_thread_parked_drains(int flag)
     return old;
 }
 
+/* Releases for this interpreter are waiting and a parked thread was
+ * woken for them.  Another thread of the interpreter may be running
+ * Python and drain them any moment (on its next tpshare call or by the
+ * pending call queued for it); taking the GIL from that thread for every
+ * release costs both of them dearly.  So a grace period first, parked
+ * but not watching: only if nobody drained during it does this thread
+ * drain.  While another thread keeps draining, the grace doubles (up to
+ * a cap), so a busy interpreter's parked thread wakes rarely. */
+typedef struct {
+    int64_t until;               /* < 0: not in a grace period */
+    int64_t length;
+    unsigned long drains_seen;
+} drain_grace;
+
+/* After a park: whether this thread must drain now (a grace period
+ * ended and nobody else drained).  `watching`: the park was also a watch
+ * of the release list. */
+static int
+grace_after_park(drain_grace *g, tps_interp *st, int watching, int why)
+{
+    if (g->until < 0) {
+        /* Woken while watching and the channel not ready yet (the next
+         * attempt tells): most likely by a release. */
+        if (watching && why == TPS_PARK_WOKEN) {
+            g->until = tps_now_ns() + g->length;
+            g->drains_seen = tps_interp_drains(st);
+        }
+        return 0;
+    }
+    if (tps_now_ns() < g->until) {
+        return 0;
+    }
+    int others = tps_interp_drains(st) != g->drains_seen;
+    g->length = others && g->length < TPS_DRAIN_GRACE_MAX_NS
+                ? 2 * g->length : TPS_DRAIN_GRACE_NS;
+    g->until = -1;
+    return !others && tps_interp_has_pending(st);
+}
+
 /* Send or receive, waiting up to timeout_ns (< 0: forever).  Called with
  * the GIL; released while waiting.  Returns 0 or a TPS_ERR_* code;
  * TPS_ERR_SIGNAL comes with the exception a signal handler raised. */
@@ -412,9 +451,7 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     struct spin_arg sa = {ch, dir, n};
     tps_spin(spin_ready, &sa, spin_until,
              &ch->cpu[dir == RECEIVING ? SENDING : RECEIVING]);
-    int64_t grace_until = -1;    /* see below */
-    int64_t grace = TPS_DRAIN_GRACE_NS;
-    unsigned long drains_seen = 0;
+    drain_grace grace = {-1, TPS_DRAIN_GRACE_NS, 0};
     for (;;) {
         tps_lock_acquire(&ch->lock);
         if (attempt(ch, dir, recs, n, got, &rc)) {
@@ -430,10 +467,10 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
         tps_wlist_push(list, &node);
         tps_lock_release(&ch->lock);
 
-        int watching = grace_until < 0 && !no_parked_drains;
+        int watching = grace.until < 0 && !no_parked_drains;
         int64_t until = deadline;
-        if (!watching && (until < 0 || grace_until < until)) {
-            until = grace_until;
+        if (grace.until >= 0 && (until < 0 || grace.until < until)) {
+            until = grace.until;
         }
         if (watching) {
             tps_interp_watch(st, &inode);
@@ -448,31 +485,8 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
         tps_wlist_remove(list, &node);
         tps_lock_release(&ch->lock);
 
-        /* Releases for this interpreter are waiting.  Another thread of
-         * it may be running Python and drain them any moment (on its
-         * next tpshare call or by the pending call queued for it); taking
-         * the GIL from that thread for every release costs both of them
-         * dearly.  So a grace period first, parked but not watching:
-         * only if nobody drained during it does this thread drain.  While
-         * another thread keeps draining, the grace doubles (up to a cap),
-         * so a busy interpreter's parked thread wakes rarely. */
-        int drain = why == TPS_PARK_SIGNAL;
-        if (grace_until < 0) {
-            /* Woken while watching and the channel not ready yet (the
-             * next attempt tells): most likely by a release. */
-            if (watching && why == TPS_PARK_WOKEN) {
-                grace_until = tps_now_ns() + grace;
-                drains_seen = tps_interp_drains(st);
-            }
-        }
-        else if (tps_now_ns() >= grace_until) {
-            int others = tps_interp_drains(st) != drains_seen;
-            drain |= !others && tps_interp_has_pending(st);
-            grace = others && grace < TPS_DRAIN_GRACE_MAX_NS
-                    ? 2 * grace : TPS_DRAIN_GRACE_NS;
-            grace_until = -1;
-        }
-        if (drain) {
+        int drain = grace_after_park(&grace, st, watching, why);
+        if (drain || why == TPS_PARK_SIGNAL) {
             PyEval_RestoreThread(ts);
             tps_interp_drain(st);
             if (why == TPS_PARK_SIGNAL && PyErr_CheckSignals() < 0) {

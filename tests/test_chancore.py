@@ -344,3 +344,62 @@ def test_a_thread_can_leave_draining_to_its_interpreter_s_others(sub):
     # The next entry into tpshare drains: the tracker fires.
     assert sub.eval("tr.released") == "True"
     assert tpshare.stats()[sid] == {"exports": 0, "remote": 0, "pending": 0}
+
+
+def test_a_thread_that_leaves_draining_still_times_out():
+    """With _parked_drains(False) a timed wait still ends at its deadline
+    (it parks with the caller's deadline, not forever)."""
+    ch = tpshare.Channel()
+    outcome = []
+
+    def wait():
+        before = tpshare._tpshare._parked_drains(False)
+        try:
+            ch.recv(timeout=0.2)
+        except tpshare.ChannelEmpty:
+            outcome.append("empty")
+        except tpshare.ChannelClosed:
+            outcome.append("closed")
+        finally:
+            tpshare._tpshare._parked_drains(before)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    t.join(10)
+    if t.is_alive():
+        ch.close()   # let the thread go before failing
+        t.join(10)
+    assert outcome == ["empty"]
+    assert ch.qsize() == 0
+
+
+def test_parked_drains_rejects_what_has_no_truth_value():
+    class NoBool:
+        def __bool__(self):
+            raise RuntimeError("no truth value")
+
+    with pytest.raises(RuntimeError, match="no truth value"):
+        tpshare._tpshare._parked_drains(NoBool())
+    assert tpshare._tpshare._parked_drains(True) is True   # unchanged
+
+
+@pytest.mark.parametrize("args, exc", [
+    ((), TypeError),
+    ((10,), TypeError),
+    ((10, 0.0, 1), TypeError),
+    (("10", 0.0), TypeError),
+    ((10, "0"), TypeError),
+    ((0, 0.0), ValueError),
+    ((10, -0.001), ValueError),
+    ((10, float("nan")), ValueError),
+    ((10, 2.0), ValueError),
+])
+def test_wake_floor_rejects_bad_arguments(args, exc):
+    with pytest.raises(exc):
+        tpshare._tpshare._wake_floor(*args)
+
+
+def test_wake_floor_measures_every_wake_up():
+    got = tpshare._tpshare._wake_floor(20, 0.0001)
+    assert len(got) == 20
+    assert all(isinstance(x, int) and 0 < x < 10**9 for x in got)
