@@ -572,24 +572,18 @@ chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (res == NULL) {
         goto finally;
     }
-    if (got > 0) {
-        __builtin_prefetch(recs[0]);
-        __builtin_prefetch((char *)recs[0] + 64);
-    }
-    if (got > 1) {
-        __builtin_prefetch(recs[1]);
-        __builtin_prefetch((char *)recs[1] + 64);
+    /* Records and their payloads were written by the sending thread:
+     * fetch two records ahead, and the payload of the next one (its
+     * record's lines were fetched an iteration ago). */
+    for (i = 0; i < got && i < 2; i++) {
+        tps_prefetch(recs[i], sizeof(TpShare_Record));
     }
     for (i = 0; i < got; i++) {
-        /* Records and their payloads were written by the sending
-         * thread: fetch two records ahead, and the payload of the next
-         * one (its record's lines were fetched an iteration ago). */
         if (i + 2 < got) {
-            __builtin_prefetch(recs[i + 2]);
-            __builtin_prefetch((char *)recs[i + 2] + 64);
+            tps_prefetch(recs[i + 2], sizeof(TpShare_Record));
         }
         if (i + 1 < got && recs[i + 1]->data.ptr != NULL) {
-            __builtin_prefetch(recs[i + 1]->data.ptr);
+            tps_prefetch(recs[i + 1]->data.ptr, 1);
         }
         PyObject *obj = rebuild(k, state, recs[i]);
         if (obj == NULL) {

@@ -148,10 +148,7 @@ block_alloc(block_list *l, block_pool *p)
         /* Recycled blocks were last written by another thread (a
          * channel's receiver frees what its sender allocates): fetch the
          * next one's lines while this one is filled. */
-        __builtin_prefetch(next, 1);
-        if (p->size > 64) {
-            __builtin_prefetch((char *)next + 64, 1);
-        }
+        tps_prefetch_for_write(next, p->size);
     }
     return b;
 }

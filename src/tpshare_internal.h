@@ -263,6 +263,24 @@ tps_calloc_lines(size_t size)
     return p;
 }
 
+/* Start fetching the cache lines of `size` bytes at `p`, to read them or
+ * to write them, for memory another thread wrote last. */
+static inline void
+tps_prefetch(const void *p, size_t size)
+{
+    for (size_t off = 0; off < size; off += TPS_LINE) {
+        __builtin_prefetch((const char *)p + off, 0);
+    }
+}
+
+static inline void
+tps_prefetch_for_write(void *p, size_t size)
+{
+    for (size_t off = 0; off < size; off += TPS_LINE) {
+        __builtin_prefetch((char *)p + off, 1);
+    }
+}
+
 /* Payload blocks for built-in handlers: n bytes (64 or TPS_SMALL_MAX, the
  * smaller that holds n) taken from a per-thread cache (not malloc), for
  * `data` of a record being shared.
