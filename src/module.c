@@ -231,6 +231,18 @@ mod_process_exiting(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(block_counts_doc,
+"_block_counts()\n--\n\n(records, small): record and small payload blocks "
+"taken from memory\nand not given back, in use or cached (for tests).");
+
+static PyObject *
+mod_block_counts(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
+{
+    long long records, small;
+    tps_block_counts(&records, &small);
+    return Py_BuildValue("(LL)", records, small);
+}
+
 PyDoc_STRVAR(interpreter_id_doc,
 "interpreter_id()\n--\n\nThe ID of the current interpreter.");
 
@@ -403,6 +415,7 @@ static PyMethodDef module_methods[] = {
     {"_parked_drains", mod_parked_drains, METH_O, parked_drains_doc},
     {"_wake_floor", _PyCFunction_CAST(mod_wake_floor), METH_FASTCALL,
      wake_floor_doc},
+    {"_block_counts", mod_block_counts, METH_NOARGS, block_counts_doc},
     {NULL},
 };
 

@@ -57,128 +57,322 @@ static TPS_TLS rebuild_ctx rctx;
 /* Nesting deeper than this raises RecursionError (C stack safety). */
 #define MAX_DEPTH 2000
 
-/* Freed records are kept for reuse: most live for microseconds, and
- * malloc/free was the largest part of their cost.  So are small payload
- * blocks (the copies of short str and bytes): glibc's malloc is slow when
- * one thread frees what another allocated, which is what a channel does.
- * Each thread keeps a free list per kind of block; a channel's receiver
- * frees what its sender allocates, so full lists move, a chunk at a time,
- * through a process-wide pool to the threads whose lists run dry (one
- * mutex operation per CHUNK blocks).  A free block is linked through its
- * first word. */
-#define CHUNK 256
-#define FREELIST_MAX (2 * CHUNK)
-#define POOL_CHUNKS 64
+/* ---------------------------------------------------------------------
+ * Blocks: the memory of records and of small payload copies.
+ *
+ * Most records live for microseconds, and a channel's receiver frees what
+ * its sender allocates.  malloc was the largest part of a record's cost
+ * (glibc is slow when one thread frees what another allocated), and
+ * memory the freeing thread wrote into (a free-list link) cost the sender
+ * a cache miss to reuse.  So blocks are:
+ *  - whole cache lines, line-aligned: no two blocks share a line;
+ *  - kept, when free, in per-thread magazines: arrays of addresses, so
+ *    that freeing a block writes nothing into it, and the allocator knows
+ *    which blocks it hands out next and fetches their lines ahead;
+ *  - moved between threads a magazine at a time through a process-wide
+ *    depot per kind (one mutex operation per MAG blocks): a receiver's
+ *    full magazines go to the depot, and a sender whose magazines ran dry
+ *    takes them.  A thread's magazines go back to the depot when it exits.
+ * A record's block has one more line after the record for a payload of up
+ * to TPS_LINE bytes (the copy of a 64-byte bytes or str), so the commonest
+ * small message is one block of three adjacent lines.  Copies of up to
+ * TPS_SMALL_MAX bytes take a small block of their own. */
+#define MAG 128              /* blocks per magazine */
+#define DEPOT_MAX 64         /* full magazines a depot keeps */
+#define AHEAD 4              /* blocks fetched ahead of their allocation */
 
-typedef struct block {
-    struct block *next;
-} block;
+#define REC_SPAN (2 * TPS_LINE)     /* the record itself */
+#define TAIL_MAX TPS_LINE           /* the payload line after it */
+_Static_assert(sizeof(TpShare_Record) <= REC_SPAN, "record fits 2 lines");
 
-typedef struct {
-    block *head;
-    int count;
-} block_list;
+typedef struct magazine {
+    struct magazine *next;      /* in the depot */
+    int n;
+    void *blocks[MAG];
+} magazine;
 
 typedef struct {
     pthread_mutex_t mutex;
-    size_t size;                   /* of each block */
-    block *chunks[POOL_CHUNKS];    /* each CHUNK blocks, linked */
-    int n;
-} block_pool;
+    size_t size;                /* of each block, whole lines */
+    magazine *full;             /* magazines holding blocks */
+    magazine *empty;            /* spare magazines */
+    int nfull, nempty;
+    atomic_llong live;          /* blocks taken from memory, not given back */
+} depot;
 
-/* Small payload blocks come in two sizes, so that a 64-byte copy takes
- * one cache line, not two. */
-#define SMALL_LOW 64
+enum { K_RECORD, K_SMALL, NKINDS };
 
-static TPS_TLS block_list record_list, small_lists[2];
-static block_pool record_pool = {PTHREAD_MUTEX_INITIALIZER,
-                                 sizeof(TpShare_Record)};
-static block_pool small_pools[2] = {
-    {PTHREAD_MUTEX_INITIALIZER, SMALL_LOW},
-    {PTHREAD_MUTEX_INITIALIZER, TPS_SMALL_MAX},
+static depot depots[NKINDS] = {
+    {PTHREAD_MUTEX_INITIALIZER, REC_SPAN + TAIL_MAX, NULL, NULL, 0, 0, 0},
+    {PTHREAD_MUTEX_INITIALIZER, TPS_SMALL_MAX, NULL, NULL, 0, 0, 0},
 };
 
-/* Move CHUNK blocks from the list to the pool, or free them when the
- * pool is full. */
-static void
-blocks_spill(block_list *l, block_pool *p)
-{
-    block *chunk = l->head, *last = chunk;
-    for (int i = 1; i < CHUNK; i++) {
-        last = last->next;
-    }
-    l->head = last->next;
-    l->count -= CHUNK;
-    last->next = NULL;
+/* A thread's two magazines per kind (Bonwick's scheme: a thread that
+ * alternates between allocating and freeing around a magazine boundary
+ * swaps them instead of visiting the depot). */
+typedef struct {
+    magazine *loaded[NKINDS];
+    magazine *prev[NKINDS];
+} thread_cache;
 
-    pthread_mutex_lock(&p->mutex);
-    int stored = p->n < POOL_CHUNKS;
-    if (stored) {
-        p->chunks[p->n++] = chunk;
+static TPS_TLS thread_cache *my_cache;
+static TPS_TLS int my_cache_gone;      /* set once the thread let it go */
+static pthread_key_t cache_key;
+static int cache_key_ok;
+static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
+
+static void *
+block_new(depot *d)
+{
+    void *p = NULL;
+    if (posix_memalign(&p, TPS_LINE, d->size) != 0) {
+        return NULL;
     }
-    pthread_mutex_unlock(&p->mutex);
-    while (!stored && chunk != NULL) {
-        block *next = chunk->next;
-        PyMem_RawFree(chunk);
-        chunk = next;
+    atomic_fetch_add_explicit(&d->live, 1, memory_order_relaxed);
+    return p;
+}
+
+static void
+block_delete(depot *d, void *p)
+{
+    atomic_fetch_sub_explicit(&d->live, 1, memory_order_relaxed);
+    free(p);
+}
+
+/* Give a magazine to the depot: kept if it holds blocks and the depot has
+ * room, else its blocks go back to memory and it is kept as a spare (or
+ * freed when the depot has enough spares). */
+static void
+depot_give(depot *d, magazine *m)
+{
+    int keep = 0, spare = 0;
+    pthread_mutex_lock(&d->mutex);
+    if (m->n > 0 && d->nfull < DEPOT_MAX) {
+        m->next = d->full;
+        d->full = m;
+        d->nfull++;
+        keep = 1;
+    }
+    pthread_mutex_unlock(&d->mutex);
+    if (keep) {
+        return;
+    }
+    for (int i = 0; i < m->n; i++) {
+        block_delete(d, m->blocks[i]);
+    }
+    m->n = 0;
+    pthread_mutex_lock(&d->mutex);
+    if (d->nempty < DEPOT_MAX) {
+        m->next = d->empty;
+        d->empty = m;
+        d->nempty++;
+        spare = 1;
+    }
+    pthread_mutex_unlock(&d->mutex);
+    if (!spare) {
+        PyMem_RawFree(m);
     }
 }
 
-/* A block of p->size bytes (contents undefined), or NULL without an
- * exception when memory is exhausted. */
-static void *
-block_alloc(block_list *l, block_pool *p)
+/* A magazine holding blocks from the depot, or NULL. */
+static magazine *
+depot_take_full(depot *d)
 {
-    if (l->head == NULL) {
-        pthread_mutex_lock(&p->mutex);
-        if (p->n > 0) {
-            l->head = p->chunks[--p->n];
-            l->count = CHUNK;
+    pthread_mutex_lock(&d->mutex);
+    magazine *m = d->full;
+    if (m != NULL) {
+        d->full = m->next;
+        d->nfull--;
+    }
+    pthread_mutex_unlock(&d->mutex);
+    return m;
+}
+
+/* An empty magazine (a spare of the depot's or a new one), or NULL. */
+static magazine *
+depot_take_empty(depot *d)
+{
+    pthread_mutex_lock(&d->mutex);
+    magazine *m = d->empty;
+    if (m != NULL) {
+        d->empty = m->next;
+        d->nempty--;
+    }
+    pthread_mutex_unlock(&d->mutex);
+    if (m == NULL) {
+        m = PyMem_RawMalloc(sizeof(magazine));
+        if (m != NULL) {
+            m->n = 0;
         }
-        pthread_mutex_unlock(&p->mutex);
     }
-    block *b = l->head;
-    if (b == NULL) {
-        return PyMem_RawMalloc(p->size);
+    return m;
+}
+
+/* At thread exit: the thread's magazines go to the depots. */
+static void
+cache_release(void *arg)
+{
+    thread_cache *tc = arg;
+    for (int k = 0; k < NKINDS; k++) {
+        depot_give(&depots[k], tc->loaded[k]);
+        depot_give(&depots[k], tc->prev[k]);
     }
-    block *next = b->next;
-    l->head = next;
-    l->count--;
-    if (next != NULL) {
-        /* Recycled blocks were last written by another thread (a
-         * channel's receiver frees what its sender allocates): fetch the
-         * next one's lines while this one is filled. */
-        tps_prefetch_for_write(next, p->size);
+    PyMem_RawFree(tc);
+    if (my_cache == tc) {
+        my_cache = NULL;
+        my_cache_gone = 1;
+    }
+}
+
+static void
+cache_key_create(void)
+{
+    cache_key_ok = pthread_key_create(&cache_key, cache_release) == 0;
+}
+
+/* The current thread's cache, set up on first use; NULL when it cannot
+ * have one (no memory, or the thread is exiting): blocks then come from
+ * and go to memory directly. */
+static thread_cache *
+cache_setup(void)
+{
+    if (my_cache_gone) {
+        return NULL;
+    }
+    pthread_once(&cache_once, cache_key_create);
+    if (!cache_key_ok) {
+        return NULL;
+    }
+    thread_cache *tc = PyMem_RawCalloc(1, sizeof(thread_cache));
+    if (tc == NULL) {
+        return NULL;
+    }
+    for (int k = 0; k < NKINDS; k++) {
+        tc->loaded[k] = depot_take_empty(&depots[k]);
+        tc->prev[k] = depot_take_empty(&depots[k]);
+        if (tc->loaded[k] == NULL || tc->prev[k] == NULL) {
+            goto error;
+        }
+    }
+    if (pthread_setspecific(cache_key, tc) != 0) {
+        goto error;
+    }
+    my_cache = tc;
+    return tc;
+
+error:
+    for (int k = 0; k < NKINDS; k++) {
+        PyMem_RawFree(tc->loaded[k]);
+        PyMem_RawFree(tc->prev[k]);
+    }
+    PyMem_RawFree(tc);
+    return NULL;
+}
+
+static inline thread_cache *
+cache_get(void)
+{
+    thread_cache *tc = my_cache;
+    return tc != NULL ? tc : cache_setup();
+}
+
+/* Start fetching, for writing, the blocks a magazine hands out next. */
+static inline void
+fetch_ahead(magazine *m, size_t size)
+{
+    for (int i = m->n - 1; i >= 0 && i >= m->n - AHEAD; i--) {
+        tps_prefetch_for_write(m->blocks[i], size);
+    }
+}
+
+/* A block of the kind (contents undefined), or NULL without an exception
+ * when memory is exhausted. */
+static void *
+block_alloc(int kind)
+{
+    depot *d = &depots[kind];
+    thread_cache *tc = cache_get();
+    if (tc == NULL) {
+        return block_new(d);
+    }
+    magazine *m = tc->loaded[kind];
+    if (m->n == 0) {
+        magazine *p = tc->prev[kind];
+        if (p->n == 0) {
+            magazine *f = depot_take_full(d);
+            if (f == NULL) {
+                return block_new(d);
+            }
+            depot_give(d, p);
+            p = f;
+        }
+        tc->loaded[kind] = p;
+        tc->prev[kind] = m;
+        m = p;
+        fetch_ahead(m, d->size);
+    }
+    void *b = m->blocks[--m->n];
+    if (m->n >= AHEAD) {
+        /* The blocks were last read (or written) by another thread: start
+         * fetching the lines of the one handed out AHEAD calls later. */
+        tps_prefetch_for_write(m->blocks[m->n - AHEAD], d->size);
     }
     return b;
 }
 
 static void
-block_free(block_list *l, block_pool *p, void *ptr)
+block_free(int kind, void *b)
 {
-    block *b = ptr;
-    b->next = l->head;
-    l->head = b;
-    if (++l->count >= FREELIST_MAX) {
-        blocks_spill(l, p);
+    depot *d = &depots[kind];
+    thread_cache *tc = cache_get();
+    if (tc == NULL) {
+        block_delete(d, b);
+        return;
     }
+    magazine *m = tc->loaded[kind];
+    if (m->n == MAG) {
+        magazine *p = tc->prev[kind];
+        if (p->n > 0) {
+            magazine *e = depot_take_empty(d);
+            if (e == NULL) {
+                block_delete(d, b);
+                return;
+            }
+            depot_give(d, p);
+            p = e;
+        }
+        tc->loaded[kind] = p;
+        tc->prev[kind] = m;
+        m = p;
+    }
+    m->blocks[m->n++] = b;
 }
 
 void *
 tps_small_alloc(TpShare_Data *data, Py_ssize_t n)
 {
+    TpShare_Record *rec = (TpShare_Record *)(
+        (char *)data - offsetof(TpShare_Record, data));
+    if (n <= TAIL_MAX) {
+        rec->flags |= TPS_REC_TAIL;
+        return (char *)rec + REC_SPAN;
+    }
     if (n > TPS_SMALL_MAX) {
         return NULL;
     }
-    int big = n > SMALL_LOW;
-    void *ptr = block_alloc(&small_lists[big], &small_pools[big]);
+    void *ptr = block_alloc(K_SMALL);
     if (ptr != NULL) {
-        TpShare_Record *rec = (TpShare_Record *)(
-            (char *)data - offsetof(TpShare_Record, data));
-        rec->flags |= big ? TPS_REC_SMALL | TPS_REC_SMALL_BIG
-                          : TPS_REC_SMALL;
+        rec->flags |= TPS_REC_SMALL;
     }
     return ptr;
+}
+
+/* Blocks taken from memory and not given back, per kind, for tests. */
+void
+tps_block_counts(long long *records, long long *small)
+{
+    *records = atomic_load(&depots[K_RECORD].live);
+    *small = atomic_load(&depots[K_SMALL].live);
 }
 
 /* Memos keep their table between messages unless it grew large. */
@@ -296,7 +490,7 @@ not_shareable(PyObject *obj)
 static TpShare_Record *
 record_alloc(tps_entry *entry, int64_t owner)
 {
-    TpShare_Record *rec = block_alloc(&record_list, &record_pool);
+    TpShare_Record *rec = block_alloc(K_RECORD);
     if (rec == NULL) {
         PyErr_NoMemory();
         return NULL;
@@ -313,10 +507,9 @@ static void
 record_dealloc(TpShare_Record *rec)
 {
     if (rec->flags & TPS_REC_SMALL) {
-        int big = (rec->flags & TPS_REC_SMALL_BIG) != 0;
-        block_free(&small_lists[big], &small_pools[big], rec->data.ptr);
+        block_free(K_SMALL, rec->data.ptr);
     }
-    block_free(&record_list, &record_pool, rec);
+    block_free(K_RECORD, rec);
 }
 
 /* Free a record that was never shared (its hook failed): no free hook. */
@@ -558,11 +751,11 @@ tps_record_free(TpShare_Record *rec)
     tps_entry *entry = rec->entry;
     tps_interp *st = (rec->flags & TPS_REC_BOUND) ? rec->ownerst : NULL;
 
-    if (rec->flags & TPS_REC_SMALL) {
-        /* A block of ours (tps_small_alloc), freed with the record: the
+    if (rec->flags & (TPS_REC_SMALL | TPS_REC_TAIL)) {
+        /* Memory of ours (tps_small_alloc), freed with the record: the
          * hook sees a copy of the data without it.  (A copy, so that this
-         * thread does not write the record's data line: the sender that
-         * reuses the record next finds it clean.) */
+         * thread does not write the record's lines: the sender that
+         * reuses the record next finds them clean.) */
         if (entry->hooks.free != NULL) {
             TpShare_Data data = rec->data;
             data.ptr = NULL;
@@ -596,8 +789,12 @@ release(TpShare_Record *rec, int st_held)
     if (rec == NULL) {
         return;
     }
-    if (atomic_fetch_sub_explicit(&rec->refcnt, 1, memory_order_acq_rel)
-        != 1)
+    /* The sole holder drops the record without writing to it (a reader
+     * of a count of 1 holds the only reference: nobody else can add
+     * one), so that the sender reusing its block finds the line clean. */
+    if (atomic_load_explicit(&rec->refcnt, memory_order_acquire) != 1
+        && atomic_fetch_sub_explicit(&rec->refcnt, 1, memory_order_acq_rel)
+           != 1)
     {
         return;
     }

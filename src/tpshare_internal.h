@@ -222,8 +222,8 @@ PyObject *tps_interp_stats(void);
 #define TPS_REC_BOUND 0x1u   /* this record or a nested one is owner-bound */
 #define TPS_REC_DUP   0x2u   /* referenced twice inside one message */
 #define TPS_REC_IMMUTABLE 0x4u  /* the whole value can never change */
-#define TPS_REC_SMALL 0x8u   /* data.ptr is a block of tps_small_alloc() */
-#define TPS_REC_SMALL_BIG 0x10u  /* ... of the larger size */
+#define TPS_REC_SMALL 0x8u   /* data.ptr is a small block (tps_small_alloc) */
+#define TPS_REC_TAIL 0x10u   /* data.ptr is the line after the record */
 
 struct TpShare_Record {
     /* Holders: the creator, nested parents, Shared objects, views. */
@@ -281,14 +281,16 @@ tps_prefetch_for_write(void *p, size_t size)
     }
 }
 
-/* Payload blocks for built-in handlers: n bytes (64 or TPS_SMALL_MAX, the
- * smaller that holds n) taken from a per-thread cache (not malloc), for
- * `data` of a record being shared.
+/* Payload memory for built-in handlers: n bytes for `data` of a record
+ * being shared, in the cache line after the record when n <= 64, else a
+ * block of TPS_SMALL_MAX bytes from a per-thread cache (not malloc).
  * NULL when n is larger (use PyMem_RawMalloc) or memory is exhausted (no
  * exception set).  The record frees the block itself; the hooks' free
  * sees data->ptr NULL. */
 #define TPS_SMALL_MAX 128
 void *tps_small_alloc(TpShare_Data *data, Py_ssize_t n);
+/* Record and small blocks taken from memory and not yet given back. */
+void tps_block_counts(long long *records, long long *small);
 
 /* Share `obj` (borrowed) into a new record (one reference for the
  * caller).  NULL with an exception on failure; nothing kept. */

@@ -9,6 +9,7 @@ from hypothesis import HealthCheck, given, settings
 
 import tpshare
 from strategies import same, values
+from support import run_child
 
 EDGE_VALUES = [
     None,
@@ -221,7 +222,8 @@ def test_refcount_returns_to_baseline_for_any_value(value):
 
 
 # Sizes around the boundaries of where copies go: inline in the record
-# (16 bytes), a cached small block (64 or 128 bytes), malloc'd memory.
+# (16 bytes), the cache line after the record (64), a cached small block
+# (128), malloc'd memory.
 BOUNDARY_SIZES = [15, 16, 17, 63, 64, 65, 127, 128, 129, 1000]
 
 
@@ -260,3 +262,41 @@ def test_str_arrives_in_canonical_form(s):
     assert r.isascii() == s.isascii()
     header = 40 if s.isascii() else 56   # compact ASCII / compact object
     assert sys.getsizeof(r) == header + (len(s) + 1) * _str_kind(s)
+
+
+def test_exiting_threads_give_their_cached_blocks_back():
+    # Freed record and payload blocks are cached per thread; a thread that
+    # exits gives its cache back, so threads that come and go do not pile
+    # up memory.  (Run alone in a child: the counts are process-wide.)
+    r = run_child("""
+        import threading
+        import tpshare
+        from tpshare import _tpshare
+
+        ch = tpshare.Channel()
+        batch = [b"%0100d" % i for i in range(300)]   # record + small block
+
+        def work():
+            for _ in range(3):
+                ch.send_many(batch)
+                assert ch.recv_many(300) == batch
+
+        def threads(n):
+            for _ in range(n):
+                t = threading.Thread(target=work)
+                t.start()
+                t.join()
+
+        ch.send_many(batch)
+        records, small = _tpshare._block_counts()
+        assert records >= 300 and small >= 300, (records, small)
+        assert ch.recv_many(300) == batch
+        threads(5)
+        base = _tpshare._block_counts()
+        threads(100)
+        after = _tpshare._block_counts()
+        print(base, after)
+        # Kept per thread: two magazines of 128 blocks of each kind.
+        assert after[0] - base[0] < 1000 and after[1] - base[1] < 1000
+    """)
+    assert r.returncode == 0, r.stderr
