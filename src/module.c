@@ -232,15 +232,16 @@ mod_process_exiting(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
 }
 
 PyDoc_STRVAR(block_counts_doc,
-"_block_counts()\n--\n\n(records, small): record and small payload blocks "
-"taken from memory\nand not given back, in use or cached (for tests).");
+"_block_counts()\n--\n\n(two, three): blocks of two and three cache lines "
+"(records, small\ncopies) taken from memory and not given back, in use or "
+"cached (for tests).");
 
 static PyObject *
 mod_block_counts(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
 {
-    long long records, small;
-    tps_block_counts(&records, &small);
-    return Py_BuildValue("(LL)", records, small);
+    long long two, three;
+    tps_block_counts(&two, &three);
+    return Py_BuildValue("(LL)", two, three);
 }
 
 PyDoc_STRVAR(interpreter_id_doc,

@@ -25,6 +25,7 @@
 
 #include <stddef.h>
 #include <string.h>
+#include <sys/mman.h>
 
 /* ---------------------------------------------------------------------
  * Per-thread contexts of the message being shared or rebuilt.
@@ -80,6 +81,7 @@ static TPS_TLS rebuild_ctx rctx;
 #define MAG 128              /* blocks per magazine */
 #define DEPOT_MAX 64         /* full magazines a depot keeps */
 #define AHEAD 4              /* blocks fetched ahead of their allocation */
+#define REGION_SIZE (32 << 20)   /* address space per kind of block */
 
 #define REC_SPAN (2 * TPS_LINE)     /* the record itself */
 #define TAIL_MAX TPS_LINE           /* the payload line after it */
@@ -98,13 +100,23 @@ typedef struct {
     magazine *empty;            /* spare magazines */
     int nfull, nempty;
     atomic_llong live;          /* blocks taken from memory, not given back */
+    size_t region_size;         /* address space reserved for blocks */
+    char *region, *region_end;  /* the region once reserved */
+    char *region_next;          /* its first block never handed out */
+    void *region_free;          /* its blocks given back, linked */
+    int region_failed;          /* the reservation failed: no region */
 } depot;
 
-enum { K_RECORD, K_SMALL, NKINDS };
+/* Two kinds: two lines (a record; a small copy) and three (a record with
+ * its payload line). */
+enum { K_TWO, K_THREE, NKINDS };
+_Static_assert(TPS_SMALL_MAX == REC_SPAN, "small blocks are two lines");
 
 static depot depots[NKINDS] = {
-    {PTHREAD_MUTEX_INITIALIZER, REC_SPAN + TAIL_MAX, NULL, NULL, 0, 0, 0},
-    {PTHREAD_MUTEX_INITIALIZER, TPS_SMALL_MAX, NULL, NULL, 0, 0, 0},
+    {.mutex = PTHREAD_MUTEX_INITIALIZER, .size = REC_SPAN,
+     .region_size = REGION_SIZE},
+    {.mutex = PTHREAD_MUTEX_INITIALIZER, .size = REC_SPAN + TAIL_MAX,
+     .region_size = REGION_SIZE},
 };
 
 /* A thread's two magazines per kind (Bonwick's scheme: a thread that
@@ -121,22 +133,76 @@ static pthread_key_t cache_key;
 static int cache_key_ok;
 static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
 
+/* Blocks come from a region of address space reserved per kind at first
+ * use (only the pages touched take memory), carved in order and never
+ * unmapped: blocks given back go on the region's free list for reuse.
+ * posix_memalign, used once a region is full, costs about 130 bytes more
+ * per block. */
+static int
+in_region(depot *d, void *p)
+{
+    return (char *)p >= d->region && (char *)p < d->region_end;
+}
+
+/* A block from the region, or NULL when it is full.  Under d->mutex. */
+static void *
+region_take(depot *d)
+{
+    if (d->region == NULL && !d->region_failed) {
+        void *r = mmap(NULL, d->region_size, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (r == MAP_FAILED) {
+            d->region_failed = 1;
+        }
+        else {
+            d->region = d->region_next = r;
+            d->region_end = d->region + d->region_size;
+        }
+    }
+    void *p = d->region_free;
+    if (p != NULL) {
+        d->region_free = *(void **)p;
+    }
+    else if (d->region != NULL && d->region_next < d->region_end) {
+        p = d->region_next;
+        d->region_next += d->size;
+    }
+    return p;
+}
+
 static void *
 block_new(depot *d)
 {
-    void *p = NULL;
-    if (posix_memalign(&p, TPS_LINE, d->size) != 0) {
+    pthread_mutex_lock(&d->mutex);
+    void *p = region_take(d);
+    pthread_mutex_unlock(&d->mutex);
+    if (p == NULL && posix_memalign(&p, TPS_LINE, d->size) != 0) {
         return NULL;
     }
     atomic_fetch_add_explicit(&d->live, 1, memory_order_relaxed);
     return p;
 }
 
+/* Give n blocks back. */
 static void
-block_delete(depot *d, void *p)
+blocks_delete(depot *d, void **blocks, int n)
 {
-    atomic_fetch_sub_explicit(&d->live, 1, memory_order_relaxed);
-    free(p);
+    int others = 0;
+    pthread_mutex_lock(&d->mutex);
+    for (int i = 0; i < n; i++) {
+        if (in_region(d, blocks[i])) {
+            *(void **)blocks[i] = d->region_free;
+            d->region_free = blocks[i];
+        }
+        else {
+            blocks[others++] = blocks[i];
+        }
+    }
+    pthread_mutex_unlock(&d->mutex);
+    for (int i = 0; i < others; i++) {
+        free(blocks[i]);
+    }
+    atomic_fetch_sub_explicit(&d->live, n, memory_order_relaxed);
 }
 
 /* Give a magazine to the depot: kept if it holds blocks and the depot has
@@ -157,9 +223,7 @@ depot_give(depot *d, magazine *m)
     if (keep) {
         return;
     }
-    for (int i = 0; i < m->n; i++) {
-        block_delete(d, m->blocks[i]);
-    }
+    blocks_delete(d, m->blocks, m->n);
     m->n = 0;
     pthread_mutex_lock(&d->mutex);
     if (d->nempty < DEPOT_MAX) {
@@ -326,7 +390,7 @@ block_free(int kind, void *b)
     depot *d = &depots[kind];
     thread_cache *tc = cache_get();
     if (tc == NULL) {
-        block_delete(d, b);
+        blocks_delete(d, &b, 1);
         return;
     }
     magazine *m = tc->loaded[kind];
@@ -335,7 +399,7 @@ block_free(int kind, void *b)
         if (p->n > 0) {
             magazine *e = depot_take_empty(d);
             if (e == NULL) {
-                block_delete(d, b);
+                blocks_delete(d, &b, 1);
                 return;
             }
             depot_give(d, p);
@@ -353,14 +417,14 @@ tps_small_alloc(TpShare_Data *data, Py_ssize_t n)
 {
     TpShare_Record *rec = (TpShare_Record *)(
         (char *)data - offsetof(TpShare_Record, data));
-    if (n <= TAIL_MAX) {
+    if (n <= TAIL_MAX && (rec->flags & TPS_REC_LONG)) {
         rec->flags |= TPS_REC_TAIL;
         return (char *)rec + REC_SPAN;
     }
     if (n > TPS_SMALL_MAX) {
         return NULL;
     }
-    void *ptr = block_alloc(K_SMALL);
+    void *ptr = block_alloc(K_TWO);
     if (ptr != NULL) {
         rec->flags |= TPS_REC_SMALL;
     }
@@ -369,10 +433,30 @@ tps_small_alloc(TpShare_Data *data, Py_ssize_t n)
 
 /* Blocks taken from memory and not given back, per kind, for tests. */
 void
-tps_block_counts(long long *records, long long *small)
+tps_block_counts(long long *two, long long *three)
 {
-    *records = atomic_load(&depots[K_RECORD].live);
-    *small = atomic_load(&depots[K_SMALL].live);
+    *two = atomic_load(&depots[K_TWO].live);
+    *three = atomic_load(&depots[K_THREE].live);
+}
+
+/* Whether sharing `obj` (borrowed) copies 17 to 64 bytes (a str or bytes
+ * the built-in handlers copy): its record then gets the line after it to
+ * hold them.  Other records take two lines. */
+static inline int
+wants_tail(PyObject *obj)
+{
+    Py_ssize_t n;
+    if (PyBytes_CheckExact(obj)) {
+        n = PyBytes_GET_SIZE(obj);
+    }
+    else if (PyUnicode_CheckExact(obj)) {
+        n = PyUnicode_GET_LENGTH(obj) * PyUnicode_KIND(obj);
+    }
+    else {
+        return 0;
+    }
+    return n > (Py_ssize_t)sizeof(((TpShare_Data *)0)->inline_data)
+           && n <= TAIL_MAX;
 }
 
 /* Memos keep their table between messages unless it grew large. */
@@ -488,9 +572,9 @@ not_shareable(PyObject *obj)
  */
 
 static TpShare_Record *
-record_alloc(tps_entry *entry, int64_t owner)
+record_alloc(tps_entry *entry, int64_t owner, int tail)
 {
-    TpShare_Record *rec = block_alloc(K_RECORD);
+    TpShare_Record *rec = block_alloc(tail ? K_THREE : K_TWO);
     if (rec == NULL) {
         PyErr_NoMemory();
         return NULL;
@@ -499,6 +583,7 @@ record_alloc(tps_entry *entry, int64_t owner)
     atomic_init(&rec->refcnt, 1);
     rec->owner = owner;
     rec->entry = entry;
+    rec->flags = tail ? TPS_REC_LONG : 0;
     tps_entry_incref(entry);
     return rec;
 }
@@ -507,9 +592,9 @@ static void
 record_dealloc(TpShare_Record *rec)
 {
     if (rec->flags & TPS_REC_SMALL) {
-        block_free(K_SMALL, rec->data.ptr);
+        block_free(K_TWO, rec->data.ptr);
     }
-    block_free(K_RECORD, rec);
+    block_free((rec->flags & TPS_REC_LONG) ? K_THREE : K_TWO, rec);
 }
 
 /* Free a record that was never shared (its hook failed): no free hook. */
@@ -566,6 +651,7 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner)
             return rec;
         }
     }
+    int looked_up = entry == NULL;   /* not a MemChannel's buffer entry */
     if (entry == NULL) {
         entry = tps_registry_fast(Py_TYPE(obj));
         if (entry == NULL) {
@@ -586,7 +672,7 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner)
     if (top_level) {
         sctx.owner = owner >= 0 ? owner : tps_current_interp_id();
     }
-    rec = record_alloc(entry, sctx.owner);
+    rec = record_alloc(entry, sctx.owner, looked_up && wants_tail(obj));
     if (rec == NULL) {
         goto done;
     }

@@ -224,6 +224,7 @@ PyObject *tps_interp_stats(void);
 #define TPS_REC_IMMUTABLE 0x4u  /* the whole value can never change */
 #define TPS_REC_SMALL 0x8u   /* data.ptr is a small block (tps_small_alloc) */
 #define TPS_REC_TAIL 0x10u   /* data.ptr is the line after the record */
+#define TPS_REC_LONG 0x20u   /* the record's block has that line */
 
 struct TpShare_Record {
     /* Holders: the creator, nested parents, Shared objects, views. */
@@ -289,8 +290,9 @@ tps_prefetch_for_write(void *p, size_t size)
  * sees data->ptr NULL. */
 #define TPS_SMALL_MAX 128
 void *tps_small_alloc(TpShare_Data *data, Py_ssize_t n);
-/* Record and small blocks taken from memory and not yet given back. */
-void tps_block_counts(long long *records, long long *small);
+/* Two- and three-line blocks (records, small copies) taken from memory
+ * and not yet given back. */
+void tps_block_counts(long long *two, long long *three);
 
 /* Share `obj` (borrowed) into a new record (one reference for the
  * caller).  NULL with an exception on failure; nothing kept. */
