@@ -32,6 +32,8 @@
 #include "ptrmap.h"
 #include "waiter.h"
 
+typedef enum { SENDING, RECEIVING } direction;
+
 struct tps_channel {
     /* Read on every operation, written rarely: a line of their own. */
     int64_t id;
@@ -52,6 +54,7 @@ struct tps_channel {
     tps_wlist receivers;
     tps_wlist senders;
     uint64_t sent, received, dropped;
+    uint64_t parked[2];          /* waits that parked, per direction */
 };
 
 static struct {
@@ -206,12 +209,14 @@ tps_channel_close(tps_channel *ch)
 }
 
 void
-tps_channel_counters(tps_channel *ch, uint64_t out[3])
+tps_channel_counters(tps_channel *ch, uint64_t out[5])
 {
     tps_lock_acquire(&ch->lock);
     out[0] = ch->sent;
     out[1] = ch->received;
     out[2] = ch->dropped;
+    out[3] = ch->parked[SENDING];
+    out[4] = ch->parked[RECEIVING];
     tps_lock_release(&ch->lock);
 }
 
@@ -295,7 +300,6 @@ wake_senders(tps_channel *ch)
  * Waiting.
  */
 
-typedef enum { SENDING, RECEIVING } direction;
 
 /* Whether the operation can proceed, or must stop (closed), seen without
  * the lock: a hint for spinning. */
@@ -465,6 +469,7 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
         }
         tps_waiter_reset(w);
         tps_wlist_push(list, &node);
+        ch->parked[dir]++;
         tps_lock_release(&ch->lock);
 
         int watching = grace.until < 0 && !no_parked_drains;

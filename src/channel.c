@@ -718,12 +718,14 @@ chan_full(PyObject *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 chan_stats(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
-    uint64_t c[3];
+    uint64_t c[5];
     tps_channel_counters(((Chan *)self)->ch, c);
-    return Py_BuildValue("{sKsKsKsn}", "sent", (unsigned long long)c[0],
+    return Py_BuildValue("{sKsKsKsnsKsK}", "sent", (unsigned long long)c[0],
                          "received", (unsigned long long)c[1],
                          "dropped", (unsigned long long)c[2], "queued",
-                         tps_channel_count(((Chan *)self)->ch));
+                         tps_channel_count(((Chan *)self)->ch),
+                         "sends_parked", (unsigned long long)c[3],
+                         "recvs_parked", (unsigned long long)c[4]);
 }
 
 static PyObject *

@@ -379,8 +379,9 @@ Py_ssize_t tps_channel_maxsize(const tps_channel *ch);
 Py_ssize_t tps_channel_count(tps_channel *ch);
 int tps_channel_is_closed(tps_channel *ch);
 void tps_channel_close(tps_channel *ch);
-/* sent, received, dropped (owner-bound items of an exited sender). */
-void tps_channel_counters(tps_channel *ch, uint64_t out[3]);
+/* sent, received, dropped (owner-bound items of an exited sender), and
+ * the sends and receives that parked. */
+void tps_channel_counters(tps_channel *ch, uint64_t out[5]);
 /* Queue n records (the channel takes over the caller's references on
  * success; on failure the caller keeps them).  All or nothing: a batch
  * waits until it fits (or the channel is empty).  With the GIL; released

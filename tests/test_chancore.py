@@ -35,7 +35,8 @@ def test_fifo_order_and_counts(kind):
     assert ch.qsize() == len(ch) == 100 and not ch.empty()
     assert [value(kind, ch.recv()) for _ in range(100)] == [item(kind, i) if kind is tpshare.Channel else i % 256 for i in range(100)]
     assert ch.empty()
-    assert ch.stats() == {"sent": 100, "received": 100, "dropped": 0, "queued": 0}
+    assert ch.stats() == {"sent": 100, "received": 100, "dropped": 0,
+                          "queued": 0, "sends_parked": 0, "recvs_parked": 0}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -90,6 +91,9 @@ def test_recv_really_blocks_until_a_send():
     start = time.monotonic()
     assert ch.recv(timeout=5) == "late"
     assert 0.15 <= time.monotonic() - start < 2
+    # The wait outlasted its spin and parked (a timed-out one parks too).
+    assert ch.stats()["recvs_parked"] >= 1
+    assert ch.stats()["sends_parked"] == 0
 
 
 def test_send_blocks_while_full_then_resumes():
@@ -105,6 +109,7 @@ def test_send_blocks_while_full_then_resumes():
     t.join(5)
     assert done == [None]
     assert [ch.recv(), ch.recv()] == [2, 3]
+    assert ch.stats()["sends_parked"] >= 1
 
 
 @pytest.mark.parametrize("kind", KINDS)
