@@ -14,6 +14,7 @@
 #include "waiter.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <time.h>
 
 
@@ -399,6 +400,121 @@ mod_wake_floor(PyObject *Py_UNUSED(module), PyObject *const *args,
     return res;
 }
 
+/* _line_round_trip: one cache line bounced between two threads pinned to
+ * two CPUs. */
+typedef struct {
+    _Alignas(TPS_LINE) atomic_long turn;
+    _Alignas(TPS_LINE) long n;
+    atomic_int abort;            /* side 0 could not start */
+    int cpu[2];
+    int64_t ns;
+} line_trip;
+
+typedef struct {
+    line_trip *t;
+    int side;
+} line_side;
+
+static void *
+line_trip_side(void *arg)
+{
+    line_trip *t = ((line_side *)arg)->t;
+    int side = ((line_side *)arg)->side;
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(t->cpu[side], &set);
+    (void)pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+    if (side == 0) {
+        int64_t t0 = tps_now_ns();
+        for (long i = 0; i < t->n; i++) {
+            atomic_store_explicit(&t->turn, 2 * i + 1, memory_order_release);
+            while (atomic_load_explicit(&t->turn, memory_order_acquire)
+                   != 2 * i + 2)
+            {
+                tps_cpu_relax();
+            }
+        }
+        t->ns = tps_now_ns() - t0;
+    }
+    else {
+        for (long i = 0; i < t->n; i++) {
+            while (atomic_load_explicit(&t->turn, memory_order_acquire)
+                   != 2 * i + 1)
+            {
+                if (atomic_load_explicit(&t->abort, memory_order_relaxed)) {
+                    return NULL;
+                }
+                tps_cpu_relax();
+            }
+            atomic_store_explicit(&t->turn, 2 * i + 2, memory_order_release);
+        }
+    }
+    return NULL;
+}
+
+PyDoc_STRVAR(line_round_trip_doc,
+"_line_round_trip(n, /)\n--\n\n"
+"ns per round trip of one cache line bounced n times between two threads\n"
+"pinned to the first two CPUs this thread may run on, or None with fewer\n"
+"than two.  What every hand-over between two interpreters pays at least\n"
+"once; on virtual machines it changes as the host moves the vCPUs.  The\n"
+"calling thread is left as it was; runs without the GIL.");
+
+static PyObject *
+mod_line_round_trip(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (n < 1 || n > 100000000) {
+        PyErr_SetString(PyExc_ValueError, "n must be 1..100000000");
+        return NULL;
+    }
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    line_trip *t = tps_calloc_lines(sizeof(line_trip));
+    if (t == NULL) {
+        return PyErr_NoMemory();
+    }
+    int found = 0;
+    for (int c = 0; c < CPU_SETSIZE && found < 2; c++) {
+        if (CPU_ISSET(c, &set)) {
+            t->cpu[found++] = c;
+        }
+    }
+    if (found < 2) {
+        free(t);
+        Py_RETURN_NONE;
+    }
+    t->n = n;
+    line_side sides[2] = {{t, 0}, {t, 1}};
+    pthread_t th[2];
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = pthread_create(&th[1], NULL, line_trip_side, &sides[1]);
+    if (rc == 0) {
+        rc = pthread_create(&th[0], NULL, line_trip_side, &sides[0]);
+        if (rc != 0) {
+            atomic_store(&t->abort, 1);
+        }
+        else {
+            pthread_join(th[0], NULL);
+        }
+        pthread_join(th[1], NULL);
+    }
+    Py_END_ALLOW_THREADS
+    double ns = (double)t->ns / (double)n;
+    free(t);
+    if (rc != 0) {
+        errno = rc;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    return PyFloat_FromDouble(ns);
+}
+
 static PyMethodDef module_methods[] = {
     {"share", mod_share, METH_O, share_doc},
     {"attach", mod_attach, METH_O, attach_doc},
@@ -417,6 +533,7 @@ static PyMethodDef module_methods[] = {
     {"_wake_floor", _PyCFunction_CAST(mod_wake_floor), METH_FASTCALL,
      wake_floor_doc},
     {"_block_counts", mod_block_counts, METH_NOARGS, block_counts_doc},
+    {"_line_round_trip", mod_line_round_trip, METH_O, line_round_trip_doc},
     {NULL},
 };
 
