@@ -68,6 +68,19 @@ def test_quick_run_writes_results(quick_run):
     assert "queue.Queue threads" in proc.stdout
     assert (out / "summary.txt").read_text().startswith(
         "tpshare comparison experiments")
+    # The MemChannel sweep: every size timed in every round, with the
+    # core-to-core gauge measured before each round.
+    sw = res["sweep"]
+    assert sw["contender"] == "memchannel" and sw["sizes"] == [64, 4096, 65536]
+    for size in ("64", "4096", "65536"):
+        assert len(sw["msgs_per_s"][size]) == 1
+        assert sw["median_msgs_per_s"][size] > 0
+    assert 0 <= sw["worst_deviation"] < 10
+    assert len(sw["line_round_trip_ns"]) == 1
+    assert sw["line_round_trip_ns"][0] > 0
+    assert "MemChannel across sizes" in proc.stdout
+    assert doc["machine"]["line_round_trip_ns"] > 0
+    assert "core-to-core gauge" in proc.stdout
 
 
 @pytest.mark.skipif(not HAVE_MPL, reason="matplotlib is not installed")
@@ -176,6 +189,31 @@ def test_replot(quick_run, tmp_path):
         capture_output=True, text=True, timeout=120)
     assert again.returncode == 0, again.stderr
     assert os.path.exists(tmp_path / "throughput.png")
+
+
+def test_line_round_trip_gauge():
+    from tpshare import _tpshare
+    ns = _tpshare._line_round_trip(1000)
+    if len(os.sched_getaffinity(0)) < 2:
+        assert ns is None
+    else:
+        assert 1 < ns < 1e6
+    for bad in (0, -1, 10**9):
+        with pytest.raises(ValueError):
+            _tpshare._line_round_trip(bad)
+    with pytest.raises(TypeError):
+        _tpshare._line_round_trip("1")
+
+
+def test_sweep_is_left_out_without_memchannel(tmp_path):
+    proc = run_bench(["throughput", "--quick", "--sizes", "64",
+                      "--contenders", "channel", "--out", str(tmp_path),
+                      "--no-plots"], tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    with open(tmp_path / "results.json", encoding="utf-8") as f:
+        res = json.load(f)["experiments"]["throughput"]
+    assert res["sweep"] is None
+    assert "across sizes" not in proc.stdout
 
 
 def test_latency_reports_parked_wake_ups_beside_the_floor(tmp_path):

@@ -291,6 +291,7 @@ def main(argv=None):
     doc["duration_s"] = round(time.monotonic() - t_start, 1)
     doc["machine_after"] = {"empty_loop_ns": round(common._empty_loop_ns(),
                                                    2),
+                            "line_round_trip_ns": common.line_round_trip_ns(),
                             "loadavg": os.getloadavg()}
     doc["headline"] = _headline(doc)
     tail = ["\nHeadline (ratios above 1: tpshare better)"] + [
@@ -303,7 +304,9 @@ def main(argv=None):
     gauge = doc["machine_after"]["empty_loop_ns"]
     tail.append(f"\nCPU gauge at the end: {gauge}"
                 f" ns per empty loop iteration (start: "
-                f"{machine['empty_loop_ns']} ns); run took "
+                f"{machine['empty_loop_ns']} ns); core-to-core gauge "
+                f"{doc['machine_after']['line_round_trip_ns']} ns (start: "
+                f"{machine['line_round_trip_ns']} ns); run took "
                 f"{doc['duration_s']} s")
 
     json_path = os.path.join(out, "results.json")

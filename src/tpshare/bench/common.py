@@ -225,7 +225,18 @@ def machine_info():
         "memory_bytes": _meminfo_total(),
         "loadavg": load,
         "empty_loop_ns": round(_empty_loop_ns(), 2),
+        "line_round_trip_ns": line_round_trip_ns(),
     }
+
+
+def line_round_trip_ns():
+    """The core-to-core gauge: ns per round trip of one cache line
+    between two threads pinned to two CPUs (median of 3), or None with
+    one CPU.  Every hand-over between two interpreters pays it at least
+    once; on a virtual machine it moves as the host moves the vCPUs."""
+    from tpshare import _tpshare
+    got = [_tpshare._line_round_trip(20_000) for _ in range(3)]
+    return None if None in got else round(statistics.median(got), 1)
 
 
 def machine_text(info):
@@ -245,6 +256,8 @@ def machine_text(info):
         f"load:     {info['loadavg']}",
         f"empty loop iteration: {info['empty_loop_ns']} ns (a gauge of the "
         "CPU's speed now; compare only within one run)",
+        f"cache line round trip between two CPUs: "
+        f"{info['line_round_trip_ns']} ns (the core-to-core gauge)",
     ]
     return "\n".join(lines)
 

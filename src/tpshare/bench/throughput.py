@@ -54,13 +54,13 @@ def capacity(contender, kind, size):
 POOL = 2048      # distinct payloads, more than the identity ring (1024)
 
 
-def payloads(kind, size):
+def payloads(kind, size, budget=128 << 20):
     """Distinct payload objects, sent in turn: 2048 of them up to 64 KiB
     (so no transport can hand back an object it cached for an earlier
     message: the Channel's identity ring holds 1024), fewer above
-    (at most 128 MiB in all; bytes that large are shared, not cached)."""
-    k = POOL if size <= (64 << 10) else max(1, min(POOL,
-                                                   (128 << 20) // size))
+    (at most `budget` bytes in all; bytes that large are shared, not
+    cached)."""
+    k = POOL if size <= (64 << 10) else max(1, min(POOL, budget // size))
     if kind == "bytes":
         if k == 1:
             return [b"x" * size]
@@ -107,7 +107,8 @@ def steps(ctx, names):
     active, _, _, pts = _plan(ctx, names)
     return sum(ctx.repeat + 1 for kind, size in pts for c in active
                if kind in c.kinds
-               and (c.max_size is None or size <= c.max_size))
+               and (c.max_size is None or size <= c.max_size)) \
+        + sweep_steps(ctx, [c.name for c in active])
 
 
 def run(ctx, names):
@@ -186,6 +187,12 @@ def run(ctx, names):
     finally:
         for s in sessions.values():
             _close_quietly(s)
+    swept = None
+    if SWEEP not in errors:
+        try:
+            swept = sweep(ctx, [c.name for c in active])
+        except Exception as exc:  # noqa: BLE001 - reported
+            errors[SWEEP + " sweep"] = str(exc)
     return {
         "method": __doc__.strip(),
         "contenders": [c.name for c in active],
@@ -197,7 +204,101 @@ def run(ctx, names):
         "repeat": repeat,
         "trial_seconds": ctx.trial_seconds,
         "points": results,
+        "sweep": swept,
     }
+
+
+# ---------------------------------------------------------------------------
+# The size sweep.
+
+SWEEP = "memchannel"
+SWEEP_BUDGET = 32 << 20      # payload bytes held per size
+
+
+def sweep(ctx, names):
+    """MemChannel's rate at every size with the sizes interleaved: each
+    round times every size once (in alternating order), so that a change
+    of the machine's speed during the run (on a virtual machine the
+    host moves the vCPUs, and the core-to-core gauge changes several
+    times over) weighs on every size alike.  Whether the rate is flat
+    across sizes is read from this, not from the main table, whose
+    sizes are timed minutes apart.  None when MemChannel is not run."""
+    if SWEEP not in names or cts.BY_NAME[SWEEP].unavailable():
+        return None
+    c = cts.BY_NAME[SWEEP]
+    sizes = ctx.sizes
+    s = cts.Session(c, capacity(c, "bytes", sizes[0]), ctx.runner)
+    try:
+        data, n = {}, {}
+        for size in sizes:
+            ctx.progress.note(f"throughput sweep {c.name} "
+                              f"{common.fmt_size(size)}")
+            data[size] = payloads("bytes", size, SWEEP_BUDGET)
+            got = s.probe(data[size][0])
+            if got != expected(c, "bytes", size):
+                raise RuntimeError(f"received {got} at {size}")
+            n0 = max(1, min(200, (8 << 20) // size))
+            per = max(s.trial(data[size], n0) / n0, 1e-9)
+            n[size] = max(ctx.min_n, min(ctx.max_n,
+                                         int(ctx.trial_seconds / per)))
+            ctx.progress.step()
+        rates = {size: [] for size in sizes}
+        gauges = []
+        for r in range(ctx.repeat):
+            gauges.append(common.line_round_trip_ns())
+            for size in (sizes if r % 2 == 0 else sizes[::-1]):
+                gc.collect()
+                gc.disable()
+                try:
+                    t = s.trial(data[size], n[size])
+                finally:
+                    gc.enable()
+                rates[size].append(n[size] / t)
+                ctx.progress.step()
+    finally:
+        _close_quietly(s)
+    medians = {size: common.median(r) for size, r in rates.items()}
+    mid = common.median(list(medians.values()))
+    return {
+        "method": sweep.__doc__.strip(),
+        "contender": c.name,
+        "sizes": sizes,
+        "n": {str(k): v for k, v in n.items()},
+        "msgs_per_s": {str(k): v for k, v in rates.items()},
+        "median_msgs_per_s": {str(k): v for k, v in medians.items()},
+        "median_of_sizes": mid,
+        "worst_deviation": max(abs(v / mid - 1) for v in medians.values()),
+        "line_round_trip_ns": gauges,
+    }
+
+
+def sweep_steps(ctx, names):
+    if SWEEP not in names:
+        return 0
+    return len(ctx.sizes) * (ctx.repeat + 1)
+
+
+def sweep_report(sw):
+    labels = {c.name: c.label for c in cts.ALL}
+    rows = []
+    mid = sw["median_of_sizes"]
+    for size in sw["sizes"]:
+        m = sw["median_msgs_per_s"][str(size)]
+        rs = sw["msgs_per_s"][str(size)]
+        rows.append([common.fmt_size(size), common.fmt_rate(m),
+                     f"{m / mid - 1:+.0%}",
+                     f"{common.fmt_rate(min(rs))} - "
+                     f"{common.fmt_rate(max(rs))}"])
+    g = [x for x in sw["line_round_trip_ns"] if x is not None]
+    gauge = (f"; core-to-core gauge per round: "
+             + ", ".join(f"{x:.0f}" for x in g) + " ns") if g else ""
+    return "\n".join([
+        f"\n{labels[sw['contender']]} across sizes, sizes interleaved in "
+        f"each of {len(sw['line_round_trip_ns'])} rounds (messages/s; "
+        f"worst size {sw['worst_deviation']:.0%} from the median of "
+        f"sizes{gauge})",
+        common.table(["size", "median", "vs median of sizes",
+                      "rounds (min - max)"], rows)])
 
 
 def _close_quietly(session):
@@ -285,6 +386,8 @@ def report(res):
                              f"({kind}; above 1: {labels[ref]} faster)")
                 lines.append(common.table(
                     ["size"] + [labels[n] for n in others], rows))
+    if res.get("sweep"):
+        lines.append(sweep_report(res["sweep"]))
     for name, why in res["skipped"].items():
         lines.append(f"skipped {name}: {why}")
     for name, why in res["errors"].items():
