@@ -252,18 +252,23 @@ ring_reserve(tps_channel *ch, size_t need)
 static void
 ring_push(tps_channel *ch, TpShare_Record *const *recs, Py_ssize_t n)
 {
-    size_t count = (size_t)atomic_load(&ch->count);
+    size_t count = (size_t)atomic_load_explicit(&ch->count,
+                                                memory_order_relaxed);
     for (Py_ssize_t i = 0; i < n; i++) {
         ch->ring[(ch->head + count + (size_t)i) & (ch->cap - 1)] = recs[i];
     }
-    atomic_store(&ch->count, (long)(count + (size_t)n));
+    /* Release: a spinner that reads the count then takes the lock. */
+    atomic_store_explicit(&ch->count, (long)(count + (size_t)n),
+                          memory_order_release);
     ch->sent += (uint64_t)n;
 }
 
 static Py_ssize_t
 ring_pop(tps_channel *ch, TpShare_Record **out, Py_ssize_t max)
 {
-    Py_ssize_t n = (Py_ssize_t)atomic_load(&ch->count);
+    size_t count = (size_t)atomic_load_explicit(&ch->count,
+                                                memory_order_relaxed);
+    Py_ssize_t n = (Py_ssize_t)count;
     if (n > max) {
         n = max;
     }
@@ -271,7 +276,9 @@ ring_pop(tps_channel *ch, TpShare_Record **out, Py_ssize_t max)
         out[i] = ch->ring[ch->head];
         ch->head = (ch->head + 1) & (ch->cap - 1);
     }
-    atomic_fetch_sub(&ch->count, (long)n);
+    /* Only lock holders write the count. */
+    atomic_store_explicit(&ch->count, (long)(count - (size_t)n),
+                          memory_order_relaxed);
     ch->received += (uint64_t)n;
     return n;
 }

@@ -27,6 +27,17 @@
 #include <string.h>
 #include <sys/mman.h>
 
+/* Under AddressSanitizer a cached block is poisoned, so that a use of a
+ * record after it was freed is caught although its memory is kept. */
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define BLOCK_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
+#define BLOCK_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
+#else
+#define BLOCK_POISON(p, n) ((void)(p), (void)(n))
+#define BLOCK_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 /* ---------------------------------------------------------------------
  * Per-thread contexts of the message being shared or rebuilt.
  */
@@ -161,6 +172,7 @@ region_take(depot *d)
     }
     void *p = d->region_free;
     if (p != NULL) {
+        BLOCK_UNPOISON(p, d->size);
         d->region_free = *(void **)p;
     }
     else if (d->region != NULL && d->region_next < d->region_end) {
@@ -190,9 +202,11 @@ blocks_delete(depot *d, void **blocks, int n)
     int others = 0;
     pthread_mutex_lock(&d->mutex);
     for (int i = 0; i < n; i++) {
+        BLOCK_UNPOISON(blocks[i], d->size);
         if (in_region(d, blocks[i])) {
             *(void **)blocks[i] = d->region_free;
             d->region_free = blocks[i];
+            BLOCK_POISON(blocks[i], d->size);
         }
         else {
             blocks[others++] = blocks[i];
@@ -376,6 +390,7 @@ block_alloc(int kind)
         fetch_ahead(m, d->size);
     }
     void *b = m->blocks[--m->n];
+    BLOCK_UNPOISON(b, d->size);
     if (m->n >= AHEAD) {
         /* The blocks were last read (or written) by another thread: start
          * fetching the lines of the one handed out AHEAD calls later. */
@@ -409,6 +424,7 @@ block_free(int kind, void *b)
         tc->prev[kind] = m;
         m = p;
     }
+    BLOCK_POISON(b, d->size);
     m->blocks[m->n++] = b;
 }
 
