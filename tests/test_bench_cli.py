@@ -72,12 +72,15 @@ def test_quick_run_writes_results(quick_run):
     # core-to-core gauge measured before each round.
     sw = res["sweep"]
     assert sw["contender"] == "memchannel" and sw["sizes"] == [64, 4096, 65536]
+    assert sw["rounds"] == 3                      # --quick: 2 x 1 + 1
     for size in ("64", "4096", "65536"):
-        assert len(sw["msgs_per_s"][size]) == 1
+        assert len(sw["msgs_per_s"][size]) == 3
         assert sw["median_msgs_per_s"][size] > 0
-    assert 0 <= sw["worst_deviation"] < 10
-    assert len(sw["line_round_trip_ns"]) == 1
-    assert sw["line_round_trip_ns"][0] > 0
+        assert sw["relative"][size] > 0
+    assert sw["worst_deviation"] == max(abs(v - 1)
+                                        for v in sw["relative"].values())
+    assert len(sw["line_round_trip_ns"]) == 3
+    assert all(g > 0 for g in sw["line_round_trip_ns"])
     assert "MemChannel across sizes" in proc.stdout
     assert doc["machine"]["line_round_trip_ns"] > 0
     assert "core-to-core gauge" in proc.stdout

@@ -216,17 +216,22 @@ SWEEP_BUDGET = 32 << 20      # payload bytes held per size
 
 
 def sweep(ctx, names):
-    """MemChannel's rate at every size with the sizes interleaved: each
-    round times every size once (in alternating order), so that a change
-    of the machine's speed during the run (on a virtual machine the
-    host moves the vCPUs, and the core-to-core gauge changes several
-    times over) weighs on every size alike.  Whether the rate is flat
-    across sizes is read from this, not from the main table, whose
-    sizes are timed minutes apart.  None when MemChannel is not run."""
+    """MemChannel's rate at every size, the sizes interleaved: each round
+    times every size once (in alternating order) with trials half as
+    long as the main table's, in 2 x repeat + 1 rounds.  Flatness is read
+    from each size's rate relative to the median of all sizes in the same
+    round (the median of those ratios over rounds), as contenders are
+    compared by per-round ratios: on a virtual machine the host moves the
+    vCPUs, the core-to-core gauge (measured before each round) switches
+    between modes several times a minute, and every cross-interpreter
+    rate moves with it, for all sizes alike.  Sizes timed minutes apart,
+    as in the main table, compare the machine's modes as much as the
+    sizes.  None when MemChannel is not run."""
     if SWEEP not in names or cts.BY_NAME[SWEEP].unavailable():
         return None
     c = cts.BY_NAME[SWEEP]
     sizes = ctx.sizes
+    rounds = 2 * ctx.repeat + 1
     s = cts.Session(c, capacity(c, "bytes", sizes[0]), ctx.runner)
     try:
         data, n = {}, {}
@@ -240,11 +245,11 @@ def sweep(ctx, names):
             n0 = max(1, min(200, (8 << 20) // size))
             per = max(s.trial(data[size], n0) / n0, 1e-9)
             n[size] = max(ctx.min_n, min(ctx.max_n,
-                                         int(ctx.trial_seconds / per)))
+                                         int(ctx.trial_seconds / 2 / per)))
             ctx.progress.step()
         rates = {size: [] for size in sizes}
         gauges = []
-        for r in range(ctx.repeat):
+        for r in range(rounds):
             gauges.append(common.line_round_trip_ns())
             for size in (sizes if r % 2 == 0 else sizes[::-1]):
                 gc.collect()
@@ -254,20 +259,24 @@ def sweep(ctx, names):
                 finally:
                     gc.enable()
                 rates[size].append(n[size] / t)
-                ctx.progress.step()
+            ctx.progress.step(n=len(sizes))
     finally:
         _close_quietly(s)
-    medians = {size: common.median(r) for size, r in rates.items()}
-    mid = common.median(list(medians.values()))
+    mids = [common.median([rates[size][r] for size in sizes])
+            for r in range(rounds)]
+    rel = {size: common.median([rates[size][r] / mids[r]
+                                for r in range(rounds)]) for size in sizes}
     return {
         "method": sweep.__doc__.strip(),
         "contender": c.name,
         "sizes": sizes,
+        "rounds": rounds,
         "n": {str(k): v for k, v in n.items()},
         "msgs_per_s": {str(k): v for k, v in rates.items()},
-        "median_msgs_per_s": {str(k): v for k, v in medians.items()},
-        "median_of_sizes": mid,
-        "worst_deviation": max(abs(v / mid - 1) for v in medians.values()),
+        "median_msgs_per_s": {str(k): common.median(v)
+                              for k, v in rates.items()},
+        "relative": {str(k): v for k, v in rel.items()},
+        "worst_deviation": max(abs(v - 1) for v in rel.values()),
         "line_round_trip_ns": gauges,
     }
 
@@ -275,29 +284,28 @@ def sweep(ctx, names):
 def sweep_steps(ctx, names):
     if SWEEP not in names:
         return 0
-    return len(ctx.sizes) * (ctx.repeat + 1)
+    return len(ctx.sizes) * (2 * ctx.repeat + 2)
 
 
 def sweep_report(sw):
     labels = {c.name: c.label for c in cts.ALL}
     rows = []
-    mid = sw["median_of_sizes"]
     for size in sw["sizes"]:
-        m = sw["median_msgs_per_s"][str(size)]
         rs = sw["msgs_per_s"][str(size)]
-        rows.append([common.fmt_size(size), common.fmt_rate(m),
-                     f"{m / mid - 1:+.0%}",
+        rows.append([common.fmt_size(size),
+                     f"{sw['relative'][str(size)] - 1:+.0%}",
+                     common.fmt_rate(sw["median_msgs_per_s"][str(size)]),
                      f"{common.fmt_rate(min(rs))} - "
                      f"{common.fmt_rate(max(rs))}"])
     g = [x for x in sw["line_round_trip_ns"] if x is not None]
-    gauge = (f"; core-to-core gauge per round: "
+    gauge = ("\ncore-to-core gauge before each round: "
              + ", ".join(f"{x:.0f}" for x in g) + " ns") if g else ""
     return "\n".join([
-        f"\n{labels[sw['contender']]} across sizes, sizes interleaved in "
-        f"each of {len(sw['line_round_trip_ns'])} rounds (messages/s; "
-        f"worst size {sw['worst_deviation']:.0%} from the median of "
-        f"sizes{gauge})",
-        common.table(["size", "median", "vs median of sizes",
+        f"\n{labels[sw['contender']]} across sizes: every size in each of "
+        f"{sw['rounds']} rounds; flatness = each size's rate / the median "
+        f"of all sizes in the same round (median over rounds): worst size "
+        f"{sw['worst_deviation']:.0%} off{gauge}",
+        common.table(["size", "vs sizes' median", "median rate",
                       "rounds (min - max)"], rows)])
 
 
