@@ -68,6 +68,11 @@ def test_quick_run_writes_results(quick_run):
     assert "queue.Queue threads" in proc.stdout
     assert (out / "summary.txt").read_text().startswith(
         "tpshare comparison experiments")
+    # Every trial has the core-to-core gauge from just before and after.
+    rec = res["points"]["bytes/64"]["channel"]
+    assert len(rec["gauge_ns"]) == len(rec["seconds"]) == 1
+    assert all(g > 0 for g in rec["gauge_ns"][0])
+    assert "Throughput by the machine's mode" in proc.stdout
     # The MemChannel sweep: every size timed in every round, with the
     # core-to-core gauge measured before each round.
     sw = res["sweep"]
@@ -206,6 +211,18 @@ def test_line_round_trip_gauge():
             _tpshare._line_round_trip(bad)
     with pytest.raises(TypeError):
         _tpshare._line_round_trip("1")
+
+
+def test_trials_are_sorted_by_the_machine_mode():
+    from tpshare.bench import throughput
+    rec = {"n": 100, "seconds": [1.0, 2.0, 4.0, 5.0, 10.0],
+           "gauge_ns": [[70, 80], [400, 450], [90, 500], [60, 65],
+                        [None, None]]}
+    near, far = throughput.by_mode(rec)
+    assert near == [100.0, 20.0]          # both gauges below 200 ns
+    assert far == [50.0]                  # both above
+    # A trial that straddles a switch, or has no gauge, is in neither.
+    assert throughput.by_mode({"n": 1, "seconds": [1.0]}) == ([], [])
 
 
 def test_sweep_is_left_out_without_memchannel(tmp_path):

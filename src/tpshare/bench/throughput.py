@@ -154,7 +154,8 @@ def run(ctx, names):
                     n = int(ctx.trial_seconds / per)
                     n = max(ctx.min_n, min(ctx.max_n, n))
                     row[c.name] = {"n": n, "received_as": got[0],
-                                   "capacity": cap, "seconds": []}
+                                   "capacity": cap, "seconds": [],
+                                   "gauge_ns": []}
                     ready.append((c, s))
                 except Exception as exc:  # noqa: BLE001 - reported
                     errors[c.name] = f"{kind} {size}: {exc}"
@@ -169,11 +170,13 @@ def run(ctx, names):
                 for c, s in order:
                     rec = row[c.name]
                     gc.collect()
+                    before = quick_gauge()
                     gc.disable()
                     try:
                         rec["seconds"].append(s.trial(data, rec["n"]))
                     finally:
                         gc.enable()
+                    rec["gauge_ns"].append([before, quick_gauge()])
                     ctx.progress.step()
             for c, _ in ready:
                 rec = row[c.name]
@@ -206,6 +209,70 @@ def run(ctx, names):
         "points": results,
         "sweep": swept,
     }
+
+
+# ---------------------------------------------------------------------------
+# The machine's two modes.
+
+# On the VM measured, the core-to-core gauge sits either near 60-140 ns
+# (the two vCPUs close together on the host) or near 330-600 ns (far
+# apart), switching several times a minute; nothing in between.
+FAR_NS = 200
+
+
+def quick_gauge():
+    """A short core-to-core gauge (5,000 round trips, 0.3-3 ms), taken
+    before and after each trial; None with one CPU."""
+    from tpshare import _tpshare
+    g = _tpshare._line_round_trip(5000)
+    return None if g is None else round(g, 1)
+
+
+def by_mode(rec):
+    """(near, far): the rates of the trials with the gauge below FAR_NS
+    both before and after, and of those above it both times (trials that
+    straddle a switch are in neither)."""
+    near, far = [], []
+    for t, g in zip(rec["seconds"], rec.get("gauge_ns", [])):
+        if None in g:
+            continue
+        if max(g) < FAR_NS:
+            near.append(rec["n"] / t)
+        elif min(g) >= FAR_NS:
+            far.append(rec["n"] / t)
+    return near, far
+
+
+MODE_ROWS = ("channel", "channel-batch", "memchannel", "cpython-queue",
+             "cpython-queue-mv")
+
+
+def mode_report(res):
+    """Our designs and CPython's queue per mode, where both were seen."""
+    labels = {c.name: c.label for c in cts.ALL}
+    rows = []
+    for key, row in res["points"].items():
+        kind, size = key.split("/")
+        what = "one int" if kind == "int" else \
+            f"{kind} {common.fmt_size(int(size))}"
+        for name in MODE_ROWS:
+            rec = row.get(name)
+            if rec is None or "seconds" not in rec:
+                continue
+            near, far = by_mode(rec)
+            if not near and not far:
+                continue
+            cell = [(f"{common.fmt_rate(common.median(x))} ({len(x)})"
+                     if x else "-") for x in (near, far)]
+            rows.append([what, labels[name]] + cell)
+    if not rows:
+        return ""
+    return "\n".join([
+        f"\nThroughput by the machine's mode (messages/s, median of the "
+        f"trials with the core-to-core gauge below {FAR_NS} ns before and "
+        f"after (near) or above it both times (far); trials counted in "
+        f"brackets)",
+        common.table(["payload", "contender", "near", "far"], rows)])
 
 
 # ---------------------------------------------------------------------------
@@ -394,6 +461,9 @@ def report(res):
                              f"({kind}; above 1: {labels[ref]} faster)")
                 lines.append(common.table(
                     ["size"] + [labels[n] for n in others], rows))
+    modes = mode_report(res)
+    if modes:
+        lines.append(modes)
     if res.get("sweep"):
         lines.append(sweep_report(res["sweep"]))
     for name, why in res["skipped"].items():
