@@ -219,35 +219,48 @@ blocks_delete(depot *d, void **blocks, int n)
     atomic_fetch_sub_explicit(&d->live, n, memory_order_relaxed);
 }
 
+/* Push m on one of the depot's lists unless it holds DEPOT_MAX already;
+ * whether it did. */
+static int
+depot_push(depot *d, magazine **list, int *count, magazine *m)
+{
+    pthread_mutex_lock(&d->mutex);
+    int room = *count < DEPOT_MAX;
+    if (room) {
+        m->next = *list;
+        *list = m;
+        (*count)++;
+    }
+    pthread_mutex_unlock(&d->mutex);
+    return room;
+}
+
+/* Pop a magazine from one of the depot's lists, or NULL. */
+static magazine *
+depot_pop(depot *d, magazine **list, int *count)
+{
+    pthread_mutex_lock(&d->mutex);
+    magazine *m = *list;
+    if (m != NULL) {
+        *list = m->next;
+        (*count)--;
+    }
+    pthread_mutex_unlock(&d->mutex);
+    return m;
+}
+
 /* Give a magazine to the depot: kept if it holds blocks and the depot has
  * room, else its blocks go back to memory and it is kept as a spare (or
  * freed when the depot has enough spares). */
 static void
 depot_give(depot *d, magazine *m)
 {
-    int keep = 0, spare = 0;
-    pthread_mutex_lock(&d->mutex);
-    if (m->n > 0 && d->nfull < DEPOT_MAX) {
-        m->next = d->full;
-        d->full = m;
-        d->nfull++;
-        keep = 1;
-    }
-    pthread_mutex_unlock(&d->mutex);
-    if (keep) {
+    if (m->n > 0 && depot_push(d, &d->full, &d->nfull, m)) {
         return;
     }
     blocks_delete(d, m->blocks, m->n);
     m->n = 0;
-    pthread_mutex_lock(&d->mutex);
-    if (d->nempty < DEPOT_MAX) {
-        m->next = d->empty;
-        d->empty = m;
-        d->nempty++;
-        spare = 1;
-    }
-    pthread_mutex_unlock(&d->mutex);
-    if (!spare) {
+    if (!depot_push(d, &d->empty, &d->nempty, m)) {
         PyMem_RawFree(m);
     }
 }
@@ -256,27 +269,14 @@ depot_give(depot *d, magazine *m)
 static magazine *
 depot_take_full(depot *d)
 {
-    pthread_mutex_lock(&d->mutex);
-    magazine *m = d->full;
-    if (m != NULL) {
-        d->full = m->next;
-        d->nfull--;
-    }
-    pthread_mutex_unlock(&d->mutex);
-    return m;
+    return depot_pop(d, &d->full, &d->nfull);
 }
 
 /* An empty magazine (a spare of the depot's or a new one), or NULL. */
 static magazine *
 depot_take_empty(depot *d)
 {
-    pthread_mutex_lock(&d->mutex);
-    magazine *m = d->empty;
-    if (m != NULL) {
-        d->empty = m->next;
-        d->nempty--;
-    }
-    pthread_mutex_unlock(&d->mutex);
+    magazine *m = depot_pop(d, &d->empty, &d->nempty);
     if (m == NULL) {
         m = PyMem_RawMalloc(sizeof(magazine));
         if (m != NULL) {
@@ -363,6 +363,28 @@ fetch_ahead(magazine *m, size_t size)
     }
 }
 
+/* The thread's loaded magazine is empty (to allocate) or full (to free):
+ * load the previous one if it is the other way round (full, or empty),
+ * else trade the previous one with the depot for one that is.  The new
+ * loaded magazine, or NULL when neither the depot nor memory has one. */
+static magazine *
+reload(thread_cache *tc, int kind, int to_allocate)
+{
+    depot *d = &depots[kind];
+    magazine *m = tc->loaded[kind], *p = tc->prev[kind];
+    if (to_allocate ? p->n == 0 : p->n > 0) {
+        magazine *q = to_allocate ? depot_take_full(d) : depot_take_empty(d);
+        if (q == NULL) {
+            return NULL;
+        }
+        depot_give(d, p);
+        p = q;
+    }
+    tc->loaded[kind] = p;
+    tc->prev[kind] = m;
+    return p;
+}
+
 /* A block of the kind (contents undefined), or NULL without an exception
  * when memory is exhausted. */
 static void *
@@ -375,18 +397,10 @@ block_alloc(int kind)
     }
     magazine *m = tc->loaded[kind];
     if (m->n == 0) {
-        magazine *p = tc->prev[kind];
-        if (p->n == 0) {
-            magazine *f = depot_take_full(d);
-            if (f == NULL) {
-                return block_new(d);
-            }
-            depot_give(d, p);
-            p = f;
+        m = reload(tc, kind, 1);
+        if (m == NULL) {
+            return block_new(d);
         }
-        tc->loaded[kind] = p;
-        tc->prev[kind] = m;
-        m = p;
         fetch_ahead(m, d->size);
     }
     void *b = m->blocks[--m->n];
@@ -410,19 +424,11 @@ block_free(int kind, void *b)
     }
     magazine *m = tc->loaded[kind];
     if (m->n == MAG) {
-        magazine *p = tc->prev[kind];
-        if (p->n > 0) {
-            magazine *e = depot_take_empty(d);
-            if (e == NULL) {
-                blocks_delete(d, &b, 1);
-                return;
-            }
-            depot_give(d, p);
-            p = e;
+        m = reload(tc, kind, 0);
+        if (m == NULL) {
+            blocks_delete(d, &b, 1);
+            return;
         }
-        tc->loaded[kind] = p;
-        tc->prev[kind] = m;
-        m = p;
     }
     BLOCK_POISON(b, d->size);
     m->blocks[m->n++] = b;
