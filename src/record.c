@@ -85,6 +85,9 @@ static TPS_TLS rebuild_ctx rctx;
  *    depot per kind (one mutex operation per MAG blocks): a receiver's
  *    full magazines go to the depot, and a sender whose magazines ran dry
  *    takes them.  A thread's magazines go back to the depot when it exits.
+ * The cache and its magazines are plain malloc memory, not Python's raw
+ * allocator: a thread gives them back when it exits, possibly after the
+ * interpreter it ran finished.
  * A record's block has one more line after the record for a payload of up
  * to TPS_LINE bytes (the copy of a 64-byte bytes or str), so the commonest
  * small message is one block of three adjacent lines.  Copies of up to
@@ -261,7 +264,7 @@ depot_give(depot *d, magazine *m)
     blocks_delete(d, m->blocks, m->n);
     m->n = 0;
     if (!depot_push(d, &d->empty, &d->nempty, m)) {
-        PyMem_RawFree(m);
+        free(m);
     }
 }
 
@@ -278,7 +281,7 @@ depot_take_empty(depot *d)
 {
     magazine *m = depot_pop(d, &d->empty, &d->nempty);
     if (m == NULL) {
-        m = PyMem_RawMalloc(sizeof(magazine));
+        m = malloc(sizeof(magazine));
         if (m != NULL) {
             m->n = 0;
         }
@@ -295,7 +298,7 @@ cache_release(void *arg)
         depot_give(&depots[k], tc->loaded[k]);
         depot_give(&depots[k], tc->prev[k]);
     }
-    PyMem_RawFree(tc);
+    free(tc);
     if (my_cache == tc) {
         my_cache = NULL;
         my_cache_gone = 1;
@@ -321,7 +324,7 @@ cache_setup(void)
     if (!cache_key_ok) {
         return NULL;
     }
-    thread_cache *tc = PyMem_RawCalloc(1, sizeof(thread_cache));
+    thread_cache *tc = calloc(1, sizeof(thread_cache));
     if (tc == NULL) {
         return NULL;
     }
@@ -340,10 +343,10 @@ cache_setup(void)
 
 error:
     for (int k = 0; k < NKINDS; k++) {
-        PyMem_RawFree(tc->loaded[k]);
-        PyMem_RawFree(tc->prev[k]);
+        free(tc->loaded[k]);
+        free(tc->prev[k]);
     }
-    PyMem_RawFree(tc);
+    free(tc);
     return NULL;
 }
 
