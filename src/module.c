@@ -99,7 +99,8 @@ const TpShare_CAPI tps_capi = {
 };
 
 /* ---------------------------------------------------------------------
- * Module functions.
+ * Module functions.  As every METH_* function: arguments are borrowed,
+ * the result is a new reference (NULL with an exception on failure).
  */
 
 PyDoc_STRVAR(share_doc,
