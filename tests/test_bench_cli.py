@@ -213,6 +213,14 @@ def test_line_round_trip_gauge():
         _tpshare._line_round_trip("1")
 
 
+def test_the_machine_mode_of_a_trial():
+    assert common.mode_of([70, 150]) == "near"
+    assert common.mode_of([200, 450]) == "far"
+    assert common.mode_of([90, 500]) is None       # switched meanwhile
+    assert common.mode_of([None, 80]) is None
+    assert common.mode_of([]) is None
+
+
 def test_trials_are_sorted_by_the_machine_mode():
     from tpshare.bench import throughput
     rec = {"n": 100, "seconds": [1.0, 2.0, 4.0, 5.0, 10.0],
@@ -249,5 +257,12 @@ def test_latency_reports_parked_wake_ups_beside_the_floor(tmp_path):
         assert x["n"] == 100                       # --quick
         assert 0 < x["min_ns"] <= x["median_ns"] <= x["p99_ns"] <= x["max_ns"]
     assert res["wake_pause_s"] == 0.001
+    for name in ("channel", "threads"):
+        x = res["stats"][name]
+        assert len(x["round_p99_ns"]) == len(x["round_medians_ns"]) == 1
+        assert x["round_p99_ns"][0] >= x["round_medians_ns"][0] > 0
+        assert len(x["round_gauge_ns"]) == 1
+        assert all(g > 0 for g in x["round_gauge_ns"][0])
+    assert "median/p99 of each round" in proc.stdout
     assert "Parked wake-up" in proc.stdout
     assert "machine floor" in proc.stdout

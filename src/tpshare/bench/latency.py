@@ -66,6 +66,8 @@ def run(ctx, names):
     repeat = ctx.repeat
     samples = {c.name: [] for c in active}
     rounds = {c.name: [] for c in active}
+    round_p99 = {c.name: [] for c in active}
+    gauges = {c.name: [] for c in active}
     errors = {}
     sessions = {}
     try:
@@ -87,9 +89,13 @@ def run(ctx, names):
                 ctx.progress.step(f"latency {c.name} round {r + 1}")
                 n = ctx.poll_n if _polls(c) else ctx.latency_n
                 n = max(1, n // repeat)
+                before = common.quick_gauge()
                 got = sessions[c.name].pingpong(n, PINGS)
+                gauges[c.name].append([before, common.quick_gauge()])
                 samples[c.name] += got
                 rounds[c.name].append(common.median(got))
+                round_p99[c.name].append(
+                    common.percentile(sorted(got), 99))
         wake = _wake_phase(ctx, sessions)
     finally:
         for s in sessions.values():
@@ -112,6 +118,8 @@ def run(ctx, names):
             "max_ns": xs[-1],
             "mean_ns": sum(xs) / len(xs),
             "round_medians_ns": rounds[name],
+            "round_p99_ns": round_p99[name],
+            "round_gauge_ns": gauges[name],
             "quantiles_ns": [common.percentile(xs, 100 * i / QUANTILES)
                              for i in range(QUANTILES + 1)],
         }
@@ -157,13 +165,18 @@ def report(res):
     spread = []
     for n in res["contenders"]:
         meds = st[n].get("round_medians_ns", [])
-        if len(meds) > 1:
-            spread.append(f"{labels[n]} "
-                          + ", ".join(common.fmt_ns(m) for m in meds))
+        p99s = st[n].get("round_p99_ns", [None] * len(meds))
+        modes = [common.mode_of(g) or ("mixed" if g else "?")
+                 for g in st[n].get("round_gauge_ns", [None] * len(meds))]
+        if meds:
+            spread.append(f"{labels[n]} " + ", ".join(
+                f"{common.fmt_ns(m)}/{common.fmt_ns(p) if p else '?'} "
+                f"({mode})" for m, p, mode in zip(meds, p99s, modes)))
     if spread:
-        lines.append("medians of each round (a wide spread is a waiter "
-                     "flipping between spinning and parking): "
-                     + "; ".join(spread))
+        lines.append("median/p99 of each round, with the machine's mode "
+                     "from the core-to-core gauge before and after (a "
+                     "wide spread of medians is a waiter flipping between "
+                     "spinning and parking): " + "; ".join(spread))
     wake = res.get("wake") or {}
     if wake:
         lines.append(f"\nParked wake-up: one-way, send to the far side "

@@ -214,18 +214,8 @@ def run(ctx, names):
 # ---------------------------------------------------------------------------
 # The machine's two modes.
 
-# On the VM measured, the core-to-core gauge sits either near 60-140 ns
-# (the two vCPUs close together on the host) or near 330-600 ns (far
-# apart), switching several times a minute; nothing in between.
-FAR_NS = 200
-
-
-def quick_gauge():
-    """A short core-to-core gauge (5,000 round trips, 0.3-3 ms), taken
-    before and after each trial; None with one CPU."""
-    from tpshare import _tpshare
-    g = _tpshare._line_round_trip(5000)
-    return None if g is None else round(g, 1)
+FAR_NS = common.FAR_NS
+quick_gauge = common.quick_gauge
 
 
 def by_mode(rec):
@@ -234,11 +224,10 @@ def by_mode(rec):
     straddle a switch are in neither)."""
     near, far = [], []
     for t, g in zip(rec["seconds"], rec.get("gauge_ns", [])):
-        if None in g:
-            continue
-        if max(g) < FAR_NS:
+        mode = common.mode_of(g)
+        if mode == "near":
             near.append(rec["n"] / t)
-        elif min(g) >= FAR_NS:
+        elif mode == "far":
             far.append(rec["n"] / t)
     return near, far
 
