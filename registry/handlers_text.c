@@ -31,8 +31,9 @@ tps_bytes_threshold(Py_ssize_t value)
 }
 
 /* Copy n bytes into the record: inline when they fit (ptr stays NULL),
- * else into a small block of the record's (up to TPS_SMALL_MAX bytes) or
- * new raw memory.  Returns 0 or -1 with MemoryError. */
+ * else into memory that comes and goes with the record (tps_small_alloc:
+ * the line after it, or a small block; up to TPS_SMALL_MAX bytes) or new
+ * raw memory.  Returns 0 or -1 with MemoryError. */
 static int
 copy_in(TpShare_Data *data, const void *src, Py_ssize_t n)
 {

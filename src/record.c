@@ -114,7 +114,6 @@ typedef struct {
     magazine *empty;            /* spare magazines */
     int nfull, nempty;
     atomic_llong live;          /* blocks taken from memory, not given back */
-    size_t region_size;         /* address space reserved for blocks */
     char *region, *region_end;  /* the region once reserved */
     char *region_next;          /* its first block never handed out */
     void *region_free;          /* its blocks given back, linked */
@@ -127,10 +126,8 @@ enum { K_TWO, K_THREE, NKINDS };
 _Static_assert(TPS_SMALL_MAX == REC_SPAN, "small blocks are two lines");
 
 static depot depots[NKINDS] = {
-    {.mutex = PTHREAD_MUTEX_INITIALIZER, .size = REC_SPAN,
-     .region_size = REGION_SIZE},
-    {.mutex = PTHREAD_MUTEX_INITIALIZER, .size = REC_SPAN + TAIL_MAX,
-     .region_size = REGION_SIZE},
+    {.mutex = PTHREAD_MUTEX_INITIALIZER, .size = REC_SPAN},
+    {.mutex = PTHREAD_MUTEX_INITIALIZER, .size = REC_SPAN + TAIL_MAX},
 };
 
 /* A thread's two magazines per kind (Bonwick's scheme: a thread that
@@ -163,14 +160,14 @@ static void *
 region_take(depot *d)
 {
     if (d->region == NULL && !d->region_failed) {
-        void *r = mmap(NULL, d->region_size, PROT_READ | PROT_WRITE,
+        void *r = mmap(NULL, REGION_SIZE, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (r == MAP_FAILED) {
             d->region_failed = 1;
         }
         else {
             d->region = d->region_next = r;
-            d->region_end = d->region + d->region_size;
+            d->region_end = d->region + REGION_SIZE;
         }
     }
     void *p = d->region_free;

@@ -283,8 +283,9 @@ tps_prefetch_for_write(void *p, size_t size)
 }
 
 /* Payload memory for built-in handlers: n bytes for `data` of a record
- * being shared, in the cache line after the record when n <= 64, else a
- * block of TPS_SMALL_MAX bytes from a per-thread cache (not malloc).
+ * being shared, in the cache line after the record when n <= 64 and its
+ * block has that line, else a block of TPS_SMALL_MAX bytes from a
+ * per-thread cache (not malloc).
  * NULL when n is larger (use PyMem_RawMalloc) or memory is exhausted (no
  * exception set).  The record frees the block itself; the hooks' free
  * sees data->ptr NULL. */

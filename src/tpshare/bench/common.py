@@ -235,11 +235,12 @@ def machine_info():
 FAR_NS = 200
 
 
-def quick_gauge():
-    """A short core-to-core gauge (5,000 round trips, 0.3-3 ms), taken
-    before and after a timed trial; None with one CPU."""
+def quick_gauge(n=5000):
+    """A short core-to-core gauge (by default 5,000 round trips,
+    0.3-3 ms), taken before and after a timed trial: ns per round trip,
+    or None with one CPU."""
     from tpshare import _tpshare
-    g = _tpshare._line_round_trip(5000)
+    g = _tpshare._line_round_trip(n)
     return None if g is None else round(g, 1)
 
 
@@ -261,8 +262,7 @@ def line_round_trip_ns():
     between two threads pinned to two CPUs (median of 3), or None with
     one CPU.  Every hand-over between two interpreters pays it at least
     once; on a virtual machine it moves as the host moves the vCPUs."""
-    from tpshare import _tpshare
-    got = [_tpshare._line_round_trip(20_000) for _ in range(3)]
+    got = [quick_gauge(20_000) for _ in range(3)]
     return None if None in got else round(statistics.median(got), 1)
 
 

@@ -147,12 +147,7 @@ def run(ctx, names):
                     want = expected(c, kind, size)
                     if got != want:
                         raise RuntimeError(f"received {got}, expected {want}")
-                    # Warm-up, also the calibration of n.
-                    n0 = max(1, min(200, (8 << 20) // size))
-                    t = s.trial(data, n0)
-                    per = max(t / n0, 1e-9)
-                    n = int(ctx.trial_seconds / per)
-                    n = max(ctx.min_n, min(ctx.max_n, n))
+                    n = calibrate(ctx, s, data, size, ctx.trial_seconds)
                     row[c.name] = {"n": n, "received_as": got[0],
                                    "capacity": cap, "seconds": [],
                                    "gauge_ns": []}
@@ -170,13 +165,10 @@ def run(ctx, names):
                 for c, s in order:
                     rec = row[c.name]
                     gc.collect()
-                    before = quick_gauge()
-                    gc.disable()
-                    try:
-                        rec["seconds"].append(s.trial(data, rec["n"]))
-                    finally:
-                        gc.enable()
-                    rec["gauge_ns"].append([before, quick_gauge()])
+                    before = common.quick_gauge()
+                    rec["seconds"].append(trial_without_gc(s, data,
+                                                           rec["n"]))
+                    rec["gauge_ns"].append([before, common.quick_gauge()])
                     ctx.progress.step()
             for c, _ in ready:
                 rec = row[c.name]
@@ -214,13 +206,9 @@ def run(ctx, names):
 # ---------------------------------------------------------------------------
 # The machine's two modes.
 
-FAR_NS = common.FAR_NS
-quick_gauge = common.quick_gauge
-
-
 def by_mode(rec):
-    """(near, far): the rates of the trials with the gauge below FAR_NS
-    both before and after, and of those above it both times (trials that
+    """(near, far): the rates of the trials whose gauges before and after
+    were both near, and of those both far (common.mode_of; trials that
     straddle a switch are in neither)."""
     near, far = [], []
     for t, g in zip(rec["seconds"], rec.get("gauge_ns", [])):
@@ -237,7 +225,8 @@ MODE_ROWS = ("channel", "channel-batch", "memchannel", "cpython-queue",
 
 
 def mode_report(res):
-    """Our designs and CPython's queue per mode, where both were seen."""
+    """Our designs and CPython's queue per mode, for each point where
+    some trial of theirs fell in one mode."""
     labels = {c.name: c.label for c in cts.ALL}
     rows = []
     for key, row in res["points"].items():
@@ -258,9 +247,9 @@ def mode_report(res):
         return ""
     return "\n".join([
         f"\nThroughput by the machine's mode (messages/s, median of the "
-        f"trials with the core-to-core gauge below {FAR_NS} ns before and "
-        f"after (near) or above it both times (far); trials counted in "
-        f"brackets)",
+        f"trials with the core-to-core gauge below {common.FAR_NS} ns "
+        f"before and after (near) or above it both times (far); trials "
+        f"counted in brackets)",
         common.table(["payload", "contender", "near", "far"], rows)])
 
 
@@ -287,7 +276,7 @@ def sweep(ctx, names):
         return None
     c = cts.BY_NAME[SWEEP]
     sizes = ctx.sizes
-    rounds = 2 * ctx.repeat + 1
+    rounds = sweep_rounds(ctx)
     s = cts.Session(c, capacity(c, "bytes", sizes[0]), ctx.runner)
     try:
         data, n = {}, {}
@@ -298,10 +287,8 @@ def sweep(ctx, names):
             got = s.probe(data[size][0])
             if got != expected(c, "bytes", size):
                 raise RuntimeError(f"received {got} at {size}")
-            n0 = max(1, min(200, (8 << 20) // size))
-            per = max(s.trial(data[size], n0) / n0, 1e-9)
-            n[size] = max(ctx.min_n, min(ctx.max_n,
-                                         int(ctx.trial_seconds / 2 / per)))
+            n[size] = calibrate(ctx, s, data[size], size,
+                                ctx.trial_seconds / 2)
             ctx.progress.step()
         rates = {size: [] for size in sizes}
         gauges = []
@@ -309,11 +296,7 @@ def sweep(ctx, names):
             gauges.append(common.line_round_trip_ns())
             for size in (sizes if r % 2 == 0 else sizes[::-1]):
                 gc.collect()
-                gc.disable()
-                try:
-                    t = s.trial(data[size], n[size])
-                finally:
-                    gc.enable()
+                t = trial_without_gc(s, data[size], n[size])
                 rates[size].append(n[size] / t)
             ctx.progress.step(n=len(sizes))
     finally:
@@ -337,10 +320,15 @@ def sweep(ctx, names):
     }
 
 
+def sweep_rounds(ctx):
+    return 2 * ctx.repeat + 1
+
+
 def sweep_steps(ctx, names):
+    """One step per size to calibrate, one per size and round."""
     if SWEEP not in names:
         return 0
-    return len(ctx.sizes) * (2 * ctx.repeat + 2)
+    return len(ctx.sizes) * (sweep_rounds(ctx) + 1)
 
 
 def sweep_report(sw):
@@ -363,6 +351,24 @@ def sweep_report(sw):
         f"{sw['worst_deviation']:.0%} off{gauge}",
         common.table(["size", "vs sizes' median", "median rate",
                       "rounds (min - max)"], rows)])
+
+
+def calibrate(ctx, s, data, size, seconds):
+    """A warm-up trial of session s, which also calibrates: the number of
+    items for a trial of about `seconds`, within ctx's bounds."""
+    n0 = max(1, min(200, (8 << 20) // size))
+    per = max(s.trial(data, n0) / n0, 1e-9)
+    return max(ctx.min_n, min(ctx.max_n, int(seconds / per)))
+
+
+def trial_without_gc(s, data, n):
+    """Session s's trial of n items with the cyclic collector off (the
+    caller collects first); seconds."""
+    gc.disable()
+    try:
+        return s.trial(data, n)
+    finally:
+        gc.enable()
 
 
 def _close_quietly(session):
