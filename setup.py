@@ -2,7 +2,8 @@
 
 Environment variables (read at build time):
   TPSHARE_DEBUG=1     -O0 -g with assertions on
-  TPSHARE_SANITIZE=1  AddressSanitizer + UndefinedBehaviorSanitizer
+  TPSHARE_SANITIZE=1  AddressSanitizer (with LeakSanitizer) + UBSan
+  TPSHARE_SANITIZE=thread  ThreadSanitizer
   TPSHARE_WERROR=1    warnings are errors (CI sets it)
 """
 import os
@@ -33,7 +34,12 @@ if flag("TPSHARE_WERROR"):
     compile_args.append("-Werror")
 if flag("TPSHARE_DEBUG"):
     compile_args += ["-O0", "-g", "-UNDEBUG"]
-if flag("TPSHARE_SANITIZE"):
+sanitize = os.environ.get("TPSHARE_SANITIZE", "")
+if sanitize == "thread":
+    san = ["-fsanitize=thread", "-fno-omit-frame-pointer"]
+    compile_args += san + ["-g"]
+    link_args += san
+elif flag("TPSHARE_SANITIZE"):
     san = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer",
            "-fno-sanitize-recover=undefined"]
     compile_args += san + ["-g"]

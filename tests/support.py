@@ -101,9 +101,16 @@ class Sub:
         self.close()
 
 
-# Under AddressSanitizer freed memory sits in a quarantine, so resident
-# memory says nothing about leaks there: RSS checks are skipped.
-SANITIZED = "libasan" in os.environ.get("LD_PRELOAD", "")
+# Under a sanitizer freed memory sits in a quarantine (AddressSanitizer)
+# or shadow memory grows with use (ThreadSanitizer), so resident memory
+# says nothing about leaks there: memory-growth checks are skipped.
+# tests/run.sh says which sanitizer runs in TPSHARE_SANITIZE.
+SANITIZER = os.environ.get("TPSHARE_SANITIZE", "0")
+if SANITIZER in ("", "0"):
+    preload = os.environ.get("LD_PRELOAD", "")
+    SANITIZER = ("address" if "libasan" in preload
+                 else "thread" if "libtsan" in preload else "0")
+SANITIZED = SANITIZER != "0"
 
 
 def rss_kib():

@@ -22,7 +22,7 @@ import time
 import pytest
 
 import tpshare
-from support import _stdinterp, run_child
+from support import SANITIZED, _stdinterp, run_child
 
 HELPERS = '''
 """Functions run inside interpreters by tests/test_interpreters.py."""
@@ -130,10 +130,6 @@ def wait_until(predicate, timeout=5.0):
             return False
         time.sleep(0.001)
     return True
-
-
-def under_sanitizer():
-    return "libasan" in os.environ.get("LD_PRELOAD", "")
 
 
 # ---------------------------------------------------------------------------
@@ -708,7 +704,7 @@ def test_many_interpreters_in_sequence_and_concurrently(helper_env):
     print(r.stdout.splitlines()[0])   # the figures, with pytest -s
     stdlib_growth, tpshare_growth = map(
         float, r.stdout.split("GROWTH")[1].split())
-    if not under_sanitizer():   # ASan's quarantine makes RSS meaningless
+    if not SANITIZED:   # a sanitizer's own memory makes RSS meaningless
         assert tpshare_growth <= stdlib_growth * 1.25 + 256, r.stdout
 
 

@@ -1,6 +1,7 @@
 """Release in the owner (D4) and owner lifetime (D5): unbounded release
 lists, idle owners, owners torn down under live views, process exit."""
 
+import os
 import gc
 import sys
 
@@ -114,6 +115,10 @@ def test_process_exit_with_views_held_neither_hangs_nor_crashes():
         print("exiting")
         """,
         timeout=60,
+        # Memory still exported when the process exits stays allocated on
+        # purpose (docs/design.md): not a leak for LeakSanitizer to report.
+        env={"ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "")
+             + ":detect_leaks=0"},
     )
     assert r.returncode == 0, r.stderr
     assert "exiting" in r.stdout

@@ -12,7 +12,10 @@ Install tpshare first, then, in the same environment:
 Environment variables (each on when set to "1"):
     TPSHARE_WERROR    compile with -Werror (CI does)
     TPSHARE_DEBUG     -O0 -g, assertions on
-    TPSHARE_SANITIZE  AddressSanitizer and UBSan
+    TPSHARE_SANITIZE  AddressSanitizer and UBSan ("thread": ThreadSanitizer)
+
+tpshare_racy_probe races on purpose: the test suite uses it to check that
+a ThreadSanitizer build reports what it should.
 """
 import os
 
@@ -33,7 +36,11 @@ def _build_args():
         compile_args.append("-Werror")
     if _env_flag("TPSHARE_DEBUG"):
         compile_args += ["-O0", "-g", "-UNDEBUG"]
-    if _env_flag("TPSHARE_SANITIZE"):
+    if os.environ.get("TPSHARE_SANITIZE") == "thread":
+        sanitize = ["-fsanitize=thread", "-fno-omit-frame-pointer", "-g"]
+        compile_args += sanitize
+        link_args += sanitize
+    elif _env_flag("TPSHARE_SANITIZE"):
         sanitize = ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
         compile_args += sanitize
         link_args += sanitize
@@ -60,5 +67,6 @@ setup(
         _extension("tpshare_testext", "tpshare_testext.c"),
         _extension("tpshare_abi_mismatch", "abi_mismatch.c",
                    define_macros=[("TPSHARE_ABI_VERSION", "999")]),
+        _extension("tpshare_racy_probe", "racy_probe.c"),
     ],
 )
