@@ -454,7 +454,9 @@ def test_nested_identity_is_never_stale_after_address_reuse(sub):
         obj = ("round", round_, 2**100 + round_)
         addr = id(obj)
         ch.send((obj, 0))
-        sub.run("held = ch.recv()[0]")
+        ch.send((1, obj))
+        sub.run("held = ch.recv()[0]; again = ch.recv()[1]")
+        assert sub.eval("again is held") == "True"  # tracked while held
         ch.send_many([("filler", i, 0) for i in range(1100)])
         sub.run("ch.recv_many(2000)")
         del obj
