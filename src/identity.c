@@ -58,7 +58,7 @@ struct tps_identity {
     ptrmap byserial;             /* serial -> received (raw memory) */
     ptrmap byobj;                /* received obj -> received */
     size_t recv_bytes;
-    size_t sweep_at;              /* byserial slot the next sweep starts at */
+    size_t sweep_at;             /* next sweep's first byserial slot */
 };
 
 static atomic_uint_fast64_t next_serial = 16;  /* 0-2 reserved by ptrmap */

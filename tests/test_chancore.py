@@ -252,7 +252,7 @@ def test_unrebuildable_item_is_consumed_and_raises_once(sub):
     assert ch.qsize() == 1
     sub.run("n = ch.recv()")
     assert sub.eval("n") == "'next'"
-    sub.run("import tpshare_testext; ch.send(tpshare_testext.Matrix(1, 1, [3.0]))")
+    sub.run("import tpshare_testext as ext; ch.send(ext.Matrix(1, 1, [3.0]))")
     sub.run("m = ch.recv()")  # with the registration it rebuilds
     assert sub.eval("m.tolist()") == "[[3.0]]"
     tpshare.drain()
