@@ -842,7 +842,8 @@ static PyMethodDef chan_methods[] = {
      "seconds for room (ChannelFull then); ChannelClosed once closed."},
     {"recv", _PyCFunction_CAST(chan_recv), METH_FASTCALL | METH_KEYWORDS,
      "recv(timeout=None)\n--\n\nTake the next item, waiting up to timeout "
-     "seconds (ChannelEmpty then); ChannelClosed once closed and empty."},
+     "seconds (ChannelEmpty then); ChannelClosed once closed and empty.  "
+     "An item that cannot be rebuilt is consumed and raises once."},
     {"send_many", _PyCFunction_CAST(chan_send_many),
      METH_FASTCALL | METH_KEYWORDS,
      "send_many(items, *, timeout=None)\n--\n\nQueue every item of an "
@@ -850,7 +851,9 @@ static PyMethodDef chan_methods[] = {
     {"recv_many", _PyCFunction_CAST(chan_recv_many),
      METH_FASTCALL | METH_KEYWORDS,
      "recv_many(max, timeout=None)\n--\n\nTake 1 to max items at once, "
-     "waiting for the first; a list."},
+     "waiting for the first; a list.  An item that cannot be rebuilt is "
+     "consumed and ends the list; its error is raised at once if it came "
+     "first, else by the next receive on this handle."},
     {"close", chan_close, METH_NOARGS,
      "close()\n--\n\nClose the channel: wake every waiter; queued items "
      "can still be received."},

@@ -18,7 +18,7 @@
  *     When full it evicts the entries only it still holds (refcount 1).
  *
  * Both sides are bounded in count and in bytes kept alive (objects whose
- * data is over 64 KiB are not tracked at all).
+ * data is 64 KiB or more are not tracked at all).
  *
  * So a serial never names two different objects, and a stale object is
  * never handed back.  Only values that can never change are tracked
@@ -34,8 +34,8 @@
 #define RING_MAX 1024
 #define RECV_MAX 4096
 /* Memory kept alive for identity is bounded too: objects whose data is
- * estimated above OBJ_MAX bytes are not tracked, and each side keeps at
- * most its byte budget of them. */
+ * estimated at OBJ_MAX bytes or more are not tracked, and each side keeps
+ * at most its byte budget of them. */
 #define OBJ_MAX (64 * 1024)
 #define RING_BYTES (8 * 1024 * 1024)
 #define RECV_BYTES (16 * 1024 * 1024)
@@ -69,7 +69,8 @@ static atomic_uint_fast64_t next_serial = 16;  /* 0-2 reserved by ptrmap */
  * for a tuple a pointer per item plus the items; for anything else its
  * fixed size), or OBJ_MAX + 1 once it is past the limit (so deep or wide
  * values stop the walk early).  Object headers are left out so that the
- * limit is the size of the data: bytes of exactly OBJ_MAX are tracked. */
+ * limit is on the data alone: bytes of OBJ_MAX - 1 are tracked, bytes of
+ * OBJ_MAX are not, whatever the size of a bytes object's header. */
 static size_t
 approx_size(PyObject *obj, int depth)
 {
@@ -179,7 +180,7 @@ tps_identity_tag(tps_identity *id, TpShare_Record *rec, PyObject *obj)
             return 0;
         }
         size_t size = approx_size(obj, 0);
-        if (size > OBJ_MAX) {
+        if (size >= OBJ_MAX) {
             return 0;   /* too big to keep alive for identity */
         }
         while (id->ring_count == RING_MAX
