@@ -535,7 +535,9 @@ int
 tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
                    Py_ssize_t n)
 {
+    assert(n > 0);
     tps_lock_acquire(&ch->lock);
+    assert((uint64_t)n <= ch->received);   /* they were taken from here */
     if (ring_reserve(ch, (size_t)n) < 0) {
         tps_lock_release(&ch->lock);
         return TPS_ERR_NOMEM;

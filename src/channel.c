@@ -19,6 +19,10 @@
 typedef struct {
     PyObject_HEAD
     tps_channel *ch;             /* held */
+    /* The exception of the item at which a recv_many() stopped after
+     * rebuilding the items before it (returned by that call): raised by
+     * the next receive on this handle.  Strong reference, or NULL. */
+    PyObject *pending;
 } Chan;
 
 static inline tps_module_state *
@@ -121,12 +125,16 @@ kind_of(PyObject *self, tps_module_state *state)
 static PyObject *
 wrap(PyTypeObject *type, tps_channel *ch)
 {
-    Chan *self = PyObject_New(Chan, type);
+    /* Tracked by the collector: a pending exception's traceback may lead
+     * back to the handle. */
+    Chan *self = PyObject_GC_New(Chan, type);
     if (self == NULL) {
         tps_channel_decref(ch);
         return NULL;
     }
     self->ch = ch;
+    self->pending = NULL;
+    PyObject_GC_Track(self);
     return (PyObject *)self;
 }
 
@@ -212,13 +220,64 @@ chan_from_id(PyObject *cls, PyObject *arg)
     return wrap((PyTypeObject *)cls, ch);
 }
 
+/* A handle that dies with an exception still pending reports it (an item
+ * was consumed and its error never seen otherwise). */
+static void
+chan_finalize(PyObject *op)
+{
+    Chan *self = (Chan *)op;
+    if (self->pending == NULL) {
+        return;
+    }
+    PyObject *saved = PyErr_GetRaisedException();
+    PyErr_SetRaisedException(self->pending);   /* steals it */
+    self->pending = NULL;
+    PyErr_WriteUnraisable(op);
+    PyErr_SetRaisedException(saved);
+}
+
+static int
+chan_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    Py_VISIT(((Chan *)op)->pending);
+    return 0;
+}
+
+static int
+chan_clear(PyObject *op)
+{
+    Py_CLEAR(((Chan *)op)->pending);
+    return 0;
+}
+
 static void
 chan_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
+    if (PyObject_CallFinalizerFromDealloc(op) < 0) {
+        return;   /* resurrected by the unraisable hook */
+    }
+    PyObject_GC_UnTrack(op);
+    chan_clear(op);
     tps_channel_decref(((Chan *)op)->ch);
-    PyObject_Free(op);
+    PyObject_GC_Del(op);
     Py_DECREF(tp);
+}
+
+/* Raise the exception left by an earlier recv_many() on this handle, if
+ * any: returns -1 then, else 0. */
+static int
+raise_pending(PyObject *self)
+{
+    Chan *c = (Chan *)self;
+    if (c->pending == NULL) {
+        return 0;
+    }
+    PyObject *exc = c->pending;
+    c->pending = NULL;
+    PyErr_SetRaisedException(exc);   /* steals it */
+    return -1;
 }
 
 /* Raise for a TPS_ERR_* code; Queue handles raise QueueEmpty/QueueFull. */
@@ -284,7 +343,10 @@ make_record(PyObject *self, kind k, tps_module_state *state, PyObject *obj,
                                             : tps_buffer_entry);
     }
     unsigned int flags = tps_channel_flags(ch);
-    TpShare_Record *rec = tps_share_in(obj, owner);
+    /* With identity on, every immutable object of the message, at any
+     * depth, is tagged with its serial. */
+    TpShare_Record *rec = tps_share_in(
+        obj, owner, (flags & TPS_CHAN_IDENTITY) ? state->identity : NULL);
     if (rec == NULL) {
         if ((flags & TPS_CHAN_PICKLE)
             && PyErr_ExceptionMatches(state->NotShareableError))
@@ -303,13 +365,6 @@ make_record(PyObject *self, kind k, tps_module_state *state, PyObject *obj,
         }
         return rec;
     }
-    if ((flags & TPS_CHAN_IDENTITY) && (rec->flags & TPS_REC_IMMUTABLE)
-        && !tps_rebuilds_identical(obj)
-        && tps_identity_tag(state->identity, rec, obj) < 0)
-    {
-        tps_record_release(rec);
-        return NULL;
-    }
     return rec;
 }
 
@@ -318,20 +373,13 @@ static PyObject *
 rebuild(kind k, tps_module_state *state, TpShare_Record *rec)
 {
     PyObject *obj;
-    if (rec->serial != 0) {
-        obj = tps_identity_lookup(state->identity, rec);
-        if (obj != NULL) {
-            return obj;
-        }
-    }
-    obj = tps_rebuild(rec);
+    /* Records tagged by a channel with identity on (at any depth) are
+     * looked up in this interpreter's identity table first. */
+    obj = tps_rebuild_with_identity(rec, state->identity);
     if (obj == NULL) {
         return NULL;
     }
-    if (rec->serial != 0) {
-        tps_identity_remember(state->identity, rec, obj);
-    }
-    else if (k == KIND_MEM && Py_TYPE(obj) == state->BufferType) {
+    if (k == KIND_MEM && Py_TYPE(obj) == state->BufferType) {
         /* MemChannel always gives a memoryview. */
         Py_SETREF(obj, PyMemoryView_FromObject(obj));
     }
@@ -393,7 +441,7 @@ do_recv(PyObject *self, int64_t timeout)
     Py_ssize_t got;
 
     tps_interp *st = tps_enter();
-    if (st == NULL) {
+    if (st == NULL || raise_pending(self) < 0) {
         return NULL;
     }
     tps_channel *ch = ((Chan *)self)->ch;
@@ -401,14 +449,11 @@ do_recv(PyObject *self, int64_t timeout)
     if (rc < 0) {
         return raise_for(self, state, rc);
     }
+    assert(got == 1);
+    /* The item is consumed whether or not it rebuilds, as with the
+     * standard library's queues: one that cannot be rebuilt here raises
+     * once, and never blocks those behind it. */
     PyObject *obj = rebuild(kind_of(self, state), state, rec);
-    if (obj == NULL) {
-        /* Keep the item for a receiver that can rebuild it. */
-        if (tps_channel_unrecv(ch, &rec, 1) < 0) {
-            tps_record_release(rec);
-        }
-        return NULL;
-    }
     tps_record_release(rec);
     return obj;
 }
@@ -552,7 +597,7 @@ chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     tps_interp *st = tps_enter();
-    if (st == NULL) {
+    if (st == NULL || raise_pending(self) < 0) {
         return NULL;
     }
     if (max > 1 << 16) {
@@ -568,9 +613,10 @@ chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         raise_for(self, state, rc);
         goto finally;
     }
+    assert(got >= 1 && got <= max);
     res = PyList_New(got);
     if (res == NULL) {
-        goto finally;
+        goto finally;   /* nothing rebuilt: every record goes back */
     }
     /* Records and their payloads were written by the sending thread:
      * fetch two records ahead, and the payload of the next one (its
@@ -593,19 +639,34 @@ chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         tps_record_release(recs[i]);
     }
     if (i < got) {
-        /* Return what was rebuilt; put the rest back.  Fail only if
-         * nothing was. */
+        /* Item i failed to rebuild (its own error, or one that came while
+         * it did, such as KeyboardInterrupt): it is consumed, as by recv().
+         * The items rebuilt before it are returned and its exception is
+         * raised by the next receive on this handle; at once when there
+         * are none.  The items behind it were not rebuilt: they go back
+         * to the head of the channel (below). */
+        assert(PyErr_Occurred());
+        tps_record_release(recs[i]);
         if (i > 0) {
-            PyErr_Clear();
+            Chan *c = (Chan *)self;
+            PyObject *exc = PyErr_GetRaisedException();
+            if (c->pending != NULL) {
+                /* Left by a receive on this handle from inside one of the
+                 * rebuilds: the earlier error, shown as the context. */
+                PyException_SetContext(exc, c->pending);   /* steals */
+            }
+            c->pending = exc;
             Py_SET_SIZE(res, i);
         }
         else {
             Py_CLEAR(res);
         }
+        i++;
     }
 
 finally:
     if (i < got && tps_channel_unrecv(ch, recs + i, got - i) < 0) {
+        /* Out of memory to grow the ring: they cannot be kept. */
         for (Py_ssize_t j = i; j < got; j++) {
             tps_record_release(recs[j]);
         }
@@ -781,7 +842,8 @@ static PyMethodDef chan_methods[] = {
      "seconds for room (ChannelFull then); ChannelClosed once closed."},
     {"recv", _PyCFunction_CAST(chan_recv), METH_FASTCALL | METH_KEYWORDS,
      "recv(timeout=None)\n--\n\nTake the next item, waiting up to timeout "
-     "seconds (ChannelEmpty then); ChannelClosed once closed and empty."},
+     "seconds (ChannelEmpty then); ChannelClosed once closed and empty.  "
+     "An item that cannot be rebuilt is consumed and raises once."},
     {"send_many", _PyCFunction_CAST(chan_send_many),
      METH_FASTCALL | METH_KEYWORDS,
      "send_many(items, *, timeout=None)\n--\n\nQueue every item of an "
@@ -789,7 +851,9 @@ static PyMethodDef chan_methods[] = {
     {"recv_many", _PyCFunction_CAST(chan_recv_many),
      METH_FASTCALL | METH_KEYWORDS,
      "recv_many(max, timeout=None)\n--\n\nTake 1 to max items at once, "
-     "waiting for the first; a list."},
+     "waiting for the first; a list.  An item that cannot be rebuilt is "
+     "consumed and ends the list; its error is raised at once if it came "
+     "first, else by the next receive on this handle."},
     {"close", chan_close, METH_NOARGS,
      "close()\n--\n\nClose the channel: wake every waiter; queued items "
      "can still be received."},
@@ -839,6 +903,9 @@ static PyGetSetDef queue_getset[] = {
 #define HANDLE_SLOTS(METHODS, GETSET, DOC)                \
     {Py_tp_new, chan_new},                                \
     {Py_tp_dealloc, chan_dealloc},                        \
+    {Py_tp_finalize, chan_finalize},                      \
+    {Py_tp_traverse, chan_traverse},                      \
+    {Py_tp_clear, chan_clear},                            \
     {Py_tp_repr, chan_repr},                              \
     {Py_tp_hash, chan_hash},                              \
     {Py_tp_richcompare, chan_richcompare},                \
@@ -868,21 +935,24 @@ static PyType_Slot queue_slots[] = {HANDLE_SLOTS(
 static PyType_Spec channel_spec = {
     .name = "tpshare.Channel",
     .basicsize = sizeof(Chan),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE
+              | Py_TPFLAGS_HAVE_GC),
     .slots = channel_slots,
 };
 
 static PyType_Spec memchannel_spec = {
     .name = "tpshare.MemChannel",
     .basicsize = sizeof(Chan),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE
+              | Py_TPFLAGS_HAVE_GC),
     .slots = memchannel_slots,
 };
 
 static PyType_Spec queue_spec = {
     .name = "tpshare.Queue",
     .basicsize = sizeof(Chan),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = (Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE
+              | Py_TPFLAGS_HAVE_GC),
     .slots = queue_slots,
 };
 

@@ -1,8 +1,11 @@
-/* identity.c - identity across messages (DESIGN.md D9).
+/* identity.c - identity across messages.
  *
  * Sending the same object twice to the same interpreter yields the same
- * received object while the receiver holds it.  Two bounded tables make
- * that safe:
+ * received object while the receiver holds it, wherever the object sits
+ * in the messages (at the top, inside a tuple, inside a tuple inside a
+ * registered type): every record of an immutable object carries its
+ * serial (record.c tags and looks up at every depth).  Two bounded tables
+ * make that safe:
  *
  *   - the SENDER keeps the last RING_MAX objects it sent in a ring,
  *     holding a strong reference to each, and gives each a serial number
@@ -14,24 +17,25 @@
  *     (strong references), and received objects to the sender's id().
  *     When full it evicts the entries only it still holds (refcount 1).
  *
- * Both sides are bounded in count and in bytes kept alive (objects over
- * 64 KiB are not tracked at all).
+ * Both sides are bounded in count and in bytes kept alive (objects whose
+ * data is 64 KiB or more are not tracked at all).
  *
  * So a serial never names two different objects, and a stale object is
  * never handed back.  Only values that can never change are tracked
  * (built-in immutable kinds, tuples of them, and third-party types whose
- * hooks carry TPSHARE_IMMUTABLE): reusing a rebuilt mutable object would
- * hide the sender's later changes.  Both tables belong to one interpreter
- * (module state) and are used under its GIL.
+ * hooks carry TPSHARE_IMMUTABLE; owner-bound ones only when the receiver
+ * gets a copy, such as large bytes): reusing a rebuilt mutable object
+ * would hide the sender's later changes.  Both tables belong to one
+ * interpreter (module state) and are used under its GIL.
  */
 #include "tpshare_internal.h"
 #include "ptrmap.h"
 
 #define RING_MAX 1024
 #define RECV_MAX 4096
-/* Memory kept alive for identity is bounded too: objects estimated above
- * OBJ_MAX bytes are not tracked, and each side keeps at most its byte
- * budget of them. */
+/* Memory kept alive for identity is bounded too: objects whose data is
+ * estimated at OBJ_MAX bytes or more are not tracked, and each side keeps
+ * at most its byte budget of them. */
 #define OBJ_MAX (64 * 1024)
 #define RING_BYTES (8 * 1024 * 1024)
 #define RECV_BYTES (16 * 1024 * 1024)
@@ -54,26 +58,31 @@ struct tps_identity {
     ptrmap byserial;             /* serial -> received (raw memory) */
     ptrmap byobj;                /* received obj -> received */
     size_t recv_bytes;
+    size_t sweep_at;             /* next sweep's first byserial slot */
 };
 
 static atomic_uint_fast64_t next_serial = 16;  /* 0-2 reserved by ptrmap */
 
 #define KEY(serial) ((void *)(uintptr_t)(serial))
 
-/* A rough size of an immutable value, or OBJ_MAX + 1 once it is past the
- * limit (so deep or wide values stop the walk early). */
+/* A rough size of an immutable value's data (characters, bytes, digits;
+ * for a tuple a pointer per item plus the items; for anything else its
+ * fixed size), or OBJ_MAX + 1 once it is past the limit (so deep or wide
+ * values stop the walk early).  Object headers are left out so that the
+ * limit is on the data alone: bytes of OBJ_MAX - 1 are tracked, bytes of
+ * OBJ_MAX are not, whatever the size of a bytes object's header. */
 static size_t
 approx_size(PyObject *obj, int depth)
 {
-    size_t size = (size_t)Py_TYPE(obj)->tp_basicsize;
+    size_t size = 0;
     if (PyUnicode_CheckExact(obj)) {
-        size += (size_t)PyUnicode_GET_LENGTH(obj) * PyUnicode_KIND(obj);
+        size = (size_t)PyUnicode_GET_LENGTH(obj) * PyUnicode_KIND(obj);
     }
     else if (PyBytes_CheckExact(obj)) {
-        size += (size_t)PyBytes_GET_SIZE(obj);
+        size = (size_t)PyBytes_GET_SIZE(obj);
     }
     else if (PyLong_CheckExact(obj)) {
-        size += _PyLong_NumBits(obj) / 8;
+        size = _PyLong_NumBits(obj) / 8;
     }
     else if (PyTuple_CheckExact(obj)) {
         if (depth > 8) {
@@ -87,7 +96,28 @@ approx_size(PyObject *obj, int depth)
             }
         }
     }
+    else {
+        size = (size_t)Py_TYPE(obj)->tp_basicsize;
+    }
     return size;
+}
+
+/* Whether `obj` rebuilds as the very object all interpreters share (the
+ * empty str, bytes and tuple, the one-byte bytes): nothing to track, and a
+ * receiver would otherwise keep it, immortal, under several serials. */
+static int
+process_singleton(PyObject *obj)
+{
+    if (PyBytes_CheckExact(obj)) {
+        return PyBytes_GET_SIZE(obj) <= 1;
+    }
+    if (PyUnicode_CheckExact(obj)) {
+        return PyUnicode_GET_LENGTH(obj) == 0;
+    }
+    if (PyTuple_CheckExact(obj)) {
+        return PyTuple_GET_SIZE(obj) == 0;
+    }
+    return 0;
 }
 
 tps_identity *
@@ -141,11 +171,16 @@ ring_pop(tps_identity *id)
 int
 tps_identity_tag(tps_identity *id, TpShare_Record *rec, PyObject *obj)
 {
+    assert(tps_thread_state() != NULL);
+    assert(rec->serial == 0 && (rec->flags & TPS_REC_IMMUTABLE));
     int found;
     void *serial = ptrmap_get(&id->sent, obj, &found);
     if (!found) {
+        if (process_singleton(obj)) {
+            return 0;
+        }
         size_t size = approx_size(obj, 0);
-        if (size > OBJ_MAX) {
+        if (size >= OBJ_MAX) {
             return 0;   /* too big to keep alive for identity */
         }
         while (id->ring_count == RING_MAX
@@ -153,6 +188,7 @@ tps_identity_tag(tps_identity *id, TpShare_Record *rec, PyObject *obj)
         {
             ring_pop(id);
         }
+        assert(id->ring_count < RING_MAX);
         serial = KEY(atomic_fetch_add(&next_serial, 1));
         if (ptrmap_set(&id->sent, obj, serial) < 0) {
             PyErr_NoMemory();
@@ -172,29 +208,57 @@ tps_identity_tag(tps_identity *id, TpShare_Record *rec, PyObject *obj)
 PyObject *
 tps_identity_lookup(tps_identity *id, TpShare_Record *rec)
 {
+    assert(tps_thread_state() != NULL && rec->serial != 0);
     int found;
     received *r = ptrmap_get(&id->byserial, KEY(rec->serial), &found);
     return found ? Py_NewRef(r->obj) : NULL;
 }
 
-/* Evict what only the cache still holds. */
+/* Slots of the receiver's table one sweep looks at.  Walking the whole
+ * table would be the cost of every message while the receiver holds more
+ * tracked objects than the table takes; a step bounds it, and a table of
+ * objects the receiver let go of still frees room for the next one at
+ * once. */
+#define SWEEP_STEP 512
+
+/* Evict what only the cache still holds, in the next SWEEP_STEP slots
+ * (round-robin over the table). */
 static void
 sweep(tps_identity *id)
 {
-    PTRMAP_FOREACH(&id->byserial, s) {
-        received *r = s->value;
-        if (Py_REFCNT(r->obj) == 1) {
-            s->key = PTRMAP_TOMBSTONE;
-            s->value = NULL;
-            id->byserial.used--;
-            forget_received(id, r);
-        }
+    ptrmap *m = &id->byserial;
+    if (m->slots == NULL) {
+        return;
     }
+    size_t i = id->sweep_at & m->mask;
+    for (size_t n = 0; n < SWEEP_STEP && n <= m->mask; n++) {
+        ptrslot *s = &m->slots[i];
+        if (s->key != NULL && s->key != PTRMAP_TOMBSTONE) {
+            received *r = s->value;
+            if (Py_REFCNT(r->obj) == 1) {
+                s->key = PTRMAP_TOMBSTONE;
+                s->value = NULL;
+                m->used--;
+                forget_received(id, r);
+            }
+        }
+        i = (i + 1) & m->mask;
+    }
+    id->sweep_at = i;
 }
 
 void
 tps_identity_remember(tps_identity *id, TpShare_Record *rec, PyObject *obj)
 {
+    assert(tps_thread_state() != NULL && rec->serial != 0);
+    int found;
+    (void)ptrmap_get(&id->byobj, obj, &found);
+    if (found) {
+        /* A rebuild hook that hands out cached objects gave one already
+         * remembered for another serial: one entry per object, so that
+         * forgetting one serial cannot drop the other's entry. */
+        return;
+    }
     size_t size = approx_size(obj, 0);
     if (id->byserial.used >= RECV_MAX
         || id->recv_bytes + size > RECV_BYTES)

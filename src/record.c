@@ -15,6 +15,13 @@
  * nested is owner-bound (a record is owner-bound when its own data or any
  * nested record is: it must then be freed in its owner, D4).
  *
+ * Identity across messages.  A channel with identity on passes its
+ * interpreter's identity table (identity.c) to the share and the rebuild
+ * of each message; then every record of a value that can never change,
+ * at any depth, carries the serial of the object it was made from, and
+ * the receiver looks each one up before rebuilding it: an object is the
+ * same object wherever it sits in the messages it travels in.
+ *
  * Release.  When the last holder lets go, a neutral record is freed where
  * it is; an owner-bound one is freed at once if the current interpreter
  * is its owner, and otherwise queued on the owner's release list
@@ -52,15 +59,17 @@ typedef struct frame {
 typedef struct {
     int depth;
     int any_bound;       /* a record finished at this level is bound */
-    int any_mutable;     /* ... or may change (not TPSHARE_IMMUTABLE) */
+    int any_mutable;     /* ... or not TPS_REC_IMMUTABLE */
     int64_t owner;       /* the sharing interpreter, set at top level */
     frame *top;
     ptrmap memo;         /* obj -> record (holds a record reference) */
+    tps_identity *identity;  /* tags records of the message, or NULL */
 } share_ctx;
 
 typedef struct {
     int depth;
     ptrmap memo;         /* record -> object (holds a new reference) */
+    tps_identity *identity;  /* looks tagged records up, or NULL */
 } rebuild_ctx;
 
 static TPS_TLS share_ctx sctx;
@@ -628,31 +637,32 @@ record_discard(TpShare_Record *rec)
 }
 
 static TpShare_Record *share_entry(PyObject *obj, tps_entry *entry,
-                                   int64_t owner);
+                                   int64_t owner, tps_identity *id);
 
 TpShare_Record *
 tps_share(PyObject *obj)
 {
-    return share_entry(obj, NULL, -1);
+    return share_entry(obj, NULL, -1, NULL);
 }
 
 TpShare_Record *
 tps_share_with(PyObject *obj, tps_entry *entry)
 {
-    return share_entry(obj, entry, -1);
+    return share_entry(obj, entry, -1, NULL);
 }
 
 TpShare_Record *
-tps_share_in(PyObject *obj, int64_t owner)
+tps_share_in(PyObject *obj, int64_t owner, tps_identity *id)
 {
-    return share_entry(obj, NULL, owner);
+    return share_entry(obj, NULL, owner, id);
 }
 
 /* Share `obj` with `entry`, or with the registry's entry for its type when
  * `entry` is NULL.  `owner` is the current interpreter's ID when the
- * caller knows it, else -1. */
+ * caller knows it, else -1.  `id` (top level only; nested calls use the
+ * message's) tags the message's records for identity, or is NULL. */
 static TpShare_Record *
-share_entry(PyObject *obj, tps_entry *entry, int64_t owner)
+share_entry(PyObject *obj, tps_entry *entry, int64_t owner, tps_identity *id)
 {
     int top_level = sctx.depth == 0;
     TpShare_Record *rec = NULL;
@@ -660,6 +670,11 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner)
     if (obj == NULL) {
         PyErr_SetString(PyExc_SystemError, "Share() of NULL");
         return NULL;
+    }
+    if (top_level) {
+        /* A message starts with a clean context; `done` cleans it up. */
+        assert(sctx.identity == NULL && sctx.top == NULL);
+        sctx.identity = id;
     }
     int memoize = !top_level && !tps_rebuilds_identical(obj);
     if (memoize) {
@@ -709,8 +724,15 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner)
     sctx.top = f.up;
     int bound = sctx.any_bound || rec->data.obj != NULL
                 || (rec->data.flags & TPSHARE_DATA_OWNER_BOUND);
-    int mutable = sctx.any_mutable || bound
-                  || !(entry->hooks.flags & TPSHARE_IMMUTABLE);
+    /* Immutable: a receiver may keep what it rebuilt for as long as it
+     * likes (identity).  So the value never changes, and its rebuild holds
+     * nothing of the owner's: an owner-bound record qualifies only when
+     * its hooks copy (large bytes: the receiver copies them out of the
+     * sender's object), never when the rebuild is a view of the owner's
+     * memory, which a kept object would pin. */
+    int mutable = sctx.any_mutable
+                  || !(entry->hooks.flags & TPSHARE_IMMUTABLE)
+                  || (bound && !(entry->hooks.flags & TPSHARE_COPIES));
     sctx.any_bound = saved_bound | bound;
     sctx.any_mutable = saved_mutable | mutable;
     if (!mutable) {
@@ -754,6 +776,16 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner)
         tps_interp_incref(st);
         tps_interp_export_add(st, 1);
     }
+    /* Tag before memoizing: a second occurrence in this message reuses
+     * the record, serial included. */
+    if (sctx.identity != NULL && !mutable
+        && (memoize || (top_level && !tps_rebuilds_identical(obj)))
+        && tps_identity_tag(sctx.identity, rec, obj) < 0)
+    {
+        tps_record_release(rec);
+        rec = NULL;
+        goto done;
+    }
     if (memoize && ptrmap_set(&sctx.memo, obj, rec) == 0) {
         /* Without memory for the memo the object is simply shared again
          * if met again: identity is lost, nothing else. */
@@ -763,6 +795,7 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner)
 done:
     if (top_level) {
         share_memo_clear();
+        sctx.identity = NULL;
     }
     return rec;
 }
@@ -786,6 +819,14 @@ tps_rebuild(TpShare_Record *rec)
         res = ptrmap_get(&rctx.memo, rec, &found);
         if (found) {
             return Py_NewRef(res);
+        }
+    }
+    if (rec->serial != 0 && rctx.identity != NULL) {
+        /* Sent before (in this message or an earlier one, at any depth):
+         * the object rebuilt then, while this interpreter holds it. */
+        res = tps_identity_lookup(rctx.identity, rec);
+        if (res != NULL) {
+            goto done;
         }
     }
     tps_entry *local = tps_registry_find_for_rebuild(rec->entry);
@@ -830,6 +871,9 @@ tps_rebuild(TpShare_Record *rec)
         Py_CLEAR(res);
         goto done;
     }
+    if (rec->serial != 0 && rctx.identity != NULL) {
+        tps_identity_remember(rctx.identity, rec, res);
+    }
     if (!top_level && (rec->flags & TPS_REC_DUP)
         && ptrmap_set(&rctx.memo, rec, res) == 0)
     {
@@ -840,6 +884,18 @@ done:
     if (top_level) {
         rebuild_memo_clear();
     }
+    return res;
+}
+
+PyObject *
+tps_rebuild_with_identity(TpShare_Record *rec, tps_identity *id)
+{
+    /* Saved and restored rather than cleared: a rebuild hook may receive
+     * from another channel while this one rebuilds. */
+    tps_identity *saved = rctx.identity;
+    rctx.identity = id;
+    PyObject *res = tps_rebuild(rec);
+    rctx.identity = saved;
     return res;
 }
 

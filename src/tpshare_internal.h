@@ -221,7 +221,9 @@ PyObject *tps_interp_stats(void);
 
 #define TPS_REC_BOUND 0x1u   /* this record or a nested one is owner-bound */
 #define TPS_REC_DUP   0x2u   /* referenced twice inside one message */
-#define TPS_REC_IMMUTABLE 0x4u  /* the whole value can never change */
+#define TPS_REC_IMMUTABLE 0x4u  /* the whole value can never change and
+                                   its rebuild holds nothing of the owner's:
+                                   a receiver may keep it (identity) */
 #define TPS_REC_SMALL 0x8u   /* data.ptr is a small block (tps_small_alloc) */
 #define TPS_REC_TAIL 0x10u   /* data.ptr is the line after the record */
 #define TPS_REC_LONG 0x20u   /* the record's block has that line */
@@ -240,9 +242,9 @@ struct TpShare_Record {
     TpShare_Record *next_release;
     /* Held; told when the record is freed (MemChannel.send's tracker). */
     struct tps_tracker *tracker;
-    /* Identity across messages (identity.c): nonzero serial of the sent
-     * object while its sender keeps it in its identity ring, and the
-     * sender's id() of it. */
+    /* Identity across messages (identity.c): nonzero serial of the
+     * object the record was made from (at any depth of a message sent
+     * through a channel with identity on), and the sender's id() of it. */
     uint64_t serial;
     uintptr_t origin;
     TpShare_Data data;
@@ -295,15 +297,26 @@ void *tps_small_alloc(TpShare_Data *data, Py_ssize_t n);
  * and not yet given back. */
 void tps_block_counts(long long *two, long long *three);
 
+struct tps_identity;
+
 /* Share `obj` (borrowed) into a new record (one reference for the
  * caller).  NULL with an exception on failure; nothing kept. */
 TpShare_Record *tps_share(PyObject *obj);
 /* The same with the given registration instead of the registry's. */
 TpShare_Record *tps_share_with(PyObject *obj, tps_entry *entry);
-/* tps_share() when the caller knows the current interpreter's ID. */
-TpShare_Record *tps_share_in(PyObject *obj, int64_t owner);
-/* New reference or NULL with an exception. */
+/* tps_share() when the caller knows the current interpreter's ID; with
+ * `id` (the current interpreter's identity table, or NULL) every record
+ * of the message made from an immutable object is tagged with its serial
+ * (a channel with identity on). */
+TpShare_Record *tps_share_in(PyObject *obj, int64_t owner,
+                             struct tps_identity *id);
+/* New reference or NULL with an exception.  `rec` borrowed. */
 PyObject *tps_rebuild(TpShare_Record *rec);
+/* tps_rebuild() that first looks every tagged record of the message up in
+ * `id` (the current interpreter's identity table), and remembers what it
+ * rebuilds for them.  New reference or NULL with an exception. */
+PyObject *tps_rebuild_with_identity(TpShare_Record *rec,
+                                    struct tps_identity *id);
 void tps_record_incref(TpShare_Record *rec);
 void tps_record_release(TpShare_Record *rec);
 /* Free a record whose refcount is zero, in the current interpreter (the
@@ -393,8 +406,9 @@ int tps_channel_send(tps_channel *ch, TpShare_Record *const *recs,
  * 0 or TPS_ERR_*. */
 int tps_channel_recv(tps_channel *ch, TpShare_Record **out, Py_ssize_t max,
                      Py_ssize_t *got, int64_t timeout_ns);
-/* Put records taken by recv back at the head, in order (the receiver
- * could not rebuild them).  0 or TPS_ERR_NOMEM (caller keeps them). */
+/* Put records taken by recv back at the head, in order (a receiver that
+ * took a batch and stopped at an item it could not rebuild gives back
+ * those behind it).  0 or TPS_ERR_NOMEM (caller keeps them). */
 int tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
                        Py_ssize_t n);
 void tps_channels_forget_interp(int64_t interp);
@@ -426,14 +440,16 @@ typedef struct tps_identity tps_identity;
 tps_identity *tps_identity_new(void);
 /* Drop every reference (with the GIL of the interpreter it belongs to). */
 void tps_identity_free(tps_identity *id);
-/* Sender: tag `rec` (immutable, top level) with the serial of `obj`
- * (borrowed; kept alive by the sender's bounded ring).  0 or -1 with
- * MemoryError. */
+/* Sender: tag `rec` (TPS_REC_IMMUTABLE, at any depth of a message, not
+ * yet tagged) with the serial of `obj` (borrowed; kept alive by the
+ * sender's bounded ring), unless obj is too big to track or rebuilds as
+ * itself anyway.  0 or -1 with MemoryError.  With the GIL. */
 int tps_identity_tag(tps_identity *id, TpShare_Record *rec, PyObject *obj);
 /* Receiver: the object already rebuilt here for rec's serial (new
  * reference), or NULL without an exception. */
 PyObject *tps_identity_lookup(tps_identity *id, TpShare_Record *rec);
-/* Receiver: remember `obj` (borrowed) as the rebuild of rec. */
+/* Receiver: remember `obj` (borrowed) as the rebuild of rec (tagged); a
+ * no-op when the tables are full of objects the receiver still holds. */
 void tps_identity_remember(tps_identity *id, TpShare_Record *rec,
                            PyObject *obj);
 /* The sender's id() of a received object, or -1 if unknown. */

@@ -230,12 +230,15 @@ def test_a_batch_larger_than_the_capacity_enters_an_empty_channel():
     assert ch.recv_many(10) == [1, 2, 3, 4]
 
 
-def test_unrebuildable_item_stays_queued(sub):
+def test_unrebuildable_item_is_consumed_and_raises_once(sub):
+    """A receiver without the registration gets LookupError once; the
+    item is gone (released in its owner) and the next one arrives."""
     import tpshare_testext as ext
 
     ch = tpshare.Channel()
     sub.put("ch", ch)
-    ch.send(ext.Matrix(1, 1, [2.0]))
+    # Owner-bound (the large bytes): released through the sender's list.
+    ch.send((bytes(8192), ext.Matrix(1, 1, [2.0])))
     ch.send("next")
     sub.run(
         """
@@ -246,9 +249,14 @@ def test_unrebuildable_item_stays_queued(sub):
         """
     )
     assert sub.eval("failed") == "True"
-    assert ch.qsize() == 2  # nothing lost
-    sub.run("import tpshare_testext; m = ch.recv(); n = ch.recv()")
-    assert sub.eval("(m.tolist(), n)") == "([[2.0]], 'next')"
+    assert ch.qsize() == 1
+    sub.run("n = ch.recv()")
+    assert sub.eval("n") == "'next'"
+    sub.run("import tpshare_testext as ext; ch.send(ext.Matrix(1, 1, [3.0]))")
+    sub.run("m = ch.recv()")  # with the registration it rebuilds
+    assert sub.eval("m.tolist()") == "[[3.0]]"
+    tpshare.drain()
+    assert tpshare.stats()[tpshare.interpreter_id()]["exports"] == 0
 
 
 def test_ctrl_c_interrupts_a_blocked_recv_promptly():

@@ -228,3 +228,263 @@ def test_not_shareable_leaves_the_object_untouched():
         ch.send(t)
     assert (sys.getrefcount(lst), sys.getrefcount(t)) == before
     assert ch.qsize() == 0 and lst == [1, 2]
+
+
+# --- An item that cannot be rebuilt: consumed, its error raised once. ---
+
+REBUILDS = []
+
+
+def _rebuild_poison(tag, exc_type, pad):
+    REBUILDS.append(tag)
+    raise exc_type("poison " + tag)
+
+
+class Poison:
+    """Pickles fine; unpickling it counts the call, then raises exc_type.
+    Its pickle is large enough to be shared owner-bound, so that a record
+    left unreleased shows in the sender's exports."""
+
+    def __init__(self, tag, exc_type=RuntimeError):
+        self.tag, self.exc_type = tag, exc_type
+
+    def __reduce__(self):
+        return (_rebuild_poison, (self.tag, self.exc_type, b"p" * 8192))
+
+
+class Grab(Exception):
+    """An exception the test can reach after recv_many() kept it."""
+
+    caught = []
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        Grab.caught.append(self)
+
+
+@pytest.fixture
+def rebuilds():
+    REBUILDS.clear()
+    yield REBUILDS
+    REBUILDS.clear()
+
+
+def exports():
+    gc.collect()
+    tpshare.drain()
+    return tpshare.stats()[tpshare.interpreter_id()]["exports"]
+
+
+def test_recv_consumes_an_item_it_cannot_rebuild(rebuilds):
+    ch = tpshare.Channel(fallback="pickle")
+    ch.send("before")
+    ch.send(Poison("recv"))
+    ch.send("after")
+    assert exports() == 1  # the poison item's record
+    assert ch.recv() == "before"
+    with pytest.raises(RuntimeError, match="poison recv"):
+        ch.recv()
+    assert exports() == 0  # released at once
+    assert ch.recv(timeout=0) == "after"
+    assert rebuilds == ["recv"]  # the unpickler ran once
+    assert ch.qsize() == 0 and ch.stats()["received"] == 3
+    # A rebuild hook that raises (a registered type) is no different.
+    ch.send_many([ext.BadRebuildRaise(), "next"])
+    with pytest.raises(RuntimeError, match="cannot rebuild"):
+        ch.recv()
+    assert ch.recv(timeout=0) == "next"
+
+
+def test_queue_get_consumes_an_item_it_cannot_rebuild(rebuilds):
+    q = tpshare.Queue()
+    q.put(1)
+    q.put(Poison("get"))
+    q.put(2)
+    assert q.get() == 1
+    with pytest.raises(RuntimeError, match="poison get"):
+        q.get()
+    assert q.get_nowait() == 2
+    assert rebuilds == ["get"]
+    assert q.empty() and exports() == 0
+
+
+def test_recv_many_returns_what_precedes_an_item_it_cannot_rebuild(rebuilds):
+    """The items before it are returned; its error is raised by the next
+    receive on the handle; the items behind it go back to the head of the
+    channel, in order, for any receiver."""
+    ch = tpshare.Channel(fallback="pickle")
+    ch.send_many(["a", "b", Poison("many"), "c", "d", "e"])
+    assert ch.recv_many(10) == ["a", "b"]
+    assert rebuilds == ["many"]
+    assert ch.qsize() == 3 and exports() == 0
+    other = tpshare.Channel.from_id(ch.id)  # another handle: no error
+    assert other.recv(timeout=0) == "c"
+    with pytest.raises(RuntimeError, match="poison many"):
+        ch.recv_many(10)  # raised once, nothing taken
+    assert ch.qsize() == 2
+    assert ch.recv_many(10) == ["d", "e"]
+    assert rebuilds == ["many"]
+    # First in the batch: raised at once, the rest stay queued.
+    ch.send_many([Poison("first"), "f", "g"])
+    with pytest.raises(RuntimeError, match="poison first"):
+        ch.recv_many(10)
+    assert ch.qsize() == 2
+    assert ch.recv() == "f"  # recv() after recv_many(), same handle
+    # The error left by recv_many() is raised by recv() too.
+    ch.send_many(["h", Poison("then recv"), "i"])
+    assert ch.recv_many(10) == ["g", "h"]
+    with pytest.raises(RuntimeError, match="poison then recv"):
+        ch.recv()
+    assert ch.recv() == "i"
+    assert rebuilds == ["many", "first", "then recv"]
+    assert ch.stats()["received"] == ch.stats()["sent"] == 12
+
+
+def test_recv_many_does_not_swallow_a_keyboard_interrupt(rebuilds):
+    ch = tpshare.Channel(fallback="pickle")
+    ch.send_many(["a", Poison("ki", KeyboardInterrupt), "b"])
+    assert ch.recv_many(10) == ["a"]
+    with pytest.raises(KeyboardInterrupt, match="poison ki"):
+        ch.recv_many(10)
+    assert rebuilds == ["ki"]  # raised once, not rebuilt again
+    assert ch.recv_many(10) == ["b"]
+    ch.send_many([Poison("ki first", KeyboardInterrupt), "c"])
+    with pytest.raises(KeyboardInterrupt, match="poison ki first"):
+        ch.recv_many(10)
+    assert ch.recv_many(10) == ["c"]
+    assert rebuilds == ["ki", "ki first"]
+    assert exports() == 0
+
+
+def test_an_error_left_on_a_dropped_handle_is_reported(rebuilds, monkeypatch):
+    """Never silently lost: a handle that dies with an error pending
+    passes it to sys.unraisablehook, also when it dies in a cycle with
+    that error."""
+    import sys
+
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    ch = tpshare.Channel(fallback="pickle")
+    ch.send_many(["a", Poison("dropped")])
+    assert ch.recv_many(10) == ["a"]
+    del ch
+    assert [str(u.exc_value) for u in seen] == ["poison dropped"]
+
+    ch = tpshare.Channel(fallback="pickle")
+    ch.send_many(["b", Poison("cycle", Grab)])
+    assert ch.recv_many(10) == ["b"]
+    Grab.caught.pop().handle = ch  # handle -> error -> handle
+    del ch
+    gc.collect()
+    assert [str(u.exc_value) for u in seen] == ["poison dropped",
+                                                 "poison cycle"]
+
+
+# --- Identity at the bytes threshold, and at any depth of a message. ---
+
+
+@pytest.mark.parametrize("n", [4095, 4096, 64 * 1024 - 1])
+def test_identity_holds_for_bytes_below_64_kib(sub, n):
+    """Copied (below 4 KiB) or shared owner-bound (from 4 KiB), the same
+    bytes object arrives as one object, alone or inside tuples."""
+    ch = tpshare.Channel(identity=True)
+    sub.put("ch", ch)
+    b = bytes(range(256)) * (n // 256) + b"z" * (n % 256)
+    assert len(b) == n
+    ch.send(b)
+    ch.send(b)
+    ch.send((b, 1))
+    ch.send(((b, 2), b))
+    sub.run("x = ch.recv(); y = ch.recv(); t = ch.recv(); u = ch.recv()")
+    assert sub.eval("(len(x), x is y, t[0] is x, u[0][0] is x, u[1] is x)") \
+        == f"({n}, True, True, True, True)"
+    assert sub.eval("tpshare.origin_id(x)") == str(id(b))
+    del b
+    sub.run("del x, y, t, u")
+    assert exports() == 0
+
+
+def test_identity_stops_at_64_kib():
+    """The documented bound: data of 64 KiB or more is not tracked."""
+    ch = tpshare.Channel(identity=True)
+    b = bytes(64 * 1024)
+    ch.send(b)
+    ch.send(b)
+    x, y = ch.recv(), ch.recv()
+    assert x == y and x is not y
+    t = (bytes(64 * 1024 - 1),)  # the tuple is over, its item is not
+    ch.send(t)
+    ch.send(t)
+    x, y = ch.recv(), ch.recv()
+    assert x == y and x is not y and x[0] is y[0]
+
+
+def test_identity_holds_at_any_depth_of_a_message(sub):
+    ch = tpshare.Channel(identity=True)
+    sub.put("ch", ch)
+    sub.run("import tpshare_testext")
+    s = "nested first" * 5
+    ch.send((s, s))
+    ch.send(s)
+    r = "alone first" * 5
+    ch.send(r)
+    ch.send((r, 1))
+    ch.send(ext.Pair(r, 2))  # inside a registered (mutable) type too
+    inner = ("inner", 2**70, b"i" * 5000)
+    outer = ((inner, 1), inner)
+    ch.send(outer)
+    ch.send(inner)
+    ch.send((inner,))
+    ch.send(outer)
+    sub.run(
+        "a = ch.recv(); b = ch.recv(); c = ch.recv(); d = ch.recv(); "
+        "p = ch.recv(); o = ch.recv(); i = ch.recv(); w = ch.recv(); "
+        "o2 = ch.recv()"
+    )
+    assert sub.eval("(a[0] is a[1] is b, d[0] is c, p.a is c)") \
+        == "(True, True, True)"
+    assert sub.eval("(o[0][0] is o[1] is i is w[0], o2 is o)") \
+        == "(True, True)"
+    assert sub.eval("tpshare.origin_id(b)") == str(id(s))
+    assert sub.eval("tpshare.origin_id(o[1])") == str(id(inner))
+    assert sub.eval("tpshare.origin_id(i[1])") == str(id(inner[1]))
+
+
+def test_nested_identity_is_never_stale_after_address_reuse(sub):
+    """As test_identity_is_never_stale_after_address_reuse, with the
+    objects inside tuples."""
+    ch = tpshare.Channel(identity=True)
+    sub.put("ch", ch)
+    reused = 0
+    for round_ in range(20):
+        obj = ("round", round_, 2**100 + round_)
+        addr = id(obj)
+        ch.send((obj, 0))
+        ch.send((1, obj))
+        sub.run("held = ch.recv()[0]; again = ch.recv()[1]")
+        assert sub.eval("again is held") == "True"  # tracked while held
+        ch.send_many([("filler", i, 0) for i in range(1100)])
+        sub.run("ch.recv_many(2000)")
+        del obj
+        new = ("new!!", round_, 2**100 - round_)
+        reused += id(new) == addr
+        ch.send((1, new))
+        sub.run("fresh = ch.recv()[1]")
+        assert sub.eval("fresh") == repr(new)
+        assert sub.eval("fresh is held") == "False"
+    assert reused > 0, "the test never reproduced an address reuse"
+
+
+def test_identity_resumes_once_the_receiver_lets_go():
+    """A receiver holding more tracked objects than its table takes gets
+    no identity for new ones; once it lets go, identity works again."""
+    ch = tpshare.Channel(identity=True)
+    held = []
+    for i in range(5000):
+        ch.send(("held", i + 0.5))
+        held.append(ch.recv())
+    t = ("after", 2**80)
+    del held
+    ch.send(t)
+    ch.send(t)
+    assert ch.recv() is ch.recv()
