@@ -246,6 +246,19 @@ mod_block_counts(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
     return Py_BuildValue("(LL)", two, three);
 }
 
+PyDoc_STRVAR(block_cached_doc,
+"_block_cached()\n--\n\n(two, three): of _block_counts(), the blocks cached "
+"for reuse in the\nprocess-wide depots and the calling thread's magazines "
+"(for tests:\nthe difference is in use, or cached by other threads).");
+
+static PyObject *
+mod_block_cached(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
+{
+    long long two, three;
+    tps_block_cached(&two, &three);
+    return Py_BuildValue("(LL)", two, three);
+}
+
 PyDoc_STRVAR(interpreter_id_doc,
 "interpreter_id()\n--\n\nThe ID of the current interpreter.");
 
@@ -534,6 +547,7 @@ static PyMethodDef module_methods[] = {
     {"_wake_floor", _PyCFunction_CAST(mod_wake_floor), METH_FASTCALL,
      wake_floor_doc},
     {"_block_counts", mod_block_counts, METH_NOARGS, block_counts_doc},
+    {"_block_cached", mod_block_cached, METH_NOARGS, block_cached_doc},
     {"_line_round_trip", mod_line_round_trip, METH_O, line_round_trip_doc},
     {NULL},
 };

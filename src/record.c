@@ -166,8 +166,11 @@ region_take(depot *d)
             d->region_failed = 1;
         }
         else {
+            /* The region holds whole blocks only: 32 MiB is not a
+             * multiple of three lines, and a block carved from its last
+             * two lines would have its third line past the mapping. */
             d->region = d->region_next = r;
-            d->region_end = d->region + REGION_SIZE;
+            d->region_end = d->region + REGION_SIZE / d->size * d->size;
         }
     }
     void *p = d->region_free;
@@ -175,10 +178,15 @@ region_take(depot *d)
         BLOCK_UNPOISON(p, d->size);
         d->region_free = *(void **)p;
     }
-    else if (d->region != NULL && d->region_next < d->region_end) {
+    else if (d->region != NULL
+             && (size_t)(d->region_end - d->region_next) >= d->size)
+    {
         p = d->region_next;
         d->region_next += d->size;
     }
+    assert(p == NULL || (in_region(d, p)
+                         && (char *)p + d->size <= d->region_end
+                         && ((char *)p - d->region) % d->size == 0));
     return p;
 }
 
@@ -459,6 +467,28 @@ tps_block_counts(long long *two, long long *three)
 {
     *two = atomic_load(&depots[K_TWO].live);
     *three = atomic_load(&depots[K_THREE].live);
+}
+
+/* Of those, the blocks kept for reuse in the depots and in the calling
+ * thread's magazines, per kind, for tests (the difference is what is in
+ * use, or cached by other threads). */
+void
+tps_block_cached(long long *two, long long *three)
+{
+    long long n[NKINDS] = {0};
+    for (int k = 0; k < NKINDS; k++) {
+        depot *d = &depots[k];
+        pthread_mutex_lock(&d->mutex);
+        for (magazine *m = d->full; m != NULL; m = m->next) {
+            n[k] += m->n;
+        }
+        pthread_mutex_unlock(&d->mutex);
+        if (my_cache != NULL) {
+            n[k] += my_cache->loaded[k]->n + my_cache->prev[k]->n;
+        }
+    }
+    *two = n[K_TWO];
+    *three = n[K_THREE];
 }
 
 /* Whether sharing `obj` (borrowed) copies 17 to 64 bytes (a str or bytes

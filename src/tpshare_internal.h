@@ -294,6 +294,9 @@ void *tps_small_alloc(TpShare_Data *data, Py_ssize_t n);
 /* Two- and three-line blocks (records, small copies) taken from memory
  * and not yet given back. */
 void tps_block_counts(long long *two, long long *three);
+/* Of those, the blocks cached in the depots and the calling thread's
+ * magazines (the rest are in use or cached by other threads). */
+void tps_block_cached(long long *two, long long *three);
 
 /* Share `obj` (borrowed) into a new record (one reference for the
  * caller).  NULL with an exception on failure; nothing kept. */
