@@ -259,6 +259,17 @@ mod_block_cached(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
     return Py_BuildValue("(LL)", two, three);
 }
 
+PyDoc_STRVAR(memo_tables_doc,
+"_memo_tables()\n--\n\nThe tables of the per-thread identity memos "
+"(of sharing and\nrebuilding nested values) allocated in the process and "
+"not yet\nfreed (for tests).");
+
+static PyObject *
+mod_memo_tables(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
+{
+    return PyLong_FromLong(tps_memo_tables());
+}
+
 PyDoc_STRVAR(interpreter_id_doc,
 "interpreter_id()\n--\n\nThe ID of the current interpreter.");
 
@@ -548,6 +559,7 @@ static PyMethodDef module_methods[] = {
      wake_floor_doc},
     {"_block_counts", mod_block_counts, METH_NOARGS, block_counts_doc},
     {"_block_cached", mod_block_cached, METH_NOARGS, block_cached_doc},
+    {"_memo_tables", mod_memo_tables, METH_NOARGS, memo_tables_doc},
     {"_line_round_trip", mod_line_round_trip, METH_O, line_round_trip_doc},
     {NULL},
 };

@@ -514,15 +514,90 @@ wants_tail(PyObject *obj)
 /* Memos keep their table between messages unless it grew large. */
 #define MEMO_KEEP_SLOTS 256
 
+/* Memo tables allocated and not yet freed, in all threads, for tests. */
+static atomic_long memo_tables;
+
+long
+tps_memo_tables(void)
+{
+    return atomic_load(&memo_tables);
+}
+
+/* A thread keeps its memos' tables only once a thread-specific key's
+ * destructor will free them when it exits (as its block cache); without
+ * the key a table is freed after each message. */
+static TPS_TLS int memo_kept;
+static pthread_key_t memo_key;
+static int memo_key_ok;
+static pthread_once_t memo_once = PTHREAD_ONCE_INIT;
+
+/* Free a memo's table (it holds no reference any more). */
+static void
+memo_free(ptrmap *m)
+{
+    assert(m->used == 0);
+    if (m->slots != NULL) {
+        atomic_fetch_sub_explicit(&memo_tables, 1, memory_order_relaxed);
+    }
+    ptrmap_clear(m);
+}
+
+/* At thread exit: an exiting thread shares and rebuilds nothing, so its
+ * memos hold no reference, only their tables. */
+static void
+memo_thread_exit(void *Py_UNUSED(arg))
+{
+    assert(sctx.depth == 0 && rctx.depth == 0);
+    memo_kept = 0;
+    memo_free(&sctx.memo);
+    memo_free(&rctx.memo);
+}
+
+static void
+memo_key_create(void)
+{
+    memo_key_ok = pthread_key_create(&memo_key, memo_thread_exit) == 0;
+}
+
+/* Whether the thread's tables will be freed at its exit: arranged on the
+ * first call in each thread. */
+static int
+memo_keep(void)
+{
+    if (!memo_kept) {
+        pthread_once(&memo_once, memo_key_create);
+        memo_kept = memo_key_ok
+                    && pthread_setspecific(memo_key, &memo_kept) == 0;
+    }
+    return memo_kept;
+}
+
+/* ptrmap_set() on one of the thread's memos, counting a new table.
+ * Returns 0, or -1 on memory failure. */
+static int
+memo_set(ptrmap *m, void *key, void *value)
+{
+    int fresh = m->slots == NULL;
+    if (ptrmap_set(m, key, value) < 0) {
+        return -1;
+    }
+    if (fresh) {
+        atomic_fetch_add_explicit(&memo_tables, 1, memory_order_relaxed);
+    }
+    return 0;
+}
+
+/* Empty a memo after a message (its references are dropped already). */
 static void
 memo_reset(ptrmap *m)
 {
-    if (m->slots != NULL && m->mask + 1 <= MEMO_KEEP_SLOTS) {
+    if (m->slots != NULL && m->mask + 1 <= MEMO_KEEP_SLOTS && memo_keep()) {
         memset(m->slots, 0, (m->mask + 1) * sizeof(ptrslot));
         m->used = m->filled = 0;
     }
     else {
-        ptrmap_clear(m);
+        m->used = 0;
+        memo_free(m);
     }
 }
 
@@ -784,7 +859,7 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner)
         tps_interp_incref(st);
         tps_interp_export_add(st, 1);
     }
-    if (memoize && ptrmap_set(&sctx.memo, obj, rec) == 0) {
+    if (memoize && memo_set(&sctx.memo, obj, rec) == 0) {
         /* Without memory for the memo the object is simply shared again
          * if met again: identity is lost, nothing else. */
         tps_record_incref(rec);
@@ -861,7 +936,7 @@ tps_rebuild(TpShare_Record *rec)
         goto done;
     }
     if (!top_level && (rec->flags & TPS_REC_DUP)
-        && ptrmap_set(&rctx.memo, rec, res) == 0)
+        && memo_set(&rctx.memo, rec, res) == 0)
     {
         Py_INCREF(res);
     }

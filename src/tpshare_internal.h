@@ -318,6 +318,9 @@ int tps_is_shareable(PyObject *obj);
 int tps_rebuilds_identical(PyObject *obj);
 /* For container hooks: the index of the item about to be shared. */
 void tps_share_set_index(Py_ssize_t index);
+/* The identity memos' tables allocated in all threads and not yet
+ * freed, for tests. */
+long tps_memo_tables(void);
 
 /* Hold `rec` on behalf of an object of the current interpreter; counted
  * as a remote holder when the current interpreter is not the owner. */

@@ -55,3 +55,43 @@ def test_blocks_past_the_regions_are_whole_and_all_come_back():
     r = run_child(EXHAUST_REGIONS, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK" in r.stdout
+
+
+# Short-lived threads that share and rebuild nested values (an item met
+# twice uses both identity memos) leave no memo table behind.
+THREAD_MEMOS = """
+    import threading
+    import time
+    import tpshare
+    from tpshare import _tpshare
+
+    inner = ("a" * 20, (1.5, b"x"))
+    value = (inner, inner, ("z", inner))
+
+    def work():
+        for _ in range(3):
+            got = tpshare.share(value).rebuild()
+            assert got == value and got[0] is got[1] is got[2][1]
+
+    base = _tpshare._memo_tables()
+    work()
+    kept = _tpshare._memo_tables()
+    # The thread keeps its two tables between messages.
+    assert kept == base + 2, (base, kept)
+    for _ in range(300):
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    # A thread's tables are freed just after join() returns on 3.12.
+    deadline = time.monotonic() + 20
+    while _tpshare._memo_tables() != kept and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _tpshare._memo_tables() == kept, (kept, _tpshare._memo_tables())
+    print("OK")
+"""
+
+
+def test_thread_memo_tables_are_freed_at_thread_exit():
+    r = run_child(THREAD_MEMOS)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout
