@@ -179,13 +179,14 @@ set_state_locked(worker *w, wstate state)
     tps_wlist_wake_all(&w->waiters);
 }
 
-/* Park the calling thread until the entry changes or `deadline_ns`
+/* Park the calling thread, whose waiter is `me` (set up by the caller
+ * while it held its GIL), until the entry changes or `deadline_ns`
  * passes.  Called with the table lock held and no GIL; returns with the
  * lock held and a TPS_PARK_* code.  Callers re-check in a loop. */
 static int
-park_locked(worker *w, int64_t deadline_ns)
+park_locked(worker *w, tps_waiter *me, int64_t deadline_ns)
 {
-    tps_waiter *me = tps_waiter_self();
+    assert(me != NULL && me == tps_waiter_self());
     tps_wnode node = {.waiter = me};
 
     tps_waiter_reset(me);
@@ -578,6 +579,12 @@ interp_start(PyObject *Py_UNUSED(module), PyObject *args)
         goto finally;
     }
 
+    /* The waiter first: once the thread runs, this must wait for it. */
+    tps_waiter *me = tps_waiter_self();
+    if (me == NULL) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto finally;
+    }
     int err = start_thread(w);
     if (err != 0) {
         errno = err;
@@ -590,7 +597,7 @@ interp_start(PyObject *Py_UNUSED(module), PyObject *args)
     PyThreadState *save = PyEval_SaveThread();
     pthread_mutex_lock(&workers.mutex);
     while (w->state == W_STARTING) {
-        park_locked(w, -1);
+        park_locked(w, me, -1);
     }
     wstate state = w->state;
     pthread_mutex_unlock(&workers.mutex);
@@ -754,6 +761,10 @@ interp_end(PyObject *Py_UNUSED(module), PyObject *args)
     {
         return NULL;
     }
+    tps_waiter *me = tps_waiter_self();
+    if (me == NULL) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
     worker *w = get_worker(idobj);
     if (w == NULL) {
         return NULL;
@@ -783,7 +794,7 @@ interp_end(PyObject *Py_UNUSED(module), PyObject *args)
         if (deadline >= 0 && tps_now_ns() >= deadline) {
             break;
         }
-        if (park_locked(w, deadline) == TPS_PARK_SIGNAL) {
+        if (park_locked(w, me, deadline) == TPS_PARK_SIGNAL) {
             pthread_mutex_unlock(&workers.mutex);
             PyEval_RestoreThread(save);
             if (PyErr_CheckSignals() < 0) {

@@ -270,6 +270,17 @@ mod_memo_tables(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
     return PyLong_FromLong(tps_memo_tables());
 }
 
+PyDoc_STRVAR(spin_window_doc,
+"_spin_window()\n--\n\nThe calling thread's adaptive spin window in ns: "
+"how long its next\nwait (channel, tracker) spins before it parks, "
+"learned from all its\nwaits (for tests).");
+
+static PyObject *
+mod_spin_window(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
+{
+    return PyLong_FromLongLong(tps_spin_window(-1));
+}
+
 PyDoc_STRVAR(interpreter_id_doc,
 "interpreter_id()\n--\n\nThe ID of the current interpreter.");
 
@@ -560,6 +571,7 @@ static PyMethodDef module_methods[] = {
     {"_block_counts", mod_block_counts, METH_NOARGS, block_counts_doc},
     {"_block_cached", mod_block_cached, METH_NOARGS, block_cached_doc},
     {"_memo_tables", mod_memo_tables, METH_NOARGS, memo_tables_doc},
+    {"_spin_window", mod_spin_window, METH_NOARGS, spin_window_doc},
     {"_line_round_trip", mod_line_round_trip, METH_O, line_round_trip_doc},
     {NULL},
 };

@@ -95,3 +95,31 @@ def test_thread_memo_tables_are_freed_at_thread_exit():
     r = run_child(THREAD_MEMOS)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK" in r.stdout
+
+
+def test_a_thread_has_one_spin_window_for_all_its_waits():
+    # The window a thread learns from its tracker waits (tracker.c) is the
+    # one every other wait of the thread reads (here module.c's).
+    import threading
+
+    import tpshare
+    from tpshare import _tpshare
+
+    mc = tpshare.MemChannel()
+    tracker = mc.send(bytearray(4))
+    seen = {}
+
+    def work():
+        seen["before"] = _tpshare._spin_window()
+        seen["released"] = tracker.wait(0.05)
+        seen["after"] = _tpshare._spin_window()
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    mc.recv().release()
+    assert seen["released"] is False
+    # A fresh thread's window is twice its starting average of 50 us; a
+    # wait of 50 ms (more than any window) makes the average grow.
+    assert seen["before"] == 100_000
+    assert seen["after"] > seen["before"], seen
