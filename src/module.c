@@ -391,12 +391,20 @@ mod_wake_floor(PyObject *Py_UNUSED(module), PyObject *const *args,
         return PyErr_NoMemory();
     }
     wake_floor_state w = {.stop = 0};
-    sem_init(&w.go, 0, 0);
-    sem_init(&w.done, 0, 0);
     pthread_t th;
-    int rc;
+    int made = 0;               /* semaphores initialized: go, then done */
+    int rc = sem_init(&w.go, 0, 0) == 0 ? 0 : errno;
+    if (rc == 0) {
+        made = 1;
+        rc = sem_init(&w.done, 0, 0) == 0 ? 0 : errno;
+    }
+    if (rc == 0) {
+        made = 2;
+    }
     Py_BEGIN_ALLOW_THREADS
-    rc = pthread_create(&th, NULL, wake_floor_waiter, &w);
+    if (rc == 0) {
+        rc = pthread_create(&th, NULL, wake_floor_waiter, &w);
+    }
     if (rc == 0) {
         struct timespec ts = {
             .tv_sec = (time_t)pause,
@@ -415,8 +423,12 @@ mod_wake_floor(PyObject *Py_UNUSED(module), PyObject *const *args,
         pthread_join(th, NULL);
     }
     Py_END_ALLOW_THREADS
-    sem_destroy(&w.go);
-    sem_destroy(&w.done);
+    if (made > 0) {
+        sem_destroy(&w.go);
+    }
+    if (made > 1) {
+        sem_destroy(&w.done);
+    }
     PyObject *res = NULL;
     if (rc != 0) {
         errno = rc;

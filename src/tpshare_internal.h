@@ -19,6 +19,7 @@
 #endif
 
 #include <Python.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -466,6 +467,10 @@ int tps_interpreters_init(PyObject *module);
 /* ---------------------------------------------------------------------
  * Small helpers.
  */
+
+/* Assert that a pthread mutex is held (where the caller's contract says
+ * it holds it: trylock then fails). */
+#define TPS_ASSERT_LOCKED(m) assert(pthread_mutex_trylock(m) == EBUSY)
 
 static inline int64_t
 tps_current_interp_id(void)

@@ -1,7 +1,8 @@
 """Memory safety of the block allocator, the per-thread state of sharing
-and parking, and the init calls behind them.  Each scenario runs in a
-child process: the counters it checks are process-wide, and a crash is a
-failed test."""
+and parking, and the init calls behind them.  Scenarios that check
+process-wide counters or may crash run in a child process."""
+
+import pytest
 
 from support import run_child
 
@@ -123,3 +124,108 @@ def test_a_thread_has_one_spin_window_for_all_its_waits():
     # wait of 50 ms (more than any window) makes the average grow.
     assert seen["before"] == 100_000
     assert seen["after"] > seen["before"], seen
+
+
+# ---------------------------------------------------------------------
+# Init calls that fail (tests/ext/faults.c, preloaded into a child).
+
+
+def run_with_faults(code):
+    import importlib.util
+    import os
+
+    lib = importlib.util.find_spec("tpshare_faults").origin
+    preload = os.environ.get("LD_PRELOAD")
+    return run_child(code, env={
+        "LD_PRELOAD": f"{preload}:{lib}" if preload else lib,
+    })
+
+
+def test_a_waiter_whose_semaphore_cannot_be_made_raises_oserror():
+    r = run_with_faults("""
+        import errno, os, threading
+        import tpshare
+        from tpshare import _tpshare
+
+        ch = tpshare.Channel()
+        mc = tpshare.MemChannel()
+        tracker = mc.send(bytearray(4))
+        os.environ["TPSHARE_TEST_FAIL"] = "sem_init"
+        for wait in (lambda: ch.recv(timeout=0.01),
+                     lambda: tracker.wait(0.01),
+                     lambda: _tpshare._wake_floor(1, 0.0)):
+            try:
+                wait()
+            except OSError as exc:
+                assert exc.errno == errno.EAGAIN, exc
+            else:
+                raise AssertionError("no OSError")
+        del os.environ["TPSHARE_TEST_FAIL"]
+        # Made at the next wait instead.
+        try:
+            ch.recv(timeout=0.01)
+        except tpshare.ChannelEmpty:
+            pass
+        assert tracker.wait(0.01) is False
+        assert len(_tpshare._wake_floor(1, 0.0)) == 1
+        mc.recv().release()
+        assert tracker.wait(5)
+        print("OK")
+    """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout
+
+
+@pytest.mark.parametrize("fail, exc", [
+    ("pthread_condattr_init=12", "MemoryError"),
+    ("pthread_condattr_setclock=22", "OSError"),
+    ("pthread_cond_init=11", "OSError"),
+    ("pthread_mutex_init=12", "MemoryError"),
+])
+def test_an_interpreter_state_that_cannot_be_made_raises(fail, exc):
+    # The interpreter's state is made when tpshare is imported in it.
+    r = run_with_faults(f"""
+        import errno, os
+        os.environ["TPSHARE_TEST_FAIL"] = "{fail}"
+        try:
+            import tpshare
+        except {exc} as exc:
+            assert type(exc) is MemoryError or exc.errno == {fail[-2:]}, exc
+            print("OK")
+        else:
+            raise AssertionError("imported")
+    """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout
+
+
+def test_without_thread_keys_nothing_is_kept_per_thread():
+    # Without a thread-specific key a thread could not free what it keeps
+    # at exit: it keeps nothing (blocks come from the depots, memo tables
+    # are freed after each message).
+    r = run_with_faults("""
+        import os, threading
+        os.environ["TPSHARE_TEST_FAIL"] = "pthread_key_create"
+        import tpshare
+        from tpshare import _tpshare
+
+        inner = ("a" * 20, b"b" * 100)
+        value = (inner, inner)
+
+        def work():
+            for _ in range(3):
+                got = tpshare.share(value).rebuild()
+                assert got == value and got[0] is got[1]
+                assert _tpshare._memo_tables() == 0
+
+        work()
+        threads = [threading.Thread(target=work) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert _tpshare._block_counts() == (0, 0), _tpshare._block_counts()
+        print("OK")
+    """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout
