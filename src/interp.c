@@ -281,8 +281,10 @@ drain_pending(void *Py_UNUSED(arg))
 {
     tps_interp *st = tps_interp_current();
     if (st == NULL) {
-        PyErr_Clear();
-        return 0;
+        /* Out of memory (or no exit hook): raised in the code the
+         * interpreter runs, as a failed pending call does, not dropped.
+         * The releases wait for its next entry into tpshare. */
+        return -1;
     }
     /* Cleared before the list is taken: a push that still sees the flag
      * set is drained below (both sides are sequentially consistent). */

@@ -233,6 +233,9 @@ take_error_text(void)
     if (lines != NULL && (sep = PyUnicode_FromString("")) != NULL) {
         text = PyUnicode_Join(sep, lines);
     }
+    /* The clears below drop only what formatting `exc` raised (nothing
+     * else is set: `exc` was taken above); the text then falls back to
+     * repr(), then to a fixed message, and `exc` is still reported. */
     if (text == NULL) {
         PyErr_Clear();
         text = PyObject_Repr(exc);
@@ -490,19 +493,21 @@ run_here(PyInterpreterState *interp, const char *code, char **error)
 
 /* End the interpreter of `w` (caller-thread mode) from the calling
  * thread, through its keeper.  No other thread runs in it: `running` is 0
- * and the entry W_ENDING.  Called with the caller's GIL; returns with it. */
-static void
+ * and the entry W_ENDING.  Called with the caller's GIL; returns with it.
+ * Returns 0 (also when other code destroyed it: its keeper went too), or
+ * -1 with an exception when it could not be looked up. */
+static int
 end_here(worker *w)
 {
-    if (_PyInterpreterState_LookUpID(w->id) == NULL) {
-        PyErr_Clear();   /* destroyed by other code: its keeper went too */
-        return;
+    if (tps_interp_lookup(w->id) == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
     }
     PyThreadState *caller = PyEval_SaveThread();
     PyEval_RestoreThread(w->keeper);
     Py_EndInterpreter(w->keeper);
     w->keeper = NULL;
     PyEval_RestoreThread(caller);
+    return 0;
 }
 
 /* ---------------------------------------------------------------------
@@ -661,13 +666,12 @@ interp_run(PyObject *Py_UNUSED(module), PyObject *args)
     /* Found while the caller's GIL is held (the lookup reports errors on
      * the current thread state); alive while `running` counts us. */
     int rc = -1;
-    PyInterpreterState *interp = _PyInterpreterState_LookUpID(w->id);
-    if (interp == NULL) {
-        PyErr_Clear();
-        error = raw_strdup("the interpreter was destroyed by other code");
-    }
-    else {
+    PyInterpreterState *interp = tps_interp_lookup(w->id);
+    if (interp != NULL) {
         rc = run_here(interp, code, &error);
+    }
+    else if (!PyErr_Occurred()) {
+        error = raw_strdup("the interpreter was destroyed by other code");
     }
 
     pthread_mutex_lock(&workers.mutex);
@@ -678,8 +682,12 @@ interp_run(PyObject *Py_UNUSED(module), PyObject *args)
     unref_locked(w);
     pthread_mutex_unlock(&workers.mutex);
     if (rc < 0) {
-        PyErr_Format(PyExc_RuntimeError, "in interpreter %lld:\n%s",
-                     (long long)id, error ? error : "(out of memory)");
+        /* Unless the lookup itself failed, run_here() left no exception
+         * set: the remote one is in `error`. */
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_RuntimeError, "in interpreter %lld:\n%s",
+                         (long long)id, error ? error : "(out of memory)");
+        }
         PyMem_RawFree(error);
         return NULL;
     }
@@ -704,12 +712,10 @@ interp_interrupt(PyObject *Py_UNUSED(module), PyObject *idobj)
     pthread_mutex_lock(&workers.mutex);
     if (w->state == W_RUNNING && w->running > 0) {
         /* It cannot end while the lock is held with W_RUNNING. */
-        PyInterpreterState *interp = _PyInterpreterState_LookUpID(w->id);
-        if (interp == NULL) {
-            PyErr_Clear();
-        }
-        else if (tps_add_pending_call(interp, interrupt_call,
-                                      (void *)(intptr_t)w->id) == 0)
+        PyInterpreterState *interp = tps_interp_lookup(w->id);
+        if (interp != NULL
+            && tps_add_pending_call(interp, interrupt_call,
+                                    (void *)(intptr_t)w->id) == 0)
         {
             w->interrupt = 1;
             queued = 1;
@@ -717,6 +723,9 @@ interp_interrupt(PyObject *Py_UNUSED(module), PyObject *idobj)
     }
     unref_locked(w);
     pthread_mutex_unlock(&workers.mutex);
+    if (PyErr_Occurred()) {
+        return NULL;    /* the lookup failed (not: found no interpreter) */
+    }
     return PyBool_FromLong(queued);
 }
 
@@ -813,8 +822,8 @@ interp_end(PyObject *Py_UNUSED(module), PyObject *args)
     }
     PyEval_RestoreThread(save);
 
-    if (end_it_here) {
-        end_here(w);
+    if (end_it_here && end_here(w) < 0) {
+        failed = 1;
     }
     if (done && !w->threaded) {
         pthread_mutex_lock(&workers.mutex);

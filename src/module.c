@@ -29,10 +29,22 @@ void
 tps_set_not_shareable(const char *format, ...)
 {
     va_list vargs;
+    assert(!PyErr_Occurred());
     tps_interp *st = tps_interp_current();
-    tps_module_state *state = st ? tps_interp_module_state(st) : NULL;
-    PyObject *exc_type = state ? state->NotShareableError : PyExc_TypeError;
-    PyErr_Clear();
+    if (st == NULL) {
+        return;     /* its MemoryError is raised instead */
+    }
+    tps_module_state *state = tps_interp_module_state(st);
+    PyObject *exc_type = PyExc_TypeError;
+    if (state != NULL) {
+        exc_type = state->NotShareableError;
+    }
+    else {
+        /* No tpshare module here (any more): raise its base, TypeError,
+         * instead of the RuntimeError that says so. */
+        assert(PyErr_ExceptionMatches(PyExc_RuntimeError));
+        PyErr_Clear();
+    }
     va_start(vargs, format);
     PyObject *msg = PyUnicode_FromFormatV(format, vargs);
     va_end(vargs);

@@ -1071,6 +1071,8 @@ tps_record_unhold(TpShare_Record *rec, int64_t holder)
 int
 tps_is_shareable(PyObject *obj)
 {
+    /* Nothing pending: the exception cleared below is the share's. */
+    assert(!PyErr_Occurred());
     TpShare_Record *rec = tps_share(obj);
     if (rec != NULL) {
         tps_record_release(rec);
