@@ -159,6 +159,7 @@ in_region(depot *d, void *p)
 static void *
 region_take(depot *d)
 {
+    TPS_ASSERT_LOCKED(&d->mutex);
     if (d->region == NULL && !d->region_failed) {
         void *r = mmap(NULL, REGION_SIZE, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -208,6 +209,7 @@ static void
 blocks_delete(depot *d, void **blocks, int n)
 {
     int others = 0;
+    assert(n >= 0 && n <= MAG);
     pthread_mutex_lock(&d->mutex);
     for (int i = 0; i < n; i++) {
         BLOCK_UNPOISON(blocks[i], d->size);
@@ -411,6 +413,7 @@ block_alloc(int kind)
         }
         fetch_ahead(m, d->size);
     }
+    assert(m->n > 0 && m->n <= MAG);
     void *b = m->blocks[--m->n];
     BLOCK_UNPOISON(b, d->size);
     if (m->n >= AHEAD) {
@@ -438,6 +441,7 @@ block_free(int kind, void *b)
             return;
         }
     }
+    assert(m->n >= 0 && m->n < MAG);
     BLOCK_POISON(b, d->size);
     m->blocks[m->n++] = b;
 }
@@ -577,6 +581,7 @@ memo_keep(void)
 static int
 memo_set(ptrmap *m, void *key, void *value)
 {
+    assert(tps_thread_state() != NULL);   /* values need the GIL */
     int fresh = m->slots == NULL;
     if (ptrmap_set(m, key, value) < 0) {
         return -1;
@@ -718,6 +723,8 @@ record_alloc(tps_entry *entry, int64_t owner, int tail)
 static void
 record_dealloc(TpShare_Record *rec)
 {
+    /* Only a three-line block has the tail line. */
+    assert(!(rec->flags & TPS_REC_TAIL) || (rec->flags & TPS_REC_LONG));
     if (rec->flags & TPS_REC_SMALL) {
         block_free(K_TWO, rec->data.ptr);
     }
@@ -955,6 +962,7 @@ done:
 void
 tps_record_incref(TpShare_Record *rec)
 {
+    assert(atomic_load_explicit(&rec->refcnt, memory_order_relaxed) > 0);
     atomic_fetch_add_explicit(&rec->refcnt, 1, memory_order_relaxed);
 }
 
@@ -1002,6 +1010,7 @@ release(TpShare_Record *rec, int st_held)
     if (rec == NULL) {
         return;
     }
+    assert(atomic_load_explicit(&rec->refcnt, memory_order_relaxed) > 0);
     /* The sole holder drops the record without writing to it (a reader
      * of a count of 1 holds the only reference: nobody else can add
      * one), so that the sender reusing its block finds the line clean. */
