@@ -186,6 +186,7 @@ set_state_locked(worker *w, wstate state)
 static int
 park_locked(worker *w, tps_waiter *me, int64_t deadline_ns)
 {
+    TPS_ASSERT_LOCKED(&workers.mutex);
     assert(me != NULL && me == tps_waiter_self());
     tps_wnode node = {.waiter = me};
 

@@ -32,7 +32,7 @@ tps_set_not_shareable(const char *format, ...)
     assert(!PyErr_Occurred());
     tps_interp *st = tps_interp_current();
     if (st == NULL) {
-        return;     /* its MemoryError is raised instead */
+        return;     /* its error (MemoryError, ...) is raised instead */
     }
     tps_module_state *state = tps_interp_module_state(st);
     PyObject *exc_type = PyExc_TypeError;
