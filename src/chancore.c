@@ -434,6 +434,7 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
 {
     int rc = 0;
 
+    assert(tps_thread_state() != NULL);
     tps_lock_acquire(&ch->lock);
     int done = attempt(ch, dir, recs, n, got, &rc);
     tps_lock_release(&ch->lock);
@@ -448,9 +449,13 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     if (st == NULL) {
         return TPS_ERR_PYTHON;
     }
+    tps_waiter *w = tps_waiter_self();
+    if (w == NULL) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return TPS_ERR_PYTHON;
+    }
     int64_t now = tps_now_ns();
     int64_t deadline = timeout_ns < 0 ? -1 : now + timeout_ns;
-    tps_waiter *w = tps_waiter_self();
     tps_wnode node = {.waiter = w}, inode = {.waiter = w};
     tps_wlist *list = dir == RECEIVING ? &ch->receivers : &ch->senders;
 

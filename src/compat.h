@@ -40,6 +40,29 @@ PyAPI_FUNC(int) _PyEval_AddPendingCall(PyInterpreterState *interp,
     _Py_AtExit((interp), (func), (data))
 #endif
 
+/* The interpreter with ID `id`, or NULL when there is none: then without
+ * an exception, since the lookup's own "not found" error (RuntimeError on
+ * 3.12, InterpreterNotFoundError on 3.13), and only that one, is dropped;
+ * any other failure leaves its exception set.  Needs the GIL and no
+ * exception set (3.13's lookup raises nothing over a pending one). */
+#if PY_VERSION_HEX >= 0x030D0000
+PyAPI_DATA(PyObject *) PyExc_InterpreterNotFoundError;
+#define TPS_EXC_INTERP_NOT_FOUND PyExc_InterpreterNotFoundError
+#else
+#define TPS_EXC_INTERP_NOT_FOUND PyExc_RuntimeError
+#endif
+
+static inline PyInterpreterState *
+tps_interp_lookup(int64_t id)
+{
+    assert(!PyErr_Occurred());
+    PyInterpreterState *interp = _PyInterpreterState_LookUpID(id);
+    if (interp == NULL && PyErr_ExceptionMatches(TPS_EXC_INTERP_NOT_FOUND)) {
+        PyErr_Clear();
+    }
+    return interp;
+}
+
 /* The calling thread's attached thread state, or NULL (no GIL held). */
 #if PY_VERSION_HEX >= 0x030D0000
 #define tps_thread_state() PyThreadState_GetUnchecked()

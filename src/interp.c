@@ -100,6 +100,7 @@ static void on_exit_hook(void *arg);
 static tps_interp *
 find_locked(int64_t id)
 {
+    TPS_ASSERT_LOCKED(&interps.mutex);
     for (tps_interp *st = interps.list; st != NULL; st = st->next) {
         if (st->id == id) {
             return st;
@@ -108,23 +109,55 @@ find_locked(int64_t id)
     return NULL;
 }
 
+/* A new state, or NULL with *err set to the errno value of what failed
+ * (ENOMEM when memory ran out).  Under interps.mutex: raises nothing. */
 static tps_interp *
-state_new(int64_t id)
+state_new(int64_t id, int *err)
 {
+    pthread_condattr_t attr;
+    int attr_made = 0, cond_made = 0;
+
+    TPS_ASSERT_LOCKED(&interps.mutex);
     tps_interp *st = tps_calloc_lines(sizeof(tps_interp));
     if (st == NULL) {
-        return NULL;
+        *err = ENOMEM;
+        goto finally;
     }
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&st->cond, &attr);
-    pthread_condattr_destroy(&attr);
-    pthread_mutex_init(&st->mutex, NULL);
+    /* The exit hook's waits have CLOCK_MONOTONIC deadlines. */
+    *err = pthread_condattr_init(&attr);
+    if (*err != 0) {
+        goto finally;
+    }
+    attr_made = 1;
+    *err = pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    if (*err != 0) {
+        goto finally;
+    }
+    *err = pthread_cond_init(&st->cond, &attr);
+    if (*err != 0) {
+        goto finally;
+    }
+    cond_made = 1;
+    *err = pthread_mutex_init(&st->mutex, NULL);
+    if (*err != 0) {
+        goto finally;
+    }
     tps_wlist_init(&st->watchers);
     st->id = id;
     st->alive = 1;
     atomic_init(&st->refcnt, 1);
+
+finally:
+    if (attr_made) {
+        pthread_condattr_destroy(&attr);
+    }
+    if (*err != 0 && st != NULL) {
+        if (cond_made) {
+            pthread_cond_destroy(&st->cond);
+        }
+        free(st);
+        st = NULL;
+    }
     return st;
 }
 
@@ -137,15 +170,21 @@ tps_interp_current(void)
     }
     pthread_mutex_lock(&interps.mutex);
     tps_interp *st = find_locked(id);
-    int created = 0;
-    if (st == NULL && (st = state_new(id)) != NULL) {
+    int created = 0, err = 0;
+    if (st == NULL && (st = state_new(id, &err)) != NULL) {
         st->next = interps.list;
         interps.list = st;
         created = 1;
     }
     pthread_mutex_unlock(&interps.mutex);
     if (st == NULL) {
-        PyErr_NoMemory();
+        if (err == ENOMEM) {
+            PyErr_NoMemory();
+        }
+        else {
+            errno = err;
+            PyErr_SetFromErrno(PyExc_OSError);
+        }
         return NULL;
     }
     if (created
@@ -242,8 +281,10 @@ drain_pending(void *Py_UNUSED(arg))
 {
     tps_interp *st = tps_interp_current();
     if (st == NULL) {
-        PyErr_Clear();
-        return 0;
+        /* Out of memory (or no exit hook): raised in the code the
+         * interpreter runs, as a failed pending call does, not dropped.
+         * The releases wait for its next entry into tpshare. */
+        return -1;
     }
     /* Cleared before the list is taken: a push that still sees the flag
      * set is drained below (both sides are sequentially consistent). */

@@ -179,13 +179,15 @@ set_state_locked(worker *w, wstate state)
     tps_wlist_wake_all(&w->waiters);
 }
 
-/* Park the calling thread until the entry changes or `deadline_ns`
+/* Park the calling thread, whose waiter is `me` (set up by the caller
+ * while it held its GIL), until the entry changes or `deadline_ns`
  * passes.  Called with the table lock held and no GIL; returns with the
  * lock held and a TPS_PARK_* code.  Callers re-check in a loop. */
 static int
-park_locked(worker *w, int64_t deadline_ns)
+park_locked(worker *w, tps_waiter *me, int64_t deadline_ns)
 {
-    tps_waiter *me = tps_waiter_self();
+    TPS_ASSERT_LOCKED(&workers.mutex);
+    assert(me != NULL && me == tps_waiter_self());
     tps_wnode node = {.waiter = me};
 
     tps_waiter_reset(me);
@@ -232,6 +234,9 @@ take_error_text(void)
     if (lines != NULL && (sep = PyUnicode_FromString("")) != NULL) {
         text = PyUnicode_Join(sep, lines);
     }
+    /* The clears below drop only what formatting `exc` raised (nothing
+     * else is set: `exc` was taken above); the text then falls back to
+     * repr(), then to a fixed message, and `exc` is still reported. */
     if (text == NULL) {
         PyErr_Clear();
         text = PyObject_Repr(exc);
@@ -489,19 +494,21 @@ run_here(PyInterpreterState *interp, const char *code, char **error)
 
 /* End the interpreter of `w` (caller-thread mode) from the calling
  * thread, through its keeper.  No other thread runs in it: `running` is 0
- * and the entry W_ENDING.  Called with the caller's GIL; returns with it. */
-static void
+ * and the entry W_ENDING.  Called with the caller's GIL; returns with it.
+ * Returns 0 (also when other code destroyed it: its keeper went too), or
+ * -1 with an exception when it could not be looked up. */
+static int
 end_here(worker *w)
 {
-    if (_PyInterpreterState_LookUpID(w->id) == NULL) {
-        PyErr_Clear();   /* destroyed by other code: its keeper went too */
-        return;
+    if (tps_interp_lookup(w->id) == NULL) {
+        return PyErr_Occurred() ? -1 : 0;
     }
     PyThreadState *caller = PyEval_SaveThread();
     PyEval_RestoreThread(w->keeper);
     Py_EndInterpreter(w->keeper);
     w->keeper = NULL;
     PyEval_RestoreThread(caller);
+    return 0;
 }
 
 /* ---------------------------------------------------------------------
@@ -578,6 +585,12 @@ interp_start(PyObject *Py_UNUSED(module), PyObject *args)
         goto finally;
     }
 
+    /* The waiter first: once the thread runs, this must wait for it. */
+    tps_waiter *me = tps_waiter_self();
+    if (me == NULL) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto finally;
+    }
     int err = start_thread(w);
     if (err != 0) {
         errno = err;
@@ -590,7 +603,7 @@ interp_start(PyObject *Py_UNUSED(module), PyObject *args)
     PyThreadState *save = PyEval_SaveThread();
     pthread_mutex_lock(&workers.mutex);
     while (w->state == W_STARTING) {
-        park_locked(w, -1);
+        park_locked(w, me, -1);
     }
     wstate state = w->state;
     pthread_mutex_unlock(&workers.mutex);
@@ -654,13 +667,12 @@ interp_run(PyObject *Py_UNUSED(module), PyObject *args)
     /* Found while the caller's GIL is held (the lookup reports errors on
      * the current thread state); alive while `running` counts us. */
     int rc = -1;
-    PyInterpreterState *interp = _PyInterpreterState_LookUpID(w->id);
-    if (interp == NULL) {
-        PyErr_Clear();
-        error = raw_strdup("the interpreter was destroyed by other code");
-    }
-    else {
+    PyInterpreterState *interp = tps_interp_lookup(w->id);
+    if (interp != NULL) {
         rc = run_here(interp, code, &error);
+    }
+    else if (!PyErr_Occurred()) {
+        error = raw_strdup("the interpreter was destroyed by other code");
     }
 
     pthread_mutex_lock(&workers.mutex);
@@ -671,8 +683,12 @@ interp_run(PyObject *Py_UNUSED(module), PyObject *args)
     unref_locked(w);
     pthread_mutex_unlock(&workers.mutex);
     if (rc < 0) {
-        PyErr_Format(PyExc_RuntimeError, "in interpreter %lld:\n%s",
-                     (long long)id, error ? error : "(out of memory)");
+        /* Unless the lookup itself failed, run_here() left no exception
+         * set: the remote one is in `error`. */
+        if (!PyErr_Occurred()) {
+            PyErr_Format(PyExc_RuntimeError, "in interpreter %lld:\n%s",
+                         (long long)id, error ? error : "(out of memory)");
+        }
         PyMem_RawFree(error);
         return NULL;
     }
@@ -697,12 +713,10 @@ interp_interrupt(PyObject *Py_UNUSED(module), PyObject *idobj)
     pthread_mutex_lock(&workers.mutex);
     if (w->state == W_RUNNING && w->running > 0) {
         /* It cannot end while the lock is held with W_RUNNING. */
-        PyInterpreterState *interp = _PyInterpreterState_LookUpID(w->id);
-        if (interp == NULL) {
-            PyErr_Clear();
-        }
-        else if (tps_add_pending_call(interp, interrupt_call,
-                                      (void *)(intptr_t)w->id) == 0)
+        PyInterpreterState *interp = tps_interp_lookup(w->id);
+        if (interp != NULL
+            && tps_add_pending_call(interp, interrupt_call,
+                                    (void *)(intptr_t)w->id) == 0)
         {
             w->interrupt = 1;
             queued = 1;
@@ -710,6 +724,9 @@ interp_interrupt(PyObject *Py_UNUSED(module), PyObject *idobj)
     }
     unref_locked(w);
     pthread_mutex_unlock(&workers.mutex);
+    if (PyErr_Occurred()) {
+        return NULL;    /* the lookup failed (not: found no interpreter) */
+    }
     return PyBool_FromLong(queued);
 }
 
@@ -754,6 +771,10 @@ interp_end(PyObject *Py_UNUSED(module), PyObject *args)
     {
         return NULL;
     }
+    tps_waiter *me = tps_waiter_self();
+    if (me == NULL) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
     worker *w = get_worker(idobj);
     if (w == NULL) {
         return NULL;
@@ -783,7 +804,7 @@ interp_end(PyObject *Py_UNUSED(module), PyObject *args)
         if (deadline >= 0 && tps_now_ns() >= deadline) {
             break;
         }
-        if (park_locked(w, deadline) == TPS_PARK_SIGNAL) {
+        if (park_locked(w, me, deadline) == TPS_PARK_SIGNAL) {
             pthread_mutex_unlock(&workers.mutex);
             PyEval_RestoreThread(save);
             if (PyErr_CheckSignals() < 0) {
@@ -802,8 +823,8 @@ interp_end(PyObject *Py_UNUSED(module), PyObject *args)
     }
     PyEval_RestoreThread(save);
 
-    if (end_it_here) {
-        end_here(w);
+    if (end_it_here && end_here(w) < 0) {
+        failed = 1;
     }
     if (done && !w->threaded) {
         pthread_mutex_lock(&workers.mutex);

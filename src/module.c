@@ -29,10 +29,22 @@ void
 tps_set_not_shareable(const char *format, ...)
 {
     va_list vargs;
+    assert(!PyErr_Occurred());
     tps_interp *st = tps_interp_current();
-    tps_module_state *state = st ? tps_interp_module_state(st) : NULL;
-    PyObject *exc_type = state ? state->NotShareableError : PyExc_TypeError;
-    PyErr_Clear();
+    if (st == NULL) {
+        return;     /* its error (MemoryError, ...) is raised instead */
+    }
+    tps_module_state *state = tps_interp_module_state(st);
+    PyObject *exc_type = PyExc_TypeError;
+    if (state != NULL) {
+        exc_type = state->NotShareableError;
+    }
+    else {
+        /* No tpshare module here (any more): raise its base, TypeError,
+         * instead of the RuntimeError that says so. */
+        assert(PyErr_ExceptionMatches(PyExc_RuntimeError));
+        PyErr_Clear();
+    }
     va_start(vargs, format);
     PyObject *msg = PyUnicode_FromFormatV(format, vargs);
     va_end(vargs);
@@ -246,6 +258,41 @@ mod_block_counts(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
     return Py_BuildValue("(LL)", two, three);
 }
 
+PyDoc_STRVAR(block_cached_doc,
+"_block_cached()\n--\n\n(two, three): of _block_counts(), the blocks cached "
+"for reuse in the\nprocess-wide depots and the calling thread's magazines "
+"(for tests:\nthe difference is in use, or cached by other threads).");
+
+static PyObject *
+mod_block_cached(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
+{
+    long long two, three;
+    tps_block_cached(&two, &three);
+    return Py_BuildValue("(LL)", two, three);
+}
+
+PyDoc_STRVAR(memo_tables_doc,
+"_memo_tables()\n--\n\nThe tables of the per-thread identity memos "
+"(of sharing and\nrebuilding nested values) allocated in the process and "
+"not yet\nfreed (for tests).");
+
+static PyObject *
+mod_memo_tables(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
+{
+    return PyLong_FromLong(tps_memo_tables());
+}
+
+PyDoc_STRVAR(spin_window_doc,
+"_spin_window()\n--\n\nThe calling thread's adaptive spin window in ns: "
+"how long its next\nwait (channel, tracker) spins before it parks, "
+"learned from all its\nwaits (for tests).");
+
+static PyObject *
+mod_spin_window(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
+{
+    return PyLong_FromLongLong(tps_spin_window(-1));
+}
+
 PyDoc_STRVAR(interpreter_id_doc,
 "interpreter_id()\n--\n\nThe ID of the current interpreter.");
 
@@ -356,12 +403,20 @@ mod_wake_floor(PyObject *Py_UNUSED(module), PyObject *const *args,
         return PyErr_NoMemory();
     }
     wake_floor_state w = {.stop = 0};
-    sem_init(&w.go, 0, 0);
-    sem_init(&w.done, 0, 0);
     pthread_t th;
-    int rc;
+    int made = 0;               /* semaphores initialized: go, then done */
+    int rc = sem_init(&w.go, 0, 0) == 0 ? 0 : errno;
+    if (rc == 0) {
+        made = 1;
+        rc = sem_init(&w.done, 0, 0) == 0 ? 0 : errno;
+    }
+    if (rc == 0) {
+        made = 2;
+    }
     Py_BEGIN_ALLOW_THREADS
-    rc = pthread_create(&th, NULL, wake_floor_waiter, &w);
+    if (rc == 0) {
+        rc = pthread_create(&th, NULL, wake_floor_waiter, &w);
+    }
     if (rc == 0) {
         struct timespec ts = {
             .tv_sec = (time_t)pause,
@@ -380,8 +435,12 @@ mod_wake_floor(PyObject *Py_UNUSED(module), PyObject *const *args,
         pthread_join(th, NULL);
     }
     Py_END_ALLOW_THREADS
-    sem_destroy(&w.go);
-    sem_destroy(&w.done);
+    if (made > 0) {
+        sem_destroy(&w.go);
+    }
+    if (made > 1) {
+        sem_destroy(&w.done);
+    }
     PyObject *res = NULL;
     if (rc != 0) {
         errno = rc;
@@ -534,6 +593,9 @@ static PyMethodDef module_methods[] = {
     {"_wake_floor", _PyCFunction_CAST(mod_wake_floor), METH_FASTCALL,
      wake_floor_doc},
     {"_block_counts", mod_block_counts, METH_NOARGS, block_counts_doc},
+    {"_block_cached", mod_block_cached, METH_NOARGS, block_cached_doc},
+    {"_memo_tables", mod_memo_tables, METH_NOARGS, memo_tables_doc},
+    {"_spin_window", mod_spin_window, METH_NOARGS, spin_window_doc},
     {"_line_round_trip", mod_line_round_trip, METH_O, line_round_trip_doc},
     {NULL},
 };

@@ -168,6 +168,7 @@ in_region(depot *d, void *p)
 static void *
 region_take(depot *d)
 {
+    TPS_ASSERT_LOCKED(&d->mutex);
     if (d->region == NULL && !d->region_failed) {
         void *r = mmap(NULL, REGION_SIZE, PROT_READ | PROT_WRITE,
                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -175,8 +176,11 @@ region_take(depot *d)
             d->region_failed = 1;
         }
         else {
+            /* The region holds whole blocks only: 32 MiB is not a
+             * multiple of three lines, and a block carved from its last
+             * two lines would have its third line past the mapping. */
             d->region = d->region_next = r;
-            d->region_end = d->region + REGION_SIZE;
+            d->region_end = d->region + REGION_SIZE / d->size * d->size;
         }
     }
     void *p = d->region_free;
@@ -184,10 +188,15 @@ region_take(depot *d)
         BLOCK_UNPOISON(p, d->size);
         d->region_free = *(void **)p;
     }
-    else if (d->region != NULL && d->region_next < d->region_end) {
+    else if (d->region != NULL
+             && (size_t)(d->region_end - d->region_next) >= d->size)
+    {
         p = d->region_next;
         d->region_next += d->size;
     }
+    assert(p == NULL || (in_region(d, p)
+                         && (char *)p + d->size <= d->region_end
+                         && ((char *)p - d->region) % d->size == 0));
     return p;
 }
 
@@ -209,6 +218,7 @@ static void
 blocks_delete(depot *d, void **blocks, int n)
 {
     int others = 0;
+    assert(n >= 0 && n <= MAG);
     pthread_mutex_lock(&d->mutex);
     for (int i = 0; i < n; i++) {
         BLOCK_UNPOISON(blocks[i], d->size);
@@ -412,6 +422,7 @@ block_alloc(int kind)
         }
         fetch_ahead(m, d->size);
     }
+    assert(m->n > 0 && m->n <= MAG);
     void *b = m->blocks[--m->n];
     BLOCK_UNPOISON(b, d->size);
     if (m->n >= AHEAD) {
@@ -439,6 +450,7 @@ block_free(int kind, void *b)
             return;
         }
     }
+    assert(m->n >= 0 && m->n < MAG);
     BLOCK_POISON(b, d->size);
     m->blocks[m->n++] = b;
 }
@@ -470,6 +482,28 @@ tps_block_counts(long long *two, long long *three)
     *three = atomic_load(&depots[K_THREE].live);
 }
 
+/* Of those, the blocks kept for reuse in the depots and in the calling
+ * thread's magazines, per kind, for tests (the difference is what is in
+ * use, or cached by other threads). */
+void
+tps_block_cached(long long *two, long long *three)
+{
+    long long n[NKINDS] = {0};
+    for (int k = 0; k < NKINDS; k++) {
+        depot *d = &depots[k];
+        pthread_mutex_lock(&d->mutex);
+        for (magazine *m = d->full; m != NULL; m = m->next) {
+            n[k] += m->n;
+        }
+        pthread_mutex_unlock(&d->mutex);
+        if (my_cache != NULL) {
+            n[k] += my_cache->loaded[k]->n + my_cache->prev[k]->n;
+        }
+    }
+    *two = n[K_TWO];
+    *three = n[K_THREE];
+}
+
 /* Whether sharing `obj` (borrowed) copies 17 to 64 bytes (a str or bytes
  * the built-in handlers copy): its record then gets the line after it to
  * hold them.  Other records take two lines. */
@@ -493,15 +527,91 @@ wants_tail(PyObject *obj)
 /* Memos keep their table between messages unless it grew large. */
 #define MEMO_KEEP_SLOTS 256
 
+/* Memo tables allocated and not yet freed, in all threads, for tests. */
+static atomic_long memo_tables;
+
+long
+tps_memo_tables(void)
+{
+    return atomic_load(&memo_tables);
+}
+
+/* A thread keeps its memos' tables only once a thread-specific key's
+ * destructor will free them when it exits (as its block cache); without
+ * the key a table is freed after each message. */
+static TPS_TLS int memo_kept;
+static pthread_key_t memo_key;
+static int memo_key_ok;
+static pthread_once_t memo_once = PTHREAD_ONCE_INIT;
+
+/* Free a memo's table (it holds no reference any more). */
+static void
+memo_free(ptrmap *m)
+{
+    assert(m->used == 0);
+    if (m->slots != NULL) {
+        atomic_fetch_sub_explicit(&memo_tables, 1, memory_order_relaxed);
+    }
+    ptrmap_clear(m);
+}
+
+/* At thread exit: an exiting thread shares and rebuilds nothing, so its
+ * memos hold no reference, only their tables. */
+static void
+memo_thread_exit(void *Py_UNUSED(arg))
+{
+    assert(sctx.depth == 0 && rctx.depth == 0);
+    memo_kept = 0;
+    memo_free(&sctx.memo);
+    memo_free(&rctx.memo);
+}
+
+static void
+memo_key_create(void)
+{
+    memo_key_ok = pthread_key_create(&memo_key, memo_thread_exit) == 0;
+}
+
+/* Whether the thread's tables will be freed at its exit: arranged on the
+ * first call in each thread. */
+static int
+memo_keep(void)
+{
+    if (!memo_kept) {
+        pthread_once(&memo_once, memo_key_create);
+        memo_kept = memo_key_ok
+                    && pthread_setspecific(memo_key, &memo_kept) == 0;
+    }
+    return memo_kept;
+}
+
+/* ptrmap_set() on one of the thread's memos, counting a new table.
+ * Returns 0, or -1 on memory failure. */
+static int
+memo_set(ptrmap *m, void *key, void *value)
+{
+    assert(tps_thread_state() != NULL);   /* values need the GIL */
+    int fresh = m->slots == NULL;
+    if (ptrmap_set(m, key, value) < 0) {
+        return -1;
+    }
+    if (fresh) {
+        atomic_fetch_add_explicit(&memo_tables, 1, memory_order_relaxed);
+    }
+    return 0;
+}
+
+/* Empty a memo after a message (its references are dropped already). */
 static void
 memo_reset(ptrmap *m)
 {
-    if (m->slots != NULL && m->mask + 1 <= MEMO_KEEP_SLOTS) {
+    if (m->slots != NULL && m->mask + 1 <= MEMO_KEEP_SLOTS && memo_keep()) {
         memset(m->slots, 0, (m->mask + 1) * sizeof(ptrslot));
         m->used = m->filled = 0;
     }
     else {
-        ptrmap_clear(m);
+        m->used = 0;
+        memo_free(m);
     }
 }
 
@@ -622,6 +732,8 @@ record_alloc(tps_entry *entry, int64_t owner, int tail)
 static void
 record_dealloc(TpShare_Record *rec)
 {
+    /* Only a three-line block has the tail line. */
+    assert(!(rec->flags & TPS_REC_TAIL) || (rec->flags & TPS_REC_LONG));
     if (rec->flags & TPS_REC_SMALL) {
         block_free(K_TWO, rec->data.ptr);
     }
@@ -786,7 +898,7 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner, tps_identity *id)
         rec = NULL;
         goto done;
     }
-    if (memoize && ptrmap_set(&sctx.memo, obj, rec) == 0) {
+    if (memoize && memo_set(&sctx.memo, obj, rec) == 0) {
         /* Without memory for the memo the object is simply shared again
          * if met again: identity is lost, nothing else. */
         tps_record_incref(rec);
@@ -875,7 +987,7 @@ tps_rebuild(TpShare_Record *rec)
         tps_identity_remember(rctx.identity, rec, res);
     }
     if (!top_level && (rec->flags & TPS_REC_DUP)
-        && ptrmap_set(&rctx.memo, rec, res) == 0)
+        && memo_set(&rctx.memo, rec, res) == 0)
     {
         Py_INCREF(res);
     }
@@ -906,6 +1018,7 @@ tps_rebuild_with_identity(TpShare_Record *rec, tps_identity *id)
 void
 tps_record_incref(TpShare_Record *rec)
 {
+    assert(atomic_load_explicit(&rec->refcnt, memory_order_relaxed) > 0);
     atomic_fetch_add_explicit(&rec->refcnt, 1, memory_order_relaxed);
 }
 
@@ -953,6 +1066,7 @@ release(TpShare_Record *rec, int st_held)
     if (rec == NULL) {
         return;
     }
+    assert(atomic_load_explicit(&rec->refcnt, memory_order_relaxed) > 0);
     /* The sole holder drops the record without writing to it (a reader
      * of a count of 1 holds the only reference: nobody else can add
      * one), so that the sender reusing its block finds the line clean. */
@@ -1022,6 +1136,8 @@ tps_record_unhold(TpShare_Record *rec, int64_t holder)
 int
 tps_is_shareable(PyObject *obj)
 {
+    /* Nothing pending: the exception cleared below is the share's. */
+    assert(!PyErr_Occurred());
     TpShare_Record *rec = tps_share(obj);
     if (rec != NULL) {
         tps_record_release(rec);

@@ -19,6 +19,7 @@
 #endif
 
 #include <Python.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -296,6 +297,9 @@ void *tps_small_alloc(TpShare_Data *data, Py_ssize_t n);
 /* Two- and three-line blocks (records, small copies) taken from memory
  * and not yet given back. */
 void tps_block_counts(long long *two, long long *three);
+/* Of those, the blocks cached in the depots and the calling thread's
+ * magazines (the rest are in use or cached by other threads). */
+void tps_block_cached(long long *two, long long *three);
 
 struct tps_identity;
 
@@ -328,6 +332,9 @@ int tps_is_shareable(PyObject *obj);
 int tps_rebuilds_identical(PyObject *obj);
 /* For container hooks: the index of the item about to be shared. */
 void tps_share_set_index(Py_ssize_t index);
+/* The identity memos' tables allocated in all threads and not yet
+ * freed, for tests. */
+long tps_memo_tables(void);
 
 /* Hold `rec` on behalf of an object of the current interpreter; counted
  * as a remote holder when the current interpreter is not the owner. */
@@ -476,6 +483,10 @@ int tps_interpreters_init(PyObject *module);
 /* ---------------------------------------------------------------------
  * Small helpers.
  */
+
+/* Assert that a pthread mutex is held (where the caller's contract says
+ * it holds it: trylock then fails). */
+#define TPS_ASSERT_LOCKED(m) assert(pthread_mutex_trylock(m) == EBUSY)
 
 static inline int64_t
 tps_current_interp_id(void)

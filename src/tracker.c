@@ -158,8 +158,11 @@ tracker_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
                         "interpreter that sent");
         return NULL;
     }
-    int64_t deadline = timeout_ns < 0 ? -1 : tps_now_ns() + timeout_ns;
     tps_waiter *w = tps_waiter_self();
+    if (w == NULL) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    int64_t deadline = timeout_ns < 0 ? -1 : tps_now_ns() + timeout_ns;
     tps_wnode node = {.waiter = w};
 
     for (;;) {

@@ -101,17 +101,19 @@ tps_wlist_wake_all(tps_wlist *l)
     return tps_wlist_wake(l, l->count);
 }
 
+/* The calling thread's waiter and its set-up (waiter.c): one per thread,
+ * whichever file parks it. */
+extern TPS_TLS tps_waiter tps_waiter_tls;
+tps_waiter *tps_waiter_setup(void);
+
 /* The calling thread's waiter (created on first use; its semaphore lives
- * as long as the thread). */
+ * as long as the thread), or NULL with errno set when its semaphore
+ * cannot be made (then tried again next time). */
 static inline tps_waiter *
 tps_waiter_self(void)
 {
-    static TPS_TLS tps_waiter self;
-    if (!self.ready) {
-        sem_init(&self.sem, 0, 0);
-        self.ready = 1;
-    }
-    return &self;
+    tps_waiter *w = &tps_waiter_tls;
+    return w->ready ? w : tps_waiter_setup();
 }
 
 /* Monotonic time in nanoseconds. */
@@ -144,7 +146,8 @@ tps_now_ns(void)
 #define TPS_SPIN_MIN_NS 50000
 #define TPS_SPIN_MAX_NS 250000
 
-static TPS_TLS int64_t tps_recent_wait_ns = TPS_SPIN_MIN_NS;
+/* The calling thread's average wait (waiter.c), for all its waits. */
+extern TPS_TLS int64_t tps_recent_wait_ns;
 
 static inline int64_t
 tps_spin_window(int64_t configured_ns)

@@ -3,7 +3,9 @@
 tpshare_testext is the extension an outside author would write: it includes
 only Python.h and tpshare.h, found through tpshare.get_include().
 tpshare_abi_mismatch is built for a made-up ABI version so that importing
-it checks the clean failure of TpShare_IMPORT().
+it checks the clean failure of TpShare_IMPORT().  tpshare_faults is no
+module but a library the tests preload into child processes to make
+chosen libc calls of tpshare fail (faults.c).
 
 Install tpshare first, then, in the same environment:
 
@@ -68,5 +70,6 @@ setup(
         _extension("tpshare_abi_mismatch", "abi_mismatch.c",
                    define_macros=[("TPSHARE_ABI_VERSION", "999")]),
         _extension("tpshare_racy_probe", "racy_probe.c"),
+        _extension("tpshare_faults", "faults.c"),
     ],
 )

@@ -1,0 +1,232 @@
+"""Memory safety of the block allocator, the per-thread state of sharing
+and parking, and the init calls behind them.  Scenarios that check
+process-wide counters or may crash run in a child process."""
+
+import pytest
+
+from support import run_child
+
+# Every kind of block from every source: the queued values outnumber the
+# blocks each kind's region holds (32 MiB: 262,144 two-line and 174,762
+# three-line blocks), so the last ones come from posix_memalign, and the
+# drain gives back both, through the magazines and the depots, to the
+# regions' free lists and to free().
+EXHAUST_REGIONS = """
+    import tpshare
+    from tpshare import _tpshare
+
+    def in_use():
+        counts, cached = _tpshare._block_counts(), _tpshare._block_cached()
+        return counts[0] - cached[0], counts[1] - cached[1]
+
+    def value(i):
+        k = i % 5
+        if k == 0:
+            return b"%064d" % i             # a three-line record
+        if k == 1:
+            return "s%039d" % i             # a three-line record
+        if k == 2:
+            return b"%0100d" % i            # a record and a small block
+        if k == 3:
+            return (b"%030d" % i, "t%029d" % i)  # two lines + 2 x three
+        return ("u%d" % i, i, b"v")          # inline items: 4 x two
+
+    start = in_use()
+    # The second round takes blocks from the regions' free lists, then
+    # again from posix_memalign (250,000 is still past both regions).
+    for rnd, N in enumerate((400_000, 250_000)):
+        ch = tpshare.Channel()
+        for i in range(N):
+            ch.send(value(i))
+        # 0 + 0 + 2 + 1 + 4 two-line and 1 + 1 + 0 + 2 + 0 three-line
+        # blocks per five values: past both regions.
+        assert in_use() == (start[0] + 7 * N // 5, start[1] + 4 * N // 5), (
+            in_use(), start)
+        for i in range(N):
+            got = ch.recv()
+            if got != value(i):
+                raise AssertionError((rnd, i, got, value(i)))
+        ch.close()
+        del ch
+        assert in_use() == start, (rnd, in_use(), start)
+    print("OK", start, _tpshare._block_counts())
+"""
+
+
+def test_blocks_past_the_regions_are_whole_and_all_come_back():
+    r = run_child(EXHAUST_REGIONS, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout
+
+
+# Short-lived threads that share and rebuild nested values (an item met
+# twice uses both identity memos) leave no memo table behind.
+THREAD_MEMOS = """
+    import threading
+    import time
+    import tpshare
+    from tpshare import _tpshare
+
+    inner = ("a" * 20, (1.5, b"x"))
+    value = (inner, inner, ("z", inner))
+
+    def work():
+        for _ in range(3):
+            got = tpshare.share(value).rebuild()
+            assert got == value and got[0] is got[1] is got[2][1]
+
+    base = _tpshare._memo_tables()
+    work()
+    kept = _tpshare._memo_tables()
+    # The thread keeps its two tables between messages.
+    assert kept == base + 2, (base, kept)
+    for _ in range(300):
+        t = threading.Thread(target=work)
+        t.start()
+        t.join()
+    # A thread's tables are freed just after join() returns on 3.12.
+    deadline = time.monotonic() + 20
+    while _tpshare._memo_tables() != kept and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _tpshare._memo_tables() == kept, (kept, _tpshare._memo_tables())
+    print("OK")
+"""
+
+
+def test_thread_memo_tables_are_freed_at_thread_exit():
+    r = run_child(THREAD_MEMOS)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout
+
+
+def test_a_thread_has_one_spin_window_for_all_its_waits():
+    # The window a thread learns from its tracker waits (tracker.c) is the
+    # one every other wait of the thread reads (here module.c's).
+    import threading
+
+    import tpshare
+    from tpshare import _tpshare
+
+    mc = tpshare.MemChannel()
+    tracker = mc.send(bytearray(4))
+    seen = {}
+
+    def work():
+        seen["before"] = _tpshare._spin_window()
+        seen["released"] = tracker.wait(0.05)
+        seen["after"] = _tpshare._spin_window()
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    mc.recv().release()
+    assert seen["released"] is False
+    # A fresh thread's window is twice its starting average of 50 us; a
+    # wait of 50 ms (more than any window) makes the average grow.
+    assert seen["before"] == 100_000
+    assert seen["after"] > seen["before"], seen
+
+
+# ---------------------------------------------------------------------
+# Init calls that fail (tests/ext/faults.c, preloaded into a child).
+
+
+def run_with_faults(code):
+    import importlib.util
+    import os
+
+    lib = importlib.util.find_spec("tpshare_faults").origin
+    preload = os.environ.get("LD_PRELOAD")
+    return run_child(code, env={
+        "LD_PRELOAD": f"{preload}:{lib}" if preload else lib,
+    })
+
+
+def test_a_waiter_whose_semaphore_cannot_be_made_raises_oserror():
+    r = run_with_faults("""
+        import errno, os, threading
+        import tpshare
+        from tpshare import _tpshare
+
+        ch = tpshare.Channel()
+        mc = tpshare.MemChannel()
+        tracker = mc.send(bytearray(4))
+        os.environ["TPSHARE_TEST_FAIL"] = "sem_init"
+        for wait in (lambda: ch.recv(timeout=0.01),
+                     lambda: tracker.wait(0.01),
+                     lambda: _tpshare._wake_floor(1, 0.0)):
+            try:
+                wait()
+            except OSError as exc:
+                assert exc.errno == errno.EAGAIN, exc
+            else:
+                raise AssertionError("no OSError")
+        del os.environ["TPSHARE_TEST_FAIL"]
+        # Made at the next wait instead.
+        try:
+            ch.recv(timeout=0.01)
+        except tpshare.ChannelEmpty:
+            pass
+        assert tracker.wait(0.01) is False
+        assert len(_tpshare._wake_floor(1, 0.0)) == 1
+        mc.recv().release()
+        assert tracker.wait(5)
+        print("OK")
+    """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout
+
+
+@pytest.mark.parametrize("fail, exc", [
+    ("pthread_condattr_init=12", "MemoryError"),
+    ("pthread_condattr_setclock=22", "OSError"),
+    ("pthread_cond_init=11", "OSError"),
+    ("pthread_mutex_init=12", "MemoryError"),
+])
+def test_an_interpreter_state_that_cannot_be_made_raises(fail, exc):
+    # The interpreter's state is made when tpshare is imported in it.
+    r = run_with_faults(f"""
+        import errno, os
+        os.environ["TPSHARE_TEST_FAIL"] = "{fail}"
+        try:
+            import tpshare
+        except {exc} as exc:
+            assert type(exc) is MemoryError or exc.errno == {fail[-2:]}, exc
+            print("OK")
+        else:
+            raise AssertionError("imported")
+    """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout
+
+
+def test_without_thread_keys_nothing_is_kept_per_thread():
+    # Without a thread-specific key a thread could not free what it keeps
+    # at exit: it keeps nothing (blocks come from the depots, memo tables
+    # are freed after each message).
+    r = run_with_faults("""
+        import os, threading
+        os.environ["TPSHARE_TEST_FAIL"] = "pthread_key_create"
+        import tpshare
+        from tpshare import _tpshare
+
+        inner = ("a" * 20, b"b" * 100)
+        value = (inner, inner)
+
+        def work():
+            for _ in range(3):
+                got = tpshare.share(value).rebuild()
+                assert got == value and got[0] is got[1]
+                assert _tpshare._memo_tables() == 0
+
+        work()
+        threads = [threading.Thread(target=work) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert _tpshare._block_counts() == (0, 0), _tpshare._block_counts()
+        print("OK")
+    """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout
