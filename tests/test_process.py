@@ -301,6 +301,11 @@ BLOCKED_IN = {
     "recv": "ready.send(1)\\nnobody_sends.recv()",
     "send": "ready.send(1)\\nfull.send(1)",
     "tracker": "t = mem.send(bytearray(100))\\nready.send(1)\\nt.wait()",
+    # Unwinding evaluates code from a string (as an import that makes a
+    # namedtuple does), which clears CPython's process-wide record of
+    # the main script's KeyboardInterrupt.
+    "eval": "ready.send(1)\\ntry:\\n    nobody_sends.recv()\\n"
+            "finally:\\n    eval('0')",
     "thread": '''
 import threading
 t = threading.Thread(target=nobody_sends.recv)
@@ -324,14 +329,15 @@ futures[0].result()
 
 @pytest.mark.parametrize("kinds", [
     pytest.param(["recv"], id="one-in-recv"),
-    pytest.param(["recv", "recv", "recv", "send", "tracker", "thread"],
+    pytest.param(["recv", "recv", "send", "tracker", "thread", "eval"],
                  id="several"),
 ])
 def test_exit_after_ctrl_c_with_interpreters_blocked_in_tpshare(tmp_path,
                                                                 kinds):
     """A script whose background interpreters are parked in tpshare waits
     that nothing will end (a recv nobody sends to, a send on a full
-    channel, a Tracker.wait, a thread of the interpreter in a recv) gets
+    channel, a Tracker.wait, a thread of the interpreter in a recv; one
+    evaluates code as it unwinds) gets
     Ctrl-C while it waits for a result.  The waits are woken at exit, so
     the process ends with KeyboardInterrupt's status instead of waiting
     for them forever ("has not stopped" every 10 s)."""

@@ -29,10 +29,10 @@ Lifetimes.  An interpreter lives until ``close()`` (or the pool's
 when their Python object is collected, and ``list_interpreters()`` lists
 them.  At exit (``threading``'s at-exit hook, which runs before
 non-daemon threads are joined and before ``atexit``), queued work is
-cancelled, running work is interrupted with ``SystemExit``, and each
-interpreter is ended; one whose memory is still viewed elsewhere is left
-to the runtime instead (ending it would wait for the views, D5).  See
-docs/interpreters.md.
+cancelled, running work is interrupted with ``SystemExit`` (tpshare waits
+in it end with ``ChannelClosed``), and each interpreter is ended; one
+whose memory is still viewed elsewhere is left to the runtime instead
+(ending it would wait for the views, D5).  See docs/interpreters.md.
 """
 
 import itertools
@@ -623,8 +623,6 @@ class _Hub:
                     "sleep, a wait outside tpshare); still waiting\n")
                 sys.stderr.flush()
             m._state = _CLOSED
-        if interrupted:
-            _restore_keyboard_interrupt_status()
         for owner in owners:
             owner._state = _CLOSED
         with self.lock:
@@ -640,6 +638,8 @@ class _Hub:
         # Joining threads above made this thread a dummy again if it is
         # a worker's (this hook then runs as the worker ends).
         _forget_dummy_thread()
+        if interrupted:
+            _restore_keyboard_interrupt_status()
 
 
 _hub = _Hub()
