@@ -668,6 +668,7 @@ tps_channels_wake_all(void)
     pthread_mutex_lock(&channels.mutex);
     PTRMAP_FOREACH(&channels.byid, s) {
         tps_channel *ch = s->value;
+        assert(ch->refcnt > 0);   /* the table's reference */
         tps_lock_acquire(&ch->lock);
         tps_wlist_wake_all(&ch->receivers);
         tps_wlist_wake_all(&ch->senders);
@@ -716,6 +717,7 @@ tps_channels_atfork(tps_fork_phase phase)
          * no longer exist). */
         PTRMAP_FOREACH(&channels.byid, s) {
             tps_channel *ch = s->value;
+            assert(ch->refcnt > 0 && ch->id == (int64_t)(uintptr_t)s->key);
             tps_lock_init(&ch->lock);
             atomic_store(&ch->closed, FORKED);
             atomic_store(&ch->count, 0);

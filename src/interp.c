@@ -580,6 +580,7 @@ tps_interp_stop(int64_t id)
     if (st == NULL) {
         return -1;
     }
+    assert(st->id == id && atomic_load(&st->refcnt) > 1);
     /* Set before the watchers' lock is taken: a watcher that registers
      * after the wake-up below sees the flag (tps_interp_is_stopping). */
     atomic_store(&st->stopping, 1);

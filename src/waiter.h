@@ -234,7 +234,7 @@ tps_lock_init(tps_lock *l)
  * section.  Only a holder that lost its CPU for that long keeps it
  * longer.  (A holder that no longer exists, a thread of the parent after
  * fork(), cannot: the fork handlers reset the locks in the child.) */
-#define TPS_LOCK_MIN_WAIT_NS 20000000
+#define TPS_LOCK_MIN_WAIT_NS 100000000
 
 /* Take the lock, or give up and return -1 once `deadline_ns` (monotonic;
  * < 0: never) has passed and the lock was waited for at least
