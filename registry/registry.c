@@ -748,3 +748,21 @@ tps_registry_forget_interp(int64_t interp)
     }
     PyMem_RawFree(dead);
 }
+
+void
+tps_registry_atfork(tps_fork_phase phase)
+{
+    /* Taken before the fork (nothing under it waits for anything but
+     * memory), so that the child gets the table whole. */
+    switch (phase) {
+    case TPS_FORK_PREPARE:
+        pthread_mutex_lock(&registry.mutex);
+        break;
+    case TPS_FORK_PARENT:
+        pthread_mutex_unlock(&registry.mutex);
+        break;
+    case TPS_FORK_CHILD:
+        pthread_mutex_init(&registry.mutex, NULL);
+        break;
+    }
+}

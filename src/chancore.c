@@ -25,6 +25,15 @@
  * items it sent that are still queued are released in it and dropped
  * (their memory dies with it); neutral items stay deliverable.
  *
+ * fork() (fork.c).  In the child, every channel created before the fork
+ * is FORKED: send and recv fail at once, and its items and waiters,
+ * which belong to the parent, are forgotten.  Every lock wait is bounded
+ * by the caller's timeout.
+ *
+ * Exit (tpshare.Interpreter's at-exit hook).  Waits of an interpreter
+ * being stopped fail with TPS_ERR_EXITING instead of parking; the hook
+ * wakes every parked waiter so that those re-check.
+ *
  * Why the channel table is process-wide: channels are found by ID from
  * any interpreter.  It holds records and raw memory, no PyObject*.
  */
@@ -41,7 +50,7 @@ struct tps_channel {
     Py_ssize_t maxsize;          /* 0: unbounded */
     int64_t spin_ns;             /* < 0: adaptive (waiter.h) */
     unsigned int flags;          /* TPS_CHAN_*, fixed at creation */
-    atomic_int closed;
+    atomic_int closed;           /* OPEN, CLOSED or FORKED */
     /* Written by both sides on every operation. */
     _Alignas(TPS_LINE) tps_lock lock;  /* guards everything below */
     atomic_long count;           /* written under lock, read lock-free */
@@ -67,6 +76,10 @@ static struct {
 };
 
 #define KEY(id) ((void *)(uintptr_t)(id))
+
+/* Values of `closed`.  FORKED: this is a child process and the channel
+ * was created before the fork (see tps_channels_atfork). */
+enum { OPEN = 0, CLOSED = 1, FORKED = 2 };
 
 /* ---------------------------------------------------------------------
  * Life cycle.
@@ -202,7 +215,9 @@ void
 tps_channel_close(tps_channel *ch)
 {
     tps_lock_acquire(&ch->lock);
-    atomic_store(&ch->closed, 1);
+    /* A FORKED channel stays so: its error says why it is unusable. */
+    int open = OPEN;
+    atomic_compare_exchange_strong(&ch->closed, &open, CLOSED);
     tps_wlist_wake_all(&ch->receivers);
     tps_wlist_wake_all(&ch->senders);
     tps_lock_release(&ch->lock);
@@ -334,6 +349,17 @@ spin_ready(void *arg)
     return worth_locking(a->ch, a->dir, a->n);
 }
 
+/* Whether the channel is closed, with *rc set to the error if so. */
+static inline int
+closed_error(tps_channel *ch, int *rc)
+{
+    int closed = atomic_load(&ch->closed);
+    if (closed != OPEN) {
+        *rc = closed == FORKED ? TPS_ERR_FORKED : TPS_ERR_CLOSED;
+    }
+    return closed != OPEN;
+}
+
 /* One attempt with the lock held.  Returns 1 when done (*rc set), 0 to
  * keep waiting. */
 static int
@@ -349,14 +375,12 @@ attempt(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
             *rc = 0;
             return 1;
         }
-        if (atomic_load(&ch->closed)) {
-            *rc = TPS_ERR_CLOSED;
+        if (closed_error(ch, rc)) {
             return 1;
         }
         return 0;
     }
-    if (atomic_load(&ch->closed)) {
-        *rc = TPS_ERR_CLOSED;
+    if (closed_error(ch, rc)) {
         return 1;
     }
     if (can_send(ch, n)) {
@@ -433,16 +457,22 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
          Py_ssize_t *got, int64_t timeout_ns)
 {
     int rc = 0;
+    const int timed_out = dir == RECEIVING ? TPS_ERR_EMPTY : TPS_ERR_FULL;
 
-    assert(tps_thread_state() != NULL);
-    tps_lock_acquire(&ch->lock);
+    assert(tps_thread_state() != NULL);   /* holds the GIL */
+    assert(n > 0);
+    /* Every lock wait is bounded by the caller's timeout: a lock that
+     * cannot be had in time ends the operation like the timeout. */
+    if (tps_lock_acquire_for(&ch->lock, timeout_ns) < 0) {
+        return timed_out;
+    }
     int done = attempt(ch, dir, recs, n, got, &rc);
     tps_lock_release(&ch->lock);
     if (done) {
         return rc;
     }
     if (timeout_ns == 0) {
-        return dir == RECEIVING ? TPS_ERR_EMPTY : TPS_ERR_FULL;
+        return timed_out;
     }
 
     tps_interp *st = tps_interp_current();
@@ -469,18 +499,31 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
              &ch->cpu[dir == RECEIVING ? SENDING : RECEIVING]);
     drain_grace grace = {-1, TPS_DRAIN_GRACE_NS, 0};
     for (;;) {
-        tps_lock_acquire(&ch->lock);
+        assert(!node.linked && !inode.linked);
+        if (tps_lock_acquire_until(&ch->lock, deadline) < 0) {
+            rc = timed_out;
+            break;
+        }
         if (attempt(ch, dir, recs, n, got, &rc)) {
             tps_lock_release(&ch->lock);
             break;
         }
         if (deadline >= 0 && tps_now_ns() >= deadline) {
             tps_lock_release(&ch->lock);
-            rc = dir == RECEIVING ? TPS_ERR_EMPTY : TPS_ERR_FULL;
+            rc = timed_out;
             break;
         }
         tps_waiter_reset(w);
         tps_wlist_push(list, &node);
+        /* Checked on the list, under its lock: a stop at exit either is
+         * seen here or wakes this node (tps_channels_wake_all takes the
+         * lock after setting the flag). */
+        if (tps_interp_is_stopping(st)) {
+            tps_wlist_remove(list, &node);
+            tps_lock_release(&ch->lock);
+            rc = TPS_ERR_EXITING;
+            break;
+        }
         ch->parked[dir]++;
         tps_lock_release(&ch->lock);
 
@@ -498,6 +541,8 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
             tps_interp_unwatch(st, &inode);
         }
 
+        /* Untimed: the node lives in this frame and must be off the
+         * list before the frame goes. */
         tps_lock_acquire(&ch->lock);
         tps_wlist_remove(list, &node);
         tps_lock_release(&ch->lock);
@@ -615,4 +660,82 @@ tps_channels_forget_interp(int64_t interp)
         tps_channel_decref(all[i]);
     }
     PyMem_RawFree(all);
+}
+
+/* ---------------------------------------------------------------------
+ * Process exit and fork().
+ */
+
+void
+tps_channels_wake_all(void)
+{
+    /* The table's mutex, then each channel's lock: nothing takes them in
+     * the other order. */
+    pthread_mutex_lock(&channels.mutex);
+    PTRMAP_FOREACH(&channels.byid, s) {
+        tps_channel *ch = s->value;
+        assert(ch->refcnt > 0);   /* the table's reference */
+        tps_lock_acquire(&ch->lock);
+        tps_wlist_wake_all(&ch->receivers);
+        tps_wlist_wake_all(&ch->senders);
+        tps_lock_release(&ch->lock);
+    }
+    pthread_mutex_unlock(&channels.mutex);
+}
+
+int
+tps_channel_test_lock(int64_t id, int take)
+{
+    tps_channel *ch = tps_channel_lookup(id);
+    if (ch == NULL) {
+        return -1;
+    }
+    if (take) {
+        tps_lock_acquire(&ch->lock);
+    }
+    else {
+        assert(atomic_load(&ch->lock.taken));
+        tps_lock_release(&ch->lock);
+    }
+    tps_channel_decref(ch);
+    return 0;
+}
+
+void
+tps_channels_atfork(tps_fork_phase phase)
+{
+    switch (phase) {
+    case TPS_FORK_PREPARE:
+        pthread_mutex_lock(&channels.mutex);
+        break;
+    case TPS_FORK_PARENT:
+        pthread_mutex_unlock(&channels.mutex);
+        break;
+    case TPS_FORK_CHILD:
+        /* The table is whole: its mutex was taken before the fork.  A
+         * channel's lock, ring and wait lists may not be (a thread of
+         * the parent may have been inside a section), and none of it can
+         * serve the child: its items belong to the parent's interpreters
+         * and its waiters were the parent's threads.  So every channel
+         * of the table is FORKED, with no lock held, no waiter and no
+         * item: the items and the ring are left as they are, never
+         * released (releasing them could run hooks of interpreters that
+         * no longer exist). */
+        PTRMAP_FOREACH(&channels.byid, s) {
+            tps_channel *ch = s->value;
+            assert(ch->refcnt > 0 && ch->id == (int64_t)(uintptr_t)s->key);
+            tps_lock_init(&ch->lock);
+            atomic_store(&ch->closed, FORKED);
+            atomic_store(&ch->count, 0);
+            ch->ring = NULL;
+            ch->cap = 0;
+            ch->head = 0;
+            tps_wlist_init(&ch->receivers);
+            tps_wlist_init(&ch->senders);
+            atomic_store(&ch->cpu[0], -1);
+            atomic_store(&ch->cpu[1], -1);
+        }
+        pthread_mutex_init(&channels.mutex, NULL);
+        break;
+    }
 }

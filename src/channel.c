@@ -48,6 +48,19 @@ tps_raise_error(tps_module_state *state, int code)
     case TPS_ERR_NOMEM:
         PyErr_NoMemory();
         break;
+    case TPS_ERR_EXITING:
+        PyErr_Format(state->ChannelClosed,
+                     "interpreter %lld is being stopped because the process "
+                     "is exiting: its tpshare waits end",
+                     (long long)tps_current_interp_id());
+        break;
+    case TPS_ERR_FORKED:
+        PyErr_SetString(state->ChannelClosed,
+                        "the channel was created before fork(): it is not "
+                        "usable in the child process (its items and waiters "
+                        "belong to the parent); create channels after the "
+                        "fork");
+        break;
     default:
         assert(PyErr_Occurred());
         break;

@@ -61,6 +61,9 @@ struct tps_interp {
     /* The interpreter's tpshare module: a strong reference of the owner's
      * own, touched under its GIL only, cleared by the exit hook. */
     PyObject *module;
+    /* Set once by tps_interp_stop(): tpshare waits in the interpreter
+     * fail instead of parking. */
+    atomic_int stopping;
 };
 
 static struct {
@@ -600,4 +603,101 @@ tps_interp_stats(void)
     }
     PyMem_RawFree(rows);
     return res;
+}
+
+/* ---------------------------------------------------------------------
+ * Stopping waits at exit, and fork().
+ */
+
+int
+tps_interp_stop(int64_t id)
+{
+    pthread_mutex_lock(&interps.mutex);
+    tps_interp *st = find_locked(id);
+    if (st != NULL) {
+        tps_interp_incref(st);   /* its exit may run meanwhile */
+    }
+    pthread_mutex_unlock(&interps.mutex);
+    if (st == NULL) {
+        return -1;
+    }
+    assert(st->id == id && atomic_load(&st->refcnt) > 1);
+    /* Set before the watchers' lock is taken: a watcher that registers
+     * after the wake-up below sees the flag (tps_interp_is_stopping). */
+    atomic_store(&st->stopping, 1);
+    pthread_mutex_lock(&st->mutex);
+    tps_wlist_wake_all(&st->watchers);
+    atomic_store(&st->nwatchers, st->watchers.count);
+    pthread_mutex_unlock(&st->mutex);
+    tps_interp_decref(st);
+    return 0;
+}
+
+int
+tps_interp_is_stopping(tps_interp *st)
+{
+    return atomic_load(&st->stopping);
+}
+
+/* Make a state's locks and wait list new (fork child). */
+static void
+state_reinit_locks(tps_interp *st)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&st->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    pthread_mutex_init(&st->mutex, NULL);
+    tps_wlist_init(&st->watchers);
+    atomic_store(&st->nwatchers, 0);
+    atomic_store(&st->tracker_waits, 0);
+}
+
+void
+tps_interps_atfork(tps_fork_phase phase)
+{
+    switch (phase) {
+    case TPS_FORK_PREPARE:
+        /* Not the states' own mutexes: code under them calls into
+         * CPython (a pending call), which holds its locks while it
+         * forks. */
+        pthread_mutex_lock(&interps.mutex);
+        break;
+    case TPS_FORK_PARENT:
+        pthread_mutex_unlock(&interps.mutex);
+        break;
+    case TPS_FORK_CHILD: {
+        /* Only the main interpreter lives on in the child (CPython
+         * deletes the others without running their exit hooks).  The
+         * states of the others leave the list: nothing is scheduled or
+         * woken for them again, and the records that hold them keep
+         * them as memory (never freed).  Every state's mutex may have
+         * been held by a thread that is gone, and its watchers were
+         * such threads. */
+        int64_t main_id = PyInterpreterState_GetID(PyInterpreterState_Main());
+        tps_interp **p = &interps.list;
+        while (*p != NULL) {
+            tps_interp *st = *p;
+            state_reinit_locks(st);
+            if (st->id == main_id) {
+                /* A pending call queued before the fork may be lost:
+                 * let the next push queue one again. */
+                atomic_store(&st->scheduled, 0);
+                p = &st->next;
+            }
+            else {
+                st->alive = 0;
+                *p = st->next;
+                st->next = NULL;
+            }
+        }
+        if (tls_interp.id != main_id) {
+            tls_interp.id = -1;
+            tls_interp.st = NULL;
+        }
+        pthread_mutex_init(&interps.mutex, NULL);
+        break;
+    }
+    }
 }

@@ -21,7 +21,8 @@
  * delivered to a thread of the main interpreter, which handles it.
  *
  * At process exit the Python layer interrupts running work (a pending
- * call that raises SystemExit in the interpreter) and ends every
+ * call that raises SystemExit in the interpreter; tpshare waits in it,
+ * which would never reach the pending call, fail) and ends every
  * interpreter.  On 3.13 it may ask for one whose memory is still viewed
  * elsewhere to be *abandoned* instead: its thread leaves it, with its
  * thread state detached, to the runtime, which finalizes it after the
@@ -698,9 +699,11 @@ interp_run(PyObject *Py_UNUSED(module), PyObject *args)
 PyDoc_STRVAR(interp_interrupt_doc,
 "_interp_interrupt(id, /)\n--\n\n"
 "Ask interpreter `id` to raise SystemExit in the code it runs, at its\n"
-"next bytecode boundary (used at process exit).  A call blocked in C\n"
-"(a sleep, a channel wait) is interrupted only when it returns.\n"
-"Returns True if the request was queued.");
+"next bytecode boundary (used at process exit), and end its tpshare\n"
+"waits: a channel wait or Tracker.wait() in it raises ChannelClosed,\n"
+"now or when it would park.  Another call blocked in C (a sleep) is\n"
+"interrupted only when it returns.  Returns True if the request was\n"
+"queued.");
 
 static PyObject *
 interp_interrupt(PyObject *Py_UNUSED(module), PyObject *idobj)
@@ -711,6 +714,8 @@ interp_interrupt(PyObject *Py_UNUSED(module), PyObject *idobj)
     }
     int queued = 0;
     pthread_mutex_lock(&workers.mutex);
+    assert(w->refs > 1);   /* the table's and ours */
+    int64_t id = w->id;
     if (w->state == W_RUNNING && w->running > 0) {
         /* It cannot end while the lock is held with W_RUNNING. */
         PyInterpreterState *interp = tps_interp_lookup(w->id);
@@ -726,6 +731,12 @@ interp_interrupt(PyObject *Py_UNUSED(module), PyObject *idobj)
     pthread_mutex_unlock(&workers.mutex);
     if (PyErr_Occurred()) {
         return NULL;    /* the lookup failed (not: found no interpreter) */
+    }
+    /* Code parked in a tpshare wait never reaches the pending call: the
+     * interpreter's waits fail from now on, and every parked waiter
+     * wakes to see it. */
+    if (tps_interp_stop(id) == 0) {
+        tps_channels_wake_all();
     }
     return PyBool_FromLong(queued);
 }
@@ -898,4 +909,18 @@ int
 tps_interpreters_init(PyObject *module)
 {
     return PyModule_AddFunctions(module, interpreter_functions);
+}
+
+void
+tps_workers_atfork(tps_fork_phase phase)
+{
+    /* The table's mutex is not taken before the fork: code under it
+     * calls into CPython (interp_interrupt), which holds its own locks
+     * while it forks.  The interpreters it lists and their threads do not
+     * exist in the child: the child forgets them all (their entries are
+     * left as they are, not freed: the list may have been mid-update). */
+    if (phase == TPS_FORK_CHILD) {
+        pthread_mutex_init(&workers.mutex, NULL);
+        workers.list = NULL;
+    }
 }

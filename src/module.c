@@ -701,7 +701,8 @@ module_exec(PyObject *module)
         || tps_tracker_init_type(module, state) < 0
         || tps_buffer_init_type(module, state) < 0
         || tps_channel_init_types(module, state) < 0
-        || tps_interpreters_init(module) < 0)
+        || tps_interpreters_init(module) < 0
+        || tps_fork_init(module) < 0)
     {
         goto finally;
     }

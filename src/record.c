@@ -1151,3 +1151,25 @@ tps_is_shareable(PyObject *obj)
     PyErr_Clear();
     return 0;
 }
+
+void
+tps_records_atfork(tps_fork_phase phase)
+{
+    /* The depots' mutexes guard a few pointer moves (and an mmap): taken
+     * before the fork so that the child gets whole lists.  The caches
+     * of the parent's other threads are lost to the child: their blocks
+     * stay allocated. */
+    for (int k = 0; k < NKINDS; k++) {
+        switch (phase) {
+        case TPS_FORK_PREPARE:
+            pthread_mutex_lock(&depots[k].mutex);
+            break;
+        case TPS_FORK_PARENT:
+            pthread_mutex_unlock(&depots[k].mutex);
+            break;
+        case TPS_FORK_CHILD:
+            pthread_mutex_init(&depots[k].mutex, NULL);
+            break;
+        }
+    }
+}

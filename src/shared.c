@@ -35,6 +35,12 @@ static struct {
     .next_token = 16,        /* keys 0, 1 and 2 are reserved by ptrmap */
 };
 
+/* In a child process: the tokens below this were detached before the
+ * (last) fork, so their records belong to the parent.  Read under the
+ * GIL of the child's only interpreter at first, written only by the fork
+ * handler. */
+static uint64_t forked_below;
+
 /* Put `rec` (the caller's reference is taken over) in the table.  Returns
  * the token, or 0 with MemoryError (the reference is then released). */
 static uint64_t
@@ -116,6 +122,14 @@ tps_shared_new(tps_module_state *state, TpShare_Record *rec)
 PyObject *
 tps_attach(tps_module_state *state, int64_t token)
 {
+    if (token >= 16 && (uint64_t)token < forked_below) {
+        PyErr_Format(state->Error,
+                     "token %lld was detached before fork(): it is not "
+                     "usable in the child process (its record belongs to "
+                     "the parent); detach values after the fork",
+                     (long long)token);
+        return NULL;
+    }
     TpShare_Record *rec = token_take((uint64_t)token);
     if (rec == NULL) {
         PyErr_Format(PyExc_KeyError,
@@ -306,4 +320,24 @@ tps_shared_init_type(PyObject *module, tps_module_state *state)
         return -1;
     }
     return PyModule_AddType(module, state->SharedType);
+}
+
+void
+tps_tokens_atfork(tps_fork_phase phase)
+{
+    switch (phase) {
+    case TPS_FORK_PREPARE:
+        pthread_mutex_lock(&tokens.mutex);
+        break;
+    case TPS_FORK_PARENT:
+        pthread_mutex_unlock(&tokens.mutex);
+        break;
+    case TPS_FORK_CHILD:
+        /* The records stay in the table (those of the main interpreter,
+         * which lives on, are released at its exit as usual); their
+         * tokens no longer attach. */
+        forked_below = tokens.next_token;
+        pthread_mutex_init(&tokens.mutex, NULL);
+        break;
+    }
 }

@@ -203,6 +203,18 @@ unsigned long tps_interp_drains(tps_interp *st);
  * holders (as during finalization; see docs/design.md). */
 void tps_interp_process_exiting(void);
 
+/* Stop the waits of interpreter `id` (tpshare.Interpreter's at-exit
+ * hook, through interpreter.c): from now on a tpshare wait in it (channel
+ * send/recv, Tracker.wait) fails with TPS_ERR_EXITING instead of parking,
+ * and the threads of it parked as watchers are woken.  Channel waits that
+ * are not watching are woken by tps_channels_wake_all().  Returns 0, or
+ * -1 when tpshare has no state for that interpreter.  Any thread. */
+int tps_interp_stop(int64_t id);
+/* Whether the waits of the interpreter of `st` were stopped.  A waiter
+ * checks after it is on a wait list (under that list's lock), so that a
+ * stop either sees it there or is seen by it. */
+int tps_interp_is_stopping(tps_interp *st);
+
 /* Run `cb(interp_id)` in every interpreter's exit hook, before it waits
  * for remote holders (used to drop what it left unclaimed).  Returns 0 or
  * -1 when the fixed table of callbacks is full. */
@@ -377,6 +389,10 @@ extern const TpShare_CAPI tps_capi;
 #define TPS_ERR_FULL    -4   /* timed out waiting for room */
 #define TPS_ERR_NOMEM   -5
 #define TPS_ERR_SIGNAL  -6   /* a signal handler raised: exception set */
+#define TPS_ERR_EXITING -7   /* the waiter's interpreter is being stopped
+                                at exit (tps_interp_stop) */
+#define TPS_ERR_FORKED  -8   /* the channel was created before fork() and
+                                this is the child */
 
 typedef struct tps_channel tps_channel;
 
@@ -419,6 +435,13 @@ int tps_channel_recv(tps_channel *ch, TpShare_Record **out, Py_ssize_t max,
 int tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
                        Py_ssize_t n);
 void tps_channels_forget_interp(int64_t interp);
+/* Wake every thread parked in a channel wait, in every interpreter (a
+ * spurious wake-up for those that go on waiting).  Any thread. */
+void tps_channels_wake_all(void);
+/* For tests: take (take != 0) or release the lock of channel `id` from
+ * the calling thread, as a thread inside a channel operation holds it.
+ * 0, or -1 when there is no such channel. */
+int tps_channel_test_lock(int64_t id, int take);
 
 /* ---------------------------------------------------------------------
  * Python-visible types and errors (src/module.c, shared.c, view.c).
@@ -479,6 +502,34 @@ PyObject *tps_raise_error(tps_module_state *state, int code);
  * _interp_abandon, _interp_end and _interp_list, used by
  * tpshare/_interpreters.py, to `module` (borrowed).  0 or -1. */
 int tps_interpreters_init(PyObject *module);
+
+/* ---------------------------------------------------------------------
+ * fork() (src/fork.c).
+ */
+
+/* Register the fork handlers (once per process) and add the test hook
+ * _hold_channel_lock to `module` (borrowed).  0 or -1. */
+int tps_fork_init(PyObject *module);
+
+/* The phases of a fork, for the handlers of each file that owns
+ * process-wide state: PREPARE (the forking thread, before the fork) takes
+ * the file's leaf mutexes, so that the child gets the state they guard
+ * consistent; PARENT releases them; CHILD (the only thread of the child)
+ * re-initializes every lock, owned or not, and makes what belonged to the
+ * parent's other threads and interpreters unusable.  CHILD runs before
+ * CPython's own fork handling: no Python API, no allocation. */
+typedef enum {
+    TPS_FORK_PREPARE,
+    TPS_FORK_PARENT,
+    TPS_FORK_CHILD,
+} tps_fork_phase;
+
+void tps_registry_atfork(tps_fork_phase phase);   /* registry/registry.c */
+void tps_records_atfork(tps_fork_phase phase);    /* record.c */
+void tps_interps_atfork(tps_fork_phase phase);    /* interp.c */
+void tps_channels_atfork(tps_fork_phase phase);   /* chancore.c */
+void tps_tokens_atfork(tps_fork_phase phase);     /* shared.c */
+void tps_workers_atfork(tps_fork_phase phase);    /* interpreter.c */
 
 /* ---------------------------------------------------------------------
  * Small helpers.

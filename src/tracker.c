@@ -173,7 +173,7 @@ tracker_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         if (deadline >= 0 && tps_now_ns() >= deadline) {
             Py_RETURN_FALSE;
         }
-        int why;
+        int why, stopping;
         Py_BEGIN_ALLOW_THREADS
         /* Spin first: the release usually arrives within microseconds. */
         int64_t start = tps_now_ns();
@@ -186,12 +186,20 @@ tracker_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
         tps_waiter_reset(w);
         tps_interp_tracker_waits(st, 1);
         tps_interp_watch(st, &node);
-        why = (atomic_load(&t->released) || tps_interp_has_pending(st))
+        /* Checked once watching: a stop at exit is either seen here or
+         * wakes the node. */
+        stopping = tps_interp_is_stopping(st);
+        why = (stopping || atomic_load(&t->released)
+               || tps_interp_has_pending(st))
               ? TPS_PARK_WOKEN : tps_waiter_park(w, deadline);
         tps_interp_unwatch(st, &node);
         tps_interp_tracker_waits(st, -1);
         tps_spin_learn(tps_now_ns() - start);
         Py_END_ALLOW_THREADS
+        if (stopping && !atomic_load(&t->released)) {
+            tps_module_state *state = tps_interp_module_state(st);
+            return state ? tps_raise_error(state, TPS_ERR_EXITING) : NULL;
+        }
         if (why == TPS_PARK_SIGNAL && PyErr_CheckSignals() < 0) {
             return NULL;
         }

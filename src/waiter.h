@@ -231,24 +231,69 @@ tps_lock_init(tps_lock *l)
     atomic_init(&l->taken, 0);
 }
 
-static inline void
-tps_lock_acquire(tps_lock *l)
+/* How long a timed lock wait lasts at least, whatever the caller's
+ * deadline: the lock guards a few dozen instructions, so a call that must
+ * not wait (timeout 0) still gets it from a holder that is merely in its
+ * section.  Only a holder that lost its CPU for that long keeps it
+ * longer.  (A holder that no longer exists, a thread of the parent after
+ * fork(), cannot: the fork handlers reset the locks in the child.) */
+#define TPS_LOCK_MIN_WAIT_NS 100000000
+
+/* Take the lock, or give up and return -1 once `deadline_ns` (monotonic;
+ * < 0: never) has passed and the lock was waited for at least
+ * TPS_LOCK_MIN_WAIT_NS.  The clock is read only while the lock is
+ * contended, between yields. */
+static inline int
+tps_lock_acquire_until(tps_lock *l, int64_t deadline_ns)
 {
+    int64_t give_up = -1;
     for (;;) {
         if (!atomic_exchange_explicit(&l->taken, 1, memory_order_acquire)) {
-            return;
+            return 0;
         }
         int spins = 0;
         while (atomic_load_explicit(&l->taken, memory_order_relaxed)) {
             if (++spins < TPS_LOCK_SPINS) {
                 tps_cpu_relax();
+                continue;
             }
-            else {
-                sched_yield();
-                spins = 0;
+            spins = 0;
+            if (deadline_ns >= 0) {
+                int64_t now = tps_now_ns();
+                if (give_up < 0) {
+                    give_up = now + TPS_LOCK_MIN_WAIT_NS;
+                    if (give_up < deadline_ns) {
+                        give_up = deadline_ns;
+                    }
+                }
+                else if (now >= give_up) {
+                    return -1;
+                }
             }
+            sched_yield();
         }
     }
+}
+
+/* The same with a timeout from now (< 0: wait forever). */
+static inline int
+tps_lock_acquire_for(tps_lock *l, int64_t timeout_ns)
+{
+    if (!atomic_exchange_explicit(&l->taken, 1, memory_order_acquire)) {
+        return 0;
+    }
+    return tps_lock_acquire_until(
+        l, timeout_ns < 0 ? -1 : tps_now_ns() + timeout_ns);
+}
+
+/* Untimed: for sections that must run (unlinking a node from a wait list
+ * before its stack frame goes) and callers without a deadline. */
+static inline void
+tps_lock_acquire(tps_lock *l)
+{
+    int rc = tps_lock_acquire_until(l, -1);
+    assert(rc == 0);
+    (void)rc;
 }
 
 static inline void

@@ -29,10 +29,10 @@ Lifetimes.  An interpreter lives until ``close()`` (or the pool's
 when their Python object is collected, and ``list_interpreters()`` lists
 them.  At exit (``threading``'s at-exit hook, which runs before
 non-daemon threads are joined and before ``atexit``), queued work is
-cancelled, running work is interrupted with ``SystemExit``, and each
-interpreter is ended; one whose memory is still viewed elsewhere is left
-to the runtime instead (ending it would wait for the views, D5).  See
-docs/interpreters.md.
+cancelled, running work is interrupted with ``SystemExit`` (tpshare waits
+in it end with ``ChannelClosed``), and each interpreter is ended; one
+whose memory is still viewed elsewhere is left to the runtime instead
+(ending it would wait for the views, D5).  See docs/interpreters.md.
 """
 
 import itertools
@@ -581,6 +581,7 @@ class _Hub:
             self.exiting = True
             members = sorted(self.members.values(), key=lambda i: i.id)
             results, collector = self.results, self.collector
+        interrupted = members and _main_died_of_keyboard_interrupt()
         if results is not None:
             results.close()
             if collector.ident != threading.get_ident():
@@ -618,8 +619,8 @@ class _Hub:
                 sys.stderr.write(
                     f"tpshare: at exit, interpreter {m.id} has not stopped "
                     f"after {waited:.0f} s: it runs code that does not "
-                    "return to the interpreter loop (a long C call or a "
-                    "blocking wait); still waiting\n")
+                    "return to the interpreter loop (a long C call, a "
+                    "sleep, a wait outside tpshare); still waiting\n")
                 sys.stderr.flush()
             m._state = _CLOSED
         for owner in owners:
@@ -637,9 +638,61 @@ class _Hub:
         # Joining threads above made this thread a dummy again if it is
         # a worker's (this hook then runs as the worker ends).
         _forget_dummy_thread()
+        if interrupted:
+            _restore_keyboard_interrupt_status()
 
 
 _hub = _Hub()
+
+
+def _main_died_of_keyboard_interrupt():
+    """Whether this is the main interpreter of a script that is exiting
+    because of an uncaught KeyboardInterrupt (printed, so sys.last_exc)."""
+    return (interpreter_id() == 0 and not sys.flags.interactive
+            and isinstance(getattr(sys, "last_exc", None),
+                           KeyboardInterrupt))
+
+
+def _raise_keyboard_interrupt():
+    raise KeyboardInterrupt
+
+
+def _restore_keyboard_interrupt_status():
+    """A script that dies of KeyboardInterrupt exits by SIGINT.  CPython
+    keeps that in one flag for the whole process and clears it whenever
+    code is evaluated from a string in any interpreter (eval(), so any
+    namedtuple made, by an import for instance): the interpreters stopped
+    at exit may have done so while they unwound.  Evaluating code from a
+    string that raises KeyboardInterrupt sets it again."""
+    try:
+        eval("_raise()", {"_raise": _raise_keyboard_interrupt})
+    except KeyboardInterrupt:
+        pass
+
+
+def _after_fork_in_child():
+    """os.fork()'s hook in the child: the interpreters made here before
+    the fork, their threads and the results thread do not exist in the
+    child (the C layer forgot them, and their channels are unusable
+    there).  They become closed; submitting to them raises
+    InterpreterClosed.  Futures still pending are never completed.  New
+    interpreters work as usual."""
+    hub = _hub
+    hub.lock = threading.Lock()
+    members, hub.members = list(hub.members.values()), {}
+    hub.jobs = {}
+    hub.users = 0
+    hub.results = hub.collector = None
+    done = set()
+    for m in members:
+        for obj in (m, m._pool):
+            if obj is not None and id(obj) not in done:
+                done.add(id(obj))
+                obj._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _quietly(func, iid, *args):
@@ -690,6 +743,8 @@ class _Submitter:
     """What an Interpreter and a Pool share: a work channel, the jobs not
     yet delivered, and closing."""
 
+    _forked = False   # made before fork(), seen in the child
+
     def _setup(self, work):
         self._work = work
         self._lock = threading.Lock()
@@ -706,7 +761,7 @@ class _Submitter:
         try:
             with self._lock:
                 if self._state != _OPEN:
-                    raise InterpreterClosed(f"{self._name()} is closed")
+                    raise InterpreterClosed(self._closed_message())
                 job_id = _hub.add_job(fut, self)
                 self._pending.add(job_id)
             try:
@@ -725,6 +780,24 @@ class _Submitter:
 
     def _after_submit(self, job_id):
         pass
+
+    def _closed_message(self):
+        if self._forked:
+            return (f"{self._name()} was created before fork(): it does not "
+                    "exist in this child process (interpreters and their "
+                    "threads are not copied by fork); create interpreters "
+                    "after the fork")
+        return f"{self._name()} is closed"
+
+    def _forget_after_fork(self):
+        """In a child process: closed for good, with new locks (one held
+        by a thread of the parent would stay held)."""
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._close_lock = threading.Lock()
+        self._pending = set()
+        self._state = _CLOSED
+        self._forked = True
 
     def _delivered(self, job_id):
         with self._lock:
