@@ -98,6 +98,15 @@ def unpack(archive, dest):
     return top
 
 
+def bare_python(path):
+    """A new virtual environment with nothing installed, not even pip (the
+    tests' pip fills it through --python: quicker than one of its own);
+    return its interpreter.  Without setuptools there, pip builds with
+    build isolation whatever the project declares."""
+    run([sys.executable, "-m", "venv", "--without-pip", path])
+    return Path(path) / "bin" / "python"
+
+
 def copy_tree(src, dest):
     shutil.copytree(src, dest, ignore=shutil.ignore_patterns(
         "build", "*.egg-info", "__pycache__", "*.so", "*.o"))
@@ -287,10 +296,7 @@ def test_sdist_builds_a_wheel_with_the_header_and_metadata(wheel_dir):
 
 def test_editable_install_finds_the_header(sdist, tmp_path):
     tree = unpack(sdist, tmp_path / "tree")
-    env = tmp_path / "venv"
-    # A bare environment, filled by this pip: quicker than one with its own.
-    run([sys.executable, "-m", "venv", "--without-pip", env])
-    python = env / "bin" / "python"
+    python = bare_python(tmp_path / "venv")
     pip("--python", python, "install", "--no-deps", "--editable", tree)
     proc = run([python, "-c", textwrap.dedent("""
         import importlib.metadata, tpshare
@@ -310,10 +316,14 @@ def test_editable_install_finds_the_header(sdist, tmp_path):
 
 def test_extension_builds_with_build_isolation(wheel_dir, tmp_path):
     # tests/ext declares tpshare as a build requirement: pip installs it
-    # (the local wheel) and setuptools into a fresh build environment.
+    # (the local wheel) and setuptools into a fresh build environment.  It
+    # builds for an environment without tpshare, as an author's would be.
     ext = copy_tree(ROOT / "tests" / "ext", tmp_path / "ext")
+    python = bare_python(tmp_path / "venv")
     out = tmp_path / "out"
-    pip("wheel", "--no-deps", "--find-links", wheel_dir, "--wheel-dir", out, ext)
+    proc = pip("--python", python, "wheel", "--no-deps", "--find-links",
+               wheel_dir, "--wheel-dir", out, ext)
+    assert "Installing build dependencies" in proc.stdout
     (wheel,) = out.glob("tpshare_testext-*.whl")
     site = tmp_path / "site"
     with zipfile.ZipFile(wheel) as zf:
