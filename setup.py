@@ -7,10 +7,16 @@ Environment variables (read at build time):
   TPSHARE_WERROR=1    warnings are errors (CI sets it)
 """
 import os
+import sys
 from glob import glob
 
 from setuptools import Extension, setup
 from setuptools.command.build_py import build_py
+
+# Refuse early, before a compiler fails on the first Linux-only call.
+if not sys.platform.startswith("linux"):
+    sys.exit(f"tpshare supports Linux only (this is {sys.platform}): it "
+             "relies on Linux's threads, clocks and CPU numbering")
 
 
 class build_py_with_header(build_py):

@@ -12,6 +12,10 @@
 #error "compat.h is internal to tpshare; include tpshare.h instead"
 #endif
 
+#ifndef __linux__
+#error "tpshare supports Linux only: it relies on Linux's threads, clocks and CPU numbering"
+#endif
+
 #include <Python.h>
 
 #if PY_VERSION_HEX < 0x030C0000

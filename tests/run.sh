@@ -40,8 +40,16 @@ esac
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
 fi
+# The test requirements are pyproject.toml's `test` and `bench` extras,
+# read here so that installing them builds nothing.
+extras=$("$venv/bin/python" -c '
+import tomllib
+with open("pyproject.toml", "rb") as f:
+    extras = tomllib.load(f)["project"]["optional-dependencies"]
+print("\n".join(extras["test"] + extras["bench"]))')
+mapfile -t requirements <<<"$extras"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-    setuptools wheel "pytest>=8" "hypothesis>=6.100" numpy "matplotlib>=3.8"
+    setuptools wheel "${requirements[@]}"
 env_prefix=()
 build_prefix=()
 logs=""

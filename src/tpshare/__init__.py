@@ -5,35 +5,56 @@ process-wide registry (the prototype of a ``tp_share`` slot).  See the
 README and docs/ for the design and the API.
 """
 
-import os as _os
+__version__ = "0.1.0.dev0"
 
-from . import _tpshare
-from ._tpshare import (
-    ABI_VERSION,
-    Buffer,
-    Channel,
-    ChannelClosed,
-    ChannelEmpty,
-    ChannelFull,
-    Error,
-    MemChannel,
-    NotShareableError,
-    Queue,
-    QueueEmpty,
-    QueueFull,
-    Shared,
-    Tracker,
-    View,
-    _C_API,
-    attach,
-    drain,
-    interpreter_id,
-    is_shareable,
-    origin_id,
-    registered,
-    share,
-    stats,
-)
+# Needs nothing compiled: a build against tpshare.h works even where the
+# extension below cannot be imported.
+from ._include import get_include
+
+try:
+    from . import _tpshare
+except ImportError as _exc:
+    _core_error = _exc
+
+    def __getattr__(name):
+        """Every name but get_include needs the compiled core: raise its
+        import error (the caught one, as the cause) when one is used."""
+        if name.startswith("__"):
+            raise AttributeError(name)
+        raise ImportError(
+            f"tpshare.{name} needs tpshare's compiled core, which failed to "
+            f"import ({_core_error}); only tpshare.get_include() works "
+            "without it",
+            name=__name__,
+        ) from _core_error
+else:
+    _core_error = None
+    from ._tpshare import (
+        ABI_VERSION,
+        Buffer,
+        Channel,
+        ChannelClosed,
+        ChannelEmpty,
+        ChannelFull,
+        Error,
+        MemChannel,
+        NotShareableError,
+        Queue,
+        QueueEmpty,
+        QueueFull,
+        Shared,
+        Tracker,
+        View,
+        _C_API,
+        attach,
+        drain,
+        interpreter_id,
+        is_shareable,
+        origin_id,
+        registered,
+        share,
+        stats,
+    )
 
 __all__ = [
     "ABI_VERSION",
@@ -62,15 +83,16 @@ __all__ = [
     "stats",
 ]
 
-# Interpreters that run in the background (docs/interpreters.md).
-from ._interpreters import (  # noqa: E402
-    Interpreter,
-    InterpreterBusy,
-    InterpreterClosed,
-    Pool,
-    RemoteError,
-    list_interpreters,
-)
+if _core_error is None:
+    # Interpreters that run in the background (docs/interpreters.md).
+    from ._interpreters import (  # noqa: E402
+        Interpreter,
+        InterpreterBusy,
+        InterpreterClosed,
+        Pool,
+        RemoteError,
+        list_interpreters,
+    )
 
 __all__ += [
     "Interpreter",
@@ -80,10 +102,3 @@ __all__ += [
     "RemoteError",
     "list_interpreters",
 ]
-
-__version__ = "0.1.0.dev0"
-
-
-def get_include() -> str:
-    """The folder holding ``tpshare.h``, for building extensions."""
-    return _os.path.join(_os.path.dirname(__file__), "include")
