@@ -149,6 +149,28 @@ def test_a_buffer_added_to_a_base_reaches_its_cached_subclasses():
         view.release()
 
 
+def test_a_type_without_version_tags_left_is_answered_uncached():
+    """CPython 3.13 gives a class at most 1000 version tags; a class
+    changed more often than that has none, and its answers are not
+    cached (each lookup resolves again), so they stay right."""
+
+    class X:
+        pass
+
+    for i in range(1100):
+        X.counter = i
+        getattr(X, "missing", None)  # CPython tags it again here
+    assert not tpshare.is_shareable(X())
+    assert not tpshare.is_shareable(X())
+    X.__buffer__ = lambda self, flags: memoryview(b"late")
+    with tpshare.share(X()) as s:
+        view = s.rebuild()
+        assert bytes(view) == b"late"
+        view.release()
+    del X.__buffer__
+    assert not tpshare.is_shareable(X())
+
+
 def test_changed_bases_change_the_answer():
     A = type("A", (), {})
     ext.register_type(A, "tests.registry.A", subclasses=True)

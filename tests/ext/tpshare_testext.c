@@ -1178,6 +1178,33 @@ testext_lookup_name(PyObject *module, PyObject *arg)
     return PyUnicode_FromString(hooks.name);
 }
 
+/* lookup_loop(type, n) -> how many of n calls of Lookup(type) found
+ * hooks: times the registry's lookup from C, without a Python call per
+ * lookup.  args: borrowed.  Returns a new reference. */
+static PyObject *
+testext_lookup_loop(PyObject *module, PyObject *args)
+{
+    PyObject *type;
+    Py_ssize_t n;
+    Py_ssize_t found = 0;
+    TpShare_Hooks hooks;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O!n:lookup_loop", &PyType_Type, &type,
+                          &n)) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int rc = TpShare_API->Lookup((PyTypeObject *)type, &hooks);
+
+        if (rc < 0) {
+            return NULL;
+        }
+        found += rc;
+    }
+    return PyLong_FromSsize_t(found);
+}
+
 /* share_and_release(obj) -> None, after sharing `obj` (borrowed) and
  * releasing the record.  Returns a new reference, or NULL with the error
  * of Share. */
@@ -1312,6 +1339,9 @@ static PyMethodDef testext_methods[] = {
     {"lookup_name", testext_lookup_name, METH_O,
      "lookup_name(type)\n--\n\nName of the registration used for type, "
      "or None."},
+    {"lookup_loop", testext_lookup_loop, METH_VARARGS,
+     "lookup_loop(type, n)\n--\n\nCall Lookup(type) n times; return how "
+     "many found hooks."},
     {"share_and_release", testext_share_and_release, METH_O,
      "share_and_release(obj)\n--\n\nShare obj, then release the record."},
     {"roundtrip", testext_roundtrip, METH_O,
