@@ -256,3 +256,51 @@ def test_registered_takes_no_reference_to_a_mortal_static_type(sub):
     finally:
         ext.unregister_type(T)
     assert "tests.registry.Mortal" not in [r[0] for r in tpshare.registered()]
+
+
+def test_a_built_in_registration_removed_while_another_interpreter_shares():
+    """The table of built-in types is read by every interpreter without a
+    lock while a writer clears a slot: each share made meanwhile uses the
+    built-in hooks or finds the type unregistered, never anything else.
+    (The race itself, plain loads against a store, is only visible to a
+    race detector: the slots are atomics.)"""
+    r = run_child(
+        """
+        import threading
+        import tpshare, tpshare_testext
+        from support import Sub
+
+        reader, writer = Sub(), Sub()
+        writer.run("import tpshare_testext as ext")
+        reader.run('''
+        def loop(n):
+            ok = gone = 0
+            for i in range(n):
+                try:
+                    back = tpshare.share(i + 0.5).rebuild()
+                except tpshare.NotShareableError:
+                    gone += 1
+                else:
+                    assert back == i + 0.5, back
+                    ok += 1
+            return ok, gone
+        ''')
+        threads = [
+            threading.Thread(target=reader.run,
+                             args=("result = loop(20000)",)),
+            threading.Thread(target=writer.run,
+                             args=("ext.unregister_type(float)",)),
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        ok, gone = eval(reader.eval("result"))
+        print(ok + gone, tpshare.is_shareable(0.5),
+              reader.eval("tpshare.is_shareable(0.5)"))
+        reader.close()
+        writer.close()
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["20000", "False", "False"]
