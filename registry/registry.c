@@ -170,8 +170,8 @@ static TPS_TLS struct {
  *   with everything an answer depends on besides the registry.  0 when
  *   the type has no valid tag: its answer is not cached.
  *
- * One flag test and, for heap types, one load of a field of the type the
- * caller's object points to. */
+ * Computed on a miss; a hit (tps_registry_find) reads nothing of a
+ * static type and one field of a heap type. */
 static inline unsigned int
 type_identity(PyTypeObject *type)
 {
@@ -388,17 +388,25 @@ tps_registry_find(PyTypeObject *type)
     if (c == NULL) {
         return NULL;
     }
-    unsigned int version = type_identity(type);
     answer *set = cache_set(c, type);
     for (int w = 0; w < CACHE_WAYS; w++) {
-        /* A heap type without a valid tag (version 0) never matches: no
-         * heap type is cached with 0, and a static type's slot (0) cannot
-         * share its address with a heap type. */
-        if (set[w].type == type && set[w].version == version) {
+        if (set[w].type != type) {
+            continue;
+        }
+        /* Version 0 is stored for static types only, and a static type
+         * keeps its address for good: the slot is this very type.  Any
+         * other version is a heap type's tag, which no other type ever
+         * gets; a heap type without a valid tag (0) matches nothing.  (A
+         * type has at most one slot.) */
+        if (set[w].version == 0
+            || set[w].version == tps_type_version(type))
+        {
             return set[w].entry;
         }
+        break;
     }
 
+    unsigned int version = type_identity(type);
     int heap = PyType_HasFeature(type, Py_TPFLAGS_HEAPTYPE);
     if (heap && version == 0) {
         /* CPython tags types lazily (when it first looks an attribute up
