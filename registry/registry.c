@@ -176,7 +176,8 @@ static inline unsigned int
 type_identity(PyTypeObject *type)
 {
     if (!PyType_HasFeature(type, Py_TPFLAGS_HEAPTYPE)) {
-        assert(PyType_HasFeature(type, Py_TPFLAGS_IMMUTABLETYPE));
+        assert(!PyType_HasFeature(type, Py_TPFLAGS_READY)
+               || PyType_HasFeature(type, Py_TPFLAGS_IMMUTABLETYPE));
         return 0;
     }
     return tps_type_version(type);
