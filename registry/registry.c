@@ -316,6 +316,12 @@ static struct {
 tps_entry *
 tps_registry_fast(PyTypeObject *type)
 {
+    /* Unrolled, as the compiler does by itself for plain loads but not
+     * for atomic ones: without it, finding int took a loop of 49
+     * instructions instead of 16 (21 now). */
+#if defined(__GNUC__)
+#pragma GCC unroll 8
+#endif
     for (int i = 0; i < NFAST; i++) {
         if (atomic_load_explicit(&fast[i].type, memory_order_relaxed)
             == type)
