@@ -1,10 +1,10 @@
 /* registry.c - the process-wide type registry.
  *
- * Maps a type to the hooks that share its instances (DESIGN.md D1, D2).
- * Static types are registered once for the process; heap types exist once
- * per interpreter, so their registrations are visible only in the
- * interpreter that made them and vanish with the type (a weakref callback
- * removes them before the type's memory can be reused).
+ * Maps a type to the hooks that share its instances.  Static types are
+ * registered once for the process; heap types exist once per interpreter,
+ * so their registrations are visible only in the interpreter that made
+ * them and vanish with the type (a weakref callback removes them before
+ * the type's memory can be reused).
  *
  * Why this state is process-wide: a record made in one interpreter is
  * rebuilt in another, so both must see the same registrations.  It holds
@@ -16,8 +16,14 @@
  * interpreter keeps its own lookup cache (guarded by its own GIL) that is
  * flushed when it sees a new generation, so with interpreters running in
  * parallel a steady-state lookup is one atomic load and one probe of a
- * private hash table.  Misses, MRO walks and lookups by name go to the
- * shared table under the mutex and are cached.
+ * private table.  Misses, MRO walks and lookups by name go to the shared
+ * table under the mutex and are cached.
+ *
+ * A cached answer names its type by address, and an address outlives the
+ * type: an unregistered type (a subclass found on the MRO, a buffer
+ * exporter, a type found not shareable) can die and a new type can be
+ * allocated where it was.  So an answer is kept with the type's identity
+ * (see type_identity()) and only used while that identity is unchanged.
  */
 #include "tpshare_internal.h"
 #include "ptrmap.h"
@@ -74,18 +80,31 @@ tps_entry_new(PyTypeObject *type, int64_t interp, const TpShare_Hooks *hooks)
  * The process-wide table and the per-interpreter caches.
  */
 
-/* A cached lookup result that means "not shareable". */
-#define NOT_SHAREABLE ((void *)2)
+/* One cached answer: what `type` resolves to in the cache's interpreter,
+ * valid while type_identity(type) == version. */
+typedef struct {
+    PyTypeObject *type;      /* NULL: a free slot */
+    tps_entry *entry;        /* held; NULL: not shareable */
+    unsigned int version;
+} answer;
+
+/* The answers are a fixed set-associative table: a lookup hashes the
+ * type to a set and compares at most CACHE_WAYS slots; a full set evicts
+ * one answer.  Its size is fixed, so answers for types that died (their
+ * slots are only reused, never matched again) cannot pile up. */
+#define CACHE_SETS 64
+#define CACHE_WAYS 4
 
 typedef struct cache {
     struct cache *next;      /* in registry.caches */
     int64_t interp;
     uint64_t generation;
-    /* type -> entry or NOT_SHAREABLE; each entry value holds a ref. */
-    ptrmap bytype;
+    answer bytype[CACHE_SETS][CACHE_WAYS];
+    int nanswers;            /* occupied slots of bytype */
+    unsigned int victim;     /* round-robin way to evict in a full set */
     /* sent entry -> local entry; both hold a ref. */
     ptrmap byentry;
-    /* A held entry that could not be cached for lack of memory. */
+    /* A held entry returned but not cached (see tps_registry_find). */
     tps_entry *spare;
 } cache;
 
@@ -101,6 +120,33 @@ static struct {
     .mutex = PTHREAD_MUTEX_INITIALIZER,
 };
 
+/* Whether the calling thread holds registry.mutex: asserted by the
+ * functions that need it (debug builds). */
+#ifndef NDEBUG
+static TPS_TLS int tls_holds_registry;
+#define REGISTRY_LOCKED() (tls_holds_registry != 0)
+#endif
+
+static void
+registry_lock(void)
+{
+    pthread_mutex_lock(&registry.mutex);
+#ifndef NDEBUG
+    assert(!tls_holds_registry);
+    tls_holds_registry = 1;
+#endif
+}
+
+static void
+registry_unlock(void)
+{
+#ifndef NDEBUG
+    assert(tls_holds_registry);
+    tls_holds_registry = 0;
+#endif
+    pthread_mutex_unlock(&registry.mutex);
+}
+
 /* The current thread's last cache, to skip the search in registry.caches
  * while a thread stays in one interpreter.  The pointer is only used when
  * the interpreter ID matches, and IDs are never reused. */
@@ -109,24 +155,105 @@ static TPS_TLS struct {
     cache *c;
 } tls_cache = {-1, NULL};
 
+/* What tells `type` (borrowed, of the current interpreter or static)
+ * apart from any other type that is or was at its address, as of now:
+ *
+ * - 0 for a static type.  It lives for the process at a fixed address,
+ *   and it is immutable (PyType_Ready sets Py_TPFLAGS_IMMUTABLETYPE on
+ *   every static type), so an answer for it stays true until the
+ *   registry changes.  Nothing of it is written here: a static type is
+ *   shared by every interpreter.
+ * - the version tag of a heap type.  A heap type can die and a new one
+ *   take its address, and it can be changed (its bases, its MRO, a
+ *   __buffer__ added or removed, also on a base); CPython then gives it
+ *   another tag and never gives a tag to two types, so the tag changes
+ *   with everything an answer depends on besides the registry.  0 when
+ *   the type has no valid tag: its answer is not cached.
+ *
+ * Computed on a miss; a hit (tps_registry_find) reads nothing of a
+ * static type and one field of a heap type. */
+static inline unsigned int
+type_identity(PyTypeObject *type)
+{
+    if (!PyType_HasFeature(type, Py_TPFLAGS_HEAPTYPE)) {
+        assert(!PyType_HasFeature(type, Py_TPFLAGS_READY)
+               || PyType_HasFeature(type, Py_TPFLAGS_IMMUTABLETYPE));
+        return 0;
+    }
+    return tps_type_version(type);
+}
+
+static inline answer *
+cache_set(cache *c, const PyTypeObject *type)
+{
+    return c->bytype[hash_ptr(type) & (CACHE_SETS - 1)];
+}
+
+/* Park the held `e` (or NULL) in c->spare, letting go of the one there:
+ * an answer returned without being cached stays valid until the next
+ * call, as a cached one does. */
+static void
+cache_park(cache *c, tps_entry *e)
+{
+    if (c->spare != NULL) {
+        tps_entry_decref(c->spare);
+    }
+    c->spare = e;
+}
+
+/* Cache the held `e` (or NULL: not shareable) as the answer for `type`
+ * with identity `version`: in the slot of an older answer for the same
+ * address, else a free slot, else the set's round-robin victim.  The
+ * cache takes over the reference. */
+static void
+cache_store(cache *c, PyTypeObject *type, unsigned int version, tps_entry *e)
+{
+    answer *set = cache_set(c, type);
+    answer *slot = NULL;
+
+    for (int w = 0; w < CACHE_WAYS; w++) {
+        if (set[w].type == type) {
+            slot = &set[w];
+            break;
+        }
+        if (slot == NULL && set[w].type == NULL) {
+            slot = &set[w];
+        }
+    }
+    if (slot == NULL) {
+        slot = &set[c->victim++ % CACHE_WAYS];
+    }
+    if (slot->type == NULL) {
+        c->nanswers++;
+    }
+    else if (slot->entry != NULL) {
+        tps_entry_decref(slot->entry);
+    }
+    slot->type = type;
+    slot->entry = e;
+    slot->version = version;
+}
+
 static void
 cache_flush(cache *c)
 {
-    PTRMAP_FOREACH(&c->bytype, s) {
-        if (s->value != NOT_SHAREABLE) {
-            tps_entry_decref(s->value);
+    if (c->nanswers > 0) {
+        for (int i = 0; i < CACHE_SETS; i++) {
+            for (int w = 0; w < CACHE_WAYS; w++) {
+                if (c->bytype[i][w].entry != NULL) {
+                    tps_entry_decref(c->bytype[i][w].entry);
+                }
+            }
         }
+        memset(c->bytype, 0, sizeof(c->bytype));
+        c->nanswers = 0;
     }
     PTRMAP_FOREACH(&c->byentry, s) {
         tps_entry_decref(s->key);
         tps_entry_decref(s->value);
     }
-    ptrmap_clear(&c->bytype);
     ptrmap_clear(&c->byentry);
-    if (c->spare != NULL) {
-        tps_entry_decref(c->spare);
-        c->spare = NULL;
-    }
+    cache_park(c, NULL);
 }
 
 /* The current interpreter's cache, flushed if stale.  NULL with
@@ -137,8 +264,9 @@ current_cache(void)
     int64_t id = tps_current_interp_id();
     cache *c = tls_cache.interp == id ? tls_cache.c : NULL;
 
+    assert(tps_thread_state() != NULL);
     if (c == NULL) {
-        pthread_mutex_lock(&registry.mutex);
+        registry_lock();
         for (c = registry.caches; c != NULL; c = c->next) {
             if (c->interp == id) {
                 break;
@@ -153,7 +281,7 @@ current_cache(void)
                 registry.caches = c;
             }
         }
-        pthread_mutex_unlock(&registry.mutex);
+        registry_unlock();
         if (c == NULL) {
             PyErr_NoMemory();
             return NULL;
@@ -171,20 +299,33 @@ current_cache(void)
 }
 
 /* The built-in registrations, checked by pointer before any table: most
- * values shared are of these types.  A slot is cleared for good when its
- * type's registration changes (replace or unregister), sending that type
- * back to the general path. */
+ * values shared are of these types.  A slot's type is cleared for good
+ * (under the registry mutex) when its type's registration changes
+ * (replace or unregister), sending that type back to the general path;
+ * readers in other interpreters load it at the same time, hence atomic.
+ * A slot's entry is written once, before the registry's set-up ends
+ * (which every reader waits for under a mutex), and never changes: a
+ * reader that loads the old type an instant after it was cleared still
+ * gets a valid (immortal) entry, so relaxed loads are enough. */
 #define NFAST 8
 static struct {
-    PyTypeObject *type;
+    _Atomic(PyTypeObject *) type;
     tps_entry *entry;
 } fast[NFAST];
 
 tps_entry *
 tps_registry_fast(PyTypeObject *type)
 {
+    /* Unrolled, as the compiler does by itself for plain loads but not
+     * for atomic ones: without it, finding int took a loop of 49
+     * instructions instead of 16 (21 now). */
+#if defined(__GNUC__)
+#pragma GCC unroll 8
+#endif
     for (int i = 0; i < NFAST; i++) {
-        if (fast[i].type == type) {
+        if (atomic_load_explicit(&fast[i].type, memory_order_relaxed)
+            == type)
+        {
             return fast[i].entry;
         }
     }
@@ -193,12 +334,15 @@ tps_registry_fast(PyTypeObject *type)
 
 /* Forget `type` in the fast table (registry mutex held). */
 static void
-fast_forget(PyTypeObject *type)
+fast_forget_locked(PyTypeObject *type)
 {
+    assert(REGISTRY_LOCKED());
     for (int i = 0; i < NFAST; i++) {
-        if (fast[i].type == type) {
-            fast[i].type = NULL;
-            fast[i].entry = NULL;
+        if (atomic_load_explicit(&fast[i].type, memory_order_relaxed)
+            == type)
+        {
+            atomic_store_explicit(&fast[i].type, NULL,
+                                  memory_order_relaxed);
         }
     }
 }
@@ -215,6 +359,7 @@ visible(const tps_entry *e, int64_t interp)
 static tps_entry *
 resolve_locked(PyTypeObject *type, int64_t interp)
 {
+    assert(REGISTRY_LOCKED());
     int found;
     tps_entry *e = ptrmap_get(&registry.bytype, type, &found);
     if (found && visible(e, interp)) {
@@ -250,12 +395,39 @@ tps_registry_find(PyTypeObject *type)
     if (c == NULL) {
         return NULL;
     }
-    int found;
-    void *v = ptrmap_get(&c->bytype, type, &found);
-    if (found) {
-        return v == NOT_SHAREABLE ? NULL : v;
+    answer *set = cache_set(c, type);
+    for (int w = 0; w < CACHE_WAYS; w++) {
+        if (set[w].type != type) {
+            continue;
+        }
+        /* Version 0 is stored for static types only, and a static type
+         * keeps its address for good: the slot is this very type.  Any
+         * other version is a heap type's tag, which no other type ever
+         * gets; a heap type without a valid tag (0) matches nothing.  (A
+         * type has at most one slot.) */
+        if (set[w].version == 0
+            || set[w].version == tps_type_version(type))
+        {
+            return set[w].entry;
+        }
+        break;
     }
-    pthread_mutex_lock(&registry.mutex);
+
+    unsigned int version = type_identity(type);
+    int heap = PyType_HasFeature(type, Py_TPFLAGS_HEAPTYPE);
+    if (heap && version == 0) {
+        /* CPython tags types lazily (when it first looks an attribute up
+         * on them after a change); ask for one now so the answer can be
+         * cached.  It touches only this interpreter's type and, at worst,
+         * tags its bases as CPython's own attribute lookups do. */
+        if (PyUnstable_Type_AssignVersionTag(type)) {
+            version = tps_type_version(type);
+        }
+    }
+    /* Nothing between reading the identity and resolving can change the
+     * type: this thread holds its interpreter's GIL and runs no Python
+     * code here. */
+    registry_lock();
     tps_entry *e = resolve_locked(type, c->interp);
     if (e != NULL) {
         /* The cache's reference keeps `e` alive until this interpreter
@@ -263,15 +435,15 @@ tps_registry_find(PyTypeObject *type)
          * stale cache is flushed on that next entry). */
         tps_entry_incref(e);
     }
-    int rc = ptrmap_set(&c->bytype, type, e ? (void *)e : NOT_SHAREABLE);
-    if (rc < 0 && e != NULL) {
-        /* No room to cache it: park the reference in c->spare instead. */
-        if (c->spare != NULL) {
-            tps_entry_decref(c->spare);
-        }
-        c->spare = e;
+    registry_unlock();
+    if (heap && version == 0) {
+        /* No tag to tell this type from a later one at its address (its
+         * tags ran out): answer without caching. */
+        cache_park(c, e);
     }
-    pthread_mutex_unlock(&registry.mutex);
+    else {
+        cache_store(c, type, version, e);
+    }
     return e;
 }
 
@@ -298,7 +470,7 @@ tps_registry_find_for_rebuild(tps_entry *sent)
         return e;
     }
     e = NULL;
-    pthread_mutex_lock(&registry.mutex);
+    registry_lock();
     PTRMAP_FOREACH(&registry.bytype, s) {
         tps_entry *cand = s->value;
         if (visible(cand, id) && strcmp(cand->name, sent->name) == 0) {
@@ -306,13 +478,23 @@ tps_registry_find_for_rebuild(tps_entry *sent)
             break;
         }
     }
-    if (e != NULL && c->generation == atomic_load(&registry.generation)
-        && ptrmap_set(&c->byentry, sent, e) == 0)
-    {
-        tps_entry_incref(sent);
+    int cached = 0;
+    if (e != NULL) {
+        /* Held by the cache, or else by c->spare: a static type's entry
+         * can be unregistered by another interpreter once the mutex is
+         * released. */
         tps_entry_incref(e);
+        if (c->generation == atomic_load(&registry.generation)
+            && ptrmap_set(&c->byentry, sent, e) == 0)
+        {
+            tps_entry_incref(sent);
+            cached = 1;
+        }
     }
-    pthread_mutex_unlock(&registry.mutex);
+    registry_unlock();
+    if (e != NULL && !cached) {
+        cache_park(c, e);
+    }
     if (e == NULL) {
         PyErr_Format(PyExc_LookupError,
                      "cannot rebuild a '%s': no type is registered under "
@@ -353,9 +535,11 @@ check_hooks(const TpShare_Hooks *hooks)
     return 0;
 }
 
+/* Tell every interpreter's cache that the table changed (mutex held). */
 static void
 bump_generation(void)
 {
+    assert(REGISTRY_LOCKED());
     atomic_fetch_add_explicit(&registry.generation, 1, memory_order_release);
 }
 
@@ -364,15 +548,18 @@ bump_generation(void)
 static tps_entry *
 remove_locked(PyTypeObject *type, int64_t interp)
 {
+    assert(REGISTRY_LOCKED());
     int found;
     tps_entry *e = ptrmap_get(&registry.bytype, type, &found);
     if (!found || !visible(e, interp)) {
         return NULL;
     }
     ptrmap_del(&registry.bytype, type);
-    fast_forget(type);
+    fast_forget_locked(type);
     if (e->interp >= 0) {
-        /* Read without the mutex only under this interpreter's GIL. */
+        /* A heap type's entry is read without the mutex under its own
+         * interpreter's GIL only, so it is only written there. */
+        assert(e->interp == tps_current_interp_id());
         e->type = NULL;
     }
     bump_generation();
@@ -388,9 +575,9 @@ heap_type_died(PyObject *self, PyObject *Py_UNUSED(wr))
     if (type == NULL && PyErr_Occurred()) {
         return NULL;
     }
-    pthread_mutex_lock(&registry.mutex);
+    registry_lock();
     tps_entry *e = remove_locked(type, tps_current_interp_id());
-    pthread_mutex_unlock(&registry.mutex);
+    registry_unlock();
     if (e != NULL) {
         tps_entry_decref(e);
     }
@@ -472,13 +659,16 @@ tps_registry_register(PyTypeObject *type, const TpShare_Hooks *hooks,
         return -1;
     }
     tps_entry *old = NULL;
-    const char *clash = NULL;
+    tps_entry *clash = NULL;
 
-    pthread_mutex_lock(&registry.mutex);
+    registry_lock();
     int found;
     tps_entry *prev = ptrmap_get(&registry.bytype, type, &found);
     if (found && !(flags & TPSHARE_REPLACE)) {
-        clash = prev->name;
+        /* Held for its name: another thread may unregister it as soon as
+         * the mutex is released. */
+        tps_entry_incref(prev);
+        clash = prev;
         goto refuse;
     }
     PTRMAP_FOREACH(&registry.bytype, s) {
@@ -486,7 +676,7 @@ tps_registry_register(PyTypeObject *type, const TpShare_Hooks *hooks,
         if (other->type != type && strcmp(other->name, e->name) == 0
             && (other->interp < 0 || scope < 0 || other->interp == scope))
         {
-            pthread_mutex_unlock(&registry.mutex);
+            registry_unlock();
             PyErr_Format(PyExc_ValueError,
                          "the name '%s' is already registered for "
                          "another type", e->name);
@@ -498,7 +688,7 @@ tps_registry_register(PyTypeObject *type, const TpShare_Hooks *hooks,
         old = remove_locked(type, prev->interp);
     }
     if (ptrmap_set(&registry.bytype, type, e) < 0) {
-        pthread_mutex_unlock(&registry.mutex);
+        registry_unlock();
         if (old != NULL) {
             tps_entry_decref(old);
         }
@@ -507,17 +697,19 @@ tps_registry_register(PyTypeObject *type, const TpShare_Hooks *hooks,
         return -1;
     }
     bump_generation();
-    pthread_mutex_unlock(&registry.mutex);
+    registry_unlock();
     if (old != NULL) {
         tps_entry_decref(old);
     }
     return 0;
 
 refuse:
-    pthread_mutex_unlock(&registry.mutex);
+    registry_unlock();
     PyErr_Format(PyExc_ValueError,
                  "type '%s' is already registered as '%s' (pass "
-                 "TPSHARE_REPLACE to replace it)", type->tp_name, clash);
+                 "TPSHARE_REPLACE to replace it)", type->tp_name,
+                 clash->name);
+    tps_entry_decref(clash);
     tps_entry_decref(e);
     return -1;
 }
@@ -529,9 +721,9 @@ tps_registry_unregister(PyTypeObject *type)
         PyErr_SetString(PyExc_TypeError, "Unregister() needs a type");
         return -1;
     }
-    pthread_mutex_lock(&registry.mutex);
+    registry_lock();
     tps_entry *e = remove_locked(type, tps_current_interp_id());
-    pthread_mutex_unlock(&registry.mutex);
+    registry_unlock();
     if (e == NULL) {
         PyErr_Format(PyExc_KeyError, "type '%s' is not registered",
                      type->tp_name);
@@ -556,6 +748,8 @@ tps_registry_lookup(PyTypeObject *type, TpShare_Hooks *out)
     return 1;
 }
 
+/* The names of the TPSHARE_* bits in `flags`, as a tuple of str: a new
+ * reference, or NULL with an exception. */
 static PyObject *
 flags_tuple(uint32_t flags)
 {
@@ -586,6 +780,8 @@ flags_tuple(uint32_t flags)
     return res;
 }
 
+/* (name, type, flags) for registered(): a new reference, or NULL with an
+ * exception.  `type` is borrowed; it gains the tuple's reference. */
 static PyObject *
 describe(const char *name, PyObject *type, uint32_t flags)
 {
@@ -596,19 +792,47 @@ describe(const char *name, PyObject *type, uint32_t flags)
     return Py_BuildValue("(sON)", name, type, f);
 }
 
+/* The type registered()'s entry for `e` shows in interpreter `id`: a new
+ * reference to a type that this interpreter may hold, else None.  A
+ * reference writes the object's refcount, which only its own interpreter
+ * may do (refcounts are not atomic) unless it is immortal (its refcount
+ * is never written).  So: a heap type visible here is this interpreter's
+ * own; a static type is shared by every interpreter and is shown only if
+ * immortal (CPython's own static types are; an extension's are not,
+ * unless it made them so).  Needs the GIL of `id`. */
+static PyObject *
+listed_type(const tps_entry *e, int64_t id)
+{
+    PyObject *type = (PyObject *)e->type;
+
+    if (type == NULL) {
+        Py_RETURN_NONE;
+    }
+    if (e->interp >= 0) {
+        assert(e->interp == id);
+        assert(PyType_HasFeature(e->type, Py_TPFLAGS_HEAPTYPE));
+        return Py_NewRef(type);
+    }
+    (void)id;
+    if (tps_is_immortal(type)) {
+        return Py_NewRef(type);
+    }
+    Py_RETURN_NONE;
+}
+
 PyObject *
 tps_registry_list(void)
 {
     int64_t id = tps_current_interp_id();
     PyObject *res = PyList_New(0);
     PyObject *item = NULL;
+    assert(tps_thread_state() != NULL);
     if (res == NULL) {
         return NULL;
     }
-    /* Collect under the mutex without touching Python objects' refcounts
-     * beyond the current interpreter's own: static types are immortal
-     * or process-wide; heap types listed are the current interpreter's. */
-    pthread_mutex_lock(&registry.mutex);
+    /* Entries are collected (held) under the mutex; the Python objects
+     * are made after it is released. */
+    registry_lock();
     size_t n = registry.bytype.used, k = 0;
     tps_entry **snap = PyMem_RawMalloc((n + 1) * sizeof(tps_entry *));
     if (snap != NULL) {
@@ -620,16 +844,20 @@ tps_registry_list(void)
             }
         }
     }
-    pthread_mutex_unlock(&registry.mutex);
+    registry_unlock();
     if (snap == NULL) {
         Py_DECREF(res);
         return PyErr_NoMemory();
     }
     for (size_t i = 0; i < k; i++) {
         tps_entry *e = snap[i];
-        PyObject *type = e->type ? (PyObject *)e->type : Py_None;
         if (res != NULL) {
+            /* Held before anything is allocated: a collection run by an
+             * allocation could free a heap type of this interpreter (its
+             * weakref callback then unregisters it). */
+            PyObject *type = listed_type(e, id);
             item = describe(e->name, type, e->hooks.flags);
+            Py_DECREF(type);
             if (item == NULL || PyList_Append(res, item) < 0) {
                 Py_CLEAR(res);
             }
@@ -686,18 +914,19 @@ init_builtins(void)
     }
     /* The built-in registrations never die (an Unregister of one leaks a
      * small entry): records skip refcounting them. */
-    pthread_mutex_lock(&registry.mutex);
+    registry_lock();
     int i = 0;
     PTRMAP_FOREACH(&registry.bytype, s) {
         tps_entry *e = s->value;
         e->immortal = 1;
         if (i < NFAST) {
-            fast[i].type = e->type;
             fast[i].entry = e;
+            atomic_store_explicit(&fast[i].type, e->type,
+                                  memory_order_relaxed);
             i++;
         }
     }
-    pthread_mutex_unlock(&registry.mutex);
+    registry_unlock();
     tps_buffer_entry->immortal = 1;
     tps_buffer_writable_entry->immortal = 1;
     tps_pickle_entry->immortal = 1;
@@ -711,7 +940,12 @@ tps_registry_forget_interp(int64_t interp)
     size_t ndead = 0;
     cache *gone = NULL;
 
-    pthread_mutex_lock(&registry.mutex);
+    /* Runs in the exiting interpreter (its exit hook), the only one that
+     * reads its heap types' entries without the mutex and uses its
+     * cache. */
+    assert(tps_thread_state() != NULL);
+    assert(interp == tps_current_interp_id());
+    registry_lock();
     dead = PyMem_RawMalloc((registry.bytype.used + 1) * sizeof(tps_entry *));
     PTRMAP_FOREACH(&registry.bytype, s) {
         tps_entry *e = s->value;
@@ -733,7 +967,7 @@ tps_registry_forget_interp(int64_t interp)
     if (ndead) {
         bump_generation();
     }
-    pthread_mutex_unlock(&registry.mutex);
+    registry_unlock();
 
     if (tls_cache.interp == interp) {
         tls_cache.interp = -1;

@@ -88,6 +88,26 @@ tps_interp_lookup(int64_t id)
 #define tps_runtime_finalizing() _Py_IsFinalizing()
 #endif
 
+/* The version tag CPython gives `type` (borrowed), or 0 when it has no
+ * valid one.  CPython zeroes the tag whenever the type, its bases, its MRO
+ * or its attributes change, and draws each new tag from a counter that
+ * only grows (per interpreter for mutable heap types), so a tag is never
+ * given to a second type: its own attribute cache relies on that.  3.12
+ * marks a valid tag with Py_TPFLAGS_VALID_VERSION_TAG (a tag can be set
+ * without the flag when assigning it to a base failed); 3.13 no longer
+ * sets the flag and a nonzero tag is valid. */
+#if PY_VERSION_HEX >= 0x030D0000
+#define tps_type_version(t) ((t)->tp_version_tag)
+#else
+#define tps_type_version(t) \
+    (PyType_HasFeature((t), Py_TPFLAGS_VALID_VERSION_TAG) \
+     ? (t)->tp_version_tag : 0u)
+#endif
+
+/* Whether the object's refcount is never written (PEP 683), so any
+ * interpreter may take a reference to it.  Private in 3.12 and 3.13. */
+#define tps_is_immortal(op) _Py_IsImmortal(op)
+
 /* Thread-local storage with the initial-exec model: tpshare's few hot
  * per-thread variables are then reached without a __tls_get_addr call
  * (about 15% of a small share + rebuild otherwise). */

@@ -176,7 +176,8 @@ PyDoc_STRVAR(registered_doc,
 "registered()\n--\n\n"
 "The registrations visible in the current interpreter, as a sorted list\n"
 "of (name, type, flags) tuples; flags is a tuple of names.  The buffer\n"
-"fallback has type None.");
+"fallback, and a static type that is not immortal (shared by every\n"
+"interpreter, so not handed out), have type None.");
 
 static PyObject *
 mod_registered(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))

@@ -12,7 +12,9 @@
  *   Blob     heap type, zero-copy and owner-bound (keeps its bytes alive);
  *   Pair     heap type sharing its two items as nested records;
  *   Bad*     heap types whose hooks misbehave in one way each;
- *   Churn    static type registered and unregistered in a loop by churn().
+ *   Churn    static type registered and unregistered in a loop by churn();
+ *   Mortal   static type not immortalized (mortal on 3.12), from
+ *            mortal_type() in the main interpreter only.
  * Heap types are registered in every interpreter that imports the module;
  * static types once per process (see register_static_once()).
  *
@@ -1029,8 +1031,48 @@ static const TpShare_Hooks churn_hooks = {
 
 
 /* ---------------------------------------------------------------------
+ * Mortal: a static type left as CPython makes it (not immortalized like
+ * Point and Churn): on 3.12 its refcount is an ordinary count, as in any
+ * extension written before per-interpreter GILs (3.13 makes every static
+ * type immortal).  It is not added to the module: mortal_type() readies
+ * and returns it in the main interpreter only, so no other interpreter
+ * ever writes its refcount.  The tests register it through
+ * register_type() to check that tpshare does not write it from another
+ * interpreter either.
+ */
+
+static PyTypeObject MortalType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = TESTEXT_NAME("Mortal"),
+    .tp_doc = "A static type whose refcount is an ordinary count.",
+    .tp_basicsize = sizeof(PyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+};
+
+
+/* ---------------------------------------------------------------------
  * Module functions.
  */
+
+/* mortal_type() -> the Mortal type, readied on first use.  Main
+ * interpreter only (RuntimeError elsewhere).  Returns a new reference. */
+static PyObject *
+testext_mortal_type(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    (void)module;
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "mortal_type() is for the main interpreter only");
+        return NULL;
+    }
+    if (!PyType_HasFeature(&MortalType, Py_TPFLAGS_READY)
+        && PyType_Ready(&MortalType) < 0)
+    {
+        return NULL;
+    }
+    return Py_NewRef((PyObject *)&MortalType);
+}
 
 /* rebuild_count() -> Matrix rebuilds in this interpreter.  module:
  * borrowed.  Returns a new reference. */
@@ -1134,6 +1176,33 @@ testext_lookup_name(PyObject *module, PyObject *arg)
         Py_RETURN_NONE;
     }
     return PyUnicode_FromString(hooks.name);
+}
+
+/* lookup_loop(type, n) -> how many of n calls of Lookup(type) found
+ * hooks: times the registry's lookup from C, without a Python call per
+ * lookup.  args: borrowed.  Returns a new reference. */
+static PyObject *
+testext_lookup_loop(PyObject *module, PyObject *args)
+{
+    PyObject *type;
+    Py_ssize_t n;
+    Py_ssize_t found = 0;
+    TpShare_Hooks hooks;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O!n:lookup_loop", &PyType_Type, &type,
+                          &n)) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        int rc = TpShare_API->Lookup((PyTypeObject *)type, &hooks);
+
+        if (rc < 0) {
+            return NULL;
+        }
+        found += rc;
+    }
+    return PyLong_FromSsize_t(found);
 }
 
 /* share_and_release(obj) -> None, after sharing `obj` (borrowed) and
@@ -1270,11 +1339,17 @@ static PyMethodDef testext_methods[] = {
     {"lookup_name", testext_lookup_name, METH_O,
      "lookup_name(type)\n--\n\nName of the registration used for type, "
      "or None."},
+    {"lookup_loop", testext_lookup_loop, METH_VARARGS,
+     "lookup_loop(type, n)\n--\n\nCall Lookup(type) n times; return how "
+     "many found hooks."},
     {"share_and_release", testext_share_and_release, METH_O,
      "share_and_release(obj)\n--\n\nShare obj, then release the record."},
     {"roundtrip", testext_roundtrip, METH_O,
      "roundtrip(obj)\n--\n\nShare obj and rebuild it in this "
      "interpreter."},
+    {"mortal_type", testext_mortal_type, METH_NOARGS,
+     "mortal_type()\n--\n\nThe static, mortal type Mortal (main "
+     "interpreter only)."},
     {"api_version", testext_api_version, METH_NOARGS,
      "api_version()\n--\n\nABI version of the tpshare C API table."},
     {NULL},
