@@ -78,7 +78,8 @@ elif [ "$sanitize" = thread ]; then
     # The multi-threaded tests (the others run one thread at a time).
     selection=(tests/test_sanitizers.py tests/test_chancore.py
         tests/test_stress.py tests/test_memchannel.py
-        tests/test_objchannel.py tests/test_release.py)
+        tests/test_objchannel.py tests/test_release.py tests/test_registry.py
+        tests/test_process.py)
 fi
 
 # Always rebuild: the C sources may have changed since the last run.
