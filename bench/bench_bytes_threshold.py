@@ -281,7 +281,7 @@ def main():
     clear = first_clear_win(results, cross)
     print(f"crossover: {common.fmt_size(cross) if cross else 'none'}")
     for line in verdict(results, cross, last_copy, clear, saved):
-        print(line)
+        scripts.say(line)
     print("threshold restored to "
           f"{common.fmt_size(_tpshare._bytes_threshold())}")
 

@@ -439,8 +439,9 @@ def report(res):
                 return "n/a"
             return value(rec)
 
+        rounds = res["repeat"]
         lines.append(f"\nThroughput, {kind} payloads: messages/s, median of "
-                     f"{res['repeat']} rounds")
+                     f"{rounds} round{'s' if rounds != 1 else ''}")
         lines.append(common.table(
             ["contender"] + heads,
             [[labels.get(n, n)] + [
