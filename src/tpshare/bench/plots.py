@@ -223,7 +223,7 @@ def scaling(doc, res, path):
     if verdict is None:
         ax.plot(ks, ks, color="black", linestyle=":", label="perfect")
         colors = {"interpreters": "#d62728", "threads": "#7f7f7f",
-                  "processes": "#000000"}
+                  "processes": "#ff7f0e"}
         markers = {"interpreters": "D", "threads": "*", "processes": "h"}
         for kind in res["kinds"]:
             r = res["results"][kind]
