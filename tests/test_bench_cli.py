@@ -56,6 +56,16 @@ def test_quick_run_writes_results(quick_run):
         assert len(rec["seconds"]) == 1       # --quick: one round
     assert res["points"]["bytes/64"]["memchannel"]["received_as"] == \
         "memoryview"
+    # A zero-copy send moves no bytes: no bytes/s for it, only for copies.
+    mem = res["points"]["bytes/65536"]["memchannel"]
+    assert mem["zero_copy"] is True and mem["median_bytes_per_s"] is None
+    chan = res["points"]["bytes/65536"]["channel"]
+    assert chan["zero_copy"] is False
+    assert chan["median_bytes_per_s"] == chan["median_msgs_per_s"] * 65536
+    # Every line fits a 120-column terminal (but the files written, whose
+    # paths are the caller's).
+    assert [x for x in proc.stdout.splitlines()
+            if len(x) > 120 and not x.startswith("  " + str(out))] == []
     assert res["points"]["bytes/4096"]["channel"]["received_as"] == "bytes"
     assert "memchannel" not in res["points"]["str/64"]   # buffers only
     # Batches: every kind up to 4 KiB, nothing above.

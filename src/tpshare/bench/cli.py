@@ -235,9 +235,8 @@ def main(argv=None):
     out = args.out or os.path.join("results", stamp)
     os.makedirs(out, exist_ok=True)
 
-    from . import latency, memory, release, scaling, throughput
-    modules = {"throughput": throughput, "latency": latency,
-               "release": release, "scaling": scaling, "memory": memory}
+    from . import memory
+    modules = _modules()
     names = {
         "throughput": _select(cts.THROUGHPUT, args.contenders),
         "latency": _select(cts.LATENCY, args.contenders),
@@ -349,12 +348,17 @@ def header_text(doc, out=None):
     return "\n".join(lines)
 
 
+def _modules():
+    """The experiments' modules by name (imported when first needed)."""
+    from . import latency, memory, release, scaling, throughput
+    return {"throughput": throughput, "latency": latency,
+            "release": release, "scaling": scaling, "memory": memory}
+
+
 def experiment_text(exp, res):
     """An experiment's tables and how long it took."""
-    from . import latency, memory, release, scaling, throughput
-    mod = {"throughput": throughput, "latency": latency, "release": release,
-           "scaling": scaling, "memory": memory}[exp]
-    return mod.report(res) + f"\n({exp}: {res['duration_s']} s)"
+    return (_modules()[exp].report(res)
+            + f"\n({exp}: {res['duration_s']} s)")
 
 
 def tail_text(doc):
