@@ -38,15 +38,10 @@ lets go, and needs the owner to drain its release list.
 """
 
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import tpshare  # noqa: E402
-from tpshare import _tpshare  # noqa: E402
-from tpshare.bench.common import steady_malloc  # noqa: E402
-
-import _common  # noqa: E402
+import tpshare
+from tpshare import _stdinterp, _tpshare
+from tpshare.bench import common, scripts
 
 COPY_ALL = 1 << 62              # threshold no bytes object reaches
 SHARE_ALL = 0                   # everything above the inline size (16 B)
@@ -91,7 +86,7 @@ def batch_loop(sub, sources, mode_threshold):
     run = sub.run
 
     def loop(_number, sources=sources, share=tpshare.share,
-             drain=tpshare.drain, clock=_common.clock,
+             drain=tpshare.drain, clock=common.clock,
              set_threshold=_tpshare._bytes_threshold):
         set_threshold(mode_threshold)
         t0 = clock()
@@ -119,7 +114,7 @@ def empty_batch_loop(sub):
     slower by some 5-20 ns per transfer of that batch (deferred allocator
     work: glibc consolidating the chunks the batch freed), and it must be
     charged to the batch that caused it, not to the next contender."""
-    def loop(_number, run=sub.run, drain=tpshare.drain, clock=_common.clock):
+    def loop(_number, run=sub.run, drain=tpshare.drain, clock=common.clock):
         t0 = clock()
         run("work(0, 0)")
         drain()
@@ -182,7 +177,7 @@ def first_clear_win(results, cross):
 
 def verdict(results, cross, last_copy, clear, default):
     """Lines saying whether the default threshold agrees with the run."""
-    fs = _common.fmt_size
+    fs = common.fmt_size
     if cross is None:
         return [f"sharing never wins consistently: the default threshold "
                 f"({fs(default)}) is too low"]
@@ -217,7 +212,7 @@ def measure(sub, size, budget, repeat):
              empty_batch_loop(sub)]
     for loop in loops:  # warm up: allocator, token table, caches
         loop(1)
-    copy_raw, share_raw, empty = _common.interleaved(loops, 1, repeat)
+    copy_raw, share_raw, empty = common.interleaved(loops, 1, repeat)
     copy_all = [(t - e) / k for t, e in zip(copy_raw, empty)]
     share_all = [(t - e) / k for t, e in zip(share_raw, empty)]
     if min(copy_all + share_all) <= 0:
@@ -225,15 +220,15 @@ def measure(sub, size, budget, repeat):
                            "one; raise --budget")
     return {
         "size": size, "k": k,
-        "copy_ns": _common.median(copy_all), "share_ns": _common.median(share_all),
-        "ratio": _common.paired_ratio(copy_all, share_all),
-        "empty_batch_ns": _common.median(empty),
+        "copy_ns": common.median(copy_all), "share_ns": common.median(share_all),
+        "ratio": common.paired_ratio(copy_all, share_all),
+        "empty_batch_ns": common.median(empty),
         "copy_all_ns": copy_all, "share_all_ns": share_all,
     }
 
 
 def main():
-    p = _common.parser(__doc__)
+    p = scripts.parser(__doc__)
     p.add_argument("--step", type=int, default=None,
                    help="size factor between rows (default 2; 4 with --quick)")
     p.add_argument("--budget", type=int, default=16 << 20, metavar="BYTES",
@@ -241,24 +236,24 @@ def main():
     p.add_argument("--malloc-defaults", action="store_true",
                    help="leave glibc's malloc thresholds at their defaults")
     args = p.parse_args()
-    _common.setup(args)
+    scripts.setup(args)
     repeat = args.repeat or (3 if args.quick else 7)
     step = args.step or (4 if args.quick else 2)
 
     saved = _tpshare._bytes_threshold()
     malloc_note = ("malloc: glibc defaults (--malloc-defaults)"
-                   if args.malloc_defaults else steady_malloc())
-    _common.print_header(
+                   if args.malloc_defaults else common.steady_malloc())
+    scripts.print_header(
         "bench_bytes_threshold: copy vs share for bytes, main -> subinterpreter",
         __doc__)
     results = []
     try:
-        with _common.Subinterpreter() as sub:
+        with _stdinterp.Subinterpreter() as sub:
             sub.run(RECEIVER)
-            print(f"threshold in force at start: {_common.fmt_size(saved)}")
+            print(f"threshold in force at start: {common.fmt_size(saved)}")
             print(f"rounds: {repeat} (median reported); batch budget "
-                  f"{_common.fmt_size(args.budget)}, K = {MIN_K}..{MAX_K}")
-            print(malloc_note)
+                  f"{common.fmt_size(args.budget)}, K = {MIN_K}..{MAX_K}")
+            scripts.say(malloc_note)
             print("per size, each round times a batch in each mode and an "
                   "empty batch, subtracted")
             print()
@@ -271,26 +266,27 @@ def main():
         raise AssertionError(f"records left behind: {left}")
 
     rows = [[
-        _common.fmt_size(r["size"]), str(r["k"]),
-        _common.fmt_ns(r["copy_ns"]), _common.fmt_ns(r["share_ns"]),
-        f"{r['ratio']:.2f}", winner(r["ratio"]),
-        _common.fmt_ns(r["empty_batch_ns"]),
+        common.fmt_size(r["size"]), str(r["k"]),
+        common.fmt_ns(r["copy_ns"]), common.fmt_ns(r["share_ns"]),
+        common.fmt_ratio(r["ratio"]), winner(r["ratio"]),
+        common.fmt_ns(r["empty_batch_ns"]),
     ] for r in results]
-    _common.print_table(["size", "K", "copy", "share", "ratio", "faster",
+    scripts.print_table(["size", "K", "copy", "share", "ratio", "faster",
                          "empty batch"], rows)
     print()
-    print("ratio = copy / share (> 1: sharing faster), median of the per-round "
-          f"ratios over {repeat} rounds; within 1 +- {TIE} is a tie; compare "
-          "only within one run.")
+    scripts.say("ratio = copy / share (above 1: sharing faster), median of "
+                f"the per-round ratios over {repeat} rounds; within 1 +- "
+                f"{TIE} is a tie; compare only within one run.")
     cross, last_copy = crossover(results)
     clear = first_clear_win(results, cross)
-    print(f"crossover: {_common.fmt_size(cross) if cross else 'none'}")
+    print(f"crossover: {common.fmt_size(cross) if cross else 'none'}")
     for line in verdict(results, cross, last_copy, clear, saved):
-        print(line)
-    print(f"threshold restored to {_common.fmt_size(_tpshare._bytes_threshold())}")
+        scripts.say(line)
+    print("threshold restored to "
+          f"{common.fmt_size(_tpshare._bytes_threshold())}")
 
     if args.json:
-        _common.write_json(args.json, "bytes_threshold", {
+        scripts.write_json(args.json, "bytes_threshold", {
             "repeat": repeat, "step": step, "budget": args.budget,
             "malloc": malloc_note,
             "default_threshold": saved,

@@ -21,14 +21,10 @@ or processes) are excluded.
 """
 
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import tpshare  # noqa: E402
-
-import _common  # noqa: E402
+import tpshare
+from tpshare.bench import common, scripts
 
 
 def work(n):
@@ -81,7 +77,7 @@ def run_batch(pool, tasks, size):
 
 
 def main():
-    p = _common.parser(__doc__)
+    p = scripts.parser(__doc__)
     p.add_argument("--workers", default="1,2", metavar="N,N",
                    help="worker counts to measure (default 1,2; 1 is "
                         "always measured, for the speed-ups)")
@@ -93,13 +89,13 @@ def main():
     p.add_argument("--kinds", default="tpshare,process,thread",
                    help="pools to compare (default tpshare,process,thread)")
     args = p.parse_args()
-    _common.setup(args)
+    scripts.setup(args)
     counts = sorted({1, *(int(x) for x in args.workers.split(","))})
     kinds = [k.strip() for k in args.kinds.split(",")]
     tasks = args.tasks or (8 if args.quick else 24)
     repeat = args.repeat or (2 if args.quick else 5)
 
-    _common.print_header("bench_pool: CPU-bound work on worker pools",
+    scripts.print_header("bench_pool: CPU-bound work on worker pools",
                          __doc__)
     free = len(os.sched_getaffinity(0))
     print(f"work: {tasks} tasks per batch, each work({args.size}); "
@@ -125,21 +121,21 @@ def main():
 
     rows, results = [], []
     for (kind, n), ts in times.items():
-        med = _common.median(ts)
-        speedup = _common.paired_ratio(times[kind, 1], ts)
+        med = common.median(ts)
+        speedup = common.paired_ratio(times[kind, 1], ts)
         rows.append([f"{kind} pool", str(n), f"{med * 1e3:.0f} ms",
-                     f"{tasks / med:.1f}", f"{speedup:.2f}x"])
+                     f"{tasks / med:.1f}", common.fmt_ratio(speedup)])
         results.append({"kind": kind, "workers": n, "batch_s": ts,
                         "median_s": med, "tasks_per_s": tasks / med,
                         "speedup_vs_1": speedup})
-    _common.print_table(["pool", "workers", "batch (median)", "tasks/s",
+    scripts.print_table(["pool", "workers", "batch (median)", "tasks/s",
                          "speed-up vs 1 worker"], rows)
     print()
     if "tpshare" in kinds and "process" in kinds:
         for n in counts:
             # Throughput ratio: process batch time / tpshare batch time.
-            ratio = _common.paired_ratio(times["process", n],
-                                         times["tpshare", n])
+            ratio = common.paired_ratio(times["process", n],
+                                        times["tpshare", n])
             verdict = ""
             if n == 2:
                 verdict = " (target >= 0.9: " + (
@@ -149,7 +145,7 @@ def main():
             results.append({"ratio_tpshare_over_process": ratio,
                             "workers": n})
     if args.json:
-        _common.write_json(args.json, "bench_pool",
+        scripts.write_json(args.json, "bench_pool",
                            {"tasks": tasks, "size": args.size,
                             "repeat": repeat, "workers": counts,
                             "kinds": kinds}, results)

@@ -23,14 +23,10 @@ record.  The None row shows these fixed costs.
 """
 
 import itertools
-import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import tpshare  # noqa: E402
-
-import _common  # noqa: E402
+import tpshare
+from tpshare.bench import common, scripts
 
 VALUES = [
     ("None", None),
@@ -78,7 +74,7 @@ def _python():
 
 
 def ours_loop(value):
-    def loop(n, v=value, share=tpshare.share, clock=_common.clock,
+    def loop(n, v=value, share=tpshare.share, clock=common.clock,
              repeat=itertools.repeat):
         it = repeat(None, n)
         t0 = clock()
@@ -89,7 +85,7 @@ def ours_loop(value):
 
 
 def baseline_loop(value, get, restore):
-    def loop(n, v=value, get=get, restore=restore, clock=_common.clock,
+    def loop(n, v=value, get=get, restore=restore, clock=common.clock,
              repeat=itertools.repeat):
         it = repeat(None, n)
         t0 = clock()
@@ -110,56 +106,57 @@ def measure(name, value, baseline, number_target_ns, repeat):
     loops = [ours_loop(value)]
     if why_na is None:
         loops.append(baseline_loop(value, get, restore))
-    number = _common.calibrate(loops[0], number_target_ns)
+    number = common.calibrate(loops[0], number_target_ns)
     for loop in loops:  # warm up
         loop(max(1, number // 4))
-    times = _common.interleaved(loops, number, repeat)
+    times = common.interleaved(loops, number, repeat)
     result = {
         "value": name, "repr": repr(value), "number": number,
-        "tpshare_ns": _common.median(times[0]),
+        "tpshare_ns": common.median(times[0]),
         "baseline_ns": None, "ratio": None, "baseline_na": why_na,
         "tpshare_all_ns": times[0], "baseline_all_ns": None,
     }
     if why_na is None:
-        result.update(baseline_ns=_common.median(times[1]),
-                      ratio=_common.paired_ratio(times[1], times[0]),
+        result.update(baseline_ns=common.median(times[1]),
+                      ratio=common.paired_ratio(times[1], times[0]),
                       baseline_all_ns=times[1])
     return result
 
 
 def main():
-    args = _common.parser(__doc__).parse_args()
-    _common.setup(args)
+    args = scripts.parser(__doc__).parse_args()
+    scripts.setup(args)
     repeat = args.repeat or (5 if args.quick else 15)
     target_ns = 2_000_000 if args.quick else 10_000_000
 
-    _common.print_header(
+    scripts.print_header(
         "bench_registry: share + rebuild + release, one interpreter", __doc__)
     baseline = baseline_api()
     where = baseline[2]
-    print(f"baseline: {where}")
+    scripts.say(f"baseline: {where}")
     print(f"rounds: {repeat} (median reported), ~{target_ns / 1e6:.0f} ms "
           "per contender per round")
     print()
 
-    _common.empty_loop_ns(n=2_000_000)  # let the CPU settle before measuring
+    common.empty_loop_ns(n=2_000_000)  # let the CPU settle before measuring
     results = [measure(name, value, baseline, target_ns, repeat)
                for name, value in VALUES]
 
     rows = [[
         r["value"],
-        f"{r['tpshare_ns']:.1f}",
-        (f"{r['baseline_ns']:.1f}" if r["baseline_na"] is None
+        common.fmt_ns(r["tpshare_ns"]),
+        (common.fmt_ns(r["baseline_ns"]) if r["baseline_na"] is None
          else f"n/a ({r['baseline_na']})"),
-        f"{r['ratio']:.2f}" if r["ratio"] is not None else "-",
+        common.fmt_ratio(r["ratio"]) if r["ratio"] is not None else "-",
     ] for r in results]
-    _common.print_table(["value", "tpshare ns", "CPython ns", "ratio"], rows)
+    scripts.print_table(["value", "tpshare", "CPython", "ratio"], rows)
     print()
-    print("ratio = CPython / tpshare (> 1: tpshare faster), median of the "
-          f"per-round ratios over {repeat} rounds; compare only within one run.")
+    scripts.say("ratio = CPython / tpshare (above 1: tpshare faster), median "
+                f"of the per-round ratios over {repeat} rounds; compare only "
+                "within one run.")
 
     if args.json:
-        _common.write_json(args.json, "registry",
+        scripts.write_json(args.json, "registry",
                            {"repeat": repeat, "target_ns": target_ns,
                             "baseline": where}, results)
         print(f"wrote {args.json}")

@@ -8,33 +8,13 @@ import sys
 import textwrap
 
 import tpshare
+from tpshare import _stdinterp
+from tpshare._stdinterp import RunFailedError as SubinterpreterError
 
-try:  # 3.13
-    import _interpreters as _stdinterp
-
-    def _create():
-        return _stdinterp.create("isolated")
-
-    def _run(iid, code):
-        err = _stdinterp.exec(iid, code)
-        if err is not None:
-            raise SubinterpreterError(err.errdisplay or err.formatted)
-
-except ImportError:  # 3.12
-    import _xxsubinterpreters as _stdinterp
-
-    def _create():
-        return _stdinterp.create(isolated=True)
-
-    def _run(iid, code):
-        try:
-            _stdinterp.run_string(iid, code)
-        except _stdinterp.RunFailedError as exc:
-            raise SubinterpreterError(str(exc)) from None
-
-
-class SubinterpreterError(Exception):
-    """Code run in a subinterpreter raised."""
+# The standard library's interpreters, through the layer the benchmarks
+# use too (tpshare._stdinterp).
+_create = _stdinterp.create
+_run = _stdinterp.run
 
 
 class Sub:

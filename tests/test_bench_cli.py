@@ -56,6 +56,16 @@ def test_quick_run_writes_results(quick_run):
         assert len(rec["seconds"]) == 1       # --quick: one round
     assert res["points"]["bytes/64"]["memchannel"]["received_as"] == \
         "memoryview"
+    # A zero-copy send moves no bytes: no bytes/s for it, only for copies.
+    mem = res["points"]["bytes/65536"]["memchannel"]
+    assert mem["zero_copy"] is True and mem["median_bytes_per_s"] is None
+    chan = res["points"]["bytes/65536"]["channel"]
+    assert chan["zero_copy"] is False
+    assert chan["median_bytes_per_s"] == chan["median_msgs_per_s"] * 65536
+    # Every line fits a 120-column terminal (but the files written, whose
+    # paths are the caller's).
+    assert [x for x in proc.stdout.splitlines()
+            if len(x) > 120 and not x.startswith("  " + str(out))] == []
     assert res["points"]["bytes/4096"]["channel"]["received_as"] == "bytes"
     assert "memchannel" not in res["points"]["str/64"]   # buffers only
     # Batches: every kind up to 4 KiB, nothing above.
@@ -64,7 +74,7 @@ def test_quick_run_writes_results(quick_run):
     assert "channel-batch" not in res["points"]["bytes/65536"]
     assert "channel" in res["points"]["bytes/65536"]
     # The table shows the baseline beside ours, with the ratios.
-    assert "Channel throughput / baseline's" in proc.stdout
+    assert "Channel throughput / each other contender's" in proc.stdout
     assert "queue.Queue threads" in proc.stdout
     assert (out / "summary.txt").read_text().startswith(
         "tpshare comparison experiments")
@@ -263,6 +273,254 @@ def test_latency_reports_parked_wake_ups_beside_the_floor(tmp_path):
         assert x["round_p99_ns"][0] >= x["round_medians_ns"][0] > 0
         assert len(x["round_gauge_ns"]) == 1
         assert all(g > 0 for g in x["round_gauge_ns"][0])
-    assert "median/p99 of each round" in proc.stdout
+    assert "Median / p99 of each round" in proc.stdout
     assert "Parked wake-up" in proc.stdout
     assert "machine floor" in proc.stdout
+
+
+# ---------------------------------------------------------------------------
+# The report as users read it, rendered from a synthetic results document
+# with every contender at every size (no measuring).
+
+def _rec(rate, size, zero_copy, rounds=5):
+    rates = [rate * f for f in (0.9, 1.0, 1.1, 0.95, 1.05)[:rounds]]
+    n = 1000
+    return {"n": n, "received_as": "bytes", "capacity": 1000,
+            "seconds": [n / r for r in rates],
+            "gauge_ns": [[70.0, 80.0], [400.0, 450.0], [90.0, 500.0],
+                         [60.0, 65.0], [350.0, 390.0]][:rounds],
+            "msgs_per_s": rates,
+            "median_msgs_per_s": rate,
+            "median_bytes_per_s": None if zero_copy or size is None
+            else rate * size,
+            "zero_copy": zero_copy}
+
+
+def _lat_stats(median_ns, rounds=5):
+    xs = [median_ns * f for f in (0.5, 1, 1.5, 20, 300, 1000)]
+    return {"n": 20000, "min_ns": xs[0], "median_ns": xs[1],
+            "p90_ns": xs[2], "p99_ns": xs[3], "p999_ns": xs[4],
+            "max_ns": xs[5], "mean_ns": xs[2],
+            "round_medians_ns": [median_ns * 1.01] * rounds,
+            "round_p99_ns": [median_ns * 21.3] * rounds,
+            "round_gauge_ns": [[70.0, 80.0], [400.0, 450.0], [90.0, 500.0],
+                               [None, None], [60.0, 65.0]][:rounds],
+            "quantiles_ns": [median_ns * (0.5 + i / 100) for i in range(101)]}
+
+
+def synthetic_doc(parallel=True, workers=8):
+    """A results document as a full run on a big machine would write it:
+    every contender, every size and kind, extreme rates and ratios, long
+    machine strings, skipped contenders and errors."""
+    from tpshare.bench import latency, memory, release, scaling, throughput
+    sizes = list(common.SIZES.values())
+    str_sizes = [s for s in sizes if s <= 64 << 10]
+    points = {}
+    for kind, size in throughput.points(sizes, str_sizes):
+        row = points.setdefault(f"{kind}/{size}", {})
+        for name in contenders.THROUGHPUT:
+            c = contenders.BY_NAME[name]
+            if kind not in c.kinds or (c.max_size is not None
+                                       and size > c.max_size):
+                continue
+            # Zero-copy rates do not fall with the size; copies do, down
+            # to a fraction of a message per second at 256 MiB.
+            rate = (1.87e6 if c.zero_copy
+                    else 12.3e6 / (1 + size / 2048) / (3 if c.ours else 1))
+            row[name] = _rec(rate, None if kind == "int" else size,
+                             c.zero_copy)
+    sweep_sizes = [str(s) for s in sizes]
+    thr = {
+        "method": "...", "contenders": list(contenders.THROUGHPUT),
+        "skipped": {"cpython-channel": "_interpchannels / _xxinterpchannels "
+                    "not available on Python 3.12.1 " + "(why) " * 30},
+        "errors": {"mp-shm": "bytes 268435456: " + "far side failed " * 20},
+        "sizes": sizes, "str_sizes": str_sizes, "int_value": 1,
+        "repeat": 5, "trial_seconds": 0.2, "points": points,
+        "sweep": {"contender": "memchannel", "sizes": sizes, "rounds": 11,
+                  "n": {s: 1000 for s in sweep_sizes},
+                  "msgs_per_s": {s: [1.7e6 + i * 1e5 for i in range(11)]
+                                 for s in sweep_sizes},
+                  "median_msgs_per_s": {s: 1.9e6 for s in sweep_sizes},
+                  "relative": {s: 1.0 - 0.08 * (i % 2)
+                               for i, s in enumerate(sweep_sizes)},
+                  "worst_deviation": 0.08,
+                  "line_round_trip_ns": [66.5 + 50 * i for i in range(11)]},
+        "duration_s": 412.3,
+    }
+    lat = {
+        "method": "...", "contenders": list(contenders.LATENCY),
+        "skipped": {}, "errors": {},
+        "stats": {n: _lat_stats(1310.0 * (i + 1) ** 2)
+                  for i, n in enumerate(contenders.LATENCY)},
+        "wake_pause_s": 0.001,
+        "wake": {n: _lat_stats(33000.0) for n in ("floor",) + latency.WAKE},
+        "duration_s": 63.0,
+    }
+    rel = {"method": "...", "modes": list(release.MODES),
+           "stats": {m: _lat_stats(570.0) for m in release.MODES},
+           "skipped": {}, "errors": {}, "duration_s": 9.1}
+    ks = list(range(1, workers + 1))
+    results = {}
+    for kind in scaling.KINDS:
+        t1 = 0.424
+        rows = {}
+        for k in ks:
+            if kind == "threads" or not parallel:
+                tk = t1 * k * 1.04
+            else:
+                tk = t1 * (1.1 if k > 1 else 1)
+            rows[str(k)] = {"seconds": [tk] * 5, "median_s": tk,
+                            "speedup": k * t1 / tk, "efficiency": t1 / tk,
+                            "worker_seconds": [tk] * 5,
+                            "worker_efficiency": 0.97}
+        results[kind] = rows
+    scl = {"method": "...", "runner": "tpshare.Interpreter (own GIL, own "
+           "thread)", "work_iterations": 1_860_000,
+           "work_seconds_target": 0.5, "workers": ks,
+           "kinds": list(scaling.KINDS), "results": results,
+           "skipped": {}, "errors": {}, "duration_s": 44.0}
+    mem_points = {}
+    for kind, size in memory.payloads(False):
+        for name in memory.CONTENDERS:
+            if kind in contenders.BY_NAME[name].kinds:
+                per = 146 + (size if name == "cpython-queue-pickle" else 0)
+                mem_points.setdefault(f"{kind}/{size}", {})[name] = {
+                    "n": 100_000, "rss_before": 1 << 24,
+                    "rss_after": (1 << 24) + per * 100_000,
+                    "bytes_per_message": float(per)}
+    mem = {"method": "...", "contenders": list(memory.CONTENDERS),
+           "payloads": [f"{k}/{s}" for k, s in memory.payloads(False)],
+           "points": mem_points,
+           "retained": {n: {"n": 2048, "size": 65536, "rss_before": 0,
+                            "rss_after": 104857, "bytes_per_message": 51.2}
+                        for n in memory.RETAINED},
+           "skipped": {}, "errors": {}, "duration_s": 70.2}
+    config = " ".join(f"'--with-option-number-{i}=/a/long/path/{i}'"
+                      for i in range(12))
+    machine = {
+        "date": "2026-11-26T00:44:05+00:00",
+        "python": "3.13.0 (main, May  9 2026, 07:36:57) [GCC 12.2.0]",
+        "executable": "/a/rather/long/path/to/a/virtual/environment/bin/"
+                      "python3",
+        "cflags": "-fno-strict-overflow -Wsign-compare -DNDEBUG -g -O3 "
+                  "-Wall " * 4,
+        "config_args": config, "tpshare": "0.1.0.dev0",
+        "tpshare_path": "/a/rather/long/path/to/a/virtual/environment/lib/"
+                        "python3.13/site-packages/tpshare",
+        "platform": "Linux-6.18.44-x86_64-with-glibc2.36",
+        "cpu": "AMD EPYC 9R14 96-Core Processor", "cores": 192,
+        "affinity": list(range(192)), "memory_bytes": 24 << 30,
+        "loadavg": [0.4248046875, 0.701171875, 0.93212890625],
+        "empty_loop_ns": 11.93, "line_round_trip_ns": 67.4,
+        "malloc": "malloc: glibc mmap threshold 32 MiB, trim threshold "
+                  "64 MiB (their largest dynamic values; --malloc-defaults "
+                  "to keep glibc's start-up values)",
+    }
+    doc = {"format": cli.FORMAT_VERSION, "quick": False, "machine": machine,
+           "runner": scl["runner"], "settings": {},
+           "experiments": {"throughput": thr, "latency": lat,
+                           "release": rel, "scaling": scl, "memory": mem},
+           "skipped": {"throughput": thr["skipped"]},
+           "errors": {"throughput": thr["errors"]},
+           "duration_s": 583.2,
+           "machine_after": {"empty_loop_ns": 13.7,
+                             "line_round_trip_ns": 66.0,
+                             "loadavg": [1.0, 1.0, 1.0]}}
+    doc["headline"] = cli._headline(doc)
+    return doc
+
+
+def section(text, title):
+    """The lines of text from the one starting with title to the next
+    blank line."""
+    lines = text.splitlines()
+    start = next(i for i, x in enumerate(lines) if x.startswith(title))
+    end = next((i for i in range(start + 1, len(lines)) if not lines[i]),
+               len(lines))
+    return lines[start:end]
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_report_fits_120_columns(parallel):
+    doc = synthetic_doc(parallel)
+    text = cli.render(doc, out="/results/20261126-004357")
+    long = [x for x in text.splitlines() if len(x) > 120]
+    assert long == []
+    # Every contender and every size is there all the same.
+    for name in contenders.THROUGHPUT + contenders.LATENCY:
+        assert contenders.BY_NAME[name].label in text
+    for size in common.SIZES.values():
+        assert common.fmt_size(size) in text
+    assert cli.list_text().splitlines()
+    assert max(len(x) for x in cli.list_text().splitlines()) <= 120
+
+
+def test_zero_copy_sends_are_reported_in_messages_per_second():
+    text = cli.render(synthetic_doc())
+    # 1.87 M zero-copy messages/s of 256 MiB would be "502 TB/s".
+    assert "TB/s" not in text
+    assert "PB/s" not in text
+    copied = section(text, "Bytes copied per second, bytes payloads")
+    labels = [line.split(" | ")[0].strip() for line in copied[2:]
+              if " | " in line]
+    zero = [c.label for c in contenders.ALL if c.zero_copy]
+    assert "Channel" in labels and "CPython queue (XID)" in labels
+    assert not set(labels) & set(zero)
+    # Zero-copy contenders have their rate in messages/s.
+    rates = section(text, "Throughput, bytes payloads: messages/s")
+    assert any(line.startswith("MemChannel ") and "1.87 M/s" in line
+               for line in rates)
+
+
+def test_scaling_says_when_the_host_gives_no_parallelism():
+    text = cli.render(synthetic_doc(parallel=False))
+    scl = section(text, "Parallel scaling")
+    assert any("no parallelism" in x for x in scl)
+    assert not any("x1.0" in x or "vs threads" in x for x in scl)
+    assert "scaling: no parallelism on this host" in text
+    text = cli.render(synthetic_doc(parallel=True))
+    scl = section(text, "Parallel scaling")
+    assert not any("no parallelism" in x for x in scl)
+    assert any("x7.27" in x for x in scl)          # 8 workers: 8 / 1.1
+
+
+def test_old_results_without_the_zero_copy_flag_render_alike():
+    doc = synthetic_doc()
+    for row in doc["experiments"]["throughput"]["points"].values():
+        for rec in row.values():
+            del rec["zero_copy"]
+    assert cli.render(doc) == cli.render(synthetic_doc())
+
+
+@pytest.mark.skipif(not HAVE_MPL, reason="matplotlib is not installed")
+def test_plots_keep_legends_off_the_data_and_one_colour_each(
+        monkeypatch, tmp_path):
+    from tpshare.bench import plots
+    figs = {}
+
+    def keep(fig, plt, path):
+        figs[os.path.basename(path)] = fig
+        return path
+
+    monkeypatch.setattr(plots, "_save", keep)
+    doc = synthetic_doc()
+    plots.draw_all(doc, str(tmp_path))
+    colours = {}
+    for name, fig in figs.items():
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        legend = fig.legends[0].get_window_extent(renderer)
+        for ax in fig.axes:
+            assert legend.y1 <= ax.get_tightbbox(renderer).y0, name
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                label = line.get_label()
+                if not label.startswith("_"):
+                    colours.setdefault(label, set()).add(line.get_color())
+    # Each contender one colour in every figure, no two alike.
+    lines = figs["throughput.png"].axes[0].get_lines()
+    assert len({line.get_color() for line in lines}) == len(lines) >= 12
+    for label, seen in colours.items():
+        assert len(seen) == 1, label
+    assert set(colours["Channel"]) != set(colours["MemChannel"])

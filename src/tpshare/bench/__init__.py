@@ -4,14 +4,19 @@ between threads, ``multiprocessing`` pipes and
 ``multiprocessing.shared_memory``, on real isolated interpreters.
 
 Run ``python -m tpshare.bench --help`` (or ``bash bench/run.sh`` from a
-checkout).  Each experiment prints a table with the baselines beside
-tpshare's figures and the ratios, and the run writes ``results.json``
-and PNG plots into a results folder.
+checkout).  Each experiment prints its tables (a row per contender, a
+column per payload size, split to fit a 120-column terminal) with
+tpshare's figures beside every baseline's and the ratios, and the run
+writes ``results.json``, ``summary.txt`` and PNG plots into a results
+folder.
 
 The modules:
 
 - ``cli``: the command line, the run and its outputs.
-- ``common``: machine description, sizes, statistics, progress bar.
+- ``common``: machine description, sizes, statistics, timing loops,
+  number formatting, tables that fit the terminal, progress bar.
+- ``scripts``: what the stand-alone scripts in bench/ share (options,
+  header, JSON output).
 - ``runner``: where remote code runs (the one place that picks
   ``tpshare.Interpreter`` or the standard library's subinterpreters).
 - ``contenders``: each transport, its availability, set-up and the

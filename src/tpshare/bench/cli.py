@@ -1,10 +1,11 @@
 """The command line: ``python -m tpshare.bench [experiment ...] [options]``.
 
 Runs the experiments named (all by default) in one process, with a
-progress bar on stderr; prints the machine description and a table per
-experiment with tpshare's figures beside each baseline and the ratios;
-writes ``results.json``, ``summary.txt`` and a PNG per experiment into
-the results folder (``./results/<timestamp>/`` or ``--out``).  A baseline
+progress bar on stderr; prints the machine description and the tables of
+each experiment (tpshare's figures beside each baseline's, and the
+ratios; every line at most 120 columns, see render()); writes
+``results.json``, ``summary.txt`` and a PNG per experiment into the
+results folder (``./results/<timestamp>/`` or ``--out``).  A baseline
 that does not exist on this Python is reported as skipped.  Exit status:
 0, 1 if a contender failed while measuring, 2 for a usage error.
 """
@@ -110,9 +111,14 @@ def build_parser():
 
 
 def _list():
-    print("experiments: " + ", ".join(EXPERIMENTS))
-    print()
-    rows = []
+    print(list_text())
+    return 0
+
+
+def list_text():
+    """What --list prints: the experiments, then each contender with its
+    availability, then what each contender is."""
+    rows, notes = [], []
     for c in cts.ALL:
         why = c.unavailable()
         used = [e for e, names in (("throughput", cts.THROUGHPUT),
@@ -121,10 +127,12 @@ def _list():
                 if c.name in names]
         rows.append([c.name, "tpshare" if c.ours else "baseline",
                      "yes" if why is None else f"no: {why}",
-                     ",".join(used), c.note])
-    print(common.table(["contender", "side", "available", "in", "what"],
-                       rows))
-    return 0
+                     ",".join(used)])
+        notes.append(common.wrap(f"{c.name} ({c.label}): {c.note}"))
+    return "\n".join(
+        [common.wrap("experiments: " + ", ".join(EXPERIMENTS)), "",
+         common.table(["contender", "side", "available", "in"], rows), "",
+         "what each contender is:"] + notes)
 
 
 def _memory_names():
@@ -177,11 +185,15 @@ def _headline(doc):
             f"{m} {common.fmt_ns(x['median_ns'])} median, "
             f"{common.fmt_ns(x['p99_ns'])} p99" for m, x in st.items()))
     if "scaling" in ex:
+        from . import scaling
         res = ex["scaling"]
         k = str(res["workers"][-1])
-        out.append(f"scaling at {k} workers: " + ", ".join(
-            f"{kind} x{res['results'][kind][k]['speedup']:.2f}"
-            for kind in res["kinds"]))
+        if scaling.no_parallelism(res) is not None:
+            out.append("scaling: no parallelism on this host (see above)")
+        elif res["kinds"]:
+            out.append(f"scaling at {k} workers: " + ", ".join(
+                f"{kind} x{res['results'][kind][k]['speedup']:.2f}"
+                for kind in res["kinds"]))
     if "memory" in ex:
         pts = ex["memory"]["points"]
         for key in ("int/8", "bytes/64"):
@@ -223,9 +235,8 @@ def main(argv=None):
     out = args.out or os.path.join("results", stamp)
     os.makedirs(out, exist_ok=True)
 
-    from . import latency, memory, release, scaling, throughput
-    modules = {"throughput": throughput, "latency": latency,
-               "release": release, "scaling": scaling, "memory": memory}
+    from . import memory
+    modules = _modules()
     names = {
         "throughput": _select(cts.THROUGHPUT, args.contenders),
         "latency": _select(cts.LATENCY, args.contenders),
@@ -238,16 +249,6 @@ def main(argv=None):
               if args.malloc_defaults else common.steady_malloc())
     machine = common.machine_info()
     machine["malloc"] = malloc
-    header = ("tpshare comparison experiments"
-              + (" (--quick: smoke run, noisy figures)" if args.quick else "")
-              + "\n" + common.machine_text(machine) + "\n" + malloc
-              + f"\ninterpreters: {runner.describe(settings.runner)}"
-              + f"\nresults: {os.path.abspath(out)}")
-    print(header, flush=True)
-    summary = [header]
-
-    settings.progress = common.Progress(
-        sum(modules[e].steps(settings, names[e]) for e in experiments))
     doc = {
         "format": FORMAT_VERSION,
         "argv": sys.argv[1:] if argv is None else list(argv),
@@ -259,6 +260,12 @@ def main(argv=None):
         "skipped": {},
         "errors": {},
     }
+    header = header_text(doc, os.path.abspath(out))
+    print(header, flush=True)
+    summary = [header]
+
+    settings.progress = common.Progress(
+        sum(modules[e].steps(settings, names[e]) for e in experiments))
     t_start = time.monotonic()
     failed = False
     for exp in experiments:
@@ -272,7 +279,7 @@ def main(argv=None):
             settings.progress.clear()
             traceback.print_exc()
             doc["errors"][exp] = f"{type(exc).__name__}: {exc}"
-            summary.append(f"\nERROR in {exp}: {exc}")
+            summary.append("\n" + common.wrap(f"ERROR in {exp}: {exc}"))
             failed = True
             continue
         res["duration_s"] = round(time.monotonic() - t0, 1)
@@ -283,31 +290,18 @@ def main(argv=None):
             doc["errors"][exp] = res["errors"]
             failed = True
         settings.progress.clear()
-        text = mod.report(res) + f"\n({exp}: {res['duration_s']} s)"
+        text = experiment_text(exp, res)
         print(text, flush=True)
         summary.append(text)
     settings.progress.finish()
 
     doc["duration_s"] = round(time.monotonic() - t_start, 1)
-    doc["machine_after"] = {"empty_loop_ns": round(common._empty_loop_ns(),
+    doc["machine_after"] = {"empty_loop_ns": round(common.empty_loop_ns(),
                                                    2),
                             "line_round_trip_ns": common.line_round_trip_ns(),
                             "loadavg": os.getloadavg()}
     doc["headline"] = _headline(doc)
-    tail = ["\nHeadline (ratios above 1: tpshare better)"] + [
-        "  " + h for h in doc["headline"]]
-    if doc["skipped"]:
-        tail.append("\nSkipped (not available on this Python or build):")
-        for exp, sk in doc["skipped"].items():
-            for name, why in sk.items():
-                tail.append(f"  {exp}: {name}: {why}")
-    gauge = doc["machine_after"]["empty_loop_ns"]
-    tail.append(f"\nCPU gauge at the end: {gauge}"
-                f" ns per empty loop iteration (start: "
-                f"{machine['empty_loop_ns']} ns); core-to-core gauge "
-                f"{doc['machine_after']['line_round_trip_ns']} ns (start: "
-                f"{machine['line_round_trip_ns']} ns); run took "
-                f"{doc['duration_s']} s")
+    tail = [tail_text(doc)]
 
     json_path = os.path.join(out, "results.json")
     with open(json_path, "w", encoding="utf-8") as f:
@@ -319,14 +313,84 @@ def main(argv=None):
             from . import plots
             written += plots.draw_all(doc, out)
         except ImportError as exc:
-            tail.append(f"\nno plots: {exc} (pip install matplotlib, or "
-                        "install tpshare[bench])")
+            tail.append("\n" + common.wrap(
+                f"no plots: {exc} (pip install matplotlib, or install "
+                "tpshare[bench])"))
     summary_path = os.path.join(out, "summary.txt")
     written.append(summary_path)
-    tail.append("\nwritten: " + ", ".join(written))
+    tail.append("\nwritten:\n" + "\n".join("  " + p for p in written))
     text = "\n".join(tail)
     print(text)
     summary.append(text)
     with open(summary_path, "w", encoding="utf-8") as f:
         f.write("\n".join(summary) + "\n")
     return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------
+# The text of a run, from its results document alone (every line at most
+# common.WIDTH columns).
+
+
+def header_text(doc, out=None):
+    """The machine and the run's settings, printed before the first
+    experiment."""
+    machine = doc["machine"]
+    lines = ["tpshare comparison experiments"
+             + (" (--quick: smoke run, noisy figures)" if doc.get("quick")
+                else ""),
+             common.machine_text(machine)]
+    if machine.get("malloc"):
+        lines.append(common.wrap(machine["malloc"]))
+    lines.append(common.wrap(f"interpreters: {doc['runner']}"))
+    if out is not None:
+        lines.append(common.wrap(f"results: {out}"))
+    return "\n".join(lines)
+
+
+def _modules():
+    """The experiments' modules by name (imported when first needed)."""
+    from . import latency, memory, release, scaling, throughput
+    return {"throughput": throughput, "latency": latency,
+            "release": release, "scaling": scaling, "memory": memory}
+
+
+def experiment_text(exp, res):
+    """An experiment's tables and how long it took."""
+    return (_modules()[exp].report(res)
+            + f"\n({exp}: {res['duration_s']} s)")
+
+
+def tail_text(doc):
+    """The headline figures, what was skipped and the gauges at the end."""
+    tail = ["\nHeadline (ratios above 1: tpshare better)"]
+    tail += [common.wrap("  " + h, indent="      ")
+             for h in doc.get("headline", [])]
+    if doc["skipped"]:
+        tail.append("\nSkipped (not available on this Python or build):")
+        for exp, sk in doc["skipped"].items():
+            for name, why in sk.items():
+                tail.append(common.wrap(f"  {exp}: {name}: {why}",
+                                        indent="      "))
+    machine, after = doc["machine"], doc.get("machine_after")
+    if after:
+        tail.append("\n" + common.wrap(
+            f"CPU gauge at the end: {after['empty_loop_ns']} ns per empty "
+            f"loop iteration (start: {machine['empty_loop_ns']} ns); "
+            f"core-to-core gauge {after['line_round_trip_ns']} ns (start: "
+            f"{machine['line_round_trip_ns']} ns); run took "
+            f"{doc['duration_s']} s"))
+    return "\n".join(tail)
+
+
+def render(doc, out=None):
+    """The whole text of a run (what it printed, less the progress bar and
+    the list of files written)."""
+    parts = [header_text(doc, out)]
+    for exp, res in doc["experiments"].items():
+        parts.append(experiment_text(exp, res))
+    for exp, err in doc["errors"].items():
+        if exp not in doc["experiments"]:
+            parts.append("\n" + common.wrap(f"ERROR in {exp}: {err}"))
+    parts.append(tail_text(doc))
+    return "\n".join(parts)

@@ -1,10 +1,7 @@
-"""Helpers shared by the experiments: the machine and Python build a run
-depends on, payload sizes, statistics, number formatting, RSS readings
-and a progress bar.
-
-The same machine description is produced by bench/_common.py in the
-checkout (the stand-alone benchmark scripts); this package cannot import
-from there because it ships in the wheel.
+"""Helpers shared by the experiments and by the stand-alone scripts in
+bench/: the machine and Python build a run depends on, payload sizes,
+statistics, timing loops, number formatting, tables that fit a terminal,
+RSS readings and a progress bar.
 """
 
 import datetime
@@ -14,6 +11,7 @@ import platform
 import statistics
 import sys
 import sysconfig
+import textwrap
 import time
 
 import tpshare
@@ -127,9 +125,15 @@ def fmt_ns(ns):
 
 
 def fmt_ratio(r):
-    """A ratio as "x3.2" (or "n/a")."""
+    """A ratio as "x3.21", "x412", "x230k", "x1/412" (or "n/a")."""
     if r is None:
         return "n/a"
+    if 0 < r < 0.01:
+        return "x1/" + fmt_ratio(1 / r)[1:]
+    if r >= 1e6:
+        return f"x{r / 1e6:.3g}M"
+    if r >= 1e4:
+        return f"x{r / 1e3:.3g}k"
     if r >= 100:
         return f"x{r:.0f}"
     if r >= 10:
@@ -137,19 +141,112 @@ def fmt_ratio(r):
     return f"x{r:.2f}"
 
 
-def table(headers, rows):
+# Every line the command line prints fits a terminal this wide.
+WIDTH = 120
+
+
+def table(headers, rows, width=WIDTH):
     """rows (sequences of str) under headers, as text: the first column
-    left-aligned, the others right-aligned."""
+    left-aligned, the others right-aligned.  When that is wider than
+    `width`, the other columns are spread over several tables, one under
+    the other, each repeating the first column."""
     widths = [max(len(str(r[i])) for r in [headers, *rows])
               for i in range(len(headers))]
+    groups = _column_groups(widths, width)
 
-    def line(cells):
+    def line(cells, cols):
         out = [str(cells[0]).ljust(widths[0])]
-        out += [str(c).rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        out += [str(cells[i]).rjust(widths[i]) for i in cols]
         return " | ".join(out).rstrip()
 
-    return "\n".join([line(headers), "-+-".join("-" * w for w in widths),
-                      *(line(r) for r in rows)])
+    parts = []
+    for cols in groups:
+        parts.append("\n".join(
+            [line(headers, cols),
+             "-+-".join("-" * widths[i] for i in [0, *cols]),
+             *(line(r, cols) for r in rows)]))
+    return "\n\n".join(parts)
+
+
+def _column_groups(widths, width):
+    """The columns after the first, in as few consecutive groups as fit
+    `width` beside the first column, with about as many columns in each
+    (a table of 12 sizes splits 6 + 6, not 11 + 1)."""
+    cols = list(range(1, len(widths)))
+    if not cols:
+        return [[]]
+
+    def fits(group):
+        return widths[0] + sum(3 + widths[i] for i in group) <= width
+
+    for n in range(1, len(cols) + 1):
+        size, extra = divmod(len(cols), n)
+        groups, start = [], 0
+        for k in range(n):
+            end = start + size + (1 if k < extra else 0)
+            groups.append(cols[start:end])
+            start = end
+        if all(fits(g) for g in groups if len(g) > 1):
+            return groups
+    return [[i] for i in cols]
+
+
+def wrap(text, width=WIDTH, indent="    "):
+    """text (one paragraph) folded to `width` columns, the lines after the
+    first indented."""
+    return textwrap.fill(text, width, subsequent_indent=indent,
+                         break_on_hyphens=False)
+
+
+def problems(res):
+    """The skipped contenders and the errors of an experiment's result,
+    as lines folded to the terminal."""
+    out = [wrap(f"skipped {name}: {why}")
+           for name, why in res.get("skipped", {}).items()]
+    out += [wrap(f"ERROR {name}: {why}")
+            for name, why in res.get("errors", {}).items()]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Timing loops, for code timed in the calling thread (the scripts in
+# bench/).
+
+clock = time.perf_counter_ns
+
+
+def calibrate(loop, target_ns, start=10):
+    """The number of iterations for which loop(number) takes about
+    target_ns (loop returns elapsed ns), like timeit's autorange."""
+    number = start
+    while True:
+        elapsed = loop(number)
+        if elapsed >= target_ns / 4 or number >= 1 << 30:
+            return max(1, int(number * target_ns / max(elapsed, 1)))
+        number *= 4
+
+
+def interleaved(loops, number, repeat):
+    """Run each of loops(number) once per round, for repeat rounds, in
+    alternating order, so that a change of CPU speed during the run hits
+    every contender alike.  Returns a list per loop of ns per iteration,
+    one per round."""
+    out = [[] for _ in loops]
+    order = list(range(len(loops)))
+    for _ in range(repeat):
+        for i in order:
+            out[i].append(loops[i](number) / number)
+        order.reverse()
+    return out
+
+
+def paired_ratio(num, den):
+    """Median over rounds of num[i] / den[i]: the ratio of two contenders
+    timed side by side, robust to the CPU changing speed between rounds
+    (None without rounds)."""
+    if not num or not den:
+        return None
+    return statistics.median(a / b for a, b in zip(num, den))
 
 
 # ---------------------------------------------------------------------------
@@ -167,7 +264,7 @@ def _cpu_model():
     return platform.processor() or "unknown"
 
 
-def _empty_loop_ns(n=200_000, repeat=5):
+def empty_loop_ns(n=200_000, repeat=5):
     """Median cost of one iteration of an empty `for` loop: a gauge of how
     fast the CPU we run on is right now (this machine's vCPUs change
     speed)."""
@@ -224,7 +321,7 @@ def machine_info():
         "affinity": affinity,
         "memory_bytes": _meminfo_total(),
         "loadavg": load,
-        "empty_loop_ns": round(_empty_loop_ns(), 2),
+        "empty_loop_ns": round(empty_loop_ns(), 2),
         "line_round_trip_ns": line_round_trip_ns(),
     }
 
@@ -266,8 +363,9 @@ def line_round_trip_ns():
     return None if None in got else round(statistics.median(got), 1)
 
 
-def machine_text(info):
-    """The machine description as lines for the terminal."""
+def machine_text(info, width=WIDTH):
+    """The machine description as lines for the terminal, each folded to
+    `width` columns."""
     mem = info.get("memory_bytes")
     lines = [
         f"date:     {info['date']}",
@@ -286,7 +384,9 @@ def machine_text(info):
         f"cache line round trip between two CPUs: "
         f"{info['line_round_trip_ns']} ns (the core-to-core gauge)",
     ]
-    return "\n".join(lines)
+    return "\n".join(textwrap.fill(x, width, subsequent_indent=" " * 10,
+                                   break_on_hyphens=False)
+                     for x in lines)
 
 
 # ---------------------------------------------------------------------------

@@ -33,11 +33,14 @@ class Contender:
     kinds    payload kinds it can carry ("bytes" means any buffer)
     options  extra endpoint options (after out, in)
     max_size largest payload it is timed with (None: every size)
+    zero_copy True when no byte of the payload is copied on the way
+             (a view, or a reference between threads): its rate is
+             reported in messages/s only, as bytes/s would say nothing
     """
 
     def __init__(self, name, label, family, where, kinds, *, ours=False,
                  options=(), needs=(), spin=None, identity=None, note="",
-                 max_size=None):
+                 max_size=None, zero_copy=False):
         self.name = name
         self.label = label
         self.family = family
@@ -50,6 +53,7 @@ class Contender:
         self.identity = identity
         self.note = note
         self.max_size = max_size
+        self.zero_copy = zero_copy
 
     def unavailable(self):
         """None if it can run here, else the reason (it is then reported
@@ -82,7 +86,7 @@ _CHANNEL_MOD = "_interpchannels|_xxinterpchannels"
 # The contenders, in the order tables and plots show them.
 ALL = [
     Contender("memchannel", "MemChannel", "memchannel", "interp",
-              ["bytes"], ours=True,
+              ["bytes"], ours=True, zero_copy=True,
               note="zero-copy view of the sender's buffer; receiver "
                    "releases it"),
     Contender("memchannel-pickle", "MemChannel + pickle", "memchannel",
@@ -93,7 +97,7 @@ ALL = [
               note="objects: bytes >= 4 KiB shared, copied once on "
                    "receive; smaller values copied at send"),
     Contender("channel-view", "Channel (memoryview)", "channel", "interp",
-              ["bytes"], ours=True, options=("view",),
+              ["bytes"], ours=True, options=("view",), zero_copy=True,
               note="memoryviews through the Channel: zero-copy like "
                    "MemChannel, through the registry (the object layer's "
                    "cost on the same work)"),
@@ -105,8 +109,8 @@ ALL = [
               max_size=4 << 10),
     Contender("channel-id", "Channel identity=True", "channel", "interp",
               KINDS, ours=True, identity=True,
-              note="with identity across messages (D9, opt-in): the cost "
-                   "of that bookkeeping"),
+              note="with identity across messages (opt-in): the cost of "
+                   "that bookkeeping"),
     Contender("channel-park", "Channel spin=0", "channel", "interp", KINDS,
               ours=True, spin=0.0,
               note="no spinning before parking (latency only)"),
@@ -123,7 +127,7 @@ ALL = [
               note="_interpqueues syncobj=True, busy put/get retries"),
     Contender("cpython-queue-mv", "CPython queue (memoryview)",
               "cpython-queue", "interp", ["bytes"], options=("mv", "spin"),
-              needs=["_interpqueues"],
+              needs=["_interpqueues"], zero_copy=True,
               note="_interpqueues syncobj=True carrying memoryviews "
                    "(zero-copy), busy retries"),
     Contender("cpython-queue-pickle", "CPython queue (pickle)",
@@ -146,6 +150,7 @@ ALL = [
               note="the wrapper's blocking recv(): polls every 10 ms "
                    "(latency only)"),
     Contender("threads", "queue.Queue threads", "threads", "thread", KINDS,
+              zero_copy=True,
               note="two threads of one interpreter: references, no copy"),
     Contender("mp-pipe", "mp Pipe", "mp-pipe", "process", KINDS,
               note="multiprocessing.Pipe to a child process: pickled"),

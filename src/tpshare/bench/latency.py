@@ -142,51 +142,64 @@ REFS = ("channel", "memchannel")
 def report(res):
     labels = {c.name: c.label for c in cts.ALL}
     st = res["stats"]
+    names = [n for n in res["contenders"] if n in st]
     lines = ["\nPing-pong round trip (8-byte bytes each way), main "
              "interpreter <-> far side"]
-    refs = [r for r in REFS if r in st]
-    headers = ["contender", "n", "min", "median", "p90", "p99", "p99.9"]
-    headers += [f"median vs {labels[r]}" for r in refs]
-    headers += [f"p99 vs {labels[r]}" for r in refs]
     rows = []
-    for name in res["contenders"]:
+    for name in names:
         x = st[name]
-        row = [labels[name], str(x["n"])]
-        row += [common.fmt_ns(x[k]) for k in
-                ("min_ns", "median_ns", "p90_ns", "p99_ns", "p999_ns")]
-        row += [common.fmt_ratio(x["median_ns"] / st[r]["median_ns"])
-                for r in refs]
-        row += [common.fmt_ratio(x["p99_ns"] / st[r]["p99_ns"])
-                for r in refs]
-        rows.append(row)
-    lines.append(common.table(headers, rows))
-    lines.append("(\"vs\": this contender's time / tpshare's; above 1: "
-                 "tpshare is faster)")
+        rows.append([labels.get(name, name), str(x["n"])]
+                    + [common.fmt_ns(x[k]) for k in
+                       ("min_ns", "median_ns", "p90_ns", "p99_ns",
+                        "p999_ns")])
+    lines.append(common.table(["contender", "n", "min", "median", "p90",
+                               "p99", "p99.9"], rows))
+    refs = [r for r in REFS if r in st]
+    if refs:
+        lines.append("\nEach contender's round trip / tpshare's (above 1: "
+                     "tpshare is faster)")
+        headers = ["contender"]
+        for r in refs:
+            headers += [f"median / {labels[r]}'s", f"p99 / {labels[r]}'s"]
+        rows = []
+        for name in names:
+            row = [labels.get(name, name)]
+            for r in refs:
+                row += [common.fmt_ratio(st[name][k] / st[r][k])
+                        for k in ("median_ns", "p99_ns")]
+            rows.append(row)
+        lines.append(common.table(headers, rows))
     spread = []
-    for n in res["contenders"]:
+    for n in names:
         meds = st[n].get("round_medians_ns", [])
         p99s = st[n].get("round_p99_ns", [None] * len(meds))
         modes = [common.mode_of(g) or ("mixed" if g else "?")
                  for g in st[n].get("round_gauge_ns", [None] * len(meds))]
         if meds:
-            spread.append(f"{labels[n]} " + ", ".join(
-                f"{common.fmt_ns(m)}/{common.fmt_ns(p) if p else '?'} "
-                f"({mode})" for m, p, mode in zip(meds, p99s, modes)))
+            spread.append([labels.get(n, n)] + [
+                f"{common.fmt_ns(m)} / {common.fmt_ns(p) if p else '?'} "
+                f"{mode}" for m, p, mode in zip(meds, p99s, modes)])
     if spread:
-        lines.append("median/p99 of each round, with the machine's mode "
-                     "from the core-to-core gauge before and after (a "
-                     "wide spread of medians is a waiter flipping between "
-                     "spinning and parking): " + "; ".join(spread))
+        rounds = max(len(r) for r in spread) - 1
+        spread = [r + [""] * (rounds + 1 - len(r)) for r in spread]
+        lines.append("\n" + common.wrap(
+            "Median / p99 of each round, with the machine's mode from the "
+            "core-to-core gauge before and after it (a wide spread of "
+            "medians is a waiter flipping between spinning and parking)"))
+        lines.append(common.table(
+            ["contender"] + [f"round {i + 1}" for i in range(rounds)],
+            spread))
     wake = res.get("wake") or {}
     if wake:
-        lines.append(f"\nParked wake-up: one-way, send to the far side "
-                     f"running with the item, after it waited "
-                     f"{common.fmt_ns(res['wake_pause_s'] * 1e9)} (parked)")
+        lines.append("\n" + common.wrap(
+            f"Parked wake-up: one-way, send to the far side running with "
+            f"the item, after it waited "
+            f"{common.fmt_ns(res['wake_pause_s'] * 1e9)} (parked)"))
         rows = []
         floor = wake.get("floor")
         for name, x in wake.items():
             label = ("bare semaphore, two threads (machine floor)"
-                     if name == "floor" else labels[name])
+                     if name == "floor" else labels.get(name, name))
             row = [label, str(x["n"])]
             row += [common.fmt_ns(x[k]) for k in
                     ("min_ns", "median_ns", "p90_ns", "p99_ns")]
@@ -195,8 +208,5 @@ def report(res):
             rows.append(row)
         lines.append(common.table(["contender", "n", "min", "median", "p90",
                                    "p99", "median / floor"], rows))
-    for name, why in res["skipped"].items():
-        lines.append(f"skipped {name}: {why}")
-    for name, why in res["errors"].items():
-        lines.append(f"ERROR {name}: {why}")
+    lines += common.problems(res)
     return "\n".join(lines)

@@ -16,7 +16,7 @@ Second table, memory kept after delivery: a fresh child sends n distinct
 64 KiB str objects one at a time, receives each (in the same
 interpreter) and drops both; the RSS growth divided by n is what the
 transport keeps alive after the program let go (the Channel's identity
-across messages (D9) holds the last 1024 objects sent and up to 4096
+across messages holds the last 1024 objects sent and up to 4096
 received).
 """
 
@@ -238,49 +238,50 @@ def run(ctx, names):
     }
 
 
+def _payload_label(key):
+    kind, size = key.split("/")
+    return "one int" if kind == "int" else \
+        f"{kind} {common.fmt_size(int(size))}"
+
+
 def report(res):
+    """A row per contender, a column per payload."""
     labels = {c.name: c.label for c in cts.ALL}
     lines = ["\nMemory per queued message (RSS growth / messages queued, "
              "bytes)"]
-    cols = res["contenders"]
+    names = res["contenders"]
+    keys = [k for k in res.get("payloads", []) if res["points"].get(k)]
+    heads = [_payload_label(k) for k in keys]
     rows = []
-    for key in res.get("payloads", []):
-        row_data = res["points"].get(key, {})
-        if not row_data:
+    for n in names:
+        if not any(n in res["points"][k] for k in keys):
             continue
-        kind, size = key.split("/")
-        label = "one int" if kind == "int" else \
-            f"{kind} {common.fmt_size(int(size))}"
-        row = [label]
-        for n in cols:
-            rec = row_data.get(n)
-            row.append("n/a" if rec is None
-                       else f"{rec['bytes_per_message']:.0f}")
-        rows.append(row)
+        rows.append([labels.get(n, n)] + [
+            f"{res['points'][k][n]['bytes_per_message']:,.0f}"
+            if n in res["points"][k] else "n/a" for k in keys])
     if rows:
-        lines.append(common.table(["payload"] + [labels[n] for n in cols],
-                                  rows))
+        lines.append(common.table(["contender"] + heads, rows))
     for ref in ("channel", "memchannel"):
-        if ref not in cols:
+        if ref not in names:
+            continue
+        ks = [k for k in keys if ref in res["points"][k]]
+        others = [n for n in names if n != ref
+                  and any(n in res["points"][k] for k in ks)]
+        if not ks or not others:
             continue
         rrows = []
-        others = [n for n in cols if n != ref]
-        for key in res.get("payloads", []):
-            row_data = res["points"].get(key, {})
-            if ref not in row_data:
-                continue
-            mine = row_data[ref]["bytes_per_message"]
-            kind, size = key.split("/")
-            label = "one int" if kind == "int" else \
-                f"{kind} {common.fmt_size(int(size))}"
-            rrows.append([label] + [
-                common.fmt_ratio(row_data[n]["bytes_per_message"] / mine)
-                if n in row_data and mine > 0 else "n/a" for n in others])
-        if rrows:
-            lines.append(f"\nbaseline's memory / {labels[ref]}'s (above 1: "
-                         f"{labels[ref]} uses less)")
-            lines.append(common.table(
-                ["payload"] + [labels[n] for n in others], rrows))
+        for n in others:
+            row = [labels.get(n, n)]
+            for k in ks:
+                mine = res["points"][k][ref]["bytes_per_message"]
+                rec = res["points"][k].get(n)
+                row.append(common.fmt_ratio(rec["bytes_per_message"] / mine)
+                           if rec is not None and mine > 0 else "n/a")
+            rrows.append(row)
+        lines.append(f"\nEach contender's memory / {labels[ref]}'s (above "
+                     f"1: {labels[ref]} uses less)")
+        lines.append(common.table(
+            ["contender"] + [_payload_label(k) for k in ks], rrows))
     ret = res.get("retained") or {}
     if ret:
         any_rec = next(iter(ret.values()))
@@ -292,8 +293,5 @@ def report(res):
             [[labels[n], f"{r['bytes_per_message']:.0f}",
               f"{(r['rss_after'] - r['rss_before']) / (1 << 20):.1f}"]
              for n, r in ret.items()]))
-    for name, why in res["skipped"].items():
-        lines.append(f"skipped {name}: {why}")
-    for name, why in res["errors"].items():
-        lines.append(f"ERROR {name}: {why}")
+    lines += common.problems(res)
     return "\n".join(lines)

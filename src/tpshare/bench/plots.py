@@ -1,6 +1,10 @@
 """PNG figures of a run, drawn with matplotlib (Agg backend, no display)
 from the result dicts alone, so ``--replot results.json`` can redraw
-them.  tpshare's designs are drawn with solid lines, baselines dashed.
+them.
+
+Every contender has one colour and one marker of its own, the same in
+every figure; tpshare's designs are drawn with solid lines, baselines
+dashed.  Legends sit below the axes, never over the data.
 """
 
 import os
@@ -15,34 +19,66 @@ def _plt():
     return plt
 
 
-_PALETTE = {
-    "memchannel": "#d62728",
-    "memchannel-pickle": "#ff9896",
-    "channel": "#1f77b4",
-    "channel-view": "#3182bd",
-    "channel-id": "#9ecae1",
-    "channel-park": "#6baed6",
-    "channel-spin500": "#08306b",
-    "tpshare-queue": "#9467bd",
-    "cpython-queue": "#2ca02c",
-    "cpython-queue-mv": "#98df8a",
-    "cpython-queue-pickle": "#8c564b",
-    "cpython-queue-poll": "#bcbd22",
-    "cpython-channel": "#17becf",
-    "cpython-channel-poll": "#9edae5",
-    "threads": "#7f7f7f",
-    "mp-pipe": "#ff7f0e",
-    "mp-shm": "#e377c2",
+# (colour, marker) per contender: a qualitative palette wide enough for
+# every contender to have a colour of its own (the polling variants of
+# CPython's queue and channel take a lighter shade of theirs, MemChannel
+# with pickle of MemChannel's), and a marker that tells apart colours
+# close to each other.
+_STYLE = {
+    "channel": ("#1f77b4", "o"),
+    "channel-batch": ("#17becf", "s"),
+    "channel-view": ("#000075", "^"),
+    "channel-id": ("#9467bd", "v"),
+    "channel-park": ("#469990", "<"),
+    "channel-spin500": ("#bcbd22", ">"),
+    "tpshare-queue": ("#800000", "P"),
+    "memchannel": ("#d62728", "D"),
+    "memchannel-pickle": ("#ff9896", "d"),
+    "cpython-queue": ("#2ca02c", "x"),
+    "cpython-queue-mv": ("#ff7f0e", "+"),
+    "cpython-queue-pickle": ("#8c564b", "1"),
+    "cpython-queue-poll": ("#98df8a", "2"),
+    "cpython-channel": ("#f032e6", "X"),
+    "cpython-channel-poll": ("#f7b6d2", "3"),
+    "threads": ("#7f7f7f", "*"),
+    "mp-pipe": ("#000000", "h"),
+    "mp-shm": ("#b8860b", "p"),
 }
 _LABEL = {c.name: c.label for c in cts.ALL}
 _OURS = {c.name for c in cts.ALL if c.ours}
 
 
+def colour(name):
+    """The contender's colour in every figure."""
+    return _STYLE.get(name, ("#333333", "."))[0]
+
+
 def _style(name):
-    return {"color": _PALETTE.get(name, "black"),
+    col, marker = _STYLE.get(name, ("#333333", "."))
+    return {"color": col, "marker": marker, "markersize": 5,
             "linestyle": "-" if name in _OURS else "--",
-            "linewidth": 2.2 if name in _OURS else 1.4,
+            "linewidth": 2.0 if name in _OURS else 1.4,
             "label": _LABEL.get(name, name)}
+
+
+def _legend_below(fig, axes, ncol=4):
+    """One legend for the figure, under its axes (the lines of every axis,
+    each label once)."""
+    seen = {}
+    for ax in axes:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, h)
+    if seen:
+        fig.legend(list(seen.values()), list(seen), loc="upper center",
+                   bbox_to_anchor=(0.5, 0.0), ncol=min(ncol, len(seen)),
+                   fontsize=8, frameon=False)
+
+
+def _save(fig, plt, path):
+    # bbox_inches="tight" grows the image to take in the legend below.
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 def _subtitle(doc):
@@ -60,6 +96,9 @@ def _fmt_size(n):
 
 
 def throughput(doc, res, path):
+    """Messages/s against payload size, a panel per kind (a bar per
+    contender for one int).  Messages/s, not bytes/s: a zero-copy transport
+    moves no bytes, and its rate does not depend on the size."""
     plt = _plt()
     kinds = [k for k in ("bytes", "str")
              if any(p.startswith(k + "/") for p in res["points"])]
@@ -75,29 +114,27 @@ def throughput(doc, res, path):
             xs, ys = [], []
             for s in sizes:
                 rec = res["points"].get(f"{kind}/{s}", {}).get(name)
-                if rec and rec.get("median_bytes_per_s"):
+                if rec and rec.get("median_msgs_per_s"):
                     xs.append(s)
-                    ys.append(rec["median_bytes_per_s"] / 1e9)
+                    ys.append(rec["median_msgs_per_s"])
             if xs:
-                ax.plot(xs, ys, marker="o", markersize=3.5, **_style(name))
+                ax.plot(xs, ys, **_style(name))
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(sizes)
         ax.set_xticklabels([_fmt_size(s) for s in sizes], rotation=45,
                            ha="right", fontsize=8)
         ax.set_xlabel("payload size")
-        ax.set_ylabel("throughput, GB/s (log)")
+        ax.set_ylabel("messages/s (log)")
         ax.set_title(f"{kind} payloads, one sender -> one receiver")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
     if has_int:
         ax = axes[-1]
         row = res["points"]["int/8"]
         names = [n for n in res["contenders"]
                  if n in row and row[n].get("median_msgs_per_s")]
         vals = [row[n]["median_msgs_per_s"] / 1e6 for n in names]
-        ax.barh(range(len(names)), vals,
-                color=[_PALETTE.get(n, "gray") for n in names])
+        ax.barh(range(len(names)), vals, color=[colour(n) for n in names])
         ax.set_yticks(range(len(names)))
         ax.set_yticklabels([_LABEL.get(n, n) for n in names], fontsize=8)
         ax.invert_yaxis()
@@ -108,22 +145,22 @@ def throughput(doc, res, path):
     fig.suptitle("Throughput against payload size\n" + _subtitle(doc),
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _legend_below(fig, axes[:len(kinds)], ncol=5)
+    return _save(fig, plt, path)
 
 
 def _cdf(ax, stats, names, title, xlabel):
     for name in names:
         q = stats[name]["quantiles_ns"]
         ys = [i / (len(q) - 1) for i in range(len(q))]
-        ax.plot([v / 1e3 for v in q], ys, **_style(name))
+        st = _style(name)
+        st["markevery"] = max(1, len(q) // 8)
+        ax.plot([v / 1e3 for v in q], ys, **st)
     ax.set_xscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("fraction of round trips <= x")
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
 
 
 def latency(doc, res, path):
@@ -135,24 +172,20 @@ def latency(doc, res, path):
     med = [st[n]["median_ns"] / 1e3 for n in names]
     p99 = [st[n]["p99_ns"] / 1e3 for n in names]
     y = range(len(names))
-    a2.barh(y, med, color=[_PALETTE.get(n, "gray") for n in names],
-            label="median")
-    a2.scatter(p99, y, marker="|", s=200, color="black", label="p99",
-               zorder=3)
+    a2.barh(y, med, color=[colour(n) for n in names])
+    a2.scatter(p99, y, marker="|", s=200, color="black", zorder=3)
     a2.set_yticks(list(y))
     a2.set_yticklabels([_LABEL.get(n, n) for n in names], fontsize=8)
     a2.invert_yaxis()
     a2.set_xscale("log")
     a2.set_xlabel("round trip, us (log)")
-    a2.set_title("median (bar) and p99 (tick)")
+    a2.set_title("median (bar) and p99 (black tick)")
     a2.grid(True, axis="x", which="both", alpha=0.3)
-    a2.legend(fontsize=8)
     fig.suptitle("Ping-pong latency, 8-byte messages\n" + _subtitle(doc),
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _legend_below(fig, [a1], ncol=4)
+    return _save(fig, plt, path)
 
 
 def release(doc, res, path):
@@ -174,39 +207,45 @@ def release(doc, res, path):
     ax.set_xlabel("receiver's release -> sender sees it, us (log)")
     ax.set_ylabel("fraction <= x")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Release latency of a MemChannel view\n" + _subtitle(doc),
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _legend_below(fig, [ax], ncol=3)
+    return _save(fig, plt, path)
 
 
 def scaling(doc, res, path):
+    from . import scaling as experiment
     plt = _plt()
     ks = res["workers"]
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    ax.plot(ks, ks, color="black", linestyle=":", label="perfect")
-    colors = {"interpreters": "#d62728", "threads": "#7f7f7f",
-              "processes": "#ff7f0e"}
-    for kind in res["kinds"]:
-        r = res["results"][kind]
-        ax.plot(ks, [r[str(k)]["speedup"] for k in ks], marker="o",
-                color=colors.get(kind), label=kind,
-                linestyle="-" if kind == "interpreters" else "--")
+    verdict = experiment.no_parallelism(res)
+    if verdict is None:
+        ax.plot(ks, ks, color="black", linestyle=":", label="perfect")
+        colors = {"interpreters": "#d62728", "threads": "#7f7f7f",
+                  "processes": "#ff7f0e"}
+        markers = {"interpreters": "D", "threads": "*", "processes": "h"}
+        for kind in res["kinds"]:
+            r = res["results"][kind]
+            ax.plot(ks, [r[str(k)]["speedup"] for k in ks],
+                    marker=markers.get(kind, "o"), color=colors.get(kind),
+                    label=kind,
+                    linestyle="-" if kind == "interpreters" else "--")
+        ax.set_ylim(bottom=0)
+    else:
+        # Speed-ups from a host without parallelism would only show that.
+        import textwrap
+        ax.text(0.5, 0.5, textwrap.fill(verdict, 50, break_on_hyphens=False),
+                ha="center", va="center", transform=ax.transAxes, fontsize=9)
     ax.set_xticks(ks)
     ax.set_xlabel("workers (each runs the same CPU-bound loop)")
     ax.set_ylabel("speed-up: k x T(1) / T(k)")
-    ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
     ax.set_title("Parallel scaling, pure Python\n" + _subtitle(doc),
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _legend_below(fig, [ax], ncol=4)
+    return _save(fig, plt, path)
 
 
 def memory(doc, res, path):
@@ -224,7 +263,7 @@ def memory(doc, res, path):
             if rec is not None:
                 xs.append(j + (i - (len(names) - 1) / 2) * width)
                 ys.append(max(rec["bytes_per_message"], 1))
-        ax.bar(xs, ys, width=width, color=_PALETTE.get(name, "gray"),
+        ax.bar(xs, ys, width=width, color=colour(name),
                label=_LABEL.get(name, name),
                hatch=None if name in _OURS else "//", edgecolor="white")
     labels = []
@@ -237,12 +276,10 @@ def memory(doc, res, path):
     ax.set_yscale("log")
     ax.set_ylabel("bytes per queued message (RSS growth, log)")
     ax.grid(True, axis="y", which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
     ax.set_title("Memory per queued message\n" + _subtitle(doc), fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    _legend_below(fig, [ax], ncol=4)
+    return _save(fig, plt, path)
 
 
 DRAW = {

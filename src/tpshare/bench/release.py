@@ -130,7 +130,8 @@ def report(res):
     lines.append(common.table(
         ["sender observes by", "n", "min", "median", "p90", "p99",
          "median / ack's", "p99 / ack's"], rows))
-    lines.append("(below 1: the tracker is faster than an explicit "
-                 "acknowledgement message; CPython has no release "
-                 "notification to compare)")
+    lines.append(common.wrap(
+        "(below 1: the tracker is faster than an explicit acknowledgement "
+        "message; CPython has no release notification to compare)"))
+    lines += common.problems(res)
     return "\n".join(lines)

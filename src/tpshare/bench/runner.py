@@ -2,13 +2,13 @@
 their own GIL, each on a thread of its own.
 
 This is the one place that chooses how interpreters are made.  With
-``tpshare.Interpreter`` (D10) available it is used; otherwise, or with
+``tpshare.Interpreter`` available it is used; otherwise, or with
 ``--runner stdlib``, the standard library's low-level module is used
-(3.13 ``_interpreters.create("isolated")`` + ``exec``, 3.12
-``_xxsubinterpreters.create(isolated=True)`` + ``run_string``), driven
-from a dedicated thread that creates, runs and destroys the interpreter:
-on 3.12, destroying from another thread an interpreter in which
-``threading`` was imported hangs in ``threading._shutdown``.
+(through ``tpshare._stdinterp``: 3.13's ``_interpreters``, 3.12's
+``_xxsubinterpreters``), driven from a dedicated thread that creates,
+runs and destroys the interpreter: on 3.12, destroying from another
+thread an interpreter in which ``threading`` was imported hangs in
+``threading._shutdown``.
 
 Either way a worker runs one call at a time of a function of
 ``tpshare.bench._remote`` with literal arguments (ints, strs, tuples),
@@ -22,6 +22,7 @@ import textwrap
 import threading
 
 import tpshare
+from tpshare import _stdinterp
 
 RUNNERS = ("auto", "stdlib", "tpshare")
 
@@ -47,9 +48,8 @@ def describe(name):
     """Human-readable description of a runner, for the report."""
     if name == "tpshare":
         return "tpshare.Interpreter (own GIL, own thread)"
-    mod = "_interpreters" if sys.version_info >= (3, 13) else \
-        "_xxsubinterpreters"
-    return f"stdlib {mod}, isolated config (own GIL), one thread each"
+    return (f"stdlib {_stdinterp.MODULE.__name__}, isolated config (own "
+            "GIL), one thread each")
 
 
 def new_worker(name):
@@ -85,30 +85,13 @@ class Job:
 # ---------------------------------------------------------------------------
 # The standard library's interpreters.
 
-try:  # 3.13
-    import _interpreters as _std
-
-    def _std_create():
-        return _std.create("isolated")
-
-    def _std_exec(iid, code):
-        err = _std.exec(iid, code)
-        if err is not None:
-            return err.formatted or err.errdisplay or str(err)
-        return None
-
-except ImportError:  # 3.12
-    import _xxsubinterpreters as _std
-
-    def _std_create():
-        return _std.create(isolated=True)
-
-    def _std_exec(iid, code):
-        try:
-            _std.run_string(iid, code)
-        except _std.RunFailedError as exc:
-            return str(exc)
-        return None
+def _std_exec(iid, code):
+    """Run code in stdlib interpreter iid; None, or the error's text."""
+    try:
+        _stdinterp.run(iid, code)
+    except _stdinterp.RunFailedError as exc:
+        return str(exc)
+    return None
 
 
 def _call_code(func, args):
@@ -140,7 +123,7 @@ class _StdlibWorker:
 
     def _main(self):
         try:
-            self.id = _std_create()
+            self.id = _stdinterp.create()
         except BaseException as exc:  # noqa: BLE001 - reported to creator
             self._start_error = exc
             self._ready.set()
@@ -158,7 +141,7 @@ class _StdlibWorker:
                     err = f"{type(exc).__name__}: {exc}"
                 job._finish(err)
         finally:
-            _std.destroy(self.id)
+            _stdinterp.destroy(self.id)
 
     def call(self, func, *args):
         """Start _remote.func(*args) in the interpreter; a Job."""

@@ -182,39 +182,70 @@ def run(ctx, names=None):
     }
 
 
+# Speed-up below which k workers are taken to have had no more than one
+# CPU between them: a host that gives the run a single CPU's worth of time
+# gets about x1 whatever the design, and ratios between kinds then say
+# nothing about them.
+PARALLEL = 1.25
+
+
+def no_parallelism(res):
+    """A sentence saying that the host gave no parallelism, when neither
+    the interpreters nor the processes reached PARALLEL at any worker
+    count above 1; else None."""
+    ks = [k for k in res["workers"] if k > 1]
+    kinds = [k for k in ("interpreters", "processes") if k in res["kinds"]]
+    if not ks or not kinds:
+        return None
+    best = max(res["results"][kind][str(k)]["speedup"]
+               for kind in kinds for k in ks)
+    if best >= PARALLEL:
+        return None
+    who = " nor ".join(kinds)
+    return (f"This host gave the run no parallelism: with up to {ks[-1]} "
+            f"workers neither {who} got more done than one worker alone "
+            f"(at best x{best:.2f}), so this run cannot tell how they "
+            f"scale; the speed-ups are left out.")
+
+
 def report(res):
-    lines = [f"\nParallel scaling, CPU-bound pure Python "
-             f"({res['work_iterations']} iterations per worker; "
-             f"interpreters: {res['runner']})"]
+    lines = ["\n" + common.wrap(
+        f"Parallel scaling, CPU-bound pure Python "
+        f"({res['work_iterations']} iterations per worker; interpreters: "
+        f"{res['runner']})")]
     kinds = res["kinds"]
-    rows = []
     r = res["results"]
+    verdict = no_parallelism(res)
+    if verdict is not None:
+        lines.append(common.wrap(verdict))
+        lines.append(common.table(
+            ["workers"] + [f"{kind}: time" for kind in kinds],
+            [[str(k)] + [f"{r[kind][str(k)]['median_s']:.3f} s"
+                         for kind in kinds] for k in res["workers"]]))
+        lines += common.problems(res)
+        return "\n".join(lines)
+    others = [o for o in ("threads", "processes")
+              if o in r and "interpreters" in r]
+    rows = []
     for k in res["workers"]:
         key = str(k)
         row = [str(k)]
         for kind in kinds:
             x = r[kind][key]
-            row.append(f"{x['median_s']:.3f} s  x{x['speedup']:.2f}  "
-                       f"({x['worker_efficiency'] * 100:.0f}%)")
-        if "interpreters" in r:
-            ti = r["interpreters"][key]["seconds"]
-            for other in ("threads", "processes"):
-                if other in r:
-                    to = r[other][key]["seconds"]
-                    row.append(common.fmt_ratio(common.median(
-                        [b / a for a, b in zip(ti, to)])))
+            row.append(f"{x['median_s']:.3f} s x{x['speedup']:.2f} "
+                       f"{x['worker_efficiency'] * 100:.0f}%")
+        ti = r["interpreters"][key]["seconds"] if others else []
+        for other in others:
+            row.append(common.fmt_ratio(common.paired_ratio(
+                r[other][key]["seconds"], ti)))
         rows.append(row)
-    headers = ["workers"] + [f"{k}: time, speed-up (per-worker eff.)"
-                             for k in kinds]
-    if "interpreters" in r:
-        headers += [f"interpreters vs {o}" for o in ("threads", "processes")
-                    if o in r]
-    lines.append(common.table(headers, rows))
-    lines.append("(speed-up = k x T(1) / T(k), perfect = k; per-worker "
-                 "efficiency = one worker's own time alone / its own time "
-                 "among k, 100% = the workers do not slow each other down; "
-                 "\"vs\": the other's wall time / the interpreters', above "
-                 "1: interpreters faster)")
-    for name, why in res["errors"].items():
-        lines.append(f"ERROR {name}: {why}")
+    lines.append(common.table(
+        ["workers"] + kinds + [f"vs {o}" for o in others], rows))
+    lines.append(common.wrap(
+        "(each cell: wall time, speed-up = k x T(1) / T(k), perfect = k, "
+        "and per-worker efficiency = one worker's own time alone / its own "
+        "time among k, 100% = the workers do not slow each other down; "
+        "\"vs\": the other kind's wall time / the interpreters', above 1: "
+        "interpreters faster)"))
+    lines += common.problems(res)
     return "\n".join(lines)

@@ -175,8 +175,11 @@ def run(ctx, names):
                 rates = [rec["n"] / t for t in rec["seconds"]]
                 rec["msgs_per_s"] = rates
                 rec["median_msgs_per_s"] = common.median(rates)
+                # bytes/s only where bytes are copied: a view or a
+                # reference moves none, whatever the payload's size.
+                rec["zero_copy"] = c.zero_copy
                 rec["median_bytes_per_s"] = (
-                    None if kind == "int"
+                    None if kind == "int" or c.zero_copy
                     else rec["median_msgs_per_s"] * size)
             del data
     finally:
@@ -246,10 +249,11 @@ def mode_report(res):
     if not rows:
         return ""
     return "\n".join([
-        f"\nThroughput by the machine's mode (messages/s, median of the "
-        f"trials with the core-to-core gauge below {common.FAR_NS} ns "
-        f"before and after (near) or above it both times (far); trials "
-        f"counted in brackets)",
+        "\n" + common.wrap(
+            f"Throughput by the machine's mode (messages/s, median of the "
+            f"trials with the core-to-core gauge below {common.FAR_NS} ns "
+            f"before and after (near) or above it both times (far); trials "
+            f"counted in brackets)"),
         common.table(["payload", "contender", "near", "far"], rows)])
 
 
@@ -342,15 +346,18 @@ def sweep_report(sw):
                      f"{common.fmt_rate(min(rs))} - "
                      f"{common.fmt_rate(max(rs))}"])
     g = [x for x in sw["line_round_trip_ns"] if x is not None]
-    gauge = ("\ncore-to-core gauge before each round: "
-             + ", ".join(f"{x:.0f}" for x in g) + " ns") if g else ""
-    return "\n".join([
-        f"\n{labels[sw['contender']]} across sizes: every size in each of "
-        f"{sw['rounds']} rounds; flatness = each size's rate / the median "
-        f"of all sizes in the same round (median over rounds): worst size "
-        f"{sw['worst_deviation']:.0%} off{gauge}",
-        common.table(["size", "vs sizes' median", "median rate",
-                      "rounds (min - max)"], rows)])
+    text = [
+        "\n" + common.wrap(
+            f"{labels[sw['contender']]} across sizes: every size in each of "
+            f"{sw['rounds']} rounds; flatness = each size's rate / the "
+            f"median of all sizes in the same round (median over rounds): "
+            f"worst size {sw['worst_deviation']:.0%} off")]
+    if g:
+        text.append(common.wrap("core-to-core gauge before each round: "
+                                + ", ".join(f"{x:.0f}" for x in g) + " ns"))
+    text.append(common.table(["size", "vs sizes' median", "median rate",
+                              "rounds (min - max)"], rows))
+    return "\n".join(text)
 
 
 def calibrate(ctx, s, data, size, seconds):
@@ -384,16 +391,9 @@ def _close_quietly(session):
 REFS = ("memchannel", "channel")
 
 
-def _paired(a, b):
-    """Median over rounds of a[i] / b[i] (rates timed side by side)."""
-    if not a or not b:
-        return None
-    return common.median([x / y for x, y in zip(a, b)])
-
-
 def ratios(res):
-    """For each point, each of our designs against each baseline: the
-    median of per-round throughput ratios (> 1: ours faster)."""
+    """For each point, each of our designs against each other contender:
+    the median of per-round throughput ratios (> 1: ours faster)."""
     out = {}
     for key, row in res["points"].items():
         for ref in REFS:
@@ -402,67 +402,87 @@ def ratios(res):
             for name, rec in row.items():
                 if name == ref or "msgs_per_s" not in rec:
                     continue
-                out.setdefault(key, {}).setdefault(ref, {})[name] = _paired(
-                    row[ref]["msgs_per_s"], rec["msgs_per_s"])
+                out.setdefault(key, {}).setdefault(ref, {})[name] = \
+                    common.paired_ratio(row[ref]["msgs_per_s"],
+                                        rec["msgs_per_s"])
     return out
 
 
+def _copies(name, rec):
+    """Whether a record's transport copies the payload (bytes/s mean
+    something); results written before the flag existed fall back on
+    the contender's definition."""
+    if "zero_copy" in rec:
+        return not rec["zero_copy"]
+    c = cts.BY_NAME.get(name)
+    return c is not None and not c.zero_copy
+
+
 def report(res):
-    """The terminal tables."""
+    """The terminal tables: per payload kind, a row per contender and a
+    column per size (split to fit the terminal)."""
     lines = []
-    names = [n for n in res["contenders"]]
     labels = {c.name: c.label for c in cts.ALL}
     rat = ratios(res)
     for kind in ("bytes", "str", "int"):
         keys = [k for k in res["points"] if k.startswith(kind + "/")]
-        cols = [n for n in names
-                if any(n in res["points"][k] for k in keys)]
-        if not keys or not cols:
+        names = [n for n in res["contenders"]
+                 if any(n in res["points"][k] for k in keys)]
+        if not keys or not names:
             continue
-        unit = "messages/s" if kind == "int" else "bytes/s (messages/s)"
-        lines.append(f"\nThroughput, {kind} payloads: {unit}, median of "
-                     f"{res['repeat']} rounds")
-        rows = []
-        for k in keys:
-            size = int(k.split("/")[1])
-            row = [("one int" if kind == "int" else common.fmt_size(size))]
-            for n in cols:
-                rec = res["points"][k].get(n)
-                if rec is None or "median_msgs_per_s" not in rec:
-                    row.append("n/a")
-                elif kind == "int":
-                    row.append(common.fmt_rate(rec["median_msgs_per_s"]))
-                else:
-                    row.append(
-                        f"{common.fmt_bytes_rate(rec['median_bytes_per_s'])}"
-                        f" ({common.fmt_rate(rec['median_msgs_per_s'])})")
-            rows.append(row)
-        lines.append(common.table(["size"] + [labels[n] for n in cols], rows))
+        heads = ["one int" if kind == "int"
+                 else common.fmt_size(int(k.split("/")[1])) for k in keys]
+
+        def cell(name, key, value):
+            rec = res["points"][key].get(name)
+            if rec is None or "median_msgs_per_s" not in rec:
+                return "n/a"
+            return value(rec)
+
+        rounds = res["repeat"]
+        lines.append(f"\nThroughput, {kind} payloads: messages/s, median of "
+                     f"{rounds} round{'s' if rounds != 1 else ''}")
+        lines.append(common.table(
+            ["contender"] + heads,
+            [[labels.get(n, n)] + [
+                cell(n, k, lambda r: common.fmt_rate(r["median_msgs_per_s"]))
+                for k in keys] for n in names]))
+        copying = [n for n in names if kind != "int" and any(
+            _copies(n, res["points"][k][n]) for k in keys
+            if n in res["points"][k])]
+        zero = [labels.get(n, n) for n in names if n not in copying]
+        if copying:
+            lines.append("\n" + common.wrap(
+                f"Bytes copied per second, {kind} payloads (transports "
+                "that copy the payload" + (
+                    "; not for " + ", ".join(zero) + ", which move a view "
+                    "or a reference whatever the size" if zero else "")
+                + ")"))
+            lines.append(common.table(
+                ["contender"] + heads,
+                [[labels.get(n, n)] + [
+                    cell(n, k, lambda r: common.fmt_bytes_rate(
+                        r["median_msgs_per_s"] * int(k.split("/")[1])))
+                    for k in keys] for n in copying]))
         for ref in REFS:
-            if ref not in cols:
+            if ref not in names:
                 continue
-            others = [n for n in cols if n != ref]
-            rows = []
-            for k in keys:
-                size = int(k.split("/")[1])
-                r = rat.get(k, {}).get(ref, {})
-                if not r:
-                    continue
-                rows.append([("one int" if kind == "int"
-                              else common.fmt_size(size))]
-                            + [common.fmt_ratio(r.get(n)) for n in others])
-            if rows:
-                lines.append(f"\n{labels[ref]} throughput / baseline's "
-                             f"({kind}; above 1: {labels[ref]} faster)")
-                lines.append(common.table(
-                    ["size"] + [labels[n] for n in others], rows))
+            others = [n for n in names if n != ref]
+            if not others or not any(rat.get(k, {}).get(ref) for k in keys):
+                continue
+            lines.append(f"\n{labels[ref]} throughput / each other "
+                         f"contender's ({kind}; above 1: {labels[ref]} "
+                         "faster)")
+            lines.append(common.table(
+                ["contender"] + heads,
+                [[labels.get(n, n)] + [
+                    common.fmt_ratio(rat.get(k, {}).get(ref, {}).get(n))
+                    for k in keys] for n in others]))
     modes = mode_report(res)
     if modes:
         lines.append(modes)
     if res.get("sweep"):
         lines.append(sweep_report(res["sweep"]))
-    for name, why in res["skipped"].items():
-        lines.append(f"skipped {name}: {why}")
-    for name, why in res["errors"].items():
-        lines.append(f"ERROR {name}: {why}")
+    lines += common.problems(res)
     return "\n".join(lines)
+
