@@ -996,7 +996,7 @@ tps_registry_atfork(tps_fork_phase phase)
         pthread_mutex_unlock(&registry.mutex);
         break;
     case TPS_FORK_CHILD:
-        pthread_mutex_init(&registry.mutex, NULL);
+        pthread_mutex_unlock(&registry.mutex);
         break;
     }
 }

@@ -735,7 +735,7 @@ tps_channels_atfork(tps_fork_phase phase)
             atomic_store(&ch->cpu[0], -1);
             atomic_store(&ch->cpu[1], -1);
         }
-        pthread_mutex_init(&channels.mutex, NULL);
+        pthread_mutex_unlock(&channels.mutex);
         break;
     }
 }

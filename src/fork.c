@@ -12,9 +12,11 @@
  * So, through pthread_atfork (registered once per process): before the
  * fork, the forking thread takes the leaf mutexes, those under which code
  * waits for nothing but memory, in one fixed order, so that the tables
- * they guard are copied whole; the parent then releases them; the child
- * re-initializes every lock, those and the others (channel spin locks,
- * per-interpreter mutexes, the workers' table), and makes unusable what
+ * they guard are copied whole; parent and child then release them (the
+ * child's one thread is the one that took them); the child
+ * re-initializes every other lock (channel spin locks, per-interpreter
+ * mutexes, the workers' table), which a vanished thread may have held,
+ * and makes unusable what
  * belonged to the parent: channels created before the fork fail with
  * ChannelClosed, tokens detached before it do not attach, the
  * interpreters tpshare made are forgotten (tpshare/_interpreters.py does

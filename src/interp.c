@@ -696,7 +696,7 @@ tps_interps_atfork(tps_fork_phase phase)
             tls_interp.id = -1;
             tls_interp.st = NULL;
         }
-        pthread_mutex_init(&interps.mutex, NULL);
+        pthread_mutex_unlock(&interps.mutex);
         break;
     }
     }

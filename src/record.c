@@ -1168,7 +1168,7 @@ tps_records_atfork(tps_fork_phase phase)
             pthread_mutex_unlock(&depots[k].mutex);
             break;
         case TPS_FORK_CHILD:
-            pthread_mutex_init(&depots[k].mutex, NULL);
+            pthread_mutex_unlock(&depots[k].mutex);
             break;
         }
     }

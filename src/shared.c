@@ -337,7 +337,7 @@ tps_tokens_atfork(tps_fork_phase phase)
          * which lives on, are released at its exit as usual); their
          * tokens no longer attach. */
         forked_below = tokens.next_token;
-        pthread_mutex_init(&tokens.mutex, NULL);
+        pthread_mutex_unlock(&tokens.mutex);
         break;
     }
 }
