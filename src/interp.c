@@ -236,7 +236,16 @@ tps_interp_remote_add(tps_interp *st, long n)
  * Release lists.
  */
 
-/* The pending call: runs in the owner under its GIL. */
+/* The pending call: runs in the owner under its GIL.
+ *
+ * The `scheduled` flag says a call is queued and will drain.  It is
+ * claimed (0 -> 1) by the pusher that queues the call, before queuing it,
+ * and given back here before the list is taken: a push that still sees it
+ * set has put its record on the list before this call takes the list, so
+ * the drain below frees it; a push that lands after it was given back
+ * queues a call of its own.  Setting the flag after queuing instead would
+ * let this call run in between and leave the flag set with no call
+ * queued: no release would ever be scheduled again. */
 static int
 drain_pending(void *Py_UNUSED(arg))
 {
@@ -245,8 +254,8 @@ drain_pending(void *Py_UNUSED(arg))
         PyErr_Clear();
         return 0;
     }
-    /* Cleared before the list is taken: a push that still sees the flag
-     * set is drained below (both sides are sequentially consistent). */
+    assert(tps_thread_state() != NULL);
+    assert(tps_current_interp_id() == st->id);
     atomic_store(&st->scheduled, 0);
     tps_interp_drain(st);
     return 0;
@@ -264,8 +273,9 @@ tps_interp_push_release(tps_interp *st, TpShare_Record *rec)
         rec->next_release = head;
     } while (!atomic_compare_exchange_weak(&st->releases, &head, rec));
 
-    /* Fast path: a pending call is already queued (it drains this push:
-     * see drain_pending), nobody is parked to be woken, no exit waits. */
+    /* Fast path: a pending call is queued and has not yet given the flag
+     * back, so it drains this push (see drain_pending); nobody is parked
+     * to be woken, no exit waits. */
     if (atomic_load(&st->scheduled) && atomic_load(&st->nwatchers) == 0
         && !atomic_load(&st->exiting))
     {
@@ -278,16 +288,25 @@ tps_interp_push_release(tps_interp *st, TpShare_Record *rec)
     else if (st->watchers.count > 0) {
         tps_wlist_wake(&st->watchers, 1);
     }
-    else if (!atomic_load(&st->scheduled) && st->alive) {
-        /* The owner cannot finish exiting while we hold its mutex with
-         * alive set, so the interpreter found here stays valid. */
-        PyInterpreterState *interp = _PyInterpreterState_LookUpID(st->id);
-        if (interp != NULL
-            && tps_add_pending_call(interp, drain_pending, NULL) == 0)
-        {
-            atomic_store(&st->scheduled, 1);
+    else if (st->alive) {
+        /* Claim the flag first: only the pusher that claims it queues a
+         * call, and the call can give it back at any time after that. */
+        int expected = 0;
+        if (atomic_compare_exchange_strong(&st->scheduled, &expected, 1)) {
+            /* The owner cannot finish exiting while we hold its mutex
+             * with alive set, so the interpreter found here stays
+             * valid. */
+            PyInterpreterState *interp =
+                _PyInterpreterState_LookUpID(st->id);
+            if (interp == NULL
+                || tps_add_pending_call(interp, drain_pending, NULL) != 0)
+            {
+                /* Not queued: give the flag back, so that the next push
+                 * tries again; meanwhile the owner drains on its next
+                 * entry into tpshare. */
+                atomic_store(&st->scheduled, 0);
+            }
         }
-        /* Otherwise the owner drains on its next entry into tpshare. */
     }
     pthread_mutex_unlock(&st->mutex);
 }

@@ -140,3 +140,54 @@ def test_release_from_a_thread_without_the_owner_gil(sub):
     del chunks
     sub.run("tpshare.drain()")
     assert tpshare.stats()[int(sub.id)] == {"exports": 0, "remote": 0, "pending": 0}
+
+
+def test_releases_stay_scheduled_while_the_owner_runs_pure_python(sub):
+    """Many releases pushed from other threads while the owner runs a
+    busy loop that never calls tpshare: each one is run by a pending call
+    the owner executes between bytecodes, so its pending count returns to
+    zero while the loop still runs (read from here, not from the owner)."""
+    import threading
+    import time
+
+    n = 20_000
+    sub.run(
+        f"""
+        owner = bytearray(b'owned by the subinterpreter')
+        toks = [tpshare.share(owner).detach() for _ in range({n})]
+        first, last = toks[0], toks[-1]
+        del toks
+        """
+    )
+    first, last = int(sub.eval("first")), int(sub.eval("last"))
+    views = [tpshare.attach(t).rebuild() for t in range(first, last + 1)]
+    sid = int(sub.id)
+    flag = tpshare.Buffer(1)
+    sub.put("flag_buffer", flag)
+    sub.run("flag = memoryview(flag_buffer)")
+    # The owner spins in pure Python until the flag is set.
+    busy = threading.Thread(target=sub.run, args=("while not flag[0]: pass",))
+    busy.start()
+    chunks = [views[i::4] for i in range(4)]
+    del views
+
+    def drop(chunk):
+        while chunk:
+            chunk.pop().release()
+
+    droppers = [threading.Thread(target=drop, args=(c,)) for c in chunks]
+    for t in droppers:
+        t.start()
+    for t in droppers:
+        t.join()
+    del chunks
+    deadline = time.monotonic() + 10  # generous: it takes milliseconds
+    while tpshare.stats()[sid]["pending"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    during = tpshare.stats()[sid]
+    still_busy = busy.is_alive()
+    memoryview(flag)[0] = 1
+    busy.join(30)
+    assert still_busy
+    assert during == {"exports": 0, "remote": 0, "pending": 0}
+    sub.run("owner.append(33)")  # no export left
