@@ -191,3 +191,54 @@ def test_releases_stay_scheduled_while_the_owner_runs_pure_python(sub):
     assert still_busy
     assert during == {"exports": 0, "remote": 0, "pending": 0}
     sub.run("owner.append(33)")  # no export left
+
+
+def test_owner_exit_waits_for_a_receiver_still_reading_its_item():
+    """An owner-bound item taken from a channel counts as held from before
+    it leaves the channel: an owner that exits while a receiver (another
+    interpreter) is still rebuilding it (a long tuple first, then a Blob
+    that reads the owner's bytes) waits for it, and the record is freed in
+    the owner (the Blob's free hook runs there) before the owner ends.
+    Several rounds, in a child process."""
+    r = run_child(
+        """
+        import threading
+        import tpshare
+        import tpshare_testext as ext
+        from support import Sub
+
+        receiver = Sub()
+        receiver.run("import tpshare_testext")
+        for rnd in range(5):
+            ch = tpshare.Channel()
+            owner = Sub()
+            owner.run("import tpshare_testext as ext")
+            owner.put("ch", ch)
+            receiver.put("ch", ch)
+            t = threading.Thread(target=receiver.run,
+                                 args=("got = ch.recv(timeout=60)",))
+            t.start()
+            frees, sid = ext.blob_frees(), int(owner.id)
+            owner.run(f"ch.send((('x' * 20,) * 3_000_000, "
+                      f"ext.Blob(b'round %d ' % {rnd} * 1000)))")
+            while ch.qsize():
+                pass          # the receiver took it and is rebuilding it
+            owner.close()
+            after = (ext.blob_frees(), ext.blob_last_free_interp())
+            t.join()
+            assert receiver.eval(
+                f"(len(got[0]), got[0][-1], got[1].data == "
+                f"b'round %d ' % {rnd} * 1000)"
+            ) == "(3000000, 'xxxxxxxxxxxxxxxxxxxx', True)"
+            receiver.run("del got")
+            assert after == (frees + 1, sid), (after, frees, sid)
+            assert sid not in tpshare.stats()
+        receiver.close()
+        assert all(v == {"exports": 0, "remote": 0, "pending": 0}
+                   for v in tpshare.stats().values()), tpshare.stats()
+        print("OK")
+        """,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout
