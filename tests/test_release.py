@@ -242,3 +242,28 @@ def test_owner_exit_waits_for_a_receiver_still_reading_its_item():
     )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK" in r.stdout
+
+
+def test_token_detached_while_its_owner_exits_dies_with_it(sub):
+    """A record detached into the token table by another interpreter while
+    its owner waits in its exit hook (for that very holder) is dropped by
+    the owner before it ends: attach() then raises instead of handing out
+    a view of an interpreter that is gone."""
+    import threading
+    import time
+
+    import pytest
+
+    sub.run("own = bytearray(b'memory of the sub')")
+    shared = sub.get_shared("own")
+    sid = int(sub.id)
+    closer = threading.Thread(target=sub.close)
+    closer.start()
+    time.sleep(0.3)   # the owner now waits for `shared` in its exit hook
+    assert closer.is_alive()
+    token = shared.detach()
+    closer.join(10)
+    assert not closer.is_alive()
+    assert sid not in tpshare.stats()
+    with pytest.raises(KeyError):
+        tpshare.attach(token)
