@@ -301,12 +301,18 @@ drain_pending(void *Py_UNUSED(arg))
     return 0;
 }
 
+/* Where the signal of a queued call can be lost (compat.h), a push that
+ * finds this many releases waiting since the last drain signals again by
+ * queuing another call (a spare: it drains as the first one would). */
+#define RESIGNAL_EVERY 64
+
 /* The caller keeps `st` alive across the call (the record's own reference
  * may be gone as soon as it is on the list: the owner can drain it). */
 void
 tps_interp_push_release(tps_interp *st, TpShare_Record *rec)
 {
-    atomic_fetch_add(&st->pending, 1);
+    long waiting = atomic_fetch_add(&st->pending, 1);
+    int resignal = 0;
     TpShare_Record *head = atomic_load_explicit(&st->releases,
                                                 memory_order_relaxed);
     do {
@@ -319,7 +325,12 @@ tps_interp_push_release(tps_interp *st, TpShare_Record *rec)
     if (atomic_load(&st->scheduled) && atomic_load(&st->nwatchers) == 0
         && !atomic_load(&st->exiting))
     {
-        return;
+        if (!TPS_PENDING_SIGNAL_CAN_BE_LOST || waiting == 0
+            || waiting % RESIGNAL_EVERY != 0)
+        {
+            return;
+        }
+        resignal = 1;
     }
     pthread_mutex_lock(&st->mutex);
     if (atomic_load(&st->exiting)) {
@@ -332,20 +343,26 @@ tps_interp_push_release(tps_interp *st, TpShare_Record *rec)
         /* Claim the flag first: only the pusher that claims it queues a
          * call, and the call can give it back at any time after that. */
         int expected = 0;
-        if (atomic_compare_exchange_strong(&st->scheduled, &expected, 1)) {
-            /* The owner cannot finish exiting while we hold its mutex
-             * with alive set, so the interpreter found here stays
-             * valid. */
-            PyInterpreterState *interp =
-                _PyInterpreterState_LookUpID(st->id);
-            if (interp == NULL
-                || tps_add_pending_call(interp, drain_pending, NULL) != 0)
-            {
-                /* Not queued: give the flag back, so that the next push
-                 * tries again; meanwhile the owner drains on its next
-                 * entry into tpshare. */
-                atomic_store(&st->scheduled, 0);
-            }
+        int claimed = atomic_compare_exchange_strong(&st->scheduled,
+                                                     &expected, 1);
+        /* The owner cannot finish exiting while we hold its mutex with
+         * alive set, so the interpreter found here stays valid. */
+        PyInterpreterState *interp = claimed || resignal
+            ? _PyInterpreterState_LookUpID(st->id) : NULL;
+        if (claimed
+            && (interp == NULL
+                || tps_add_pending_call(interp, drain_pending, NULL) != 0))
+        {
+            /* Not queued: give the flag back, so that the next push
+             * tries again; meanwhile the owner drains on its next entry
+             * into tpshare. */
+            atomic_store(&st->scheduled, 0);
+        }
+        else if (!claimed && resignal && interp != NULL) {
+            /* The call the flag stands for is still queued; this one
+             * is a spare that signals the eval loop again (when the queue
+             * is full, calls are queued anyway). */
+            (void)tps_add_pending_call(interp, drain_pending, NULL);
         }
     }
     pthread_mutex_unlock(&st->mutex);

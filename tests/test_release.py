@@ -257,13 +257,16 @@ def test_token_detached_while_its_owner_exits_dies_with_it(sub):
     sub.run("own = bytearray(b'memory of the sub')")
     shared = sub.get_shared("own")
     sid = int(sub.id)
-    closer = threading.Thread(target=sub.close)
-    closer.start()
-    time.sleep(0.3)   # the owner now waits for `shared` in its exit hook
-    assert closer.is_alive()
-    token = shared.detach()
-    closer.join(10)
-    assert not closer.is_alive()
+    tokens = []
+
+    def detach_later():
+        time.sleep(0.3)   # the owner now waits for `shared` in its exit hook
+        tokens.append(shared.detach())
+
+    detacher = threading.Thread(target=detach_later)
+    detacher.start()
+    sub.close()       # returns once the token is dropped
+    detacher.join()
     assert sid not in tpshare.stats()
     with pytest.raises(KeyError):
-        tpshare.attach(token)
+        tpshare.attach(tokens[0])
