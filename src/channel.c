@@ -124,6 +124,7 @@ static const char *const unbound_names[] = {
     "UNBOUND", "UNBOUND_ERROR", "UNBOUND_REMOVE",
 };
 
+/* op: borrowed.  New reference. */
 static PyObject *
 unbound_repr(PyObject *op)
 {
@@ -131,7 +132,8 @@ unbound_repr(PyObject *op)
         "tpshare.%s", unbound_names[((UnboundItem *)op)->policy - 1]);
 }
 
-/* Pickled (and copied) as the module attribute: the receiver's own. */
+/* Pickled (and copied) as the module attribute: the receiver's own.
+ * op: borrowed.  New reference. */
 static PyObject *
 unbound_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
@@ -275,7 +277,8 @@ tps_is_unbound_marker(const TpShare_Record *rec)
 }
 
 /* Make the UNBOUND objects and ItemInterpreterDestroyed of this
- * interpreter's module.  0 or -1. */
+ * interpreter's module (borrowed), held by `state` and the module.  0 or
+ * -1 with an exception. */
 static int
 init_unbound(PyObject *module, tps_module_state *state)
 {
@@ -837,7 +840,7 @@ chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         }
         else {
             Py_CLEAR(res);
-            if (!kept_on_failure(recs[0])) {
+            if (!kept_on_failure(recs[i])) {
                 tps_record_queue_release(recs[i++]);
             }
         }
@@ -993,6 +996,7 @@ chan_get_maxsize(PyObject *self, void *Py_UNUSED(closure))
     return PyLong_FromSsize_t(tps_channel_maxsize(((Chan *)self)->ch));
 }
 
+/* self: borrowed.  New reference to the interpreter's own marker. */
 static PyObject *
 chan_get_unbounditems(PyObject *self, void *Py_UNUSED(closure))
 {
