@@ -961,6 +961,7 @@ tps_record_queue_release(TpShare_Record *rec)
     /* Release first, so that when the owner's exit wait sees nothing
      * queued, the record is already on its release list. */
     tps_interp *st = rec->ownerst;
+    assert(st != NULL);
     tps_interp_incref(st);
     release(rec, 1);
     tps_interp_queued_add(st, -1);

@@ -255,7 +255,7 @@ def test_sender_ends_with_many_items_queued_in_a_child():
         import tpshare
         from support import Sub
 
-        for rnd in range(15):
+        for rnd in range(30):
             ch = tpshare.Channel(fallback="pickle")
             sub = Sub()
             sub.put("ch", ch)
