@@ -101,7 +101,11 @@ bytes_share(PyObject *obj, TpShare_Data *data)
 {
     Py_ssize_t len = PyBytes_GET_SIZE(obj);
     data->size = len;
-    if (len > INLINE_MAX && len >= tps_bytes_threshold(-1)) {
+    /* Copied anyway when the copy must not depend on the sender (its
+     * items left queued when it exits: tps_record_neutral_copy). */
+    if (len > INLINE_MAX && len >= tps_bytes_threshold(-1)
+        && !tps_share_must_copy())
+    {
         data->obj = Py_NewRef(obj);
         data->ptr = PyBytes_AS_STRING(obj);
         return 0;

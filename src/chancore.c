@@ -21,9 +21,19 @@
  * Closing (D8).  close() wakes every waiter.  Queued items can still be
  * received; then recv fails with TPS_ERR_CLOSED, and send fails at once.
  * When the last reference to a channel goes, every unreceived record is
- * released (in its owner).  When an interpreter exits, the owner-bound
- * items it sent that are still queued are released in it and dropped
- * (their memory dies with it); neutral items stay deliverable.
+ * released (in its owner).
+ *
+ * A sender's exit.  An owner-bound record in a ring is counted in its
+ * owner's `queued` from before it goes in until the receiver that takes it
+ * out is done reading it, so an owner never ends while another
+ * interpreter reads its memory.  When an interpreter exits, its exit hook
+ * (still alive, under its GIL) settles the owner-bound items it sent that
+ * are still queued: each is replaced, in its place in the ring, by a
+ * neutral copy when its value cannot change (bytes, pickled items,
+ * tuples of them), else as the channel's unbounditems policy (or the one
+ * given to its send) says: a marker record (UNBOUND, UNBOUND_ERROR) or
+ * nothing (UNBOUND_REMOVE, counted as dropped).  Neutral items stay as
+ * they are.
  *
  * fork() (fork.c).  In the child, every channel created before the fork
  * is FORKED: send and recv fail at once, and its items and waiters,
@@ -158,7 +168,8 @@ release_all(tps_channel *ch)
 {
     long n = atomic_load(&ch->count);
     for (long i = 0; i < n; i++) {
-        tps_record_release(ch->ring[(ch->head + (size_t)i) & (ch->cap - 1)]);
+        tps_record_queue_release(
+            ch->ring[(ch->head + (size_t)i) & (ch->cap - 1)]);
     }
     atomic_store(&ch->count, 0);
 }
@@ -569,8 +580,18 @@ tps_channel_send(tps_channel *ch, TpShare_Record *const *recs, Py_ssize_t n,
                  int64_t timeout_ns)
 {
     Py_ssize_t unused;
-    return transfer(ch, SENDING, (TpShare_Record **)recs, n, &unused,
-                    timeout_ns);
+    /* Counted before a receiver can take them. */
+    for (Py_ssize_t i = 0; i < n; i++) {
+        tps_record_queue_enter(recs[i]);
+    }
+    int rc = transfer(ch, SENDING, (TpShare_Record **)recs, n, &unused,
+                      timeout_ns);
+    if (rc < 0) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            tps_record_queue_leave(recs[i]);
+        }
+    }
+    return rc;
 }
 
 int
@@ -595,6 +616,13 @@ tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
     for (Py_ssize_t i = n - 1; i >= 0; i--) {
         ch->head = (ch->head - 1) & (ch->cap - 1);
         ch->ring[ch->head] = recs[i];
+        /* Still counted in their owners' `queued` (the receiver's count
+         * goes back with them); an owner whose exit already settled its
+         * items settles them again.  Under the lock: once it is released
+         * another receiver may take and free the record. */
+        if (recs[i]->flags & TPS_REC_BOUND) {
+            tps_interp_requeued(recs[i]->ownerst);
+        }
     }
     atomic_fetch_add(&ch->count, (long)n);
     ch->received -= (uint64_t)n;
@@ -604,25 +632,139 @@ tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
 }
 
 /* ---------------------------------------------------------------------
- * Interpreter exit: drop owner-bound items sent by the exiting one.
+ * Interpreter exit: settle the owner-bound items sent by the exiting one.
  */
 
-static void
-drop_items_of(tps_channel *ch, int64_t interp)
+/* One of them, and what takes its place. */
+typedef struct {
+    TpShare_Record *rec;         /* a reference of ours */
+    TpShare_Record *repl;        /* new reference; NULL: removed */
+    int applied;                 /* repl took rec's place in the ring */
+} settling;
+
+static inline int
+is_of(const TpShare_Record *rec, int64_t interp)
 {
-    TpShare_Record *dead = NULL;
+    return (rec->flags & TPS_REC_BOUND) && rec->owner == interp;
+}
+
+/* The settling of `rec` among the n in `items` (through `where` when it
+ * could be built), or NULL. */
+static settling *
+settling_of(settling *items, size_t n, ptrmap *where, int indexed,
+            TpShare_Record *rec)
+{
+    if (indexed) {
+        int found;
+        return ptrmap_get(where, rec, &found);
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].rec == rec) {
+            return &items[i];
+        }
+    }
+    return NULL;
+}
+
+/* What replaces `rec`, an item the exiting interpreter sent through `ch`:
+ * a new reference, or NULL to remove it. */
+static TpShare_Record *
+replacement(tps_channel *ch, TpShare_Record *rec)
+{
+    TpShare_Record *repl = tps_record_neutral_copy(rec);
+    if (repl != NULL) {
+        return repl;
+    }
+    unsigned int policy = (rec->flags & TPS_REC_UNBOUND_MASK)
+                          >> TPS_REC_UNBOUND_SHIFT;
+    if (policy == 0) {
+        policy = (ch->flags & TPS_CHAN_UNBOUND_MASK)
+                 >> TPS_CHAN_UNBOUND_SHIFT;
+    }
+    assert(policy == TPS_UNBOUND_MARK || policy == TPS_UNBOUND_ERROR
+           || policy == TPS_UNBOUND_REMOVE);
+    if (policy == TPS_UNBOUND_REMOVE) {
+        return NULL;
+    }
+    PyObject *exc = PyErr_GetRaisedException();
+    repl = tps_unbound_marker(policy);
+    if (repl == NULL) {
+        /* Out of memory at exit: removed, and counted as dropped. */
+        PyErr_Clear();
+    }
+    PyErr_SetRaisedException(exc);
+    return repl;
+}
+
+/* Runs in the exiting interpreter, under its GIL.  The items stay in the
+ * ring while their replacements are made (Python runs then, so not under
+ * the lock): a receiver may still take one, and the owner then waits
+ * until it has read it.  Those still queued afterwards are swapped in
+ * place, so nothing is lost, duplicated or reordered. */
+static void
+settle_items_of(tps_channel *ch, int64_t interp)
+{
+    settling *items = NULL;
+    size_t n = 0, mine = 0;
+    ptrmap where = {0};
+    int indexed = 1;
+
+    assert(tps_thread_state() != NULL);
+    assert(tps_current_interp_id() == interp);
 
     tps_lock_acquire(&ch->lock);
-    size_t count = (size_t)atomic_load(&ch->count), kept = 0;
+    size_t count = (size_t)atomic_load(&ch->count);
+    for (size_t i = 0; i < count; i++) {
+        mine += is_of(ch->ring[(ch->head + i) & (ch->cap - 1)], interp);
+    }
+    tps_lock_release(&ch->lock);
+    if (mine == 0) {
+        return;
+    }
+    items = PyMem_RawCalloc(mine, sizeof(settling));
+    if (items == NULL) {
+        return;  /* still counted: the exit hook tries again */
+    }
+    /* Only a receiver that could not rebuild an item puts one of ours
+     * back in the meantime, and that makes the exit hook settle again:
+     * what does not fit in `items` is left for then. */
+    tps_lock_acquire(&ch->lock);
+    count = (size_t)atomic_load(&ch->count);
+    for (size_t i = 0; i < count && n < mine; i++) {
+        TpShare_Record *rec = ch->ring[(ch->head + i) & (ch->cap - 1)];
+        if (is_of(rec, interp)) {
+            tps_record_incref(rec);
+            items[n++].rec = rec;
+        }
+    }
+    tps_lock_release(&ch->lock);
+
+    for (size_t i = 0; i < n; i++) {
+        items[i].repl = replacement(ch, items[i].rec);
+        assert(items[i].repl == NULL
+               || !(items[i].repl->flags & TPS_REC_BOUND));
+        if (indexed && ptrmap_set(&where, items[i].rec, &items[i]) < 0) {
+            indexed = 0;   /* no memory for the index: search instead */
+        }
+    }
+
+    tps_lock_acquire(&ch->lock);
+    count = (size_t)atomic_load(&ch->count);
+    size_t kept = 0;
     for (size_t i = 0; i < count; i++) {
         TpShare_Record *rec = ch->ring[(ch->head + i) & (ch->cap - 1)];
-        if ((rec->flags & TPS_REC_BOUND) && rec->owner == interp) {
-            rec->next_release = dead;
-            dead = rec;
-            ch->dropped++;
+        settling *s = is_of(rec, interp)
+                      ? settling_of(items, n, &where, indexed, rec) : NULL;
+        if (s == NULL) {
+            ch->ring[(ch->head + kept++) & (ch->cap - 1)] = rec;
+            continue;
+        }
+        s->applied = 1;
+        if (s->repl != NULL) {
+            ch->ring[(ch->head + kept++) & (ch->cap - 1)] = s->repl;
         }
         else {
-            ch->ring[(ch->head + kept++) & (ch->cap - 1)] = rec;
+            ch->dropped++;
         }
     }
     atomic_store(&ch->count, (long)kept);
@@ -630,11 +772,19 @@ drop_items_of(tps_channel *ch, int64_t interp)
         wake_senders(ch);
     }
     tps_lock_release(&ch->lock);
-    while (dead != NULL) {
-        TpShare_Record *next = dead->next_release;
-        tps_record_release(dead);
-        dead = next;
+
+    /* The originals are freed here, in their owner. */
+    for (size_t i = 0; i < n; i++) {
+        if (items[i].applied) {
+            tps_record_queue_release(items[i].rec);   /* the ring's */
+        }
+        else if (items[i].repl != NULL) {
+            tps_record_release(items[i].repl);   /* taken meanwhile */
+        }
+        tps_record_release(items[i].rec);        /* ours */
     }
+    ptrmap_clear(&where);
+    PyMem_RawFree(items);
 }
 
 void
@@ -653,10 +803,10 @@ tps_channels_forget_interp(int64_t interp)
     }
     pthread_mutex_unlock(&channels.mutex);
     if (all == NULL) {
-        return;  /* XXX out of memory at exit: the items stay queued */
+        return;  /* still counted: the exit hook tries again */
     }
     for (size_t i = 0; i < k; i++) {
-        drop_items_of(all[i], interp);
+        settle_items_of(all[i], interp);
         tps_channel_decref(all[i]);
     }
     PyMem_RawFree(all);

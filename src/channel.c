@@ -13,6 +13,13 @@
  * Handles are shareable: a handle's record holds a reference to the
  * channel and rebuilds as a handle of the receiving interpreter's own
  * class; a channel lives while any handle or record holds it.
+ *
+ * Items whose sender exited before they were received (chancore.c) are
+ * delivered as neutral copies when their value cannot change; the others
+ * follow PEP 734's unbounditems policy, per channel or per send:
+ * tpshare.UNBOUND is received in their place, or their recv raises
+ * ItemInterpreterDestroyed (UNBOUND_ERROR: the item is consumed), or they
+ * are removed (UNBOUND_REMOVE).
  */
 #include "tpshare_internal.h"
 
@@ -120,6 +127,207 @@ parse(const char *fname, PyObject *const *args, Py_ssize_t nargs,
 }
 
 /* ---------------------------------------------------------------------
+ * Items of an interpreter that ended (unbounditems).
+ */
+
+/* tpshare.UNBOUND, UNBOUND_ERROR and UNBOUND_REMOVE: one instance per
+ * policy in each interpreter's module state. */
+typedef struct {
+    PyObject_HEAD
+    unsigned int policy;         /* TPS_UNBOUND_* */
+} UnboundItem;
+
+static const char *const unbound_names[] = {
+    "UNBOUND", "UNBOUND_ERROR", "UNBOUND_REMOVE",
+};
+
+/* op: borrowed.  New reference. */
+static PyObject *
+unbound_repr(PyObject *op)
+{
+    return PyUnicode_FromFormat(
+        "tpshare.%s", unbound_names[((UnboundItem *)op)->policy - 1]);
+}
+
+/* Pickled (and copied) as the module attribute: the receiver's own.
+ * op: borrowed.  New reference. */
+static PyObject *
+unbound_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return PyUnicode_FromString(
+        unbound_names[((UnboundItem *)op)->policy - 1]);
+}
+
+static void
+unbound_dealloc(PyObject *op)
+{
+    PyTypeObject *tp = Py_TYPE(op);
+    PyObject_Free(op);
+    Py_DECREF(tp);
+}
+
+static PyMethodDef unbound_methods[] = {
+    {"__reduce__", unbound_reduce, METH_NOARGS, NULL},
+    {NULL},
+};
+
+static PyType_Slot unbound_slots[] = {
+    {Py_tp_repr, unbound_repr},
+    {Py_tp_dealloc, unbound_dealloc},
+    {Py_tp_methods, unbound_methods},
+    {Py_tp_doc, "What a channel does with an item whose sender ended "
+                "before it was received and that could not be copied "
+                "(unbounditems=): tpshare.UNBOUND, UNBOUND_ERROR or "
+                "UNBOUND_REMOVE."},
+    {0, NULL},
+};
+
+static PyType_Spec unbound_spec = {
+    .name = "tpshare.UnboundItem",
+    .basicsize = sizeof(UnboundItem),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE
+             | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = unbound_slots,
+};
+
+/* The TPS_UNBOUND_* named by an unbounditems argument (borrowed), or
+ * `none` for None.  0 or -1 with TypeError. */
+static int
+parse_unbound(tps_module_state *state, PyObject *arg, unsigned int none,
+              unsigned int *policy)
+{
+    if (arg == NULL || arg == Py_None) {
+        *policy = none;
+        return 0;
+    }
+    for (unsigned int i = 0; i < 3; i++) {
+        if (arg == state->unbound[i]) {
+            *policy = i + 1;
+            return 0;
+        }
+    }
+    PyErr_Format(PyExc_TypeError,
+                 "unbounditems must be tpshare.UNBOUND, "
+                 "tpshare.UNBOUND_ERROR, tpshare.UNBOUND_REMOVE or None, "
+                 "not %R", arg);
+    return -1;
+}
+
+/* The marker records' registration: neutral records made by the exit
+ * hook of an interpreter (chancore.c) in place of items it could not
+ * copy; data.aux is the policy.  Made once per process. */
+static tps_entry *unbound_entry;
+static pthread_once_t unbound_once = PTHREAD_ONCE_INIT;
+
+/* obj: borrowed, an int (the policy). */
+static int
+unbound_share(PyObject *obj, TpShare_Data *data)
+{
+    long policy = PyLong_AsLong(obj);
+    if (policy == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    data->aux = (uint32_t)policy;
+    return 0;
+}
+
+/* New reference: the receiver's tpshare.UNBOUND; or NULL with
+ * ItemInterpreterDestroyed. */
+static PyObject *
+unbound_rebuild(PyTypeObject *Py_UNUSED(type), const TpShare_Data *data)
+{
+    tps_interp *st = tps_interp_current();
+    tps_module_state *state = st ? tps_interp_module_state(st) : NULL;
+    if (state == NULL) {
+        return NULL;
+    }
+    if (data->aux == TPS_UNBOUND_ERROR) {
+        PyErr_SetString(state->ItemInterpreterDestroyed,
+                        "the interpreter that sent this item ended before "
+                        "it was received, and the item was a view of its "
+                        "memory (unbounditems=tpshare.UNBOUND_ERROR)");
+        return NULL;
+    }
+    return Py_NewRef(state->unbound[TPS_UNBOUND_MARK - 1]);
+}
+
+static void
+unbound_free(TpShare_Data *Py_UNUSED(data))
+{
+    /* Nothing: the data is inline. */
+}
+
+static const TpShare_Hooks unbound_hooks = {
+    TPSHARE_ABI_VERSION, TPSHARE_COPIES | TPSHARE_ANY_RESULT,
+    "tpshare.unbound", unbound_share, unbound_rebuild, unbound_free,
+};
+
+static void
+make_unbound_entry(void)
+{
+    unbound_entry = tps_entry_new(NULL, -1, &unbound_hooks);
+}
+
+TpShare_Record *
+tps_unbound_marker(unsigned int policy)
+{
+    assert(tps_thread_state() != NULL);
+    assert(policy == TPS_UNBOUND_MARK || policy == TPS_UNBOUND_ERROR);
+    pthread_once(&unbound_once, make_unbound_entry);
+    if (unbound_entry == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    PyObject *arg = PyLong_FromUnsignedLong(policy);
+    if (arg == NULL) {
+        return NULL;
+    }
+    TpShare_Record *rec = tps_share_with(arg, unbound_entry);
+    Py_DECREF(arg);
+    return rec;
+}
+
+/* Make the UNBOUND objects and ItemInterpreterDestroyed of this
+ * interpreter's module (borrowed), held by `state` and the module.  0 or
+ * -1 with an exception. */
+static int
+init_unbound(PyObject *module, tps_module_state *state)
+{
+    state->UnboundType = (PyTypeObject *)PyType_FromModuleAndSpec(
+        module, &unbound_spec, NULL);
+    if (state->UnboundType == NULL
+        || PyModule_AddType(module, state->UnboundType) < 0)
+    {
+        return -1;
+    }
+    for (unsigned int i = 0; i < 3; i++) {
+        UnboundItem *item = PyObject_New(UnboundItem, state->UnboundType);
+        if (item == NULL) {
+            return -1;
+        }
+        item->policy = i + 1;
+        state->unbound[i] = (PyObject *)item;
+        if (PyModule_AddObjectRef(module, unbound_names[i],
+                                  state->unbound[i]) < 0)
+        {
+            return -1;
+        }
+    }
+    state->ItemInterpreterDestroyed = PyErr_NewExceptionWithDoc(
+        "tpshare.ItemInterpreterDestroyed",
+        "The interpreter that sent the item ended before it was received, "
+        "and the item could not be copied (unbounditems=UNBOUND_ERROR).",
+        state->Error, NULL);
+    if (state->ItemInterpreterDestroyed == NULL
+        || PyModule_AddObjectRef(module, "ItemInterpreterDestroyed",
+                                 state->ItemInterpreterDestroyed) < 0)
+    {
+        return -1;
+    }
+    return 0;
+}
+
+/* ---------------------------------------------------------------------
  * Creating handles.
  */
 
@@ -155,19 +363,25 @@ static PyObject *
 chan_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"maxsize", "spin", "identity", "fallback",
-                             NULL};
+                             "unbounditems", NULL};
     tps_module_state *state = PyType_GetModuleState(type);
     Py_ssize_t maxsize = 0;
     PyObject *spin_arg = NULL;
     int64_t spin_ns = -1;        /* adaptive */
     int identity = 0;
     PyObject *fallback = NULL;
-    unsigned int flags = 0;
+    PyObject *unbound_arg = NULL;
+    unsigned int flags = 0, unbound;
 
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n$OpO", kwlist, &maxsize,
-                                     &spin_arg, &identity, &fallback)) {
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|n$OpOO", kwlist,
+                                     &maxsize, &spin_arg, &identity,
+                                     &fallback, &unbound_arg)) {
         return NULL;
     }
+    if (parse_unbound(state, unbound_arg, TPS_UNBOUND_MARK, &unbound) < 0) {
+        return NULL;
+    }
+    flags |= unbound << TPS_CHAN_UNBOUND_SHIFT;
     if (maxsize < 0) {
         PyErr_SetString(PyExc_ValueError, "maxsize must be >= 0");
         return NULL;
@@ -400,9 +614,11 @@ rebuild(kind k, tps_module_state *state, TpShare_Record *rec)
 }
 
 /* Send `obj` (borrowed) through `self`: None, or a Tracker for a
- * MemChannel; NULL on failure with nothing queued. */
+ * MemChannel; NULL on failure with nothing queued.  `unbound`: the
+ * TPS_UNBOUND_* asked for this item, 0 for the channel's. */
 static PyObject *
-do_send(PyObject *self, PyObject *obj, int64_t timeout, int writable)
+do_send(PyObject *self, PyObject *obj, int64_t timeout, int writable,
+        unsigned int unbound)
 {
     tps_module_state *state = state_of(self);
     kind k = kind_of(self, state);
@@ -417,6 +633,7 @@ do_send(PyObject *self, PyObject *obj, int64_t timeout, int writable)
     if (rec == NULL) {
         return NULL;
     }
+    rec->flags |= unbound << TPS_REC_UNBOUND_SHIFT;
     if (k == KIND_MEM) {
         tps_tracker *t = tps_tracker_new(st);
         if (t == NULL) {
@@ -467,7 +684,7 @@ do_recv(PyObject *self, int64_t timeout)
      * standard library's queues: one that cannot be rebuilt here raises
      * once, and never blocks those behind it. */
     PyObject *obj = rebuild(kind_of(self, state), state, rec);
-    tps_record_release(rec);
+    tps_record_queue_release(rec);
     return obj;
 }
 
@@ -480,13 +697,16 @@ chan_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
           PyObject *kwnames)
 {
     static const char *const posnames[] = {"obj", NULL};
-    static const char *const kwlist[] = {"timeout", "writable", NULL};
-    PyObject *pos[1] = {NULL}, *kw[2] = {NULL, NULL};
+    static const char *const kwlist[] = {"timeout", "writable",
+                                         "unbounditems", NULL};
+    PyObject *pos[1] = {NULL}, *kw[3] = {NULL, NULL, NULL};
     int64_t timeout;
     int writable = 0;
+    unsigned int unbound;
 
     if (parse("send", args, nargs, kwnames, 1, 1, posnames, pos, kwlist, kw)
-        < 0 || tps_parse_timeout(kw[0], &timeout) < 0)
+        < 0 || tps_parse_timeout(kw[0], &timeout) < 0
+        || parse_unbound(state_of(self), kw[2], 0, &unbound) < 0)
     {
         return NULL;
     }
@@ -500,7 +720,7 @@ chan_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
             return NULL;
         }
     }
-    return do_send(self, pos[0], timeout, writable);
+    return do_send(self, pos[0], timeout, writable, unbound);
 }
 
 static PyObject *
@@ -508,17 +728,19 @@ chan_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                PyObject *kwnames)
 {
     static const char *const posnames[] = {"items", NULL};
-    static const char *const kwlist[] = {"timeout", NULL};
-    PyObject *pos[1] = {NULL}, *kw[1] = {NULL};
+    static const char *const kwlist[] = {"timeout", "unbounditems", NULL};
+    PyObject *pos[1] = {NULL}, *kw[2] = {NULL, NULL};
     tps_module_state *state = state_of(self);
     kind k = kind_of(self, state);
     TpShare_Record **recs = NULL;
     PyObject *seq = NULL;
     Py_ssize_t n = 0, made = 0;
     int64_t timeout;
+    unsigned int unbound;
 
     if (parse("send_many", args, nargs, kwnames, 1, 1, posnames, pos, kwlist,
-              kw) < 0 || tps_parse_timeout(kw[0], &timeout) < 0)
+              kw) < 0 || tps_parse_timeout(kw[0], &timeout) < 0
+        || parse_unbound(state, kw[1], 0, &unbound) < 0)
     {
         return NULL;
     }
@@ -547,6 +769,7 @@ chan_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         if (recs[made] == NULL) {
             goto finally;
         }
+        recs[made]->flags |= unbound << TPS_REC_UNBOUND_SHIFT;
     }
     int rc = tps_channel_send(((Chan *)self)->ch, recs, n, timeout);
     if (rc < 0) {
@@ -649,7 +872,7 @@ chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
             break;
         }
         PyList_SET_ITEM(res, i, obj);
-        tps_record_release(recs[i]);
+        tps_record_queue_release(recs[i]);
     }
     if (i < got) {
         /* Item i failed to rebuild (its own error, or one that came while
@@ -659,7 +882,7 @@ chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
          * are none.  The items behind it were not rebuilt: they go back
          * to the head of the channel (below). */
         assert(PyErr_Occurred());
-        tps_record_release(recs[i]);
+        tps_record_queue_release(recs[i]);
         if (i > 0) {
             Chan *c = (Chan *)self;
             PyObject *exc = PyErr_GetRaisedException();
@@ -681,7 +904,7 @@ finally:
     if (i < got && tps_channel_unrecv(ch, recs + i, got - i) < 0) {
         /* Out of memory to grow the ring: they cannot be kept. */
         for (Py_ssize_t j = i; j < got; j++) {
-            tps_record_release(recs[j]);
+            tps_record_queue_release(recs[j]);
         }
     }
     PyMem_RawFree(recs);
@@ -715,14 +938,17 @@ queue_put(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
           PyObject *kwnames)
 {
     static const char *const posnames[] = {"obj", "block", "timeout", NULL};
-    PyObject *pos[3] = {NULL, NULL, NULL};
+    static const char *const kwlist[] = {"unbounditems", NULL};
+    PyObject *pos[3] = {NULL, NULL, NULL}, *kw[1] = {NULL};
     int64_t timeout;
-    if (parse("put", args, nargs, kwnames, 1, 3, posnames, pos, NULL, NULL)
-        < 0 || queue_timeout(pos[1], pos[2], &timeout) < 0)
+    unsigned int unbound;
+    if (parse("put", args, nargs, kwnames, 1, 3, posnames, pos, kwlist, kw)
+        < 0 || queue_timeout(pos[1], pos[2], &timeout) < 0
+        || parse_unbound(state_of(self), kw[0], 0, &unbound) < 0)
     {
         return NULL;
     }
-    return do_send(self, pos[0], timeout, 0);
+    return do_send(self, pos[0], timeout, 0, unbound);
 }
 
 static PyObject *
@@ -741,9 +967,20 @@ queue_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
 }
 
 static PyObject *
-queue_put_nowait(PyObject *self, PyObject *obj)
+queue_put_nowait(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames)
 {
-    return do_send(self, obj, 0, 0);
+    static const char *const posnames[] = {"obj", NULL};
+    static const char *const kwlist[] = {"unbounditems", NULL};
+    PyObject *pos[1] = {NULL}, *kw[1] = {NULL};
+    unsigned int unbound;
+    if (parse("put_nowait", args, nargs, kwnames, 1, 1, posnames, pos,
+              kwlist, kw) < 0
+        || parse_unbound(state_of(self), kw[0], 0, &unbound) < 0)
+    {
+        return NULL;
+    }
+    return do_send(self, pos[0], 0, 0, unbound);
 }
 
 static PyObject *
@@ -814,6 +1051,16 @@ chan_get_maxsize(PyObject *self, void *Py_UNUSED(closure))
     return PyLong_FromSsize_t(tps_channel_maxsize(((Chan *)self)->ch));
 }
 
+/* self: borrowed.  New reference to the interpreter's own marker. */
+static PyObject *
+chan_get_unbounditems(PyObject *self, void *Py_UNUSED(closure))
+{
+    unsigned int policy = (tps_channel_flags(((Chan *)self)->ch)
+                           & TPS_CHAN_UNBOUND_MASK) >> TPS_CHAN_UNBOUND_SHIFT;
+    assert(policy >= TPS_UNBOUND_MARK && policy <= TPS_UNBOUND_REMOVE);
+    return Py_NewRef(state_of(self)->unbound[policy - 1]);
+}
+
 static PyObject *
 chan_get_closed(PyObject *self, void *Py_UNUSED(closure))
 {
@@ -851,16 +1098,18 @@ chan_richcompare(PyObject *self, PyObject *other, int op)
 
 static PyMethodDef chan_methods[] = {
     {"send", _PyCFunction_CAST(chan_send), METH_FASTCALL | METH_KEYWORDS,
-     "send(obj, *, timeout=None)\n--\n\nQueue obj, waiting up to timeout "
-     "seconds for room (ChannelFull then); ChannelClosed once closed."},
+     "send(obj, *, timeout=None, unbounditems=None)\n--\n\nQueue obj, "
+     "waiting up to timeout seconds for room (ChannelFull then); "
+     "ChannelClosed once closed.  unbounditems overrides the channel's "
+     "for this item."},
     {"recv", _PyCFunction_CAST(chan_recv), METH_FASTCALL | METH_KEYWORDS,
      "recv(timeout=None)\n--\n\nTake the next item, waiting up to timeout "
      "seconds (ChannelEmpty then); ChannelClosed once closed and empty.  "
      "An item that cannot be rebuilt is consumed and raises once."},
     {"send_many", _PyCFunction_CAST(chan_send_many),
      METH_FASTCALL | METH_KEYWORDS,
-     "send_many(items, *, timeout=None)\n--\n\nQueue every item of an "
-     "iterable under one lock, all or nothing."},
+     "send_many(items, *, timeout=None, unbounditems=None)\n--\n\n"
+     "Queue every item of an iterable under one lock, all or nothing."},
     {"recv_many", _PyCFunction_CAST(chan_recv_many),
      METH_FASTCALL | METH_KEYWORDS,
      "recv_many(max, timeout=None)\n--\n\nTake 1 to max items at once, "
@@ -885,18 +1134,23 @@ static PyGetSetDef chan_getset[] = {
     {"maxsize", chan_get_maxsize, NULL, "Capacity (0: unbounded).", NULL},
     {"closed", chan_get_closed, NULL, "True once close() was called.",
      NULL},
+    {"unbounditems", chan_get_unbounditems, NULL,
+     "What is delivered for an item whose sender ended before it was "
+     "received and that could not be copied.", NULL},
     {NULL},
 };
 
 static PyMethodDef queue_methods[] = {
     {"put", _PyCFunction_CAST(queue_put), METH_FASTCALL | METH_KEYWORDS,
-     "put(obj, block=True, timeout=None)\n--\n\nAdd obj, waiting up to "
-     "timeout seconds for room (QueueFull then)."},
+     "put(obj, block=True, timeout=None, *, unbounditems=None)\n--\n\n"
+     "Add obj, waiting up to timeout seconds for room (QueueFull then)."},
     {"get", _PyCFunction_CAST(queue_get), METH_FASTCALL | METH_KEYWORDS,
      "get(block=True, timeout=None)\n--\n\nRemove and return the next "
      "object, waiting up to timeout seconds (QueueEmpty then)."},
-    {"put_nowait", queue_put_nowait, METH_O,
-     "put_nowait(obj)\n--\n\nput(obj, block=False)."},
+    {"put_nowait", _PyCFunction_CAST(queue_put_nowait),
+     METH_FASTCALL | METH_KEYWORDS,
+     "put_nowait(obj, *, unbounditems=None)\n--\n\n"
+     "put(obj, block=False)."},
     {"get_nowait", queue_get_nowait, METH_NOARGS,
      "get_nowait()\n--\n\nget(block=False)."},
     {"qsize", chan_qsize, METH_NOARGS, "Number of queued objects."},
@@ -910,6 +1164,9 @@ static PyMethodDef queue_methods[] = {
 static PyGetSetDef queue_getset[] = {
     {"id", chan_get_id, NULL, "Process-wide ID of the queue.", NULL},
     {"maxsize", chan_get_maxsize, NULL, "Capacity (0: unbounded).", NULL},
+    {"unbounditems", chan_get_unbounditems, NULL,
+     "What is delivered for an object whose sender ended before it was "
+     "taken and that could not be copied.", NULL},
     {NULL},
 };
 
@@ -930,20 +1187,27 @@ static PyGetSetDef queue_getset[] = {
 
 static PyType_Slot channel_slots[] = {HANDLE_SLOTS(
     chan_methods, chan_getset,
-    "Channel(maxsize=0, *, spin=None, identity=False, fallback=None)\n--\n"
-    "\nA FIFO of shareable objects between interpreters.")};
+    "Channel(maxsize=0, *, spin=None, identity=False, fallback=None,\n"
+    "        unbounditems=None)\n--\n"
+    "\nA FIFO of shareable objects between interpreters.  unbounditems "
+    "(None: tpshare.UNBOUND) says what is received for an item whose "
+    "sender ended before it was received and that could not be copied.")};
 
 static PyType_Slot memchannel_slots[] = {HANDLE_SLOTS(
     chan_methods, chan_getset,
-    "MemChannel(maxsize=0, *, spin=None)\n--\n\n"
+    "MemChannel(maxsize=0, *, spin=None, unbounditems=None)\n--\n\n"
     "A FIFO of buffers between interpreters, zero-copy: recv() returns a "
-    "memoryview of the sender's memory; send() returns a Tracker.")};
+    "memoryview of the sender's memory; send() returns a Tracker.  "
+    "unbounditems (None: tpshare.UNBOUND) says what is received for an "
+    "item whose sender ended before it was received.")};
 
 static PyType_Slot queue_slots[] = {HANDLE_SLOTS(
     queue_methods, queue_getset,
-    "Queue(maxsize=0, *, spin=None, identity=False, fallback='pickle')\n"
+    "Queue(maxsize=0, *, spin=None, identity=False, fallback='pickle',\n"
+    "      unbounditems=None)\n"
     "--\n\nThe API of PEP 734's concurrent.interpreters.Queue on the "
-    "Object Channel, with real blocking and float timeouts.")};
+    "Object Channel, with real blocking and float timeouts; unbounditems\n"
+    "(None: tpshare.UNBOUND) as in PEP 734.")};
 
 static PyType_Spec channel_spec = {
     .name = "tpshare.Channel",
@@ -1031,6 +1295,9 @@ make_type(PyObject *module, PyType_Spec *spec, const TpShare_Hooks *hooks)
 int
 tps_channel_init_types(PyObject *module, tps_module_state *state)
 {
+    if (init_unbound(module, state) < 0) {
+        return -1;
+    }
     state->ChannelType = make_type(module, &channel_spec, &channel_hooks);
     if (state->ChannelType == NULL) {
         return -1;

@@ -67,6 +67,20 @@ tps_interp_lookup(int64_t id)
     return interp;
 }
 
+/* Whether the signal of a queued pending call to its interpreter's eval
+ * loop can be lost.  3.12 recomputes a subinterpreter's eval breaker from
+ * its parts with a plain store, at the end of every eval-breaker check in
+ * threads that do not handle signals; that store can overwrite the bit a
+ * thread of another interpreter just set for a new pending call, which
+ * then waits until something else trips the eval breaker (another thread
+ * of the interpreter asking for its GIL, the collector).  3.13 sets and
+ * clears the bits atomically. */
+#if PY_VERSION_HEX >= 0x030D0000
+#define TPS_PENDING_SIGNAL_CAN_BE_LOST 0
+#else
+#define TPS_PENDING_SIGNAL_CAN_BE_LOST 1
+#endif
+
 /* The calling thread's attached thread state, or NULL (no GIL held). */
 #if PY_VERSION_HEX >= 0x030D0000
 #define tps_thread_state() PyThreadState_GetUnchecked()

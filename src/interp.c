@@ -14,11 +14,16 @@
  *     (at most one is queued per interpreter, so CPython's bounded
  *     pending-call queue can never overflow because of us), and at exit;
  *   - counters: owner-bound records alive (`exports`), holders of them in
- *     other interpreters (`remote`), queued releases (`pending`);
+ *     other interpreters (`remote`), of them in channels and the token
+ *     table or on their way out of one (`queued`), queued releases
+ *     (`pending`);
  *   - the exit hook (D5): run by CPython before the interpreter's objects
- *     are freed, it drops what the interpreter left unclaimed, then waits
- *     (GIL released, warning on stderr) until no other interpreter holds
- *     a view of its memory, draining releases as they arrive.
+ *     are freed, it settles what the interpreter left queued (copies out
+ *     what can be copied, applies the channels' unbounditems policy to
+ *     the rest, drops its unclaimed tokens), then waits (GIL released,
+ *     warning on stderr) until no other interpreter holds a view of its
+ *     memory or is reading a record of it taken from a queue, draining
+ *     releases as they arrive.
  *
  * Why this state is process-wide: other interpreters push releases and
  * read counters.  It holds no PyObject* usable from another interpreter:
@@ -44,6 +49,9 @@ struct tps_interp {
     /* One for being alive (dropped at exit) plus one per bound record. */
     atomic_long refcnt;
     atomic_long remote;
+    atomic_long queued;          /* see tps_interp_queued_add() */
+    atomic_int rescan;           /* a record went back into a queue
+                                    while the exit hook waits */
     /* The owner's side. */
     _Alignas(TPS_LINE) atomic_long exports;
     atomic_ulong drains;         /* drains that freed something */
@@ -257,20 +265,52 @@ tps_interp_export_add(tps_interp *st, long n)
     atomic_fetch_add_explicit(&st->exports, n, memory_order_relaxed);
 }
 
+/* Wake the exit hook if it waits. */
+static void
+wake_exit(tps_interp *st)
+{
+    pthread_mutex_lock(&st->mutex);
+    if (atomic_load(&st->exiting)) {
+        pthread_cond_broadcast(&st->cond);
+    }
+    pthread_mutex_unlock(&st->mutex);
+}
+
+/* Add n to a counter the exit hook waits on, and wake it when the
+ * counter drops to zero.  The exit hook sets `exiting` before it reads
+ * the counter; this side changes the counter before it reads `exiting`
+ * (both sequentially consistent): one of them sees the other. */
+static void
+waited_add(tps_interp *st, atomic_long *counter, long n)
+{
+    long now = atomic_fetch_add(counter, n) + n;
+    assert(now >= 0);
+    if (now == 0 && n < 0 && atomic_load(&st->exiting)) {
+        wake_exit(st);
+    }
+}
+
 void
 tps_interp_remote_add(tps_interp *st, long n)
 {
-    /* The exit hook sets `exiting` before it reads `remote`; this side
-     * changes `remote` before it reads `exiting` (both sequentially
-     * consistent): one of them sees the other. */
-    if (atomic_fetch_add(&st->remote, n) + n == 0 && n < 0
-        && atomic_load(&st->exiting))
-    {
-        pthread_mutex_lock(&st->mutex);
-        if (atomic_load(&st->exiting)) {
-            pthread_cond_broadcast(&st->cond);
-        }
-        pthread_mutex_unlock(&st->mutex);
+    waited_add(st, &st->remote, n);
+}
+
+void
+tps_interp_queued_add(tps_interp *st, long n)
+{
+    waited_add(st, &st->queued, n);
+}
+
+void
+tps_interp_requeued(tps_interp *st)
+{
+    /* The record is in its queue before this reads `exiting`; the exit
+     * hook sets it before it settles the queues: either the settling
+     * finds the record, or this sees `exiting` and asks for another. */
+    if (atomic_load(&st->exiting)) {
+        atomic_store(&st->rescan, 1);
+        wake_exit(st);
     }
 }
 
@@ -278,7 +318,16 @@ tps_interp_remote_add(tps_interp *st, long n)
  * Release lists.
  */
 
-/* The pending call: runs in the owner under its GIL. */
+/* The pending call: runs in the owner under its GIL.
+ *
+ * The `scheduled` flag says a call is queued and will drain.  It is
+ * claimed (0 -> 1) by the pusher that queues the call, before queuing it,
+ * and given back here before the list is taken: a push that still sees it
+ * set has put its record on the list before this call takes the list, so
+ * the drain below frees it; a push that lands after it was given back
+ * queues a call of its own.  Setting the flag after queuing instead would
+ * let this call run in between and leave the flag set with no call
+ * queued: no release would ever be scheduled again. */
 static int
 drain_pending(void *Py_UNUSED(arg))
 {
@@ -289,31 +338,43 @@ drain_pending(void *Py_UNUSED(arg))
          * The releases wait for its next entry into tpshare. */
         return -1;
     }
-    /* Cleared before the list is taken: a push that still sees the flag
-     * set is drained below (both sides are sequentially consistent). */
+    assert(tps_thread_state() != NULL);
+    assert(tps_current_interp_id() == st->id);
     atomic_store(&st->scheduled, 0);
     tps_interp_drain(st);
     return 0;
 }
+
+/* Where the signal of a queued call can be lost (compat.h), a push that
+ * finds this many releases waiting since the last drain signals again by
+ * queuing another call (a spare: it drains as the first one would). */
+#define RESIGNAL_EVERY 64
 
 /* The caller keeps `st` alive across the call (the record's own reference
  * may be gone as soon as it is on the list: the owner can drain it). */
 void
 tps_interp_push_release(tps_interp *st, TpShare_Record *rec)
 {
-    atomic_fetch_add(&st->pending, 1);
+    long waiting = atomic_fetch_add(&st->pending, 1);
+    int resignal = 0;
     TpShare_Record *head = atomic_load_explicit(&st->releases,
                                                 memory_order_relaxed);
     do {
         rec->next_release = head;
     } while (!atomic_compare_exchange_weak(&st->releases, &head, rec));
 
-    /* Fast path: a pending call is already queued (it drains this push:
-     * see drain_pending), nobody is parked to be woken, no exit waits. */
+    /* Fast path: a pending call is queued and has not yet given the flag
+     * back, so it drains this push (see drain_pending); nobody is parked
+     * to be woken, no exit waits. */
     if (atomic_load(&st->scheduled) && atomic_load(&st->nwatchers) == 0
         && !atomic_load(&st->exiting))
     {
-        return;
+        if (!TPS_PENDING_SIGNAL_CAN_BE_LOST || waiting == 0
+            || waiting % RESIGNAL_EVERY != 0)
+        {
+            return;
+        }
+        resignal = 1;
     }
     pthread_mutex_lock(&st->mutex);
     if (atomic_load(&st->exiting)) {
@@ -322,16 +383,31 @@ tps_interp_push_release(tps_interp *st, TpShare_Record *rec)
     else if (st->watchers.count > 0) {
         tps_wlist_wake(&st->watchers, 1);
     }
-    else if (!atomic_load(&st->scheduled) && st->alive) {
+    else if (st->alive) {
+        /* Claim the flag first: only the pusher that claims it queues a
+         * call, and the call can give it back at any time after that. */
+        int expected = 0;
+        int claimed = atomic_compare_exchange_strong(&st->scheduled,
+                                                     &expected, 1);
         /* The owner cannot finish exiting while we hold its mutex with
          * alive set, so the interpreter found here stays valid. */
-        PyInterpreterState *interp = _PyInterpreterState_LookUpID(st->id);
-        if (interp != NULL
-            && tps_add_pending_call(interp, drain_pending, NULL) == 0)
+        PyInterpreterState *interp = claimed || resignal
+            ? _PyInterpreterState_LookUpID(st->id) : NULL;
+        if (claimed
+            && (interp == NULL
+                || tps_add_pending_call(interp, drain_pending, NULL) != 0))
         {
-            atomic_store(&st->scheduled, 1);
+            /* Not queued: give the flag back, so that the next push
+             * tries again; meanwhile the owner drains on its next entry
+             * into tpshare. */
+            atomic_store(&st->scheduled, 0);
         }
-        /* Otherwise the owner drains on its next entry into tpshare. */
+        else if (!claimed && resignal && interp != NULL) {
+            /* The call the flag stands for is still queued; this one
+             * is a spare that signals the eval loop again (when the queue
+             * is full, calls are queued anyway). */
+            (void)tps_add_pending_call(interp, drain_pending, NULL);
+        }
     }
     pthread_mutex_unlock(&st->mutex);
 }
@@ -443,40 +519,76 @@ monotonic(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Run every exit callback for interpreter `id`: settle what it left in
+ * the token table and in channels. */
+static void
+run_exit_callbacks(int64_t id)
+{
+    pthread_mutex_lock(&interps.mutex);
+    int n = interps.nexit_callbacks;
+    pthread_mutex_unlock(&interps.mutex);
+    for (int i = 0; i < n; i++) {
+        interps.exit_callbacks[i](id);
+    }
+}
+
+static int
+must_wait(tps_interp *st)
+{
+    return atomic_load(&st->remote) > 0 || atomic_load(&st->queued) > 0;
+}
+
 /* Wait, with the GIL released, until no other interpreter holds records
- * of ours, draining releases as they come.  Warns on stderr while it
- * waits: a hang that names its cause instead of a dangling pointer. */
+ * of ours or is reading one taken from a queue, draining releases as they
+ * come, and settling again any record put back into a queue meanwhile (a
+ * receiver that could not rebuild it).  Warns on stderr while it waits: a
+ * hang that names its cause instead of a dangling pointer. */
 static void
 wait_for_remote_holders(tps_interp *st)
 {
     double start = monotonic(), next_warning = start + EXIT_WARN_AFTER;
 
+    assert(tps_thread_state() != NULL);
+    assert(atomic_load(&st->exiting));
     tps_interp_drain(st);
-    while (atomic_load(&st->remote) > 0) {
+    while (must_wait(st)) {
+        int timed_out = 0;
         Py_BEGIN_ALLOW_THREADS
         pthread_mutex_lock(&st->mutex);
-        while (atomic_load(&st->remote) > 0
-               && atomic_load(&st->pending) == 0)
+        while (must_wait(st) && atomic_load(&st->pending) == 0
+               && !atomic_load(&st->rescan))
         {
             struct timespec ts;
             clock_gettime(CLOCK_MONOTONIC, &ts);
             ts.tv_sec += 1;
-            pthread_cond_timedwait(&st->cond, &st->mutex, &ts);
-            if (monotonic() >= next_warning) {
+            if (pthread_cond_timedwait(&st->cond, &st->mutex, &ts)
+                == ETIMEDOUT)
+            {
+                timed_out = 1;
                 break;
             }
         }
         pthread_mutex_unlock(&st->mutex);
         Py_END_ALLOW_THREADS
         tps_interp_drain(st);
+        /* Queued records are settled again when one was put back, and
+         * once a second while some are counted: records never wait in a
+         * queue for an owner that is gone. */
+        if (atomic_exchange(&st->rescan, 0)
+            || (timed_out && atomic_load(&st->queued) > 0))
+        {
+            run_exit_callbacks(st->id);
+            tps_interp_drain(st);
+        }
         double now = monotonic();
-        if (now >= next_warning && atomic_load(&st->remote) > 0) {
+        if (now >= next_warning && must_wait(st)) {
             fprintf(stderr,
                     "tpshare: interpreter %lld is exiting but other "
-                    "interpreters still hold %ld view(s) of its memory; "
-                    "waiting %.0f s so far until they are released\n",
+                    "interpreters still hold %ld view(s) of its memory "
+                    "and are reading %ld item(s) it sent; waiting %.0f s "
+                    "so far until they are released\n",
                     (long long)st->id, (long)atomic_load(&st->remote),
-                    now - start);
+                    (long)atomic_load(&st->queued), now - start);
             fflush(stderr);
             next_warning = now + 10.0;
         }
@@ -490,17 +602,19 @@ on_exit_hook(void *arg)
     int64_t id = st->id;
     int is_main = PyInterpreterState_Get() == PyInterpreterState_Main();
 
-    /* Drop what this interpreter left unclaimed (tokens, queued items). */
-    pthread_mutex_lock(&interps.mutex);
-    int n = interps.nexit_callbacks;
-    pthread_mutex_unlock(&interps.mutex);
-    for (int i = 0; i < n; i++) {
-        interps.exit_callbacks[i](id);
-    }
-
+    assert(tps_thread_state() != NULL);
+    assert(tps_current_interp_id() == id);
+    /* Set before the queues are settled: a record put back into one
+     * after that asks for another settling (tps_interp_requeued). */
     pthread_mutex_lock(&st->mutex);
     atomic_store(&st->exiting, 1);
     pthread_mutex_unlock(&st->mutex);
+
+    /* Settle what this interpreter left queued (tokens, channel items)
+     * while it is still alive: copies of what can be copied, the
+     * channels' unbounditems policy for the rest. */
+    run_exit_callbacks(id);
+
     if (!is_main && !tps_runtime_finalizing()
         && !atomic_load(&process_exiting))
     {

@@ -750,6 +750,11 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->ChannelType);
     Py_VISIT(state->MemChannelType);
     Py_VISIT(state->BufferType);
+    Py_VISIT(state->ItemInterpreterDestroyed);
+    for (int i = 0; i < 3; i++) {
+        Py_VISIT(state->unbound[i]);
+    }
+    Py_VISIT(state->UnboundType);
     return 0;
 }
 
@@ -771,6 +776,11 @@ module_clear(PyObject *module)
     Py_CLEAR(state->ChannelType);
     Py_CLEAR(state->MemChannelType);
     Py_CLEAR(state->BufferType);
+    Py_CLEAR(state->ItemInterpreterDestroyed);
+    for (int i = 0; i < 3; i++) {
+        Py_CLEAR(state->unbound[i]);
+    }
+    Py_CLEAR(state->UnboundType);
     return 0;
 }
 

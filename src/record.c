@@ -1104,6 +1104,40 @@ tps_record_release(TpShare_Record *rec)
     release(rec, 0);
 }
 
+/* A reference to `rec` is about to go into a queue. */
+void
+tps_record_queue_enter(TpShare_Record *rec)
+{
+    if (rec->flags & TPS_REC_BOUND) {
+        tps_interp_queued_add(rec->ownerst, 1);
+    }
+}
+
+void
+tps_record_queue_leave(TpShare_Record *rec)
+{
+    if (rec->flags & TPS_REC_BOUND) {
+        tps_interp_queued_add(rec->ownerst, -1);
+    }
+}
+
+void
+tps_record_queue_release(TpShare_Record *rec)
+{
+    if (!(rec->flags & TPS_REC_BOUND)) {
+        tps_record_release(rec);
+        return;
+    }
+    /* Release first, so that when the owner's exit wait sees nothing
+     * queued, the record is already on its release list. */
+    tps_interp *st = rec->ownerst;
+    assert(st != NULL);
+    tps_interp_incref(st);
+    release(rec, 1);
+    tps_interp_queued_add(st, -1);
+    tps_interp_decref(st);
+}
+
 void
 tps_record_hold(TpShare_Record *rec, int64_t holder)
 {
@@ -1127,6 +1161,61 @@ tps_record_unhold(TpShare_Record *rec, int64_t holder)
         return;
     }
     tps_record_release(rec);
+}
+
+/* ---------------------------------------------------------------------
+ * Neutral copies at the owner's exit.
+ */
+
+/* Set while tps_record_neutral_copy() shares: hooks that could keep a
+ * reference to the sender's object copy instead. */
+static TPS_TLS int must_copy;
+
+int
+tps_share_must_copy(void)
+{
+    return must_copy;
+}
+
+TpShare_Record *
+tps_record_neutral_copy(TpShare_Record *rec)
+{
+    assert(tps_thread_state() != NULL);
+    assert(rec->owner == tps_current_interp_id());
+    assert(rec->flags & TPS_REC_BOUND);
+    assert(sctx.depth == 0 && rctx.depth == 0);
+
+    PyObject *exc = PyErr_GetRaisedException();
+    PyObject *value = NULL;
+    tps_entry *entry = NULL;
+    TpShare_Record *copy = NULL;
+
+    if (rec->entry == tps_pickle_entry) {
+        /* The pickle's bytes: copied as they are, not unpickled here. */
+        if (rec->data.obj != NULL && PyBytes_CheckExact(rec->data.obj)) {
+            value = Py_NewRef(rec->data.obj);
+            entry = tps_pickle_entry;
+        }
+    }
+    else if (rec->entry->hooks.flags & TPSHARE_IMMUTABLE) {
+        /* Rebuilt here and shared again with every hook copying: the
+         * value cannot have changed since it was sent. */
+        value = tps_rebuild(rec);
+    }
+    if (value != NULL) {
+        must_copy = 1;
+        copy = share_entry(value, entry, rec->owner);
+        must_copy = 0;
+        Py_DECREF(value);
+    }
+    if (copy != NULL && (copy->flags & TPS_REC_BOUND)) {
+        /* Something in it is still the owner's (a view of its memory). */
+        tps_record_release(copy);
+        copy = NULL;
+    }
+    PyErr_Clear();
+    PyErr_SetRaisedException(exc);
+    return copy;
 }
 
 /* ---------------------------------------------------------------------

@@ -11,7 +11,10 @@
  *
  * Why the token table is process-wide: tokens cross interpreters.  It
  * holds records (raw memory), no PyObject*.  Records left in it when
- * their owner exits are released by the owner's exit hook.
+ * their owner exits are released by the owner's exit hook.  An
+ * owner-bound record in the table is counted in its owner's `queued`
+ * until the Shared made by attach() holds it, so the owner does not end
+ * while attach() is taking it.
  */
 #include "tpshare_internal.h"
 #include "ptrmap.h"
@@ -46,11 +49,19 @@ static uint64_t forked_below;
 static uint64_t
 token_put(TpShare_Record *rec)
 {
+    tps_record_queue_enter(rec);
     pthread_mutex_lock(&tokens.mutex);
     uint64_t token = tokens.next_token++;
     int rc = ptrmap_set(&tokens.records, (void *)(uintptr_t)token, rec);
+    if (rc == 0 && (rec->flags & TPS_REC_BOUND)) {
+        /* An owner whose exit already dropped its tokens drops this one
+         * too.  Under the lock: once it is released the record may be
+         * attached and freed. */
+        tps_interp_requeued(rec->ownerst);
+    }
     pthread_mutex_unlock(&tokens.mutex);
     if (rc < 0) {
+        tps_record_queue_leave(rec);
         tps_record_release(rec);
         PyErr_NoMemory();
         return 0;
@@ -95,7 +106,7 @@ tps_tokens_forget_interp(int64_t interp)
     pthread_mutex_unlock(&tokens.mutex);
     while (mine != NULL) {
         TpShare_Record *next = mine->next_release;
-        tps_record_release(mine);
+        tps_record_queue_release(mine);
         mine = next;
     }
 }
@@ -137,7 +148,11 @@ tps_attach(tps_module_state *state, int64_t token)
                      "can be attached once)", (long long)token);
         return NULL;
     }
-    return tps_shared_new(state, rec);
+    /* The Shared holds the record before the table's count goes. */
+    tps_record_incref(rec);
+    PyObject *res = tps_shared_new(state, rec);
+    tps_record_queue_release(rec);
+    return res;
 }
 
 static int

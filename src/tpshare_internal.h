@@ -133,6 +133,11 @@ typedef struct {
     PyObject *ChannelFull;
     PyObject *QueueEmpty;
     PyObject *QueueFull;
+    PyObject *ItemInterpreterDestroyed;
+    /* tpshare.UNBOUND, UNBOUND_ERROR, UNBOUND_REMOVE: index policy - 1
+     * (TPS_UNBOUND_*), instances of UnboundType. */
+    PyObject *unbound[3];
+    PyTypeObject *UnboundType;
     PyTypeObject *SharedType;
     PyTypeObject *ViewType;
     PyTypeObject *TrackerType;
@@ -168,6 +173,17 @@ void tps_interp_decref(tps_interp *st);
  * interpreters (which the owner's teardown waits for, D5). */
 void tps_interp_export_add(tps_interp *st, long n);
 void tps_interp_remote_add(tps_interp *st, long n);
+
+/* Owner-bound records of the interpreter that sit in a channel or in the
+ * token table, or were taken out of one by a receiver that is not done
+ * with them yet: the owner's exit settles those still queued and waits
+ * for the others, like for remote holders.  Counted before a record
+ * enters a queue, so it is counted all the time another interpreter may
+ * read it (tps_record_queue_enter / tps_record_queue_release). */
+void tps_interp_queued_add(tps_interp *st, long n);
+/* A record of the interpreter went (back) into a queue: if its exit is
+ * waiting, it settles the queues again. */
+void tps_interp_requeued(tps_interp *st);
 
 /* Queue `rec` (whose refcount reached zero elsewhere) for freeing in its
  * owner.  Never fails; may run without any GIL; takes no lock unless a
@@ -240,6 +256,18 @@ PyObject *tps_interp_stats(void);
 #define TPS_REC_SMALL 0x8u   /* data.ptr is a small block (tps_small_alloc) */
 #define TPS_REC_TAIL 0x10u   /* data.ptr is the line after the record */
 #define TPS_REC_LONG 0x20u   /* the record's block has that line */
+/* Bits 6-7: what the sender asked for the item if its interpreter exits
+ * before it is received and it cannot be copied (TPS_UNBOUND_*); 0: the
+ * channel's choice. */
+#define TPS_REC_UNBOUND_SHIFT 6
+#define TPS_REC_UNBOUND_MASK (0x3u << TPS_REC_UNBOUND_SHIFT)
+
+/* PEP 734's unbounditems: what a channel delivers for an owner-bound item
+ * whose owner exited before it was received and that could not be turned
+ * into a neutral copy (a view of the owner's memory). */
+#define TPS_UNBOUND_MARK   1u  /* tpshare.UNBOUND in its place */
+#define TPS_UNBOUND_ERROR  2u  /* its recv raises ItemInterpreterDestroyed */
+#define TPS_UNBOUND_REMOVE 3u  /* removed, counted in stats()["dropped"] */
 
 struct TpShare_Record {
     /* Holders: the creator, nested parents, Shared objects, views. */
@@ -353,6 +381,28 @@ long tps_memo_tables(void);
 void tps_record_hold(TpShare_Record *rec, int64_t holder);
 void tps_record_unhold(TpShare_Record *rec, int64_t holder);
 
+/* A record goes into a channel or the token table, which takes over a
+ * reference: counted in its owner's `queued` (owner-bound records only)
+ * until the receiver that takes it out is done with it and calls
+ * tps_record_queue_release() (which drops that reference too).
+ * tps_record_queue_leave() undoes an enter whose record did not go in
+ * (the caller keeps its reference).  Any thread, no GIL needed. */
+void tps_record_queue_enter(TpShare_Record *rec);
+void tps_record_queue_leave(TpShare_Record *rec);
+void tps_record_queue_release(TpShare_Record *rec);
+
+/* A neutral record with the same value as `rec` (owner-bound, owned by
+ * the current interpreter): a new reference, or NULL without an
+ * exception when its value may change (a view of the owner's memory) or
+ * the copy failed.  Copies bytes, pickled items and immutable values
+ * (tuples of them...) out of the owner; used at the owner's exit for the
+ * items it leaves queued.  Needs the owner's GIL. */
+TpShare_Record *tps_record_neutral_copy(TpShare_Record *rec);
+/* Whether hooks must copy rather than keep a reference to the sender's
+ * object (bytes: see tps_bytes_threshold): set while
+ * tps_record_neutral_copy() shares. */
+int tps_share_must_copy(void);
+
 /* ---------------------------------------------------------------------
  * Release trackers (src/tracker.c).
  */
@@ -399,6 +449,9 @@ typedef struct tps_channel tps_channel;
 /* Channel options, fixed at creation (the object layer reads them). */
 #define TPS_CHAN_IDENTITY 0x1u   /* identity across messages (D9) */
 #define TPS_CHAN_PICKLE   0x2u   /* pickle what is not shareable */
+/* Bits 2-3: TPS_UNBOUND_*, the channel's unbounditems. */
+#define TPS_CHAN_UNBOUND_SHIFT 2
+#define TPS_CHAN_UNBOUND_MASK (0x3u << TPS_CHAN_UNBOUND_SHIFT)
 
 /* A new channel with one reference, or NULL with MemoryError.  maxsize 0
  * means unbounded; spin_ns is how long a waiter spins before parking. */
@@ -434,6 +487,9 @@ int tps_channel_recv(tps_channel *ch, TpShare_Record **out, Py_ssize_t max,
  * those behind it).  0 or TPS_ERR_NOMEM (caller keeps them). */
 int tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
                        Py_ssize_t n);
+/* The owner's exit hook (runs in it, under its GIL): its owner-bound
+ * items still queued in any channel are replaced, in place, by neutral
+ * copies, or by what the unbounditems policy says. */
 void tps_channels_forget_interp(int64_t interp);
 /* Wake every thread parked in a channel wait, in every interpreter (a
  * spurious wake-up for those that go on waiting).  Any thread. */
@@ -493,6 +549,11 @@ int tps_channel_init_types(PyObject *module, tps_module_state *state);
 /* Raise the exception for a TPS_ERR_* code (no-op for TPS_ERR_PYTHON and
  * TPS_ERR_SIGNAL, whose exception is set).  Returns NULL. */
 PyObject *tps_raise_error(tps_module_state *state, int code);
+/* A neutral record standing for an item that could not be delivered
+ * (policy TPS_UNBOUND_MARK or TPS_UNBOUND_ERROR): it rebuilds as
+ * tpshare.UNBOUND or raises ItemInterpreterDestroyed.  New reference, or
+ * NULL with an exception.  Needs a GIL. */
+TpShare_Record *tps_unbound_marker(unsigned int policy);
 
 /* ---------------------------------------------------------------------
  * Interpreters made by tpshare (src/interpreter.c).

@@ -279,9 +279,10 @@ def test_ctrl_c_interrupts_a_blocked_recv_promptly():
 
 
 def test_items_of_an_exited_sender(sub):
-    """Policy: when the sending interpreter exits, its owner-bound items
-    still queued (views of its memory) are released in it and dropped;
-    neutral items stay deliverable."""
+    """Policy: when the sending interpreter exits, its items still queued
+    that are views of its memory are released in it, and tpshare.UNBOUND
+    (the default unbounditems) takes their place; neutral items stay
+    deliverable, in order."""
     ch = tpshare.Channel()
     mc = tpshare.MemChannel()
     sub.put("ch", ch)
@@ -297,9 +298,11 @@ def test_items_of_an_exited_sender(sub):
     )
     assert ch.qsize() == 3 and mc.qsize() == 1
     sub.close()
-    assert ch.stats()["dropped"] == 1 and mc.stats()["dropped"] == 1
+    assert ch.stats()["dropped"] == 0 and mc.stats()["dropped"] == 0
     assert ch.recv() == ("neutral", 2**80)
+    assert ch.recv() is tpshare.UNBOUND
     assert ch.recv() == "after"
+    assert mc.recv() is tpshare.UNBOUND
     assert ch.qsize() == 0 and mc.qsize() == 0
 
 

@@ -145,3 +145,133 @@ def test_release_from_a_thread_without_the_owner_gil(sub):
     del chunks
     sub.run("tpshare.drain()")
     assert tpshare.stats()[int(sub.id)] == {"exports": 0, "remote": 0, "pending": 0}
+
+
+def test_releases_stay_scheduled_while_the_owner_runs_pure_python(sub):
+    """Many releases pushed from other threads while the owner runs a
+    busy loop that never calls tpshare: each one is run by a pending call
+    the owner executes between bytecodes, so its pending count returns to
+    zero while the loop still runs (read from here, not from the owner)."""
+    import threading
+    import time
+
+    n = 20_000
+    sub.run(
+        f"""
+        owner = bytearray(b'owned by the subinterpreter')
+        toks = [tpshare.share(owner).detach() for _ in range({n})]
+        first, last = toks[0], toks[-1]
+        del toks
+        """
+    )
+    first, last = int(sub.eval("first")), int(sub.eval("last"))
+    views = [tpshare.attach(t).rebuild() for t in range(first, last + 1)]
+    sid = int(sub.id)
+    flag = tpshare.Buffer(1)
+    sub.put("flag_buffer", flag)
+    sub.run("flag = memoryview(flag_buffer)")
+    # The owner spins in pure Python until the flag is set.
+    busy = threading.Thread(target=sub.run, args=("while not flag[0]: pass",))
+    busy.start()
+    chunks = [views[i::4] for i in range(4)]
+    del views
+
+    def drop(chunk):
+        while chunk:
+            chunk.pop().release()
+
+    droppers = [threading.Thread(target=drop, args=(c,)) for c in chunks]
+    for t in droppers:
+        t.start()
+    for t in droppers:
+        t.join()
+    del chunks
+    deadline = time.monotonic() + 10  # generous: it takes milliseconds
+    while tpshare.stats()[sid]["pending"] and time.monotonic() < deadline:
+        time.sleep(0.01)
+    during = tpshare.stats()[sid]
+    still_busy = busy.is_alive()
+    memoryview(flag)[0] = 1
+    busy.join(30)
+    assert still_busy
+    assert during == {"exports": 0, "remote": 0, "pending": 0}
+    sub.run("owner.append(33)")  # no export left
+
+
+def test_owner_exit_waits_for_a_receiver_still_reading_its_item():
+    """An owner-bound item taken from a channel counts as held from before
+    it leaves the channel: an owner that exits while a receiver (another
+    interpreter) is still rebuilding it (a long tuple first, then a Blob
+    that reads the owner's bytes) waits for it, and the record is freed in
+    the owner (the Blob's free hook runs there) before the owner ends.
+    Several rounds, in a child process."""
+    r = run_child(
+        """
+        import threading
+        import tpshare
+        import tpshare_testext as ext
+        from support import Sub
+
+        receiver = Sub()
+        receiver.run("import tpshare_testext")
+        for rnd in range(5):
+            ch = tpshare.Channel()
+            owner = Sub()
+            owner.run("import tpshare_testext as ext")
+            owner.put("ch", ch)
+            receiver.put("ch", ch)
+            t = threading.Thread(target=receiver.run,
+                                 args=("got = ch.recv(timeout=60)",))
+            t.start()
+            frees, sid = ext.blob_frees(), int(owner.id)
+            owner.run(f"ch.send((('x' * 20,) * 3_000_000, "
+                      f"ext.Blob(b'round %d ' % {rnd} * 1000)))")
+            while ch.qsize():
+                pass          # the receiver took it and is rebuilding it
+            owner.close()
+            after = (ext.blob_frees(), ext.blob_last_free_interp())
+            t.join()
+            assert receiver.eval(
+                f"(len(got[0]), got[0][-1], got[1].data == "
+                f"b'round %d ' % {rnd} * 1000)"
+            ) == "(3000000, 'xxxxxxxxxxxxxxxxxxxx', True)"
+            receiver.run("del got")
+            assert after == (frees + 1, sid), (after, frees, sid)
+            assert sid not in tpshare.stats()
+        receiver.close()
+        assert all(v == {"exports": 0, "remote": 0, "pending": 0}
+                   for v in tpshare.stats().values()), tpshare.stats()
+        print("OK")
+        """,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout
+
+
+def test_token_detached_while_its_owner_exits_dies_with_it(sub):
+    """A record detached into the token table by another interpreter while
+    its owner waits in its exit hook (for that very holder) is dropped by
+    the owner before it ends: attach() then raises instead of handing out
+    a view of an interpreter that is gone."""
+    import threading
+    import time
+
+    import pytest
+
+    sub.run("own = bytearray(b'memory of the sub')")
+    shared = sub.get_shared("own")
+    sid = int(sub.id)
+    tokens = []
+
+    def detach_later():
+        time.sleep(0.3)   # the owner now waits for `shared` in its exit hook
+        tokens.append(shared.detach())
+
+    detacher = threading.Thread(target=detach_later)
+    detacher.start()
+    sub.close()       # returns once the token is dropped
+    detacher.join()
+    assert sid not in tpshare.stats()
+    with pytest.raises(KeyError):
+        tpshare.attach(tokens[0])
