@@ -1204,7 +1204,7 @@ tps_record_neutral_copy(TpShare_Record *rec)
     }
     if (value != NULL) {
         must_copy = 1;
-        copy = share_entry(value, entry, rec->owner);
+        copy = share_entry(value, entry, rec->owner, NULL);
         must_copy = 0;
         Py_DECREF(value);
     }
@@ -1212,6 +1212,11 @@ tps_record_neutral_copy(TpShare_Record *rec)
         /* Something in it is still the owner's (a view of its memory). */
         tps_record_release(copy);
         copy = NULL;
+    }
+    if (copy != NULL) {
+        /* The same object as before for a receiver that tracks identity. */
+        copy->serial = rec->serial;
+        copy->origin = rec->origin;
     }
     PyErr_Clear();
     PyErr_SetRaisedException(exc);

@@ -95,6 +95,12 @@ class LifecycleMachine(RuleBasedStateMachine):
         expected = self.send_from(w, kind, value, n, b)
         self.model.append([kind, expected, w])
 
+    @precondition(lambda self: not self.closed)
+    @rule(w=st.integers(min_value=1, max_value=2), n=size, b=fill)
+    def send_view_from_sub(self, w, n, b):
+        """The case the unbound policy is about, drawn more often."""
+        self.send(kind="view", w=w, value=None, n=n, b=b)
+
     @precondition(lambda self: self.closed)
     @rule(w=where)
     def send_after_close(self, w):
@@ -220,5 +226,5 @@ class LifecycleMachine(RuleBasedStateMachine):
 
 
 LifecycleMachine.TestCase.settings = settings(
-    max_examples=25, stateful_step_count=25, deadline=None)
+    max_examples=50, stateful_step_count=40, deadline=None)
 test_lifecycle_state_machine = LifecycleMachine.TestCase
