@@ -29,7 +29,7 @@ Direct leak of 4096 byte(s) in 1 object(s) allocated from:
     #3 0x7f in _PyEval_EvalFrameDefault Python/ceval.c:100
 """
 UNSYMBOLIZED_LEAK = """\
-Indirect leak of 96 byte(s) in 1 object(s) allocated from:
+Direct leak of 96 byte(s) in 1 object(s) allocated from:
     #0 0x7f in __interceptor_malloc asan_malloc_linux.cpp:69
     #1 0x7f  (/venv/lib/tpshare/_tpshare.cpython-313-x86_64-linux-gnu.so+0x1d2)
 """
@@ -64,6 +64,16 @@ def test_a_leak_with_a_tpshare_frame_fails(tmp_path, leak):
     assert "1 report(s) of tpshare's, 1 leak(s)" in proc.stdout
     assert leak.splitlines()[0] in proc.stderr
     assert "PyUnicode_New" not in proc.stderr
+
+
+def test_tpshare_memory_held_by_a_cpython_leak_is_counted_apart(tmp_path):
+    held = TPSHARE_LEAK.replace("Direct leak", "Indirect leak")
+    write_log(tmp_path, "asan.7",
+              "==7==ERROR: LeakSanitizer: detected memory leaks\n\n"
+              + CPYTHON_LEAK + "\n" + held)
+    proc = run_scanner(tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 indirect leak(s) held by CPython's" in proc.stdout
 
 
 def test_any_address_error_fails(tmp_path):

@@ -11,9 +11,12 @@ teardown tests start) writes its reports there, one file per process.
   CPython itself, which is not built with the sanitizer: they are counted
   and not shown.)
 - A LeakSanitizer report lists leaks one paragraph each, with the stack
-  of the allocation.  A leak whose stack holds a tpshare frame fails the
-  run; the others are CPython's own (an interpreter does not free
-  everything it allocated at exit) and are only counted.
+  of the allocation.  A direct leak (memory nothing points to) whose
+  stack holds a tpshare frame fails the run.  An indirect leak is memory
+  reachable only from a direct one: when that is CPython's (an
+  interpreter does not free everything it allocated at exit, module
+  states included), what tpshare allocated and linked to it is not
+  tpshare's leak; those are counted apart, as are CPython's own.
 
 Exit status: 0 when nothing of tpshare's was found, 1 otherwise.
 """
@@ -40,16 +43,17 @@ def is_tpshare(paragraph):
 
 
 def scan(path):
-    """(failures, ignored leaks, ignored races) of one log file."""
+    """(failures, ignored leaks, ignored races, indirect leaks of tpshare's
+    memory held by a leak of CPython's) of one log file."""
     with open(path, encoding="utf-8", errors="replace") as f:
         text = f.read()
-    failures, leaks, races = [], 0, 0
+    failures, leaks, races, held = [], 0, 0, 0
     if "ERROR: AddressSanitizer" in text:
         failures.append(text)
-        return failures, leaks, races
+        return failures, leaks, races, held
     if "LeakSanitizer has encountered a fatal error" in text:
         failures.append(text)
-        return failures, leaks, races
+        return failures, leaks, races, held
     for report in re.split(r"(?m)^=+\n", text):
         if "WARNING: ThreadSanitizer" in report:
             if is_tpshare(report):
@@ -57,12 +61,14 @@ def scan(path):
             else:
                 races += 1
     for par in paragraphs(text):
-        if par.lstrip().startswith(("Direct leak", "Indirect leak")):
-            if is_tpshare(par):
-                failures.append(par)
-            else:
-                leaks += 1
-    return failures, leaks, races
+        par = par.lstrip()
+        if par.startswith("Direct leak") and is_tpshare(par):
+            failures.append(par)
+        elif par.startswith("Indirect leak") and is_tpshare(par):
+            held += 1
+        elif par.startswith(("Direct leak", "Indirect leak")):
+            leaks += 1
+    return failures, leaks, races, held
 
 
 def main(argv):
@@ -70,18 +76,20 @@ def main(argv):
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
     folder = argv[1]
-    failures, leaks, races, files = [], 0, 0, 0
+    failures, leaks, races, held, files = [], 0, 0, 0, 0
     for name in sorted(os.listdir(folder)):
         files += 1
-        f, n_leaks, n_races = scan(os.path.join(folder, name))
+        f, n_leaks, n_races, n_held = scan(os.path.join(folder, name))
         failures += ["== %s\n%s" % (name, text) for text in f]
         leaks += n_leaks
         races += n_races
+        held += n_held
     for text in failures:
         print(text.rstrip() + "\n", file=sys.stderr)
     print("sanitizer logs: %d file(s), %d report(s) of tpshare's, "
-          "%d leak(s) and %d race report(s) of CPython's own ignored"
-          % (files, len(failures), leaks, races))
+          "%d leak(s) and %d race report(s) of CPython's own ignored, "
+          "%d indirect leak(s) held by CPython's"
+          % (files, len(failures), leaks, races, held))
     return 1 if failures else 0
 
 
