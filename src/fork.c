@@ -39,7 +39,7 @@ static void (*const handlers[])(tps_fork_phase) = {
     tps_interps_atfork,
     tps_channels_atfork,
     tps_tokens_atfork,
-    tps_records_atfork,
+    tps_blocks_atfork,
     tps_workers_atfork,
 };
 

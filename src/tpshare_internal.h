@@ -29,6 +29,8 @@
 
 #include "tpshare.h"
 #include "compat.h"
+#include "cacheline.h"
+#include "blocks.h"
 
 /* ---------------------------------------------------------------------
  * Registry entries (registry/registry.c).
@@ -291,40 +293,6 @@ struct TpShare_Record {
     TpShare_Data data;
 };
 
-/* Zeroed memory aligned to a cache line (TPS_LINE bytes), for shared
- * structures whose fields are laid out by line so that what one thread
- * writes does not evict what another reads.  Free with free().  NULL on
- * failure (no exception set). */
-#define TPS_LINE 64
-static inline void *
-tps_calloc_lines(size_t size)
-{
-    void *p = NULL;
-    if (posix_memalign(&p, TPS_LINE, size) != 0) {
-        return NULL;
-    }
-    memset(p, 0, size);
-    return p;
-}
-
-/* Start fetching the cache lines of `size` bytes at `p`, to read them or
- * to write them, for memory another thread wrote last. */
-static inline void
-tps_prefetch(const void *p, size_t size)
-{
-    for (size_t off = 0; off < size; off += TPS_LINE) {
-        __builtin_prefetch((const char *)p + off, 0);
-    }
-}
-
-static inline void
-tps_prefetch_for_write(void *p, size_t size)
-{
-    for (size_t off = 0; off < size; off += TPS_LINE) {
-        __builtin_prefetch((char *)p + off, 1);
-    }
-}
-
 /* Payload memory for built-in handlers: n bytes for `data` of a record
  * being shared, in the cache line after the record when n <= 64 and its
  * block has that line, else a block of TPS_SMALL_MAX bytes from a
@@ -334,13 +302,6 @@ tps_prefetch_for_write(void *p, size_t size)
  * sees data->ptr NULL. */
 #define TPS_SMALL_MAX 128
 void *tps_small_alloc(TpShare_Data *data, Py_ssize_t n);
-/* Two- and three-line blocks (records, small copies) taken from memory
- * and not yet given back. */
-void tps_block_counts(long long *two, long long *three);
-/* Of those, the blocks cached in the depots and the calling thread's
- * magazines (the rest are in use or cached by other threads). */
-void tps_block_cached(long long *two, long long *three);
-
 struct tps_identity;
 
 /* Share `obj` (borrowed) into a new record (one reference for the
@@ -586,7 +547,7 @@ typedef enum {
 } tps_fork_phase;
 
 void tps_registry_atfork(tps_fork_phase phase);   /* registry/registry.c */
-void tps_records_atfork(tps_fork_phase phase);    /* record.c */
+void tps_blocks_atfork(tps_fork_phase phase);     /* blocks.c */
 void tps_interps_atfork(tps_fork_phase phase);    /* interp.c */
 void tps_channels_atfork(tps_fork_phase phase);   /* chancore.c */
 void tps_tokens_atfork(tps_fork_phase phase);     /* shared.c */
