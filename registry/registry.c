@@ -546,7 +546,7 @@ bump_generation(void)
 /* Remove the entry of `type` visible in `interp`, mutex held.  Returns the
  * removed entry (the table's reference passes to the caller) or NULL. */
 static tps_entry *
-remove_locked(PyTypeObject *type, int64_t interp)
+entry_remove_locked(PyTypeObject *type, int64_t interp)
 {
     assert(REGISTRY_LOCKED());
     int found;
@@ -576,7 +576,7 @@ heap_type_died(PyObject *self, PyObject *Py_UNUSED(wr))
         return NULL;
     }
     registry_lock();
-    tps_entry *e = remove_locked(type, tps_current_interp_id());
+    tps_entry *e = entry_remove_locked(type, tps_current_interp_id());
     registry_unlock();
     if (e != NULL) {
         tps_entry_decref(e);
@@ -685,7 +685,7 @@ tps_registry_register(PyTypeObject *type, const TpShare_Hooks *hooks,
         }
     }
     if (found) {
-        old = remove_locked(type, prev->interp);
+        old = entry_remove_locked(type, prev->interp);
     }
     if (ptrmap_set(&registry.bytype, type, e) < 0) {
         registry_unlock();
@@ -722,7 +722,7 @@ tps_registry_unregister(PyTypeObject *type)
         return -1;
     }
     registry_lock();
-    tps_entry *e = remove_locked(type, tps_current_interp_id());
+    tps_entry *e = entry_remove_locked(type, tps_current_interp_id());
     registry_unlock();
     if (e == NULL) {
         PyErr_Format(PyExc_KeyError, "type '%s' is not registered",

@@ -112,7 +112,7 @@ region_take(depot *d)
 }
 
 static void *
-block_new(depot *d)
+block_from_memory(depot *d)
 {
     pthread_mutex_lock(&d->mutex);
     void *p = region_take(d);
@@ -323,13 +323,13 @@ tps_block_alloc_slow(int kind)
     depot *d = &depots[kind];
     thread_cache *tc = cache_get();
     if (tc == NULL) {
-        return block_new(d);
+        return block_from_memory(d);
     }
     magazine *m = tc->loaded[kind];
     if (m->n == 0) {
         m = reload(tc, kind, 1);
         if (m == NULL) {
-            return block_new(d);
+            return block_from_memory(d);
         }
         fetch_ahead(m, d->size);
     }

@@ -265,7 +265,7 @@ struct spin_arg {
 };
 
 static int
-spin_ready(void *arg)
+channel_spin_ready(void *arg)
 {
     struct spin_arg *a = arg;
     return worth_locking(a->ch, a->dir, a->n);
@@ -423,7 +423,7 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
         spin_until = deadline;
     }
     struct spin_arg sa = {ch, dir, n};
-    tps_spin(spin_ready, &sa, spin_until,
+    tps_spin(channel_spin_ready, &sa, spin_until,
              &ch->cpu[dir == RECEIVING ? SENDING : RECEIVING]);
     drain_grace grace = {-1, DRAIN_GRACE_NS, 0};
     for (;;) {

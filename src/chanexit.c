@@ -4,7 +4,7 @@
  * An owner-bound record in a ring is counted in its owner's `queued` from
  * before it goes in until the receiver that takes it out is done reading
  * it, so an owner never ends while another interpreter reads its memory.
- * When an interpreter exits, its exit hook (interp.c; still alive, under
+ * When an interpreter exits, its exit hook (owner.c; still alive, under
  * its GIL) calls tps_channels_forget_interp(), which settles the
  * owner-bound items it sent that are still queued in any channel: each is
  * replaced, in its place in the ring, by a neutral copy when its value

@@ -158,7 +158,7 @@ tps_identity_free(tps_identity *id)
 }
 
 static void
-ring_pop(tps_identity *id)
+sent_forget_oldest(tps_identity *id)
 {
     PyObject *old = id->ring[id->ring_head].obj;
     id->ring_bytes -= id->ring[id->ring_head].size;
@@ -186,7 +186,7 @@ tps_identity_tag(tps_identity *id, TpShare_Record *rec, PyObject *obj)
         while (id->ring_count == RING_MAX
                || (id->ring_count && id->ring_bytes + size > RING_BYTES))
         {
-            ring_pop(id);
+            sent_forget_oldest(id);
         }
         assert(id->ring_count < RING_MAX);
         serial = KEY(atomic_fetch_add(&next_serial, 1));

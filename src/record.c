@@ -25,7 +25,7 @@
  * Release.  When the last holder lets go, a neutral record is freed where
  * it is; an owner-bound one is freed at once if the current interpreter
  * is its owner, and otherwise queued on the owner's release list
- * (interp.c), which never fails and never loses a request.
+ * (owner.c), which never fails and never loses a request.
  */
 #include "tpshare_internal.h"
 #include "blocks.h"

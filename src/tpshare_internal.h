@@ -3,7 +3,7 @@
  * Layers, bottom up (each only calls the ones below it):
  *   registry/  the process-wide type registry and the built-in handlers;
  *   record.c   share records: share, rebuild, release;
- *   interp.c   per-interpreter state: release lists, counters, exit hook;
+ *   owner.c    per-interpreter state: release lists, counters, exit hook;
  *   view.c, shared.c, module.c   the Python-visible types and functions.
  *
  * Naming: non-static internals start with tps_; static helpers have no
@@ -110,7 +110,7 @@ int tps_handlers_buffer_init(void);
 extern tps_entry *tps_pickle_entry;
 
 /* The buffer-protocol fallback entry, and its writable variant used by
- * MemChannel.send(writable=True) (registry/handlers_buffer.c). */
+ * MemChannel.send(writable=True) (registry/handlers_export.c). */
 extern tps_entry *tps_buffer_entry;
 extern tps_entry *tps_buffer_writable_entry;
 
@@ -151,7 +151,7 @@ typedef struct {
 } tps_module_state;
 
 /* ---------------------------------------------------------------------
- * Per-interpreter state (src/interp.c).
+ * Per-interpreter state (src/owner.c).
  */
 
 typedef struct tps_interp tps_interp;
@@ -502,7 +502,7 @@ void tps_identity_remember(tps_identity *id, TpShare_Record *rec,
 /* The sender's id() of a received object, or -1 if unknown. */
 Py_ssize_t tps_identity_origin(tps_identity *id, PyObject *obj);
 
-/* buffer.c: tpshare.Buffer, memory of no interpreter. */
+/* buffer_type.c: tpshare.Buffer, memory of no interpreter. */
 int tps_buffer_init_type(PyObject *module, tps_module_state *state);
 
 /* channel.c: the Channel and MemChannel types. */
@@ -548,7 +548,7 @@ typedef enum {
 
 void tps_registry_atfork(tps_fork_phase phase);   /* registry/registry.c */
 void tps_blocks_atfork(tps_fork_phase phase);     /* blocks.c */
-void tps_interps_atfork(tps_fork_phase phase);    /* interp.c */
+void tps_interps_atfork(tps_fork_phase phase);    /* owner.c */
 void tps_channels_atfork(tps_fork_phase phase);   /* chancore.c */
 void tps_tokens_atfork(tps_fork_phase phase);     /* shared.c */
 void tps_workers_atfork(tps_fork_phase phase);    /* interpreter.c */

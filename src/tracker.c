@@ -128,7 +128,7 @@ struct spin_arg {
 
 /* Released, or a release queued here that may be the one. */
 static int
-spin_ready(void *arg)
+tracker_spin_ready(void *arg)
 {
     struct spin_arg *a = arg;
     return atomic_load_explicit(&a->t->released, memory_order_relaxed)
@@ -182,7 +182,7 @@ tracker_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
             spin_until = deadline;
         }
         struct spin_arg sa = {t, st};
-        tps_spin(spin_ready, &sa, spin_until, NULL);
+        tps_spin(tracker_spin_ready, &sa, spin_until, NULL);
         tps_waiter_reset(w);
         tps_interp_tracker_waits(st, 1);
         tps_interp_watch(st, &node);

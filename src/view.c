@@ -2,7 +2,7 @@
  *
  * A View lives in a receiving interpreter and exports, read-only unless
  * the sender asked otherwise, the memory of a buffer shared by another
- * interpreter (handlers_buffer.c),
+ * interpreter (registry/handlers_export.c),
  * with the same format, shape, strides and suboffsets.  Receivers see it
  * through a memoryview (memoryview itself cannot be subclassed, and is
  * what consumers expect); the View is that memoryview's `.obj`.

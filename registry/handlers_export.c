@@ -1,4 +1,4 @@
-/* handlers_buffer.c - the built-in handler for buffer-protocol exporters.
+/* handlers_export.c - the built-in handler for buffer-protocol exporters.
  *
  * Any object exporting a PEP 3118 buffer (bytearray, memoryview slices,
  * array.array, mmap, third-party arrays) that has no registration of its
