@@ -13,7 +13,9 @@
  * This registration is a fallback found by capability, not by type, so it
  * has no type; its name is "tpshare.buffer".
  */
-#include "tpshare_internal.h"
+#include "registry.h"
+#include "pytypes.h"
+#include "record.h"
 
 tps_entry *tps_buffer_entry = NULL;
 tps_entry *tps_buffer_writable_entry = NULL;

@@ -9,7 +9,8 @@
  * subclasses (IntEnum members, a subclass of float...) are refused so
  * that no value silently loses its type (see docs/design.md).
  */
-#include "tpshare_internal.h"
+#include "registry.h"
+#include "record.h"
 
 #include <string.h>
 

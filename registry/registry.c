@@ -25,8 +25,11 @@
  * allocated where it was.  So an answer is kept with the type's identity
  * (see type_identity()) and only used while that identity is unchanged.
  */
-#include "tpshare_internal.h"
+#include "registry.h"
+#include "fork.h"
+#include "owner.h"
 #include "ptrmap.h"
+#include "record.h"
 
 #include <string.h>
 

@@ -23,8 +23,8 @@
  * allocator: a thread gives them back when it exits, possibly after the
  * interpreter it ran finished.
  */
-#include "tpshare_internal.h"
 #include "blocks.h"
+#include "fork.h"
 
 #include <sys/mman.h>
 

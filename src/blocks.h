@@ -14,10 +14,11 @@
 #error "blocks.h is internal to tpshare"
 #endif
 
+#include "common.h"
+
 #include <assert.h>
 
 #include "cacheline.h"
-#include "compat.h"
 
 /* Under AddressSanitizer a cached block is poisoned, so that a use of a
  * record after it was freed is caught although its memory is kept. */

@@ -12,7 +12,8 @@
  * writes from several interpreters are the user's to coordinate, as with
  * any shared memory.
  */
-#include "tpshare_internal.h"
+#include "pytypes.h"
+#include "module_state.h"
 
 #include <string.h>
 

@@ -13,6 +13,8 @@
 #error "cacheline.h is internal to tpshare"
 #endif
 
+#include "common.h"
+
 #include <stdlib.h>
 #include <string.h>
 

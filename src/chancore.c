@@ -42,10 +42,13 @@
  * Why the channel table is process-wide: channels are found by ID from
  * any interpreter.  It holds records and raw memory, no PyObject*.
  */
-#include "tpshare_internal.h"
-#include "ptrmap.h"
-#include "waiter.h"
+#include "chancore.h"
 #include "chancore_layout.h"
+#include "fork.h"
+#include "owner.h"
+#include "ptrmap.h"
+#include "record.h"
+#include "waiter.h"
 
 typedef enum { SENDING, RECEIVING } direction;
 

@@ -11,6 +11,7 @@
 #endif
 
 #include "cacheline.h"
+#include "chancore.h"
 #include "ring.h"
 #include "spinlock.h"
 #include "waiter.h"

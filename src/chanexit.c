@@ -13,9 +13,11 @@
  * marker record (UNBOUND, UNBOUND_ERROR) or nothing (UNBOUND_REMOVE,
  * counted as dropped).  Neutral items stay as they are.
  */
-#include "tpshare_internal.h"
+#include "chancore.h"
 #include "chancore_layout.h"
 #include "ptrmap.h"
+#include "pytypes.h"
+#include "record.h"
 
 /* One of them, and what takes its place. */
 typedef struct {

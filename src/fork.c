@@ -28,7 +28,11 @@
  * its runtime lock while it forks, and a thread that waits for that lock
  * under one of them would never let the fork proceed.
  */
-#include "tpshare_internal.h"
+#include "fork.h"
+#include "chancore.h"
+#include "owner.h"
+#include "pytypes.h"
+#include "registry.h"
 
 #include <errno.h>
 #include <pthread.h>

@@ -28,8 +28,9 @@
  * would hide the sender's later changes.  Both tables belong to one
  * interpreter (module state) and are used under its GIL.
  */
-#include "tpshare_internal.h"
+#include "identity.h"
 #include "ptrmap.h"
+#include "record.h"
 
 #define RING_MAX 1024
 #define RECV_MAX 4096

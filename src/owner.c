@@ -30,9 +30,11 @@
  * read counters.  It holds no PyObject* usable from another interpreter:
  * `module` is only touched under the owner's own GIL.
  */
-#include "tpshare_internal.h"
-#include "waiter.h"
+#include "owner.h"
+#include "fork.h"
 #include "owner_layout.h"
+#include "record.h"
+#include "waiter.h"
 
 #include <errno.h>
 #include <stdio.h>

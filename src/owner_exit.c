@@ -8,8 +8,9 @@
  * draining releases as they arrive; then it forgets the interpreter's
  * registrations and drops its state.
  */
-#include "tpshare_internal.h"
+#include "owner.h"
 #include "owner_layout.h"
+#include "registry.h"
 
 #include <errno.h>
 #include <stdio.h>

@@ -11,6 +11,7 @@
 #endif
 
 #include "cacheline.h"
+#include "owner.h"
 #include "waiter.h"
 
 struct tps_interp {

@@ -27,9 +27,14 @@
  * is its owner, and otherwise queued on the owner's release list
  * (owner.c), which never fails and never loses a request.
  */
-#include "tpshare_internal.h"
+#include "record.h"
 #include "blocks.h"
+#include "identity.h"
+#include "owner.h"
 #include "ptrmap.h"
+#include "pytypes.h"
+#include "registry.h"
+#include "tracker.h"
 
 #include <stddef.h>
 #include <string.h>

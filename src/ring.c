@@ -5,7 +5,6 @@
  * back, and when an exiting sender's items are settled.  All under the
  * lock of the channel that owns the ring (chancore.c).
  */
-#include "tpshare_internal.h"
 #include "ring.h"
 
 int

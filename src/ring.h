@@ -14,10 +14,7 @@
 #error "ring.h is internal to tpshare"
 #endif
 
-#include <Python.h>
-#include <stdatomic.h>
-
-#include "tpshare.h"
+#include "common.h"
 
 typedef struct {
     atomic_long count;           /* written under lock, read lock-free */

@@ -16,8 +16,11 @@
  * until the Shared made by attach() holds it, so the owner does not end
  * while attach() is taking it.
  */
-#include "tpshare_internal.h"
+#include "pytypes.h"
+#include "fork.h"
+#include "owner.h"
 #include "ptrmap.h"
+#include "record.h"
 
 typedef struct {
     PyObject_HEAD

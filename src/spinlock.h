@@ -11,6 +11,8 @@
 #error "spinlock.h is internal to tpshare"
 #endif
 
+#include "common.h"
+
 #include <assert.h>
 #include <sched.h>
 #include <stdatomic.h>

@@ -11,7 +11,9 @@
  * drains the release list (which frees the record and fires the tracker)
  * and sees the result, in microseconds and without polling.
  */
-#include "tpshare_internal.h"
+#include "tracker.h"
+#include "owner.h"
+#include "pytypes.h"
 #include "waiter.h"
 
 struct tps_tracker {

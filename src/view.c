@@ -13,7 +13,8 @@
  * counts as a remote holder, which keeps the owner from being torn down
  * under it (D5).
  */
-#include "tpshare_internal.h"
+#include "pytypes.h"
+#include "record.h"
 
 typedef struct {
     PyObject_HEAD

@@ -24,6 +24,8 @@
 #error "waiter.h is internal to tpshare"
 #endif
 
+#include "common.h"
+
 #include <errno.h>
 #include <sched.h>
 #include <semaphore.h>
