@@ -887,10 +887,19 @@ tps_registry_list(void)
  * Set-up and per-interpreter teardown.
  */
 
-static int init_builtins(void);
+static int init_builtins(int (*register_builtins)(void));
 
 int
 tps_registry_init(void)
+{
+    /* The registry's only call to its built-in handlers, until module
+     * init calls tps_registry_init_with(tps_builtin_handlers_register)
+     * itself; then this wrapper goes. */
+    return tps_registry_init_with(tps_builtin_handlers_register);
+}
+
+int
+tps_registry_init_with(int (*register_builtins)(void))
 {
     /* Serializes first imports racing in several interpreters, so none
      * proceeds before the built-ins are registered. */
@@ -899,7 +908,7 @@ tps_registry_init(void)
 
     pthread_mutex_lock(&init_mutex);
     if (!registry.initialized) {
-        rc = init_builtins();
+        rc = init_builtins(register_builtins);
         registry.initialized = rc == 0;
     }
     pthread_mutex_unlock(&init_mutex);
@@ -908,11 +917,9 @@ tps_registry_init(void)
 
 /* Register the built-in handlers; once per process. */
 static int
-init_builtins(void)
+init_builtins(int (*register_builtins)(void))
 {
-    if (tps_handlers_scalar_init() < 0 || tps_handlers_text_init() < 0
-        || tps_handlers_tuple_init() < 0 || tps_handlers_buffer_init() < 0)
-    {
+    if (register_builtins() < 0) {
         return -1;
     }
     /* The built-in registrations never die (an Unregister of one leaks a
@@ -955,9 +962,7 @@ tps_registry_forget_interp(int64_t interp)
         if (e->interp == interp && dead != NULL) {
             dead[ndead++] = e;
             e->type = NULL;  /* a heap type of the exiting interpreter */
-            s->key = PTRMAP_TOMBSTONE;
-            s->value = NULL;
-            registry.bytype.used--;
+            ptrmap_delete_current(&registry.bytype, s);
         }
     }
     for (cache **pc = &registry.caches; *pc != NULL; pc = &(*pc)->next) {

@@ -234,12 +234,10 @@ sweep(tps_identity *id)
     size_t i = id->sweep_at & m->mask;
     for (size_t n = 0; n < SWEEP_STEP && n <= m->mask; n++) {
         ptrslot *s = &m->slots[i];
-        if (s->key != NULL && s->key != PTRMAP_TOMBSTONE) {
+        if (ptrmap_slot_used(s)) {
             received *r = s->value;
             if (Py_REFCNT(r->obj) == 1) {
-                s->key = PTRMAP_TOMBSTONE;
-                s->value = NULL;
-                m->used--;
+                ptrmap_delete_current(m, s);
                 forget_received(id, r);
             }
         }

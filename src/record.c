@@ -34,7 +34,6 @@
 #include "ptrmap.h"
 #include "pytypes.h"
 #include "registry.h"
-#include "tracker.h"
 
 #include <stddef.h>
 #include <string.h>
@@ -93,8 +92,7 @@ _Static_assert(TPS_SMALL_MAX == REC_SPAN, "small blocks are two lines");
 void *
 tps_small_alloc(TpShare_Data *data, Py_ssize_t n)
 {
-    TpShare_Record *rec = (TpShare_Record *)(
-        (char *)data - offsetof(TpShare_Record, data));
+    TpShare_Record *rec = TPS_RECORD_OF(data);
     if (n <= TAIL_MAX && (rec->flags & TPS_REC_LONG)) {
         rec->flags |= TPS_REC_TAIL;
         return (char *)rec + REC_SPAN;
@@ -629,6 +627,16 @@ tps_record_incref(TpShare_Record *rec)
     atomic_fetch_add_explicit(&rec->refcnt, 1, memory_order_relaxed);
 }
 
+/* Told when a record with a tracker is freed: installed by the layer
+ * above (tracker.c), so that records know nothing of trackers. */
+static _Atomic(tps_record_freed_fn) record_freed;
+
+void
+tps_record_set_freed_hook(tps_record_freed_fn fn)
+{
+    atomic_store_explicit(&record_freed, fn, memory_order_release);
+}
+
 void
 tps_record_free(TpShare_Record *rec)
 {
@@ -654,8 +662,11 @@ tps_record_free(TpShare_Record *rec)
     }
     Py_XDECREF(rec->data.obj);
     if (rec->tracker != NULL) {
-        tps_tracker_fire(rec->tracker);
-        tps_tracker_decref(rec->tracker);
+        tps_record_freed_fn told = atomic_load_explicit(
+            &record_freed, memory_order_acquire);
+        /* Installed before the first tracker was made (tracker.c). */
+        assert(told != NULL);
+        told(rec->tracker);
     }
     if (st != NULL) {
         tps_interp_export_add(st, -1);

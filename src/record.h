@@ -86,6 +86,12 @@ PyObject *tps_rebuild_with_identity(TpShare_Record *rec,
                                     struct tps_identity *id);
 void tps_record_incref(TpShare_Record *rec);
 void tps_record_release(TpShare_Record *rec);
+/* What tps_record_free() does with a record's tracker (rec->tracker,
+ * whose reference the record holds): tell it and drop that reference.
+ * Installed once by tracker.c before the first tracker is attached to a
+ * record; any thread. */
+typedef void (*tps_record_freed_fn)(tps_tracker *tracker);
+void tps_record_set_freed_hook(tps_record_freed_fn fn);
 /* Free a record whose refcount is zero, in the current interpreter (the
  * owner, or any for a neutral record). */
 void tps_record_free(TpShare_Record *rec);

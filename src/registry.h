@@ -69,14 +69,20 @@ PyObject *tps_registry_list(void);
  * once per process (idempotent); and per-interpreter teardown of the
  * registrations and caches of interpreter `interp`. */
 int tps_registry_init(void);
+/* The same with the function that adds the built-in registrations
+ * (tps_builtin_handlers_register), given by the layer that knows them. */
+int tps_registry_init_with(int (*register_builtins)(void));
 void tps_registry_forget_interp(int64_t interp);
 
-/* Built-in handler registration (registry/handlers_*.c).  Each adds its
- * process-wide registrations; called once from tps_registry_init(). */
+/* Built-in handler registration (registry/handlers_*.c): each adds
+ * its process-wide registrations.  tps_builtin_handlers_register()
+ * (registry/handlers_builtin.c) calls them all; it is given to
+ * tps_registry_init_with(), once per process. */
+int tps_builtin_handlers_register(void);
 int tps_handlers_scalar_init(void);
 int tps_handlers_text_init(void);
 int tps_handlers_tuple_init(void);
-int tps_handlers_buffer_init(void);
+int tps_handlers_export_init(void);
 
 /* The registration of pickled objects (Channel(fallback="pickle")):
  * shared as the bytes of pickle.dumps(), rebuilt with pickle.loads()
@@ -87,6 +93,15 @@ extern tps_entry *tps_pickle_entry;
  * MemChannel.send(writable=True) (registry/handlers_export.c). */
 extern tps_entry *tps_buffer_entry;
 extern tps_entry *tps_buffer_writable_entry;
+
+/* Makes the object a rebuilt buffer export is a memoryview of: a view
+ * (new reference) exporting `src` (borrowed, owned by `rec`, which the
+ * view holds), or NULL with an exception.  Installed by the Python layer
+ * (view.c) when it sets up its type; registry/handlers_export.c calls
+ * it. */
+typedef PyObject *(*tps_view_maker)(TpShare_Record *rec,
+                                    const Py_buffer *src);
+void tps_export_set_view_maker(tps_view_maker fn);
 
 /* Bytes at least this long are shared owner-bound rather than copied
  * (registry/handlers_text.c).  Sets it when value >= 0; returns it. */

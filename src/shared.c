@@ -101,9 +101,7 @@ tps_tokens_forget_interp(int64_t interp)
         if (rec->owner == interp) {
             rec->next_release = mine;
             mine = rec;
-            s->key = PTRMAP_TOMBSTONE;
-            s->value = NULL;
-            tokens.records.used--;
+            ptrmap_delete_current(&tokens.records, s);
         }
     }
     pthread_mutex_unlock(&tokens.mutex);

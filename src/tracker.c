@@ -27,6 +27,14 @@ typedef struct {
     tps_tracker *t;              /* held */
 } Tracker;
 
+/* The record layer's hook: a record holding `t` was freed. */
+static void
+tracker_record_freed(tps_tracker *t)
+{
+    tps_tracker_fire(t);
+    tps_tracker_decref(t);
+}
+
 tps_tracker *
 tps_tracker_new(tps_interp *st)
 {
@@ -40,6 +48,8 @@ tps_tracker_new(tps_interp *st)
     atomic_init(&t->released, 0);
     t->st = st;
     tps_interp_incref(st);
+    /* Before any record can hold a tracker (the caller attaches it). */
+    tps_record_set_freed_hook(tracker_record_freed);
     return t;
 }
 

@@ -191,5 +191,6 @@ tps_view_init_type(PyObject *module, tps_module_state *state)
     if (state->ViewType == NULL) {
         return -1;
     }
+    tps_export_set_view_maker(tps_view_new);
     return PyModule_AddType(module, state->ViewType);
 }
