@@ -1,4 +1,4 @@
-/* buffer_type.c - tpshare.Buffer: memory that belongs to no interpreter (D6).
+/* buffer_type.c - tpshare.Buffer: memory that belongs to no interpreter.
  *
  * A Buffer is a writable block of raw memory with an atomic refcount.
  * Sharing one (through Channel, MemChannel or share()) makes a neutral

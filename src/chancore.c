@@ -97,7 +97,7 @@ tps_channel_new(Py_ssize_t maxsize, int64_t spin_ns, unsigned int flags)
         }
         ch->ring.slots = PyMem_RawCalloc(cap, sizeof(TpShare_Record *));
         if (ch->ring.slots == NULL) {
-            goto nomem;
+            goto error;
         }
         ch->ring.cap = cap;
     }
@@ -106,11 +106,11 @@ tps_channel_new(Py_ssize_t maxsize, int64_t spin_ns, unsigned int flags)
     int rc = ptrmap_set(&channels.byid, KEY(ch->id), ch);
     pthread_mutex_unlock(&channels.mutex);
     if (rc < 0) {
-        goto nomem;
+        goto error;
     }
     return ch;
 
-nomem:
+error:
     tps_ring_free(&ch->ring);
     free(ch);
     PyErr_NoMemory();

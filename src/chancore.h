@@ -14,7 +14,7 @@
 typedef struct tps_channel tps_channel;
 
 /* Channel options, fixed at creation (the object layer reads them). */
-#define TPS_CHAN_IDENTITY 0x1u   /* identity across messages (D9) */
+#define TPS_CHAN_IDENTITY 0x1u   /* identity across messages */
 #define TPS_CHAN_PICKLE   0x2u   /* pickle what is not shareable */
 /* Bits 2-3: TPS_UNBOUND_*, the channel's unbounditems. */
 #define TPS_CHAN_UNBOUND_SHIFT 2

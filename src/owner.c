@@ -11,20 +11,20 @@
  * needs.
  *
  * The steps of a release.  A record's last holder lets go in
- * tps_record_release() (record.c).  A neutral record is freed there; an
- * owner-bound one is freed there too when the current interpreter is its
- * owner, and otherwise pushed onto the owner's release list here
- * (tps_interp_push_release()): intrusive (linked through the records)
- * and lock-free, so a push never allocates, never fails and never waits.
- * The push queues one coalesced pending call in the owner (at most one
- * per interpreter, so CPython's bounded pending-call queue never
- * overflows because of us) or wakes one of its parked threads
- * (chancore.c, tracker.c).  The owner drains the list
- * (tps_interp_drain()) from that pending call, whenever it enters
- * tpshare (tps_enter()), while parked, and at exit (owner_exit.c); the
- * drain calls tps_record_free() (record.c) under the owner's GIL, which
- * runs the registration's free hook (registry/handlers_*.c or a
- * third party's) and drops the record's Python reference there.
+ * tps_record_release() (record_release.c).  A neutral record is freed
+ * there; an owner-bound one is freed there too when the current
+ * interpreter is its owner, and otherwise pushed onto the owner's release
+ * list here (tps_interp_push_release()): intrusive (linked through the
+ * records) and lock-free, so a push never allocates, never fails and
+ * never waits.  The push queues one coalesced pending call in the owner
+ * (at most one per interpreter, so CPython's bounded pending-call queue
+ * never overflows because of us) or wakes one of its parked threads
+ * (chancore.c, tracker.c).  The owner drains the list (tps_interp_drain())
+ * from that pending call, whenever it enters tpshare (tps_enter()), while
+ * parked, and at exit (owner_exit.c); the drain calls tps_record_free()
+ * (record_release.c) under the owner's GIL, which runs the registration's
+ * free hook (registry/handlers_*.c or a third party's) and drops the
+ * record's Python reference there.
  *
  * Why this state is process-wide: other interpreters push releases and
  * read counters.  It holds no PyObject* usable from another interpreter:

@@ -19,7 +19,8 @@ tps_interp *tps_interp_current(void);
 int64_t tps_interp_id(const tps_interp *st);
 
 /* Every Python-facing entry into tpshare starts here: the current
- * interpreter's state, after running the releases queued for it (D4).
+ * interpreter's state, after running the releases queued for it, so that
+ * an interpreter that uses tpshare frees what others let go of.
  * Borrowed; NULL with an exception. */
 tps_interp *tps_enter(void);
 
@@ -29,7 +30,7 @@ void tps_interp_incref(tps_interp *st);
 void tps_interp_decref(tps_interp *st);
 
 /* Counters of owner-bound records: alive, and holders of them in other
- * interpreters (which the owner's teardown waits for, D5). */
+ * interpreters (which the owner's teardown waits for). */
 void tps_interp_export_add(tps_interp *st, long n);
 void tps_interp_remote_add(tps_interp *st, long n);
 

@@ -10,10 +10,10 @@
  * is built, a per-thread context remembers every object already shared in
  * it, so an object met twice becomes one record referenced twice (flag
  * TPS_REC_DUP), and rebuilding memoizes such records so the receiver gets
- * one object twice (DESIGN.md D9).  The context also tracks the position
+ * one object twice.  The context also tracks the position
  * of the item being shared, for error messages, and whether anything
  * nested is owner-bound (a record is owner-bound when its own data or any
- * nested record is: it must then be freed in its owner, D4).
+ * nested record is: it must then be freed in its owner).
  *
  * Identity across messages.  A channel with identity on passes its
  * interpreter's identity table (identity.c) to the share and the rebuild
@@ -22,10 +22,10 @@
  * the receiver looks each one up before rebuilding it: an object is the
  * same object wherever it sits in the messages it travels in.
  *
- * Release.  When the last holder lets go, a neutral record is freed where
- * it is; an owner-bound one is freed at once if the current interpreter
- * is its owner, and otherwise queued on the owner's release list
- * (owner.c), which never fails and never loses a request.
+ * Release (record_release.c).  When the last holder lets go, a neutral
+ * record is freed where it is; an owner-bound one is freed at once if the
+ * current interpreter is its owner, and otherwise queued on the owner's
+ * release list (owner.c), which never fails and never loses a request.
  */
 #include "record.h"
 #include "blocks.h"
@@ -333,24 +333,12 @@ record_alloc(tps_entry *entry, int64_t owner, int tail)
     return rec;
 }
 
-static void
-record_dealloc(TpShare_Record *rec)
-{
-    /* Only a three-line block has the tail line. */
-    assert(!(rec->flags & TPS_REC_TAIL) || (rec->flags & TPS_REC_LONG));
-    if (rec->flags & TPS_REC_SMALL) {
-        tps_block_free(TPS_BLOCK_TWO, rec->data.ptr);
-    }
-    tps_block_free((rec->flags & TPS_REC_LONG) ? TPS_BLOCK_THREE
-                                               : TPS_BLOCK_TWO, rec);
-}
-
 /* Free a record that was never shared (its hook failed): no free hook. */
 static void
 record_discard(TpShare_Record *rec)
 {
     tps_entry_decref(rec->entry);
-    record_dealloc(rec);
+    tps_record_dealloc(rec);
 }
 
 static TpShare_Record *share_entry(PyObject *obj, tps_entry *entry,
@@ -389,7 +377,7 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner, tps_identity *id)
         return NULL;
     }
     if (top_level) {
-        /* A message starts with a clean context; `done` cleans it up. */
+        /* A message starts with a clean context; `finally` cleans it up. */
         assert(sctx.identity == NULL && sctx.top == NULL);
         sctx.identity = id;
     }
@@ -416,19 +404,19 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner, tps_identity *id)
         if (!PyErr_Occurred()) {
             not_shareable(obj);
         }
-        goto done;
+        goto finally;
     }
     if (sctx.depth >= MAX_DEPTH) {
         PyErr_SetString(PyExc_RecursionError,
                         "maximum nesting depth exceeded while sharing");
-        goto done;
+        goto finally;
     }
     if (top_level) {
         sctx.owner = owner >= 0 ? owner : tps_current_interp_id();
     }
     rec = record_alloc(entry, sctx.owner, looked_up && wants_tail(obj));
     if (rec == NULL) {
-        goto done;
+        goto finally;
     }
 
     frame f = {sctx.top, obj, -1};
@@ -479,14 +467,14 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner, tps_identity *id)
             }
         }
         rec = NULL;
-        goto done;
+        goto finally;
     }
     if (bound) {
         tps_interp *st = tps_interp_current();
         if (st == NULL) {
             tps_record_free(rec);
             rec = NULL;
-            goto done;
+            goto finally;
         }
         rec->flags |= TPS_REC_BOUND;
         rec->ownerst = st;
@@ -501,7 +489,7 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner, tps_identity *id)
     {
         tps_record_release(rec);
         rec = NULL;
-        goto done;
+        goto finally;
     }
     if (memoize && memo_set(&sctx.memo, obj, rec) == 0) {
         /* Without memory for the memo the object is simply shared again
@@ -509,7 +497,7 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner, tps_identity *id)
         tps_record_incref(rec);
     }
 
-done:
+finally:
     if (top_level) {
         share_memo_clear();
         sctx.identity = NULL;
@@ -543,17 +531,17 @@ tps_rebuild(TpShare_Record *rec)
          * the object rebuilt then, while this interpreter holds it. */
         res = tps_identity_lookup(rctx.identity, rec);
         if (res != NULL) {
-            goto done;
+            goto finally;
         }
     }
     tps_entry *local = tps_registry_find_for_rebuild(rec->entry);
     if (local == NULL) {
-        goto done;
+        goto finally;
     }
     if (rctx.depth >= MAX_DEPTH) {
         PyErr_SetString(PyExc_RecursionError,
                         "maximum nesting depth exceeded while rebuilding");
-        goto done;
+        goto finally;
     }
     rctx.depth++;
     res = local->hooks.rebuild(local->type, &rec->data);
@@ -565,7 +553,7 @@ tps_rebuild(TpShare_Record *rec)
                          "rebuild hook of '%s' returned NULL without "
                          "setting an exception", local->name);
         }
-        goto done;
+        goto finally;
     }
     if (!local->immortal && PyErr_Occurred()) {
         Py_CLEAR(res);
@@ -576,7 +564,7 @@ tps_rebuild(TpShare_Record *rec)
         PyObject *cur = PyErr_GetRaisedException();
         PyException_SetCause(cur, exc);
         PyErr_SetRaisedException(cur);
-        goto done;
+        goto finally;
     }
     if (!(local->hooks.flags & TPSHARE_ANY_RESULT) && local->type != NULL
         && !PyObject_TypeCheck(res, local->type))
@@ -586,7 +574,7 @@ tps_rebuild(TpShare_Record *rec)
                      "'%.200s'", local->name, Py_TYPE(res)->tp_name,
                      local->type->tp_name);
         Py_CLEAR(res);
-        goto done;
+        goto finally;
     }
     if (rec->serial != 0 && rctx.identity != NULL) {
         tps_identity_remember(rctx.identity, rec, res);
@@ -597,7 +585,7 @@ tps_rebuild(TpShare_Record *rec)
         Py_INCREF(res);
     }
 
-done:
+finally:
     if (top_level) {
         rebuild_memo_clear();
     }
@@ -614,171 +602,6 @@ tps_rebuild_with_identity(TpShare_Record *rec, tps_identity *id)
     PyObject *res = tps_rebuild(rec);
     rctx.identity = saved;
     return res;
-}
-
-/* ---------------------------------------------------------------------
- * Holding and releasing.
- */
-
-void
-tps_record_incref(TpShare_Record *rec)
-{
-    assert(atomic_load_explicit(&rec->refcnt, memory_order_relaxed) > 0);
-    atomic_fetch_add_explicit(&rec->refcnt, 1, memory_order_relaxed);
-}
-
-/* Told when a record with a tracker is freed: installed by the layer
- * above (tracker.c), so that records know nothing of trackers. */
-static _Atomic(tps_record_freed_fn) record_freed;
-
-void
-tps_record_set_freed_hook(tps_record_freed_fn fn)
-{
-    atomic_store_explicit(&record_freed, fn, memory_order_release);
-}
-
-void
-tps_record_free(TpShare_Record *rec)
-{
-    tps_entry *entry = rec->entry;
-    tps_interp *st = (rec->flags & TPS_REC_BOUND) ? rec->ownerst : NULL;
-
-    if (rec->flags & (TPS_REC_SMALL | TPS_REC_TAIL)) {
-        /* Memory of ours (tps_small_alloc), freed with the record: the
-         * hook sees a copy of the data without it.  (A copy, so that this
-         * thread does not write the record's lines: the sender that
-         * reuses the record next finds them clean.) */
-        if (entry->hooks.free != NULL) {
-            TpShare_Data data = rec->data;
-            data.ptr = NULL;
-            entry->hooks.free(&data);
-        }
-    }
-    else if (entry->hooks.free != NULL) {
-        entry->hooks.free(&rec->data);
-    }
-    else {
-        PyMem_RawFree(rec->data.ptr);
-    }
-    Py_XDECREF(rec->data.obj);
-    if (rec->tracker != NULL) {
-        tps_record_freed_fn told = atomic_load_explicit(
-            &record_freed, memory_order_acquire);
-        /* Installed before the first tracker was made (tracker.c). */
-        assert(told != NULL);
-        told(rec->tracker);
-    }
-    if (st != NULL) {
-        tps_interp_export_add(st, -1);
-        tps_interp_decref(st);
-    }
-    tps_entry_decref(entry);
-    record_dealloc(rec);
-}
-
-/* Drop a reference to `rec`; the last one frees it, in its owner.  With
- * st_held the caller keeps the owner's state alive across the call. */
-static void
-release(TpShare_Record *rec, int st_held)
-{
-    if (rec == NULL) {
-        return;
-    }
-    assert(atomic_load_explicit(&rec->refcnt, memory_order_relaxed) > 0);
-    /* The sole holder drops the record without writing to it (a reader
-     * of a count of 1 holds the only reference: nobody else can add
-     * one), so that the sender reusing its block finds the line clean. */
-    if (atomic_load_explicit(&rec->refcnt, memory_order_acquire) != 1
-        && atomic_fetch_sub_explicit(&rec->refcnt, 1, memory_order_acq_rel)
-           != 1)
-    {
-        return;
-    }
-    if (!(rec->flags & TPS_REC_BOUND)) {
-        tps_record_free(rec);
-        return;
-    }
-    PyThreadState *ts = tps_thread_state();
-    if (ts != NULL
-        && PyInterpreterState_GetID(PyThreadState_GetInterpreter(ts))
-           == rec->owner)
-    {
-        tps_record_free(rec);
-        return;
-    }
-    tps_interp *st = rec->ownerst;
-    if (st_held) {
-        tps_interp_push_release(st, rec);
-        return;
-    }
-    tps_interp_incref(st);
-    tps_interp_push_release(st, rec);
-    tps_interp_decref(st);
-}
-
-void
-tps_record_release(TpShare_Record *rec)
-{
-    release(rec, 0);
-}
-
-/* A reference to `rec` is about to go into a queue. */
-void
-tps_record_queue_enter(TpShare_Record *rec)
-{
-    if (rec->flags & TPS_REC_BOUND) {
-        tps_interp_queued_add(rec->ownerst, 1);
-    }
-}
-
-void
-tps_record_queue_leave(TpShare_Record *rec)
-{
-    if (rec->flags & TPS_REC_BOUND) {
-        tps_interp_queued_add(rec->ownerst, -1);
-    }
-}
-
-void
-tps_record_queue_release(TpShare_Record *rec)
-{
-    if (!(rec->flags & TPS_REC_BOUND)) {
-        tps_record_release(rec);
-        return;
-    }
-    /* Release first, so that when the owner's exit wait sees nothing
-     * queued, the record is already on its release list. */
-    tps_interp *st = rec->ownerst;
-    assert(st != NULL);
-    tps_interp_incref(st);
-    release(rec, 1);
-    tps_interp_queued_add(st, -1);
-    tps_interp_decref(st);
-}
-
-void
-tps_record_hold(TpShare_Record *rec, int64_t holder)
-{
-    tps_record_incref(rec);
-    if ((rec->flags & TPS_REC_BOUND) && holder != rec->owner) {
-        tps_interp_remote_add(rec->ownerst, 1);
-    }
-}
-
-void
-tps_record_unhold(TpShare_Record *rec, int64_t holder)
-{
-    if ((rec->flags & TPS_REC_BOUND) && holder != rec->owner) {
-        /* Release first, so that when the owner's exit wait sees no
-         * remote holder, the record is already on its release list. */
-        tps_interp *st = rec->ownerst;
-        tps_interp_incref(st);
-        release(rec, 1);
-        tps_interp_remote_add(st, -1);
-        tps_interp_decref(st);
-        return;
-    }
-    tps_record_release(rec);
 }
 
 /* ---------------------------------------------------------------------

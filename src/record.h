@@ -1,4 +1,5 @@
-/* record.h - share records (record.c): share, rebuild, release.
+/* record.h - share records: share, rebuild (record.c), hold and release
+ * (record_release.c).
  */
 #ifndef TPSHARE_RECORD_H
 #define TPSHARE_RECORD_H
@@ -8,6 +9,7 @@
 #endif
 
 #include "common.h"
+#include "blocks.h"
 #include "registry.h"
 #include "owner.h"
 
@@ -92,6 +94,20 @@ void tps_record_release(TpShare_Record *rec);
  * record; any thread. */
 typedef void (*tps_record_freed_fn)(tps_tracker *tracker);
 void tps_record_set_freed_hook(tps_record_freed_fn fn);
+/* Give back the memory of a record whose data was freed (inline: every
+ * freed record comes here). */
+static inline void
+tps_record_dealloc(TpShare_Record *rec)
+{
+    /* Only a three-line block has the tail line. */
+    assert(!(rec->flags & TPS_REC_TAIL) || (rec->flags & TPS_REC_LONG));
+    if (rec->flags & TPS_REC_SMALL) {
+        tps_block_free(TPS_BLOCK_TWO, rec->data.ptr);
+    }
+    tps_block_free((rec->flags & TPS_REC_LONG) ? TPS_BLOCK_THREE
+                                               : TPS_BLOCK_TWO, rec);
+}
+
 /* Free a record whose refcount is zero, in the current interpreter (the
  * owner, or any for a neutral record). */
 void tps_record_free(TpShare_Record *rec);

@@ -61,8 +61,13 @@ int tps_registry_register(PyTypeObject *type, const TpShare_Hooks *hooks,
 int tps_registry_unregister(PyTypeObject *type);
 int tps_registry_lookup(PyTypeObject *type, TpShare_Hooks *out);
 
+/* The entries visible in interpreter `interp`, each with a new
+ * reference, in a raw array the caller frees (PyMem_RawFree) with *n
+ * set; NULL on memory failure. */
+tps_entry **tps_registry_visible_entries(int64_t interp, size_t *n);
+
 /* A list of (name, type, flags) visible in the current interpreter; new
- * reference. */
+ * reference (registry/registry_list.c). */
 PyObject *tps_registry_list(void);
 
 /* Process-wide set-up of the registry and the built-in registrations,

@@ -5,9 +5,11 @@
  * that must be told of something installs a callback below):
  *   common.h, compat.h, cacheline.h, spinlock.h, waiter.h, ptrmap.h,
  *     blocks.h        tools: no Python objects, no tpshare concepts;
- *   registry.h        the type registry and the built-in handlers
- *                     (registry/), which use the public API only;
- *   record.h          share records: share, rebuild, release (record.c);
+ *   registry.h        the type registry (registry/registry.c, entry.c,
+ *                     registry_list.c) and the built-in handlers
+ *                     (registry/handlers_*.c);
+ *   record.h          share records: share and rebuild (record.c),
+ *                     hold and release (record_release.c);
  *   owner.h           the owner side: per-interpreter state, release
  *                     lists, exit (owner.c, owner_exit.c);
  *   chancore.h, ring.h, identity.h, tracker.h   channels of records,

@@ -11,7 +11,7 @@
  * (the memoryview was released or dropped), it lets go of the record,
  * which releases the export in the owner interpreter.  While it lives it
  * counts as a remote holder, which keeps the owner from being torn down
- * under it (D5).
+ * under it.
  */
 #include "pytypes.h"
 #include "record.h"

@@ -124,23 +124,19 @@ tps_waiter_self(void)
     return w->ready ? w : tps_waiter_setup();
 }
 
-/* Spinning before parking.  Waking a parked thread costs 15-100 us on
- * the machines measured, so a fixed short spin can lock two busy threads
- * into parking on every round trip; a long one burns CPU on idle waits.
- * The window adapts per thread: twice the recent waits (an exponential
+/* Spinning before parking.  Waking a parked thread costs far more than
+ * a short spin, so a fixed short spin can lock two busy threads into
+ * parking on every round trip; a long one burns CPU on idle waits.  The
+ * window adapts per thread: twice the recent waits (an exponential
  * average), between SPIN_MIN_NS and SPIN_MAX_NS.  A channel created with
  * an explicit spin uses that instead.  Spinners yield the CPU every
  * TPS_SPIN_YIELD_NS, so that a thread they wait for that shares their CPU
- * gets to run instead of waiting out their window.  That happens more
- * than on loaded machines: the kernel tends to wake a parked thread on
- * its waker's CPU, and two busy threads can then share one CPU for
- * milliseconds until it moves one.  Each round trip between them then
- * costs two yield intervals: at 20 us that was a cluster of 46 us round
- * trips in 1-3% of a ping-pong; at 2 us, 11 us (both pinned to one CPU).
- * A channel also tells its spinners on which CPU the other side last
- * completed an operation; a spinner on that CPU yields at once (5 us
- * round trips pinned to one CPU).  Yielding with nothing else to run
- * returns at once. */
+ * (the kernel tends to wake a parked thread on its waker's CPU) gets to
+ * run instead of waiting out their window.  A channel also tells its
+ * spinners on which CPU the other side last completed an operation; a
+ * spinner on that CPU yields at once.  Yielding with nothing else to run
+ * returns at once.  docs/design.md has the measurements behind these
+ * numbers. */
 #define TPS_SPIN_YIELD_NS 2000
 #define TPS_SPIN_MIN_NS 50000
 #define TPS_SPIN_MAX_NS 250000
