@@ -1,19 +1,27 @@
 /* tpshare_internal.h - the top header of tpshare's core: every internal
  * header, the layers they form and the process-wide state.
  *
- * Layers, bottom up (each only calls the ones below it; an upper layer
- * that must be told of something installs a callback below):
+ * Layers, bottom up (each calls only the ones below it, except where
+ * said; an upper layer that must be told of something installs a
+ * callback below):
  *   common.h, compat.h, cacheline.h, spinlock.h, waiter.h, ptrmap.h,
  *     blocks.h        tools: no Python objects, no tpshare concepts;
  *   registry.h        the type registry (registry/registry.c, entry.c,
  *                     registry_list.c) and the built-in handlers
- *                     (registry/handlers_*.c);
- *   record.h          share records: share and rebuild (record.c),
- *                     hold and release (record_release.c);
+ *                     (registry/handlers_*.c), which call back into
+ *                     records for nested items as third-party hooks do
+ *                     through TpShare_CAPI;
+ *   record.h, identity.h   share records: share and rebuild (record.c),
+ *                     hold and release (record_release.c), identity
+ *                     across sends (identity.c, used by record.c when a
+ *                     channel has identity on);
  *   owner.h           the owner side: per-interpreter state, release
- *                     lists, exit (owner.c, owner_exit.c);
- *   chancore.h, ring.h, identity.h, tracker.h   channels of records,
- *                     identity across sends, release trackers;
+ *                     lists, exit (owner.c, owner_exit.c); records push
+ *                     to it and it frees records: the one pair of layers
+ *                     that call each other;
+ *   chancore.h, ring.h, tracker.h   channels of records (chancore.c,
+ *                     chanexit.c, ring.c), release trackers (told of a
+ *                     freed record through a hook they install);
  *   pytypes.h, module_state.h, fork.h   the Python-visible types and
  *                     functions (module.c, channel.c, shared.c, view.c,
  *                     buffer_type.c, interpreter.c) and fork().
@@ -37,7 +45,10 @@
  *   workers (interpreter.c)  workers.mutex; see interpreter.c;
  *   next_serial (identity.c), memo_tables (record.c),
  *   process_exiting (owner_exit.c), bytes_threshold (handlers_text.c)
- *                            atomics; no PyObject*.
+ *                            atomics; no PyObject*;
+ *   record_freed (record_release.c), view_maker (handlers_export.c)
+ *                            hooks installed by the layer above, atomic
+ *                            function pointers; no PyObject*.
  *
  * Naming: non-static internals start with tps_; static helpers have no
  * prefix and no two files share one's name.  Interpreters are named by
