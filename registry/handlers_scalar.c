@@ -1,7 +1,7 @@
 /* handlers_scalar.c - built-in handlers for None, bool, int, float and
  * complex.
  *
- * All of them copy (DESIGN.md D3): the value is stored inside the record
+ * All of them copy: the value is stored inside the record
  * (inline_data) or, for ints too large for 64 bits, as little-endian two's
  * complement bytes in raw memory.  Records made here are neutral: they
  * need no owner to be freed, and the default free (PyMem_RawFree of
@@ -9,7 +9,8 @@
  * subclasses (IntEnum members, a subclass of float...) are refused so
  * that no value silently loses its type (see docs/design.md).
  */
-#include "tpshare_internal.h"
+#include "registry.h"
+#include "record.h"
 
 #include <string.h>
 

@@ -12,7 +12,8 @@
  * are immutable.  The threshold is process-wide and measured by
  * bench/bench_bytes_threshold.py; see docs/design.md.
  */
-#include "tpshare_internal.h"
+#include "registry.h"
+#include "record.h"
 
 #include <string.h>
 

@@ -7,7 +7,8 @@
  * owner-bound when any item is (a buffer, large bytes), and is then freed
  * in its owner.  Nesting depth is bounded by the recursion limit.
  */
-#include "tpshare_internal.h"
+#include "registry.h"
+#include "record.h"
 
 /* data->ptr: array of data->size nested records (raw memory). */
 

@@ -25,56 +25,13 @@
  * allocated where it was.  So an answer is kept with the type's identity
  * (see type_identity()) and only used while that identity is unchanged.
  */
-#include "tpshare_internal.h"
+#include "registry.h"
+#include "fork.h"
+#include "owner.h"
 #include "ptrmap.h"
+#include "record.h"
 
 #include <string.h>
-
-/* ---------------------------------------------------------------------
- * Entries.
- */
-
-void
-tps_entry_incref(tps_entry *e)
-{
-    if (!e->immortal) {
-        atomic_fetch_add_explicit(&e->refcnt, 1, memory_order_relaxed);
-    }
-}
-
-void
-tps_entry_decref(tps_entry *e)
-{
-    if (!e->immortal
-        && atomic_fetch_sub_explicit(&e->refcnt, 1, memory_order_acq_rel)
-           == 1)
-    {
-        PyMem_RawFree(e->name);
-        PyMem_RawFree(e);
-    }
-}
-
-tps_entry *
-tps_entry_new(PyTypeObject *type, int64_t interp, const TpShare_Hooks *hooks)
-{
-    size_t n = strlen(hooks->name);
-    tps_entry *e = PyMem_RawCalloc(1, sizeof(tps_entry));
-    if (e == NULL) {
-        return NULL;
-    }
-    e->name = PyMem_RawMalloc(n + 1);
-    if (e->name == NULL) {
-        PyMem_RawFree(e);
-        return NULL;
-    }
-    memcpy(e->name, hooks->name, n + 1);
-    atomic_init(&e->refcnt, 1);
-    e->type = type;
-    e->interp = interp;
-    e->hooks = *hooks;
-    e->hooks.name = e->name;
-    return e;
-}
 
 /* ---------------------------------------------------------------------
  * The process-wide table and the per-interpreter caches.
@@ -317,8 +274,8 @@ tps_entry *
 tps_registry_fast(PyTypeObject *type)
 {
     /* Unrolled, as the compiler does by itself for plain loads but not
-     * for atomic ones: without it, finding int took a loop of 49
-     * instructions instead of 16 (21 now). */
+     * for atomic ones: a loop of atomic loads costs several times the
+     * instructions of the unrolled checks. */
 #if defined(__GNUC__)
 #pragma GCC unroll 8
 #endif
@@ -546,7 +503,7 @@ bump_generation(void)
 /* Remove the entry of `type` visible in `interp`, mutex held.  Returns the
  * removed entry (the table's reference passes to the caller) or NULL. */
 static tps_entry *
-remove_locked(PyTypeObject *type, int64_t interp)
+entry_remove_locked(PyTypeObject *type, int64_t interp)
 {
     assert(REGISTRY_LOCKED());
     int found;
@@ -576,7 +533,7 @@ heap_type_died(PyObject *self, PyObject *Py_UNUSED(wr))
         return NULL;
     }
     registry_lock();
-    tps_entry *e = remove_locked(type, tps_current_interp_id());
+    tps_entry *e = entry_remove_locked(type, tps_current_interp_id());
     registry_unlock();
     if (e != NULL) {
         tps_entry_decref(e);
@@ -669,7 +626,7 @@ tps_registry_register(PyTypeObject *type, const TpShare_Hooks *hooks,
          * the mutex is released. */
         tps_entry_incref(prev);
         clash = prev;
-        goto refuse;
+        goto error;
     }
     PTRMAP_FOREACH(&registry.bytype, s) {
         tps_entry *other = s->value;
@@ -685,7 +642,7 @@ tps_registry_register(PyTypeObject *type, const TpShare_Hooks *hooks,
         }
     }
     if (found) {
-        old = remove_locked(type, prev->interp);
+        old = entry_remove_locked(type, prev->interp);
     }
     if (ptrmap_set(&registry.bytype, type, e) < 0) {
         registry_unlock();
@@ -703,7 +660,7 @@ tps_registry_register(PyTypeObject *type, const TpShare_Hooks *hooks,
     }
     return 0;
 
-refuse:
+error:
     registry_unlock();
     PyErr_Format(PyExc_ValueError,
                  "type '%s' is already registered as '%s' (pass "
@@ -722,7 +679,7 @@ tps_registry_unregister(PyTypeObject *type)
         return -1;
     }
     registry_lock();
-    tps_entry *e = remove_locked(type, tps_current_interp_id());
+    tps_entry *e = entry_remove_locked(type, tps_current_interp_id());
     registry_unlock();
     if (e == NULL) {
         PyErr_Format(PyExc_KeyError, "type '%s' is not registered",
@@ -748,146 +705,44 @@ tps_registry_lookup(PyTypeObject *type, TpShare_Hooks *out)
     return 1;
 }
 
-/* The names of the TPSHARE_* bits in `flags`, as a tuple of str: a new
- * reference, or NULL with an exception. */
-static PyObject *
-flags_tuple(uint32_t flags)
+tps_entry **
+tps_registry_visible_entries(int64_t interp, size_t *n)
 {
-    static const struct {
-        uint32_t bit;
-        const char *name;
-    } names[] = {
-        {TPSHARE_COPIES, "copies"},
-        {TPSHARE_ZERO_COPY, "zero_copy"},
-        {TPSHARE_SUBCLASSES, "subclasses"},
-        {TPSHARE_ANY_RESULT, "any_result"},
-        {TPSHARE_IMMUTABLE, "immutable"},
-    };
-    PyObject *res = PyTuple_New(0);
-    for (size_t i = 0; res != NULL && i < Py_ARRAY_LENGTH(names); i++) {
-        if (flags & names[i].bit) {
-            PyObject *s = PyUnicode_FromString(names[i].name);
-            if (s == NULL || _PyTuple_Resize(&res, PyTuple_GET_SIZE(res) + 1)
-                < 0)
-            {
-                Py_XDECREF(s);
-                Py_CLEAR(res);
-                break;
-            }
-            PyTuple_SET_ITEM(res, PyTuple_GET_SIZE(res) - 1, s);
-        }
-    }
-    return res;
-}
-
-/* (name, type, flags) for registered(): a new reference, or NULL with an
- * exception.  `type` is borrowed; it gains the tuple's reference. */
-static PyObject *
-describe(const char *name, PyObject *type, uint32_t flags)
-{
-    PyObject *f = flags_tuple(flags);
-    if (f == NULL) {
-        return NULL;
-    }
-    return Py_BuildValue("(sON)", name, type, f);
-}
-
-/* The type registered()'s entry for `e` shows in interpreter `id`: a new
- * reference to a type that this interpreter may hold, else None.  A
- * reference writes the object's refcount, which only its own interpreter
- * may do (refcounts are not atomic) unless it is immortal (its refcount
- * is never written).  So: a heap type visible here is this interpreter's
- * own; a static type is shared by every interpreter and is shown only if
- * immortal (CPython's own static types are; an extension's are not,
- * unless it made them so).  Needs the GIL of `id`. */
-static PyObject *
-listed_type(const tps_entry *e, int64_t id)
-{
-    PyObject *type = (PyObject *)e->type;
-
-    if (type == NULL) {
-        Py_RETURN_NONE;
-    }
-    if (e->interp >= 0) {
-        assert(e->interp == id);
-        assert(PyType_HasFeature(e->type, Py_TPFLAGS_HEAPTYPE));
-        return Py_NewRef(type);
-    }
-    (void)id;
-    if (tps_is_immortal(type)) {
-        return Py_NewRef(type);
-    }
-    Py_RETURN_NONE;
-}
-
-PyObject *
-tps_registry_list(void)
-{
-    int64_t id = tps_current_interp_id();
-    PyObject *res = PyList_New(0);
-    PyObject *item = NULL;
-    assert(tps_thread_state() != NULL);
-    if (res == NULL) {
-        return NULL;
-    }
-    /* Entries are collected (held) under the mutex; the Python objects
-     * are made after it is released. */
     registry_lock();
-    size_t n = registry.bytype.used, k = 0;
-    tps_entry **snap = PyMem_RawMalloc((n + 1) * sizeof(tps_entry *));
+    size_t k = 0;
+    tps_entry **snap = PyMem_RawMalloc((registry.bytype.used + 1)
+                                       * sizeof(tps_entry *));
     if (snap != NULL) {
         PTRMAP_FOREACH(&registry.bytype, s) {
             tps_entry *e = s->value;
-            if (visible(e, id)) {
+            if (visible(e, interp)) {
                 tps_entry_incref(e);
                 snap[k++] = e;
             }
         }
     }
     registry_unlock();
-    if (snap == NULL) {
-        Py_DECREF(res);
-        return PyErr_NoMemory();
-    }
-    for (size_t i = 0; i < k; i++) {
-        tps_entry *e = snap[i];
-        if (res != NULL) {
-            /* Held before anything is allocated: a collection run by an
-             * allocation could free a heap type of this interpreter (its
-             * weakref callback then unregisters it). */
-            PyObject *type = listed_type(e, id);
-            item = describe(e->name, type, e->hooks.flags);
-            Py_DECREF(type);
-            if (item == NULL || PyList_Append(res, item) < 0) {
-                Py_CLEAR(res);
-            }
-            Py_CLEAR(item);
-        }
-        tps_entry_decref(e);
-    }
-    PyMem_RawFree(snap);
-    if (res != NULL) {
-        item = describe(tps_buffer_entry->name, Py_None,
-                        tps_buffer_entry->hooks.flags);
-        if (item == NULL || PyList_Append(res, item) < 0) {
-            Py_CLEAR(res);
-        }
-        Py_XDECREF(item);
-    }
-    if (res != NULL && PyList_Sort(res) < 0) {
-        Py_CLEAR(res);
-    }
-    return res;
+    *n = k;
+    return snap;
 }
 
 /* ---------------------------------------------------------------------
  * Set-up and per-interpreter teardown.
  */
 
-static int init_builtins(void);
+static int init_builtins(int (*register_builtins)(void));
 
 int
 tps_registry_init(void)
+{
+    /* The registry's only call to its built-in handlers, until module
+     * init calls tps_registry_init_with(tps_builtin_handlers_register)
+     * itself; then this wrapper goes. */
+    return tps_registry_init_with(tps_builtin_handlers_register);
+}
+
+int
+tps_registry_init_with(int (*register_builtins)(void))
 {
     /* Serializes first imports racing in several interpreters, so none
      * proceeds before the built-ins are registered. */
@@ -896,7 +751,7 @@ tps_registry_init(void)
 
     pthread_mutex_lock(&init_mutex);
     if (!registry.initialized) {
-        rc = init_builtins();
+        rc = init_builtins(register_builtins);
         registry.initialized = rc == 0;
     }
     pthread_mutex_unlock(&init_mutex);
@@ -905,11 +760,9 @@ tps_registry_init(void)
 
 /* Register the built-in handlers; once per process. */
 static int
-init_builtins(void)
+init_builtins(int (*register_builtins)(void))
 {
-    if (tps_handlers_scalar_init() < 0 || tps_handlers_text_init() < 0
-        || tps_handlers_tuple_init() < 0 || tps_handlers_buffer_init() < 0)
-    {
+    if (register_builtins() < 0) {
         return -1;
     }
     /* The built-in registrations never die (an Unregister of one leaks a
@@ -952,9 +805,7 @@ tps_registry_forget_interp(int64_t interp)
         if (e->interp == interp && dead != NULL) {
             dead[ndead++] = e;
             e->type = NULL;  /* a heap type of the exiting interpreter */
-            s->key = PTRMAP_TOMBSTONE;
-            s->value = NULL;
-            registry.bytype.used--;
+            ptrmap_delete_current(&registry.bytype, s);
         }
     }
     for (cache **pc = &registry.caches; *pc != NULL; pc = &(*pc)->next) {

@@ -1,39 +1,34 @@
 /* chancore.c - the channel core: FIFOs of share records between
- * interpreters (DESIGN.md layer 4).
+ * interpreters.
  *
  * A channel is a ring of records with an optional capacity, one lock,
  * and two wait lists (receivers, senders).  It knows nothing about Python
  * types: MemChannel and the Object Channel (channel.c) put records in and
  * take them out; what a record holds is their business.
  *
- * Blocking (D7).  send/recv try once with the GIL held; if they must
+ * Blocking.  send/recv try once with the GIL held; if they must
  * wait they release the GIL, spin on the item count (no lock) for an
  * adaptive window (waiter.h), then park on a per-thread semaphore with a
  * monotonic deadline.  A parked thread is also on its interpreter's
  * release-waiter list, so releases pushed to it while it waits are
- * drained (D4): by another thread of the interpreter if one is running
+ * drained: by another thread of the interpreter if one is running
  * and drains them within a grace period, else by the parked thread.  A
  * signal ends the park so Ctrl-C is handled promptly in the main thread.
  * Blocked senders resume only once the ring has drained below a
  * low-water mark (maxsize - maxsize/8): without that hysteresis both
  * sides fall into lock-step on a full ring.
  *
- * Closing (D8).  close() wakes every waiter.  Queued items can still be
+ * Closing.  close() wakes every waiter.  Queued items can still be
  * received; then recv fails with TPS_ERR_CLOSED, and send fails at once.
  * When the last reference to a channel goes, every unreceived record is
  * released (in its owner).
  *
- * A sender's exit.  An owner-bound record in a ring is counted in its
- * owner's `queued` from before it goes in until the receiver that takes it
- * out is done reading it, so an owner never ends while another
- * interpreter reads its memory.  When an interpreter exits, its exit hook
- * (still alive, under its GIL) settles the owner-bound items it sent that
- * are still queued: each is replaced, in its place in the ring, by a
- * neutral copy when its value cannot change (bytes, pickled items,
- * tuples of them), else as the channel's unbounditems policy (or the one
- * given to its send) says: a marker record (UNBOUND, UNBOUND_ERROR) or
- * nothing (UNBOUND_REMOVE, counted as dropped).  Neutral items stay as
- * they are.
+ * A sender's exit (chanexit.c).  Owner-bound items an exiting
+ * interpreter sent and that are still queued are replaced in place by
+ * neutral copies or as the unbounditems policy says.
+ *
+ * The ring itself (ring.h, ring.c) is a growing FIFO of records under the
+ * channel's lock (spinlock.h).
  *
  * fork() (fork.c).  In the child, every channel created before the fork
  * is FORKED: send and recv fail at once, and its items and waiters,
@@ -47,34 +42,19 @@
  * Why the channel table is process-wide: channels are found by ID from
  * any interpreter.  It holds records and raw memory, no PyObject*.
  */
-#include "tpshare_internal.h"
+#include "chancore.h"
+#include "chancore_layout.h"
+#include "fork.h"
+#include "owner.h"
 #include "ptrmap.h"
+#include "record.h"
 #include "waiter.h"
 
 typedef enum { SENDING, RECEIVING } direction;
 
-struct tps_channel {
-    /* Read on every operation, written rarely: a line of their own. */
-    int64_t id;
-    long refcnt;                 /* guarded by channels.mutex */
-    Py_ssize_t maxsize;          /* 0: unbounded */
-    int64_t spin_ns;             /* < 0: adaptive (waiter.h) */
-    unsigned int flags;          /* TPS_CHAN_*, fixed at creation */
-    atomic_int closed;           /* OPEN, CLOSED or FORKED */
-    /* Written by both sides on every operation. */
-    _Alignas(TPS_LINE) tps_lock lock;  /* guards everything below */
-    atomic_long count;           /* written under lock, read lock-free */
-    /* The CPU each side last completed an operation on, read lock-free
-     * by the other side's spinner (waiter.h). */
-    atomic_int cpu[2];
-    size_t head;
-    TpShare_Record **ring;       /* raw memory, capacity cap (power of 2) */
-    size_t cap;
-    tps_wlist receivers;
-    tps_wlist senders;
-    uint64_t sent, received, dropped;
-    uint64_t parked[2];          /* waits that parked, per direction */
-};
+/* Values of `closed`.  FORKED: this is a child process and the channel
+ * was created before the fork (see tps_channels_atfork). */
+enum { OPEN = 0, CLOSED = 1, FORKED = 2 };
 
 static struct {
     pthread_mutex_t mutex;
@@ -86,10 +66,6 @@ static struct {
 };
 
 #define KEY(id) ((void *)(uintptr_t)(id))
-
-/* Values of `closed`.  FORKED: this is a child process and the channel
- * was created before the fork (see tps_channels_atfork). */
-enum { OPEN = 0, CLOSED = 1, FORKED = 2 };
 
 /* ---------------------------------------------------------------------
  * Life cycle.
@@ -119,23 +95,23 @@ tps_channel_new(Py_ssize_t maxsize, int64_t spin_ns, unsigned int flags)
         while (cap < (size_t)maxsize && cap < ((size_t)1 << 20)) {
             cap *= 2;
         }
-        ch->ring = PyMem_RawCalloc(cap, sizeof(TpShare_Record *));
-        if (ch->ring == NULL) {
-            goto nomem;
+        ch->ring.slots = PyMem_RawCalloc(cap, sizeof(TpShare_Record *));
+        if (ch->ring.slots == NULL) {
+            goto error;
         }
-        ch->cap = cap;
+        ch->ring.cap = cap;
     }
     pthread_mutex_lock(&channels.mutex);
     ch->id = channels.next_id++;
     int rc = ptrmap_set(&channels.byid, KEY(ch->id), ch);
     pthread_mutex_unlock(&channels.mutex);
     if (rc < 0) {
-        goto nomem;
+        goto error;
     }
     return ch;
 
-nomem:
-    PyMem_RawFree(ch->ring);
+error:
+    tps_ring_free(&ch->ring);
     free(ch);
     PyErr_NoMemory();
     return NULL;
@@ -166,12 +142,10 @@ tps_channel_incref(tps_channel *ch)
 static void
 release_all(tps_channel *ch)
 {
-    long n = atomic_load(&ch->count);
-    for (long i = 0; i < n; i++) {
-        tps_record_queue_release(
-            ch->ring[(ch->head + (size_t)i) & (ch->cap - 1)]);
+    size_t n = tps_ring_count(&ch->ring);
+    for (size_t i = 0; i < n; i++) {
+        tps_record_queue_release(*tps_ring_at(&ch->ring, i));
     }
-    atomic_store(&ch->count, 0);
 }
 
 void
@@ -188,7 +162,7 @@ tps_channel_decref(tps_channel *ch)
     }
     /* No handle is left, so no thread waits on it. */
     release_all(ch);
-    PyMem_RawFree(ch->ring);
+    tps_ring_free(&ch->ring);
     free(ch);
 }
 
@@ -213,7 +187,7 @@ tps_channel_maxsize(const tps_channel *ch)
 Py_ssize_t
 tps_channel_count(tps_channel *ch)
 {
-    return (Py_ssize_t)atomic_load(&ch->count);
+    return (Py_ssize_t)atomic_load(&ch->ring.count);
 }
 
 int
@@ -247,84 +221,24 @@ tps_channel_counters(tps_channel *ch, uint64_t out[5])
 }
 
 /* ---------------------------------------------------------------------
- * The ring (lock held).
+ * Room and wake-ups (lock held).
  */
-
-static int
-ring_reserve(tps_channel *ch, size_t need)
-{
-    size_t count = (size_t)atomic_load(&ch->count);
-    if (count + need <= ch->cap) {
-        return 0;
-    }
-    size_t cap = ch->cap ? ch->cap : 16;
-    while (cap < count + need) {
-        cap *= 2;
-    }
-    TpShare_Record **ring = PyMem_RawMalloc(cap * sizeof(TpShare_Record *));
-    if (ring == NULL) {
-        return -1;
-    }
-    for (size_t i = 0; i < count; i++) {
-        ring[i] = ch->ring[(ch->head + i) & (ch->cap - 1)];
-    }
-    PyMem_RawFree(ch->ring);
-    ch->ring = ring;
-    ch->cap = cap;
-    ch->head = 0;
-    return 0;
-}
-
-static void
-ring_push(tps_channel *ch, TpShare_Record *const *recs, Py_ssize_t n)
-{
-    size_t count = (size_t)atomic_load_explicit(&ch->count,
-                                                memory_order_relaxed);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        ch->ring[(ch->head + count + (size_t)i) & (ch->cap - 1)] = recs[i];
-    }
-    /* Release: a spinner that reads the count then takes the lock. */
-    atomic_store_explicit(&ch->count, (long)(count + (size_t)n),
-                          memory_order_release);
-    ch->sent += (uint64_t)n;
-}
-
-static Py_ssize_t
-ring_pop(tps_channel *ch, TpShare_Record **out, Py_ssize_t max)
-{
-    size_t count = (size_t)atomic_load_explicit(&ch->count,
-                                                memory_order_relaxed);
-    Py_ssize_t n = (Py_ssize_t)count;
-    if (n > max) {
-        n = max;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        out[i] = ch->ring[ch->head];
-        ch->head = (ch->head + 1) & (ch->cap - 1);
-    }
-    /* Only lock holders write the count. */
-    atomic_store_explicit(&ch->count, (long)(count - (size_t)n),
-                          memory_order_relaxed);
-    ch->received += (uint64_t)n;
-    return n;
-}
 
 static inline int
 can_send(tps_channel *ch, Py_ssize_t n)
 {
-    long count = atomic_load_explicit(&ch->count, memory_order_relaxed);
+    long count = atomic_load_explicit(&ch->ring.count, memory_order_relaxed);
     return ch->maxsize == 0 || count == 0 || count + n <= ch->maxsize;
 }
 
-/* After items left the ring: wake senders once below the low-water mark. */
-static void
-wake_senders(tps_channel *ch)
+void
+tps_channel_wake_senders(tps_channel *ch)
 {
     if (ch->senders.count == 0) {
         return;
     }
     Py_ssize_t low = ch->maxsize - (ch->maxsize / 8 > 1 ? ch->maxsize / 8 : 1);
-    if (atomic_load(&ch->count) <= low) {
+    if (atomic_load(&ch->ring.count) <= low) {
         tps_wlist_wake_all(&ch->senders);
     }
 }
@@ -343,7 +257,7 @@ worth_locking(tps_channel *ch, direction dir, Py_ssize_t n)
         return 1;
     }
     return dir == RECEIVING
-        ? atomic_load_explicit(&ch->count, memory_order_relaxed) > 0
+        ? atomic_load_explicit(&ch->ring.count, memory_order_relaxed) > 0
         : can_send(ch, n);
 }
 
@@ -354,7 +268,7 @@ struct spin_arg {
 };
 
 static int
-spin_ready(void *arg)
+channel_spin_ready(void *arg)
 {
     struct spin_arg *a = arg;
     return worth_locking(a->ch, a->dir, a->n);
@@ -378,11 +292,12 @@ attempt(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
         Py_ssize_t *got, int *rc)
 {
     if (dir == RECEIVING) {
-        if (atomic_load(&ch->count) > 0) {
+        if (atomic_load(&ch->ring.count) > 0) {
             atomic_store_explicit(&ch->cpu[RECEIVING], sched_getcpu(),
                                   memory_order_relaxed);
-            *got = ring_pop(ch, recs, n);
-            wake_senders(ch);
+            *got = tps_ring_pop(&ch->ring, recs, n);
+            ch->received += (uint64_t)*got;
+            tps_channel_wake_senders(ch);
             *rc = 0;
             return 1;
         }
@@ -395,13 +310,14 @@ attempt(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
         return 1;
     }
     if (can_send(ch, n)) {
-        if (ring_reserve(ch, (size_t)n) < 0) {
+        if (tps_ring_reserve(&ch->ring, (size_t)n) < 0) {
             *rc = TPS_ERR_NOMEM;
             return 1;
         }
         atomic_store_explicit(&ch->cpu[SENDING], sched_getcpu(),
                               memory_order_relaxed);
-        ring_push(ch, recs, n);
+        tps_ring_push(&ch->ring, recs, n);
+        ch->sent += (uint64_t)n;
         tps_wlist_wake(&ch->receivers, (int)(n < INT32_MAX ? n : INT32_MAX));
         *rc = 0;
         return 1;
@@ -428,7 +344,11 @@ tps_thread_parked_drains(int flag)
  * release costs both of them dearly.  So a grace period first, parked
  * but not watching: only if nobody drained during it does this thread
  * drain.  While another thread keeps draining, the grace doubles (up to
- * a cap), so a busy interpreter's parked thread wakes rarely. */
+ * a cap), so a busy interpreter's parked thread wakes rarely: 200 us,
+ * doubled up to 3.2 ms while another thread keeps draining. */
+#define DRAIN_GRACE_NS 200000
+#define DRAIN_GRACE_MAX_NS 3200000
+
 typedef struct {
     int64_t until;               /* < 0: not in a grace period */
     int64_t length;
@@ -454,8 +374,8 @@ grace_after_park(drain_grace *g, tps_interp *st, int watching, int why)
         return 0;
     }
     int others = tps_interp_drains(st) != g->drains_seen;
-    g->length = others && g->length < TPS_DRAIN_GRACE_MAX_NS
-                ? 2 * g->length : TPS_DRAIN_GRACE_NS;
+    g->length = others && g->length < DRAIN_GRACE_MAX_NS
+                ? 2 * g->length : DRAIN_GRACE_NS;
     g->until = -1;
     return !others && tps_interp_has_pending(st);
 }
@@ -506,9 +426,9 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
         spin_until = deadline;
     }
     struct spin_arg sa = {ch, dir, n};
-    tps_spin(spin_ready, &sa, spin_until,
+    tps_spin(channel_spin_ready, &sa, spin_until,
              &ch->cpu[dir == RECEIVING ? SENDING : RECEIVING]);
-    drain_grace grace = {-1, TPS_DRAIN_GRACE_NS, 0};
+    drain_grace grace = {-1, DRAIN_GRACE_NS, 0};
     for (;;) {
         assert(!node.linked && !inode.linked);
         if (tps_lock_acquire_until(&ch->lock, deadline) < 0) {
@@ -609,13 +529,12 @@ tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
     assert(n > 0);
     tps_lock_acquire(&ch->lock);
     assert((uint64_t)n <= ch->received);   /* they were taken from here */
-    if (ring_reserve(ch, (size_t)n) < 0) {
+    if (tps_ring_reserve(&ch->ring, (size_t)n) < 0) {
         tps_lock_release(&ch->lock);
         return TPS_ERR_NOMEM;
     }
-    for (Py_ssize_t i = n - 1; i >= 0; i--) {
-        ch->head = (ch->head - 1) & (ch->cap - 1);
-        ch->ring[ch->head] = recs[i];
+    tps_ring_unpop(&ch->ring, recs, n);
+    for (Py_ssize_t i = 0; i < n; i++) {
         /* Still counted in their owners' `queued` (the receiver's count
          * goes back with them); an owner whose exit already settled its
          * items settles them again.  Under the lock: once it is released
@@ -624,7 +543,6 @@ tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
             tps_interp_requeued(recs[i]->ownerst);
         }
     }
-    atomic_fetch_add(&ch->count, (long)n);
     ch->received -= (uint64_t)n;
     tps_wlist_wake(&ch->receivers, (int)(n < INT32_MAX ? n : INT32_MAX));
     tps_lock_release(&ch->lock);
@@ -632,168 +550,16 @@ tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
 }
 
 /* ---------------------------------------------------------------------
- * Interpreter exit: settle the owner-bound items sent by the exiting one.
+ * Every channel, for the exit of an interpreter (chanexit.c).
  */
 
-/* One of them, and what takes its place. */
-typedef struct {
-    TpShare_Record *rec;         /* a reference of ours */
-    TpShare_Record *repl;        /* new reference; NULL: removed */
-    int applied;                 /* repl took rec's place in the ring */
-} settling;
-
-static inline int
-is_of(const TpShare_Record *rec, int64_t interp)
+tps_channel **
+tps_channels_hold_all(size_t *n)
 {
-    return (rec->flags & TPS_REC_BOUND) && rec->owner == interp;
-}
-
-/* The settling of `rec` among the n in `items` (through `where` when it
- * could be built), or NULL. */
-static settling *
-settling_of(settling *items, size_t n, ptrmap *where, int indexed,
-            TpShare_Record *rec)
-{
-    if (indexed) {
-        int found;
-        return ptrmap_get(where, rec, &found);
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (items[i].rec == rec) {
-            return &items[i];
-        }
-    }
-    return NULL;
-}
-
-/* What replaces `rec`, an item the exiting interpreter sent through `ch`:
- * a new reference, or NULL to remove it. */
-static TpShare_Record *
-replacement(tps_channel *ch, TpShare_Record *rec)
-{
-    TpShare_Record *repl = tps_record_neutral_copy(rec);
-    if (repl != NULL) {
-        return repl;
-    }
-    unsigned int policy = (rec->flags & TPS_REC_UNBOUND_MASK)
-                          >> TPS_REC_UNBOUND_SHIFT;
-    if (policy == 0) {
-        policy = (ch->flags & TPS_CHAN_UNBOUND_MASK)
-                 >> TPS_CHAN_UNBOUND_SHIFT;
-    }
-    assert(policy == TPS_UNBOUND_MARK || policy == TPS_UNBOUND_ERROR
-           || policy == TPS_UNBOUND_REMOVE);
-    if (policy == TPS_UNBOUND_REMOVE) {
-        return NULL;
-    }
-    PyObject *exc = PyErr_GetRaisedException();
-    repl = tps_unbound_marker(policy);
-    if (repl == NULL) {
-        /* Out of memory at exit: removed, and counted as dropped. */
-        PyErr_Clear();
-    }
-    PyErr_SetRaisedException(exc);
-    return repl;
-}
-
-/* Runs in the exiting interpreter, under its GIL.  The items stay in the
- * ring while their replacements are made (Python runs then, so not under
- * the lock): a receiver may still take one, and the owner then waits
- * until it has read it.  Those still queued afterwards are swapped in
- * place, so nothing is lost, duplicated or reordered. */
-static void
-settle_items_of(tps_channel *ch, int64_t interp)
-{
-    settling *items = NULL;
-    size_t n = 0, mine = 0;
-    ptrmap where = {0};
-    int indexed = 1;
-
-    assert(tps_thread_state() != NULL);
-    assert(tps_current_interp_id() == interp);
-
-    tps_lock_acquire(&ch->lock);
-    size_t count = (size_t)atomic_load(&ch->count);
-    for (size_t i = 0; i < count; i++) {
-        mine += is_of(ch->ring[(ch->head + i) & (ch->cap - 1)], interp);
-    }
-    tps_lock_release(&ch->lock);
-    if (mine == 0) {
-        return;
-    }
-    items = PyMem_RawCalloc(mine, sizeof(settling));
-    if (items == NULL) {
-        return;  /* still counted: the exit hook tries again */
-    }
-    /* Only a receiver that could not rebuild an item puts one of ours
-     * back in the meantime, and that makes the exit hook settle again:
-     * what does not fit in `items` is left for then. */
-    tps_lock_acquire(&ch->lock);
-    count = (size_t)atomic_load(&ch->count);
-    for (size_t i = 0; i < count && n < mine; i++) {
-        TpShare_Record *rec = ch->ring[(ch->head + i) & (ch->cap - 1)];
-        if (is_of(rec, interp)) {
-            tps_record_incref(rec);
-            items[n++].rec = rec;
-        }
-    }
-    tps_lock_release(&ch->lock);
-
-    for (size_t i = 0; i < n; i++) {
-        items[i].repl = replacement(ch, items[i].rec);
-        assert(items[i].repl == NULL
-               || !(items[i].repl->flags & TPS_REC_BOUND));
-        if (indexed && ptrmap_set(&where, items[i].rec, &items[i]) < 0) {
-            indexed = 0;   /* no memory for the index: search instead */
-        }
-    }
-
-    tps_lock_acquire(&ch->lock);
-    count = (size_t)atomic_load(&ch->count);
-    size_t kept = 0;
-    for (size_t i = 0; i < count; i++) {
-        TpShare_Record *rec = ch->ring[(ch->head + i) & (ch->cap - 1)];
-        settling *s = is_of(rec, interp)
-                      ? settling_of(items, n, &where, indexed, rec) : NULL;
-        if (s == NULL) {
-            ch->ring[(ch->head + kept++) & (ch->cap - 1)] = rec;
-            continue;
-        }
-        s->applied = 1;
-        if (s->repl != NULL) {
-            ch->ring[(ch->head + kept++) & (ch->cap - 1)] = s->repl;
-        }
-        else {
-            ch->dropped++;
-        }
-    }
-    atomic_store(&ch->count, (long)kept);
-    if (kept < count) {
-        wake_senders(ch);
-    }
-    tps_lock_release(&ch->lock);
-
-    /* The originals are freed here, in their owner. */
-    for (size_t i = 0; i < n; i++) {
-        if (items[i].applied) {
-            tps_record_queue_release(items[i].rec);   /* the ring's */
-        }
-        else if (items[i].repl != NULL) {
-            tps_record_release(items[i].repl);   /* taken meanwhile */
-        }
-        tps_record_release(items[i].rec);        /* ours */
-    }
-    ptrmap_clear(&where);
-    PyMem_RawFree(items);
-}
-
-void
-tps_channels_forget_interp(int64_t interp)
-{
-    /* Hold every channel while working on it outside the table lock. */
     pthread_mutex_lock(&channels.mutex);
-    size_t n = channels.byid.used, k = 0;
-    tps_channel **all = PyMem_RawMalloc((n + 1) * sizeof(tps_channel *));
+    size_t k = 0;
+    tps_channel **all = PyMem_RawMalloc((channels.byid.used + 1)
+                                        * sizeof(tps_channel *));
     if (all != NULL) {
         PTRMAP_FOREACH(&channels.byid, s) {
             tps_channel *ch = s->value;
@@ -802,14 +568,8 @@ tps_channels_forget_interp(int64_t interp)
         }
     }
     pthread_mutex_unlock(&channels.mutex);
-    if (all == NULL) {
-        return;  /* still counted: the exit hook tries again */
-    }
-    for (size_t i = 0; i < k; i++) {
-        settle_items_of(all[i], interp);
-        tps_channel_decref(all[i]);
-    }
-    PyMem_RawFree(all);
+    *n = k;
+    return all;
 }
 
 /* ---------------------------------------------------------------------
@@ -876,10 +636,7 @@ tps_channels_atfork(tps_fork_phase phase)
             assert(ch->refcnt > 0 && ch->id == (int64_t)(uintptr_t)s->key);
             tps_lock_init(&ch->lock);
             atomic_store(&ch->closed, FORKED);
-            atomic_store(&ch->count, 0);
-            ch->ring = NULL;
-            ch->cap = 0;
-            ch->head = 0;
+            tps_ring_forget(&ch->ring);
             tps_wlist_init(&ch->receivers);
             tps_wlist_init(&ch->senders);
             atomic_store(&ch->cpu[0], -1);

@@ -28,7 +28,11 @@
  * its runtime lock while it forks, and a thread that waits for that lock
  * under one of them would never let the fork proceed.
  */
-#include "tpshare_internal.h"
+#include "fork.h"
+#include "chancore.h"
+#include "owner.h"
+#include "pytypes.h"
+#include "registry.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -39,7 +43,7 @@ static void (*const handlers[])(tps_fork_phase) = {
     tps_interps_atfork,
     tps_channels_atfork,
     tps_tokens_atfork,
-    tps_records_atfork,
+    tps_blocks_atfork,
     tps_workers_atfork,
 };
 

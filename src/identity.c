@@ -28,8 +28,9 @@
  * would hide the sender's later changes.  Both tables belong to one
  * interpreter (module state) and are used under its GIL.
  */
-#include "tpshare_internal.h"
+#include "identity.h"
 #include "ptrmap.h"
+#include "record.h"
 
 #define RING_MAX 1024
 #define RECV_MAX 4096
@@ -158,7 +159,7 @@ tps_identity_free(tps_identity *id)
 }
 
 static void
-ring_pop(tps_identity *id)
+sent_forget_oldest(tps_identity *id)
 {
     PyObject *old = id->ring[id->ring_head].obj;
     id->ring_bytes -= id->ring[id->ring_head].size;
@@ -186,7 +187,7 @@ tps_identity_tag(tps_identity *id, TpShare_Record *rec, PyObject *obj)
         while (id->ring_count == RING_MAX
                || (id->ring_count && id->ring_bytes + size > RING_BYTES))
         {
-            ring_pop(id);
+            sent_forget_oldest(id);
         }
         assert(id->ring_count < RING_MAX);
         serial = KEY(atomic_fetch_add(&next_serial, 1));
@@ -233,12 +234,10 @@ sweep(tps_identity *id)
     size_t i = id->sweep_at & m->mask;
     for (size_t n = 0; n < SWEEP_STEP && n <= m->mask; n++) {
         ptrslot *s = &m->slots[i];
-        if (s->key != NULL && s->key != PTRMAP_TOMBSTONE) {
+        if (ptrmap_slot_used(s)) {
             received *r = s->value;
             if (Py_REFCNT(r->obj) == 1) {
-                s->key = PTRMAP_TOMBSTONE;
-                s->value = NULL;
-                m->used--;
+                ptrmap_delete_current(m, s);
                 forget_received(id, r);
             }
         }

@@ -31,6 +31,13 @@ typedef struct {
     size_t filled;    /* live keys + tombstones */
 } ptrmap;
 
+/* Whether slot `s` holds an entry (neither empty nor deleted). */
+static inline int
+ptrmap_slot_used(const ptrslot *s)
+{
+    return s->key != NULL && s->key != PTRMAP_TOMBSTONE;
+}
+
 static inline size_t
 hash_ptr(const void *p)
 {
@@ -124,14 +131,25 @@ ptrmap_set(ptrmap *m, void *key, void *value)
     return 0;
 }
 
+/* Delete the entry of slot `s` of `m`: a slot found by a lookup, or the
+ * current one of a PTRMAP_FOREACH, which then goes on (a deleted slot
+ * becomes a tombstone; no entry moves). */
+static inline void
+ptrmap_delete_current(ptrmap *m, ptrslot *s)
+{
+    assert(s >= m->slots && s <= &m->slots[m->mask]);
+    assert(ptrmap_slot_used(s));
+    s->key = PTRMAP_TOMBSTONE;
+    s->value = NULL;
+    m->used--;
+}
+
 static inline void
 ptrmap_del(ptrmap *m, const void *key)
 {
     ptrslot *s = ptrmap_probe(m, key);
     if (s != NULL) {
-        s->key = PTRMAP_TOMBSTONE;
-        s->value = NULL;
-        m->used--;
+        ptrmap_delete_current(m, s);
     }
 }
 
@@ -145,6 +163,6 @@ ptrmap_clear(ptrmap *m)
 #define PTRMAP_FOREACH(m, s)                                              \
     for (ptrslot *s = (m)->slots; (m)->slots && s <= &(m)->slots[(m)->mask]; \
          s++)                                                             \
-        if (s->key != NULL && s->key != PTRMAP_TOMBSTONE)
+        if (ptrmap_slot_used(s))
 
 #endif /* TPSHARE_PTRMAP_H */

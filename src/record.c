@@ -10,10 +10,10 @@
  * is built, a per-thread context remembers every object already shared in
  * it, so an object met twice becomes one record referenced twice (flag
  * TPS_REC_DUP), and rebuilding memoizes such records so the receiver gets
- * one object twice (DESIGN.md D9).  The context also tracks the position
+ * one object twice.  The context also tracks the position
  * of the item being shared, for error messages, and whether anything
  * nested is owner-bound (a record is owner-bound when its own data or any
- * nested record is: it must then be freed in its owner, D4).
+ * nested record is: it must then be freed in its owner).
  *
  * Identity across messages.  A channel with identity on passes its
  * interpreter's identity table (identity.c) to the share and the rebuild
@@ -22,28 +22,21 @@
  * the receiver looks each one up before rebuilding it: an object is the
  * same object wherever it sits in the messages it travels in.
  *
- * Release.  When the last holder lets go, a neutral record is freed where
- * it is; an owner-bound one is freed at once if the current interpreter
- * is its owner, and otherwise queued on the owner's release list
- * (interp.c), which never fails and never loses a request.
+ * Release (record_release.c).  When the last holder lets go, a neutral
+ * record is freed where it is; an owner-bound one is freed at once if the
+ * current interpreter is its owner, and otherwise queued on the owner's
+ * release list (owner.c), which never fails and never loses a request.
  */
-#include "tpshare_internal.h"
+#include "record.h"
+#include "blocks.h"
+#include "identity.h"
+#include "owner.h"
 #include "ptrmap.h"
+#include "pytypes.h"
+#include "registry.h"
 
 #include <stddef.h>
 #include <string.h>
-#include <sys/mman.h>
-
-/* Under AddressSanitizer a cached block is poisoned, so that a use of a
- * record after it was freed is caught although its memory is kept. */
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#define BLOCK_POISON(p, n) ASAN_POISON_MEMORY_REGION((p), (n))
-#define BLOCK_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION((p), (n))
-#else
-#define BLOCK_POISON(p, n) ((void)(p), (void)(n))
-#define BLOCK_UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
 
 /* ---------------------------------------------------------------------
  * Per-thread contexts of the message being shared or rebuilt.
@@ -79,387 +72,27 @@ static TPS_TLS rebuild_ctx rctx;
 #define MAX_DEPTH 2000
 
 /* ---------------------------------------------------------------------
- * Blocks: the memory of records and of small payload copies.
+ * Record memory.
  *
- * Most records live for microseconds, and a channel's receiver frees what
- * its sender allocates.  malloc was the largest part of a record's cost
- * (glibc is slow when one thread frees what another allocated), and
- * memory the freeing thread wrote into (a free-list link) cost the sender
- * a cache miss to reuse.  So blocks are:
- *  - whole cache lines, line-aligned: no two blocks share a line;
- *  - kept, when free, in per-thread magazines: arrays of addresses, so
- *    that freeing a block writes nothing into it, and the allocator knows
- *    which blocks it hands out next and fetches their lines ahead;
- *  - moved between threads a magazine at a time through a process-wide
- *    depot per kind (one mutex operation per MAG blocks): a receiver's
- *    full magazines go to the depot, and a sender whose magazines ran dry
- *    takes them.  A thread's magazines go back to the depot when it exits.
- * The cache and its magazines are plain malloc memory, not Python's raw
- * allocator: a thread gives them back when it exits, possibly after the
- * interpreter it ran finished.
- * A record's block has one more line after the record for a payload of up
- * to TPS_LINE bytes (the copy of a 64-byte bytes or str), so the commonest
- * small message is one block of three adjacent lines.  Copies of up to
- * TPS_SMALL_MAX bytes take a small block of their own. */
-#define MAG 128              /* blocks per magazine */
-#define DEPOT_MAX 64         /* full magazines a depot keeps */
-#define AHEAD 4              /* blocks fetched ahead of their allocation */
-#define REGION_SIZE (32 << 20)   /* address space per kind of block */
-
+ * A record takes a two-line block (blocks.h).  A record's block may have
+ * one more line after the record for a payload of up to TPS_LINE bytes
+ * (the copy of a 64-byte bytes or str), so the commonest small message is
+ * one block of three adjacent lines.  Copies of up to TPS_SMALL_MAX bytes
+ * take a two-line block of their own.
+ */
 #define REC_SPAN (2 * TPS_LINE)     /* the record itself */
 #define TAIL_MAX TPS_LINE           /* the payload line after it */
 _Static_assert(sizeof(TpShare_Record) <= REC_SPAN, "record fits 2 lines");
-
-typedef struct magazine {
-    struct magazine *next;      /* in the depot */
-    int n;
-    void *blocks[MAG];
-} magazine;
-
-typedef struct {
-    pthread_mutex_t mutex;
-    size_t size;                /* of each block, whole lines */
-    magazine *full;             /* magazines holding blocks */
-    magazine *empty;            /* spare magazines */
-    int nfull, nempty;
-    atomic_llong live;          /* blocks taken from memory, not given back */
-    char *region, *region_end;  /* the region once reserved */
-    char *region_next;          /* its first block never handed out */
-    void *region_free;          /* its blocks given back, linked */
-    int region_failed;          /* the reservation failed: no region */
-} depot;
-
-/* Two kinds: two lines (a record; a small copy) and three (a record with
- * its payload line). */
-enum { K_TWO, K_THREE, NKINDS };
+_Static_assert(TPS_BLOCK_SIZE(TPS_BLOCK_TWO) == REC_SPAN,
+               "a record takes a two-line block");
+_Static_assert(TPS_BLOCK_SIZE(TPS_BLOCK_THREE) == REC_SPAN + TAIL_MAX,
+               "a record with its tail takes a three-line block");
 _Static_assert(TPS_SMALL_MAX == REC_SPAN, "small blocks are two lines");
-
-static depot depots[NKINDS] = {
-    {.mutex = PTHREAD_MUTEX_INITIALIZER, .size = REC_SPAN},
-    {.mutex = PTHREAD_MUTEX_INITIALIZER, .size = REC_SPAN + TAIL_MAX},
-};
-
-/* A thread's two magazines per kind (Bonwick's scheme: a thread that
- * alternates between allocating and freeing around a magazine boundary
- * swaps them instead of visiting the depot). */
-typedef struct {
-    magazine *loaded[NKINDS];
-    magazine *prev[NKINDS];
-} thread_cache;
-
-static TPS_TLS thread_cache *my_cache;
-static TPS_TLS int my_cache_gone;      /* set once the thread let it go */
-static pthread_key_t cache_key;
-static int cache_key_ok;
-static pthread_once_t cache_once = PTHREAD_ONCE_INIT;
-
-/* Blocks come from a region of address space reserved per kind at first
- * use (only the pages touched take memory), carved in order and never
- * unmapped: blocks given back go on the region's free list for reuse.
- * posix_memalign, used once a region is full, costs about 130 bytes more
- * per block. */
-static int
-in_region(depot *d, void *p)
-{
-    return (char *)p >= d->region && (char *)p < d->region_end;
-}
-
-/* A block from the region, or NULL when it is full.  Under d->mutex. */
-static void *
-region_take(depot *d)
-{
-    TPS_ASSERT_LOCKED(&d->mutex);
-    if (d->region == NULL && !d->region_failed) {
-        void *r = mmap(NULL, REGION_SIZE, PROT_READ | PROT_WRITE,
-                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (r == MAP_FAILED) {
-            d->region_failed = 1;
-        }
-        else {
-            /* The region holds whole blocks only: 32 MiB is not a
-             * multiple of three lines, and a block carved from its last
-             * two lines would have its third line past the mapping. */
-            d->region = d->region_next = r;
-            d->region_end = d->region + REGION_SIZE / d->size * d->size;
-        }
-    }
-    void *p = d->region_free;
-    if (p != NULL) {
-        BLOCK_UNPOISON(p, d->size);
-        d->region_free = *(void **)p;
-    }
-    else if (d->region != NULL
-             && (size_t)(d->region_end - d->region_next) >= d->size)
-    {
-        p = d->region_next;
-        d->region_next += d->size;
-    }
-    assert(p == NULL || (in_region(d, p)
-                         && (char *)p + d->size <= d->region_end
-                         && ((char *)p - d->region) % d->size == 0));
-    return p;
-}
-
-static void *
-block_new(depot *d)
-{
-    pthread_mutex_lock(&d->mutex);
-    void *p = region_take(d);
-    pthread_mutex_unlock(&d->mutex);
-    if (p == NULL && posix_memalign(&p, TPS_LINE, d->size) != 0) {
-        return NULL;
-    }
-    atomic_fetch_add_explicit(&d->live, 1, memory_order_relaxed);
-    return p;
-}
-
-/* Give n blocks back. */
-static void
-blocks_delete(depot *d, void **blocks, int n)
-{
-    int others = 0;
-    assert(n >= 0 && n <= MAG);
-    pthread_mutex_lock(&d->mutex);
-    for (int i = 0; i < n; i++) {
-        BLOCK_UNPOISON(blocks[i], d->size);
-        if (in_region(d, blocks[i])) {
-            *(void **)blocks[i] = d->region_free;
-            d->region_free = blocks[i];
-            BLOCK_POISON(blocks[i], d->size);
-        }
-        else {
-            blocks[others++] = blocks[i];
-        }
-    }
-    pthread_mutex_unlock(&d->mutex);
-    for (int i = 0; i < others; i++) {
-        free(blocks[i]);
-    }
-    atomic_fetch_sub_explicit(&d->live, n, memory_order_relaxed);
-}
-
-/* Push m on one of the depot's lists unless it holds DEPOT_MAX already;
- * whether it did. */
-static int
-depot_push(depot *d, magazine **list, int *count, magazine *m)
-{
-    pthread_mutex_lock(&d->mutex);
-    int room = *count < DEPOT_MAX;
-    if (room) {
-        m->next = *list;
-        *list = m;
-        (*count)++;
-    }
-    pthread_mutex_unlock(&d->mutex);
-    return room;
-}
-
-/* Pop a magazine from one of the depot's lists, or NULL. */
-static magazine *
-depot_pop(depot *d, magazine **list, int *count)
-{
-    pthread_mutex_lock(&d->mutex);
-    magazine *m = *list;
-    if (m != NULL) {
-        *list = m->next;
-        (*count)--;
-    }
-    pthread_mutex_unlock(&d->mutex);
-    return m;
-}
-
-/* Give a magazine to the depot: kept if it holds blocks and the depot has
- * room, else its blocks go back to memory and it is kept as a spare (or
- * freed when the depot has enough spares). */
-static void
-depot_give(depot *d, magazine *m)
-{
-    if (m->n > 0 && depot_push(d, &d->full, &d->nfull, m)) {
-        return;
-    }
-    blocks_delete(d, m->blocks, m->n);
-    m->n = 0;
-    if (!depot_push(d, &d->empty, &d->nempty, m)) {
-        free(m);
-    }
-}
-
-/* A magazine holding blocks from the depot, or NULL. */
-static magazine *
-depot_take_full(depot *d)
-{
-    return depot_pop(d, &d->full, &d->nfull);
-}
-
-/* An empty magazine (a spare of the depot's or a new one), or NULL. */
-static magazine *
-depot_take_empty(depot *d)
-{
-    magazine *m = depot_pop(d, &d->empty, &d->nempty);
-    if (m == NULL) {
-        m = malloc(sizeof(magazine));
-        if (m != NULL) {
-            m->n = 0;
-        }
-    }
-    return m;
-}
-
-/* At thread exit: the thread's magazines go to the depots. */
-static void
-cache_release(void *arg)
-{
-    thread_cache *tc = arg;
-    for (int k = 0; k < NKINDS; k++) {
-        depot_give(&depots[k], tc->loaded[k]);
-        depot_give(&depots[k], tc->prev[k]);
-    }
-    free(tc);
-    if (my_cache == tc) {
-        my_cache = NULL;
-        my_cache_gone = 1;
-    }
-}
-
-static void
-cache_key_create(void)
-{
-    cache_key_ok = pthread_key_create(&cache_key, cache_release) == 0;
-}
-
-/* The current thread's cache, set up on first use; NULL when it cannot
- * have one (no memory, or the thread is exiting): blocks then come from
- * and go to memory directly. */
-static thread_cache *
-cache_setup(void)
-{
-    if (my_cache_gone) {
-        return NULL;
-    }
-    pthread_once(&cache_once, cache_key_create);
-    if (!cache_key_ok) {
-        return NULL;
-    }
-    thread_cache *tc = calloc(1, sizeof(thread_cache));
-    if (tc == NULL) {
-        return NULL;
-    }
-    for (int k = 0; k < NKINDS; k++) {
-        tc->loaded[k] = depot_take_empty(&depots[k]);
-        tc->prev[k] = depot_take_empty(&depots[k]);
-        if (tc->loaded[k] == NULL || tc->prev[k] == NULL) {
-            goto error;
-        }
-    }
-    if (pthread_setspecific(cache_key, tc) != 0) {
-        goto error;
-    }
-    my_cache = tc;
-    return tc;
-
-error:
-    for (int k = 0; k < NKINDS; k++) {
-        free(tc->loaded[k]);
-        free(tc->prev[k]);
-    }
-    free(tc);
-    return NULL;
-}
-
-static inline thread_cache *
-cache_get(void)
-{
-    thread_cache *tc = my_cache;
-    return tc != NULL ? tc : cache_setup();
-}
-
-/* Start fetching, for writing, the blocks a magazine hands out next. */
-static inline void
-fetch_ahead(magazine *m, size_t size)
-{
-    for (int i = m->n - 1; i >= 0 && i >= m->n - AHEAD; i--) {
-        tps_prefetch_for_write(m->blocks[i], size);
-    }
-}
-
-/* The thread's loaded magazine is empty (to allocate) or full (to free):
- * load the previous one if it is the other way round (full, or empty),
- * else trade the previous one with the depot for one that is.  The new
- * loaded magazine, or NULL when neither the depot nor memory has one. */
-static magazine *
-reload(thread_cache *tc, int kind, int to_allocate)
-{
-    depot *d = &depots[kind];
-    magazine *m = tc->loaded[kind], *p = tc->prev[kind];
-    if (to_allocate ? p->n == 0 : p->n > 0) {
-        magazine *q = to_allocate ? depot_take_full(d) : depot_take_empty(d);
-        if (q == NULL) {
-            return NULL;
-        }
-        depot_give(d, p);
-        p = q;
-    }
-    tc->loaded[kind] = p;
-    tc->prev[kind] = m;
-    return p;
-}
-
-/* A block of the kind (contents undefined), or NULL without an exception
- * when memory is exhausted. */
-static void *
-block_alloc(int kind)
-{
-    depot *d = &depots[kind];
-    thread_cache *tc = cache_get();
-    if (tc == NULL) {
-        return block_new(d);
-    }
-    magazine *m = tc->loaded[kind];
-    if (m->n == 0) {
-        m = reload(tc, kind, 1);
-        if (m == NULL) {
-            return block_new(d);
-        }
-        fetch_ahead(m, d->size);
-    }
-    assert(m->n > 0 && m->n <= MAG);
-    void *b = m->blocks[--m->n];
-    BLOCK_UNPOISON(b, d->size);
-    if (m->n >= AHEAD) {
-        /* The blocks were last read (or written) by another thread: start
-         * fetching the lines of the one handed out AHEAD calls later. */
-        tps_prefetch_for_write(m->blocks[m->n - AHEAD], d->size);
-    }
-    return b;
-}
-
-static void
-block_free(int kind, void *b)
-{
-    depot *d = &depots[kind];
-    thread_cache *tc = cache_get();
-    if (tc == NULL) {
-        blocks_delete(d, &b, 1);
-        return;
-    }
-    magazine *m = tc->loaded[kind];
-    if (m->n == MAG) {
-        m = reload(tc, kind, 0);
-        if (m == NULL) {
-            blocks_delete(d, &b, 1);
-            return;
-        }
-    }
-    assert(m->n >= 0 && m->n < MAG);
-    BLOCK_POISON(b, d->size);
-    m->blocks[m->n++] = b;
-}
 
 void *
 tps_small_alloc(TpShare_Data *data, Py_ssize_t n)
 {
-    TpShare_Record *rec = (TpShare_Record *)(
-        (char *)data - offsetof(TpShare_Record, data));
+    TpShare_Record *rec = TPS_RECORD_OF(data);
     if (n <= TAIL_MAX && (rec->flags & TPS_REC_LONG)) {
         rec->flags |= TPS_REC_TAIL;
         return (char *)rec + REC_SPAN;
@@ -467,41 +100,11 @@ tps_small_alloc(TpShare_Data *data, Py_ssize_t n)
     if (n > TPS_SMALL_MAX) {
         return NULL;
     }
-    void *ptr = block_alloc(K_TWO);
+    void *ptr = tps_block_alloc(TPS_BLOCK_TWO);
     if (ptr != NULL) {
         rec->flags |= TPS_REC_SMALL;
     }
     return ptr;
-}
-
-/* Blocks taken from memory and not given back, per kind, for tests. */
-void
-tps_block_counts(long long *two, long long *three)
-{
-    *two = atomic_load(&depots[K_TWO].live);
-    *three = atomic_load(&depots[K_THREE].live);
-}
-
-/* Of those, the blocks kept for reuse in the depots and in the calling
- * thread's magazines, per kind, for tests (the difference is what is in
- * use, or cached by other threads). */
-void
-tps_block_cached(long long *two, long long *three)
-{
-    long long n[NKINDS] = {0};
-    for (int k = 0; k < NKINDS; k++) {
-        depot *d = &depots[k];
-        pthread_mutex_lock(&d->mutex);
-        for (magazine *m = d->full; m != NULL; m = m->next) {
-            n[k] += m->n;
-        }
-        pthread_mutex_unlock(&d->mutex);
-        if (my_cache != NULL) {
-            n[k] += my_cache->loaded[k]->n + my_cache->prev[k]->n;
-        }
-    }
-    *two = n[K_TWO];
-    *three = n[K_THREE];
 }
 
 /* Whether sharing `obj` (borrowed) copies 17 to 64 bytes (a str or bytes
@@ -715,7 +318,8 @@ not_shareable(PyObject *obj)
 static TpShare_Record *
 record_alloc(tps_entry *entry, int64_t owner, int tail)
 {
-    TpShare_Record *rec = block_alloc(tail ? K_THREE : K_TWO);
+    TpShare_Record *rec = tps_block_alloc(tail ? TPS_BLOCK_THREE
+                                               : TPS_BLOCK_TWO);
     if (rec == NULL) {
         PyErr_NoMemory();
         return NULL;
@@ -729,23 +333,12 @@ record_alloc(tps_entry *entry, int64_t owner, int tail)
     return rec;
 }
 
-static void
-record_dealloc(TpShare_Record *rec)
-{
-    /* Only a three-line block has the tail line. */
-    assert(!(rec->flags & TPS_REC_TAIL) || (rec->flags & TPS_REC_LONG));
-    if (rec->flags & TPS_REC_SMALL) {
-        block_free(K_TWO, rec->data.ptr);
-    }
-    block_free((rec->flags & TPS_REC_LONG) ? K_THREE : K_TWO, rec);
-}
-
 /* Free a record that was never shared (its hook failed): no free hook. */
 static void
 record_discard(TpShare_Record *rec)
 {
     tps_entry_decref(rec->entry);
-    record_dealloc(rec);
+    tps_record_dealloc(rec);
 }
 
 static TpShare_Record *share_entry(PyObject *obj, tps_entry *entry,
@@ -784,7 +377,7 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner, tps_identity *id)
         return NULL;
     }
     if (top_level) {
-        /* A message starts with a clean context; `done` cleans it up. */
+        /* A message starts with a clean context; `finally` cleans it up. */
         assert(sctx.identity == NULL && sctx.top == NULL);
         sctx.identity = id;
     }
@@ -811,19 +404,19 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner, tps_identity *id)
         if (!PyErr_Occurred()) {
             not_shareable(obj);
         }
-        goto done;
+        goto finally;
     }
     if (sctx.depth >= MAX_DEPTH) {
         PyErr_SetString(PyExc_RecursionError,
                         "maximum nesting depth exceeded while sharing");
-        goto done;
+        goto finally;
     }
     if (top_level) {
         sctx.owner = owner >= 0 ? owner : tps_current_interp_id();
     }
     rec = record_alloc(entry, sctx.owner, looked_up && wants_tail(obj));
     if (rec == NULL) {
-        goto done;
+        goto finally;
     }
 
     frame f = {sctx.top, obj, -1};
@@ -874,14 +467,14 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner, tps_identity *id)
             }
         }
         rec = NULL;
-        goto done;
+        goto finally;
     }
     if (bound) {
         tps_interp *st = tps_interp_current();
         if (st == NULL) {
             tps_record_free(rec);
             rec = NULL;
-            goto done;
+            goto finally;
         }
         rec->flags |= TPS_REC_BOUND;
         rec->ownerst = st;
@@ -896,7 +489,7 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner, tps_identity *id)
     {
         tps_record_release(rec);
         rec = NULL;
-        goto done;
+        goto finally;
     }
     if (memoize && memo_set(&sctx.memo, obj, rec) == 0) {
         /* Without memory for the memo the object is simply shared again
@@ -904,7 +497,7 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner, tps_identity *id)
         tps_record_incref(rec);
     }
 
-done:
+finally:
     if (top_level) {
         share_memo_clear();
         sctx.identity = NULL;
@@ -938,17 +531,17 @@ tps_rebuild(TpShare_Record *rec)
          * the object rebuilt then, while this interpreter holds it. */
         res = tps_identity_lookup(rctx.identity, rec);
         if (res != NULL) {
-            goto done;
+            goto finally;
         }
     }
     tps_entry *local = tps_registry_find_for_rebuild(rec->entry);
     if (local == NULL) {
-        goto done;
+        goto finally;
     }
     if (rctx.depth >= MAX_DEPTH) {
         PyErr_SetString(PyExc_RecursionError,
                         "maximum nesting depth exceeded while rebuilding");
-        goto done;
+        goto finally;
     }
     rctx.depth++;
     res = local->hooks.rebuild(local->type, &rec->data);
@@ -960,7 +553,7 @@ tps_rebuild(TpShare_Record *rec)
                          "rebuild hook of '%s' returned NULL without "
                          "setting an exception", local->name);
         }
-        goto done;
+        goto finally;
     }
     if (!local->immortal && PyErr_Occurred()) {
         Py_CLEAR(res);
@@ -971,7 +564,7 @@ tps_rebuild(TpShare_Record *rec)
         PyObject *cur = PyErr_GetRaisedException();
         PyException_SetCause(cur, exc);
         PyErr_SetRaisedException(cur);
-        goto done;
+        goto finally;
     }
     if (!(local->hooks.flags & TPSHARE_ANY_RESULT) && local->type != NULL
         && !PyObject_TypeCheck(res, local->type))
@@ -981,7 +574,7 @@ tps_rebuild(TpShare_Record *rec)
                      "'%.200s'", local->name, Py_TYPE(res)->tp_name,
                      local->type->tp_name);
         Py_CLEAR(res);
-        goto done;
+        goto finally;
     }
     if (rec->serial != 0 && rctx.identity != NULL) {
         tps_identity_remember(rctx.identity, rec, res);
@@ -992,7 +585,7 @@ tps_rebuild(TpShare_Record *rec)
         Py_INCREF(res);
     }
 
-done:
+finally:
     if (top_level) {
         rebuild_memo_clear();
     }
@@ -1009,158 +602,6 @@ tps_rebuild_with_identity(TpShare_Record *rec, tps_identity *id)
     PyObject *res = tps_rebuild(rec);
     rctx.identity = saved;
     return res;
-}
-
-/* ---------------------------------------------------------------------
- * Holding and releasing.
- */
-
-void
-tps_record_incref(TpShare_Record *rec)
-{
-    assert(atomic_load_explicit(&rec->refcnt, memory_order_relaxed) > 0);
-    atomic_fetch_add_explicit(&rec->refcnt, 1, memory_order_relaxed);
-}
-
-void
-tps_record_free(TpShare_Record *rec)
-{
-    tps_entry *entry = rec->entry;
-    tps_interp *st = (rec->flags & TPS_REC_BOUND) ? rec->ownerst : NULL;
-
-    if (rec->flags & (TPS_REC_SMALL | TPS_REC_TAIL)) {
-        /* Memory of ours (tps_small_alloc), freed with the record: the
-         * hook sees a copy of the data without it.  (A copy, so that this
-         * thread does not write the record's lines: the sender that
-         * reuses the record next finds them clean.) */
-        if (entry->hooks.free != NULL) {
-            TpShare_Data data = rec->data;
-            data.ptr = NULL;
-            entry->hooks.free(&data);
-        }
-    }
-    else if (entry->hooks.free != NULL) {
-        entry->hooks.free(&rec->data);
-    }
-    else {
-        PyMem_RawFree(rec->data.ptr);
-    }
-    Py_XDECREF(rec->data.obj);
-    if (rec->tracker != NULL) {
-        tps_tracker_fire(rec->tracker);
-        tps_tracker_decref(rec->tracker);
-    }
-    if (st != NULL) {
-        tps_interp_export_add(st, -1);
-        tps_interp_decref(st);
-    }
-    tps_entry_decref(entry);
-    record_dealloc(rec);
-}
-
-/* Drop a reference to `rec`; the last one frees it, in its owner.  With
- * st_held the caller keeps the owner's state alive across the call. */
-static void
-release(TpShare_Record *rec, int st_held)
-{
-    if (rec == NULL) {
-        return;
-    }
-    assert(atomic_load_explicit(&rec->refcnt, memory_order_relaxed) > 0);
-    /* The sole holder drops the record without writing to it (a reader
-     * of a count of 1 holds the only reference: nobody else can add
-     * one), so that the sender reusing its block finds the line clean. */
-    if (atomic_load_explicit(&rec->refcnt, memory_order_acquire) != 1
-        && atomic_fetch_sub_explicit(&rec->refcnt, 1, memory_order_acq_rel)
-           != 1)
-    {
-        return;
-    }
-    if (!(rec->flags & TPS_REC_BOUND)) {
-        tps_record_free(rec);
-        return;
-    }
-    PyThreadState *ts = tps_thread_state();
-    if (ts != NULL
-        && PyInterpreterState_GetID(PyThreadState_GetInterpreter(ts))
-           == rec->owner)
-    {
-        tps_record_free(rec);
-        return;
-    }
-    tps_interp *st = rec->ownerst;
-    if (st_held) {
-        tps_interp_push_release(st, rec);
-        return;
-    }
-    tps_interp_incref(st);
-    tps_interp_push_release(st, rec);
-    tps_interp_decref(st);
-}
-
-void
-tps_record_release(TpShare_Record *rec)
-{
-    release(rec, 0);
-}
-
-/* A reference to `rec` is about to go into a queue. */
-void
-tps_record_queue_enter(TpShare_Record *rec)
-{
-    if (rec->flags & TPS_REC_BOUND) {
-        tps_interp_queued_add(rec->ownerst, 1);
-    }
-}
-
-void
-tps_record_queue_leave(TpShare_Record *rec)
-{
-    if (rec->flags & TPS_REC_BOUND) {
-        tps_interp_queued_add(rec->ownerst, -1);
-    }
-}
-
-void
-tps_record_queue_release(TpShare_Record *rec)
-{
-    if (!(rec->flags & TPS_REC_BOUND)) {
-        tps_record_release(rec);
-        return;
-    }
-    /* Release first, so that when the owner's exit wait sees nothing
-     * queued, the record is already on its release list. */
-    tps_interp *st = rec->ownerst;
-    assert(st != NULL);
-    tps_interp_incref(st);
-    release(rec, 1);
-    tps_interp_queued_add(st, -1);
-    tps_interp_decref(st);
-}
-
-void
-tps_record_hold(TpShare_Record *rec, int64_t holder)
-{
-    tps_record_incref(rec);
-    if ((rec->flags & TPS_REC_BOUND) && holder != rec->owner) {
-        tps_interp_remote_add(rec->ownerst, 1);
-    }
-}
-
-void
-tps_record_unhold(TpShare_Record *rec, int64_t holder)
-{
-    if ((rec->flags & TPS_REC_BOUND) && holder != rec->owner) {
-        /* Release first, so that when the owner's exit wait sees no
-         * remote holder, the record is already on its release list. */
-        tps_interp *st = rec->ownerst;
-        tps_interp_incref(st);
-        release(rec, 1);
-        tps_interp_remote_add(st, -1);
-        tps_interp_decref(st);
-        return;
-    }
-    tps_record_release(rec);
 }
 
 /* ---------------------------------------------------------------------
@@ -1244,26 +685,4 @@ tps_is_shareable(PyObject *obj)
     }
     PyErr_Clear();
     return 0;
-}
-
-void
-tps_records_atfork(tps_fork_phase phase)
-{
-    /* The depots' mutexes guard a few pointer moves (and an mmap): taken
-     * before the fork so that the child gets whole lists.  The caches
-     * of the parent's other threads are lost to the child: their blocks
-     * stay allocated. */
-    for (int k = 0; k < NKINDS; k++) {
-        switch (phase) {
-        case TPS_FORK_PREPARE:
-            pthread_mutex_lock(&depots[k].mutex);
-            break;
-        case TPS_FORK_PARENT:
-            pthread_mutex_unlock(&depots[k].mutex);
-            break;
-        case TPS_FORK_CHILD:
-            pthread_mutex_unlock(&depots[k].mutex);
-            break;
-        }
-    }
 }

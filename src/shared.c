@@ -16,8 +16,11 @@
  * until the Shared made by attach() holds it, so the owner does not end
  * while attach() is taking it.
  */
-#include "tpshare_internal.h"
+#include "pytypes.h"
+#include "fork.h"
+#include "owner.h"
 #include "ptrmap.h"
+#include "record.h"
 
 typedef struct {
     PyObject_HEAD
@@ -98,9 +101,7 @@ tps_tokens_forget_interp(int64_t interp)
         if (rec->owner == interp) {
             rec->next_release = mine;
             mine = rec;
-            s->key = PTRMAP_TOMBSTONE;
-            s->value = NULL;
-            tokens.records.used--;
+            ptrmap_delete_current(&tokens.records, s);
         }
     }
     pthread_mutex_unlock(&tokens.mutex);

@@ -11,7 +11,9 @@
  * drains the release list (which frees the record and fires the tracker)
  * and sees the result, in microseconds and without polling.
  */
-#include "tpshare_internal.h"
+#include "tracker.h"
+#include "owner.h"
+#include "pytypes.h"
 #include "waiter.h"
 
 struct tps_tracker {
@@ -24,6 +26,14 @@ typedef struct {
     PyObject_HEAD
     tps_tracker *t;              /* held */
 } Tracker;
+
+/* The record layer's hook: a record holding `t` was freed. */
+static void
+tracker_record_freed(tps_tracker *t)
+{
+    tps_tracker_fire(t);
+    tps_tracker_decref(t);
+}
 
 tps_tracker *
 tps_tracker_new(tps_interp *st)
@@ -38,6 +48,8 @@ tps_tracker_new(tps_interp *st)
     atomic_init(&t->released, 0);
     t->st = st;
     tps_interp_incref(st);
+    /* Before any record can hold a tracker (the caller attaches it). */
+    tps_record_set_freed_hook(tracker_record_freed);
     return t;
 }
 
@@ -128,7 +140,7 @@ struct spin_arg {
 
 /* Released, or a release queued here that may be the one. */
 static int
-spin_ready(void *arg)
+tracker_spin_ready(void *arg)
 {
     struct spin_arg *a = arg;
     return atomic_load_explicit(&a->t->released, memory_order_relaxed)
@@ -182,7 +194,7 @@ tracker_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
             spin_until = deadline;
         }
         struct spin_arg sa = {t, st};
-        tps_spin(spin_ready, &sa, spin_until, NULL);
+        tps_spin(tracker_spin_ready, &sa, spin_until, NULL);
         tps_waiter_reset(w);
         tps_interp_tracker_waits(st, 1);
         tps_interp_watch(st, &node);

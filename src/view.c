@@ -2,7 +2,7 @@
  *
  * A View lives in a receiving interpreter and exports, read-only unless
  * the sender asked otherwise, the memory of a buffer shared by another
- * interpreter (handlers_buffer.c),
+ * interpreter (registry/handlers_export.c),
  * with the same format, shape, strides and suboffsets.  Receivers see it
  * through a memoryview (memoryview itself cannot be subclassed, and is
  * what consumers expect); the View is that memoryview's `.obj`.
@@ -11,9 +11,10 @@
  * (the memoryview was released or dropped), it lets go of the record,
  * which releases the export in the owner interpreter.  While it lives it
  * counts as a remote holder, which keeps the owner from being torn down
- * under it (D5).
+ * under it.
  */
-#include "tpshare_internal.h"
+#include "pytypes.h"
+#include "record.h"
 
 typedef struct {
     PyObject_HEAD
@@ -190,5 +191,6 @@ tps_view_init_type(PyObject *module, tps_module_state *state)
     if (state->ViewType == NULL) {
         return -1;
     }
+    tps_export_set_view_maker(tps_view_new);
     return PyModule_AddType(module, state->ViewType);
 }

@@ -5,7 +5,6 @@
  * thread had one semaphore per file that parks and a spin window that
  * only the file that learned it saw.
  */
-#include "tpshare_internal.h"
 #include "waiter.h"
 
 TPS_TLS tps_waiter tps_waiter_tls;

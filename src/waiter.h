@@ -1,4 +1,4 @@
-/* waiter.h - parking a thread until something happens (DESIGN.md D7).
+/* waiter.h - parking a thread until something happens.
  *
  * A waiter is a per-thread semaphore that a blocked thread puts on one or
  * more wait lists (a channel's receivers or senders, its interpreter's
@@ -12,6 +12,10 @@
  * returns EINTR when a signal arrives: a Ctrl-C in the main thread ends
  * the park at once and the caller runs the Python signal handlers, with
  * no timed polling.  Waits use CLOCK_MONOTONIC deadlines.
+ *
+ * Before parking, a waiter spins for a window that adapts per thread
+ * (the spin policy below).  The lock that guards a channel's ring and
+ * wait lists is in spinlock.h.
  */
 #ifndef TPSHARE_WAITER_H
 #define TPSHARE_WAITER_H
@@ -20,12 +24,16 @@
 #error "waiter.h is internal to tpshare"
 #endif
 
+#include "common.h"
+
 #include <errno.h>
 #include <sched.h>
 #include <semaphore.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <time.h>
+
+#include "spinlock.h"
 
 typedef struct tps_waiter tps_waiter;
 
@@ -116,32 +124,19 @@ tps_waiter_self(void)
     return w->ready ? w : tps_waiter_setup();
 }
 
-/* Monotonic time in nanoseconds. */
-static inline int64_t
-tps_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-/* Spinning before parking.  Waking a parked thread costs 15-100 us on
- * the machines measured, so a fixed short spin can lock two busy threads
- * into parking on every round trip; a long one burns CPU on idle waits.
- * The window adapts per thread: twice the recent waits (an exponential
+/* Spinning before parking.  Waking a parked thread costs far more than
+ * a short spin, so a fixed short spin can lock two busy threads into
+ * parking on every round trip; a long one burns CPU on idle waits.  The
+ * window adapts per thread: twice the recent waits (an exponential
  * average), between SPIN_MIN_NS and SPIN_MAX_NS.  A channel created with
  * an explicit spin uses that instead.  Spinners yield the CPU every
  * TPS_SPIN_YIELD_NS, so that a thread they wait for that shares their CPU
- * gets to run instead of waiting out their window.  That happens more
- * than on loaded machines: the kernel tends to wake a parked thread on
- * its waker's CPU, and two busy threads can then share one CPU for
- * milliseconds until it moves one.  Each round trip between them then
- * costs two yield intervals: at 20 us that was a cluster of 46 us round
- * trips in 1-3% of a ping-pong; at 2 us, 11 us (both pinned to one CPU).
- * A channel also tells its spinners on which CPU the other side last
- * completed an operation; a spinner on that CPU yields at once (5 us
- * round trips pinned to one CPU).  Yielding with nothing else to run
- * returns at once. */
+ * (the kernel tends to wake a parked thread on its waker's CPU) gets to
+ * run instead of waiting out their window.  A channel also tells its
+ * spinners on which CPU the other side last completed an operation; a
+ * spinner on that CPU yields at once.  Yielding with nothing else to run
+ * returns at once.  docs/design.md has the measurements behind these
+ * numbers. */
 #define TPS_SPIN_YIELD_NS 2000
 #define TPS_SPIN_MIN_NS 50000
 #define TPS_SPIN_MAX_NS 250000
@@ -169,14 +164,6 @@ tps_spin_learn(int64_t waited_ns)
     }
     tps_recent_wait_ns += (waited_ns - tps_recent_wait_ns) / 8;
 }
-
-#if defined(__x86_64__) || defined(__i386__)
-#define tps_cpu_relax() __builtin_ia32_pause()
-#elif defined(__aarch64__)
-#define tps_cpu_relax() __asm__ __volatile__("yield")
-#else
-#define tps_cpu_relax() ((void)0)
-#endif
 
 /* Spin until `ready(arg)` or `until_ns`; returns ready's last answer.
  * `peer_cpu` (or NULL): where the thread that will make `ready` true last
@@ -211,103 +198,6 @@ tps_spin(int (*ready)(void *), void *arg, int64_t until_ns,
         }
     }
 }
-
-/* A lock for critical sections of a few dozen instructions (a channel's
- * ring and wait lists).  A pthread mutex contended by two busy threads
- * sleeps in the kernel (two futex system calls per hand-over), which cost
- * more than the section it guards; this lock spins instead (reading, not
- * writing, the line while it is taken) and yields the CPU after a while,
- * so a holder that lost its CPU gets it back on a crowded machine. */
-typedef struct {
-    atomic_int taken;
-} tps_lock;
-
-#define TPS_LOCK_INIT {0}
-#define TPS_LOCK_SPINS 128
-
-static inline void
-tps_lock_init(tps_lock *l)
-{
-    atomic_init(&l->taken, 0);
-}
-
-/* How long a timed lock wait lasts at least, whatever the caller's
- * deadline: the lock guards a few dozen instructions, so a call that must
- * not wait (timeout 0) still gets it from a holder that is merely in its
- * section.  Only a holder that lost its CPU for that long keeps it
- * longer.  (A holder that no longer exists, a thread of the parent after
- * fork(), cannot: the fork handlers reset the locks in the child.) */
-#define TPS_LOCK_MIN_WAIT_NS 100000000
-
-/* Take the lock, or give up and return -1 once `deadline_ns` (monotonic;
- * < 0: never) has passed and the lock was waited for at least
- * TPS_LOCK_MIN_WAIT_NS.  The clock is read only while the lock is
- * contended, between yields. */
-static inline int
-tps_lock_acquire_until(tps_lock *l, int64_t deadline_ns)
-{
-    int64_t give_up = -1;
-    for (;;) {
-        if (!atomic_exchange_explicit(&l->taken, 1, memory_order_acquire)) {
-            return 0;
-        }
-        int spins = 0;
-        while (atomic_load_explicit(&l->taken, memory_order_relaxed)) {
-            if (++spins < TPS_LOCK_SPINS) {
-                tps_cpu_relax();
-                continue;
-            }
-            spins = 0;
-            if (deadline_ns >= 0) {
-                int64_t now = tps_now_ns();
-                if (give_up < 0) {
-                    give_up = now + TPS_LOCK_MIN_WAIT_NS;
-                    if (give_up < deadline_ns) {
-                        give_up = deadline_ns;
-                    }
-                }
-                else if (now >= give_up) {
-                    return -1;
-                }
-            }
-            sched_yield();
-        }
-    }
-}
-
-/* The same with a timeout from now (< 0: wait forever). */
-static inline int
-tps_lock_acquire_for(tps_lock *l, int64_t timeout_ns)
-{
-    if (!atomic_exchange_explicit(&l->taken, 1, memory_order_acquire)) {
-        return 0;
-    }
-    return tps_lock_acquire_until(
-        l, timeout_ns < 0 ? -1 : tps_now_ns() + timeout_ns);
-}
-
-/* Untimed: for sections that must run (unlinking a node from a wait list
- * before its stack frame goes) and callers without a deadline. */
-static inline void
-tps_lock_acquire(tps_lock *l)
-{
-    int rc = tps_lock_acquire_until(l, -1);
-    assert(rc == 0);
-    (void)rc;
-}
-
-static inline void
-tps_lock_release(tps_lock *l)
-{
-    atomic_store_explicit(&l->taken, 0, memory_order_release);
-}
-
-/* How long a thread parked in a channel wait, woken because releases
- * are waiting for its interpreter, leaves them to another thread of the
- * interpreter that may be running (see chancore.c): 200 us, doubled up
- * to 3.2 ms while another thread keeps draining. */
-#define TPS_DRAIN_GRACE_NS 200000
-#define TPS_DRAIN_GRACE_MAX_NS 3200000
 
 /* Results of tps_waiter_park(). */
 #define TPS_PARK_WOKEN 0

@@ -1,4 +1,4 @@
-/* handlers_buffer.c - the built-in handler for buffer-protocol exporters.
+/* handlers_export.c - the built-in handler for buffer-protocol exporters.
  *
  * Any object exporting a PEP 3118 buffer (bytearray, memoryview slices,
  * array.array, mmap, third-party arrays) that has no registration of its
@@ -7,13 +7,15 @@
  * asks for it) (PyObject_GetBuffer with PyBUF_FULL_RO, so format,
  * shape, strides and suboffsets are kept), which makes it owner-bound.
  * Rebuilding yields a memoryview in the receiver over a tpshare view
- * object (view.c) that exposes the same memory and layout; when the
- * receiver releases it, the export is released in the owner (D4).
+ * object (made by view.c, through tps_export_set_view_maker()) that
+ * exposes the same memory and layout; when the receiver releases it, the
+ * export is released in the owner.
  *
  * This registration is a fallback found by capability, not by type, so it
  * has no type; its name is "tpshare.buffer".
  */
-#include "tpshare_internal.h"
+#include "registry.h"
+#include "record.h"
 
 tps_entry *tps_buffer_entry = NULL;
 tps_entry *tps_buffer_writable_entry = NULL;
@@ -55,10 +57,27 @@ buffer_share_writable(PyObject *obj, TpShare_Data *data)
     return export(obj, data, 1);
 }
 
+/* Makes the view object a rebuild exports: installed by the layer above
+ * (view.c), so that the registry knows nothing of tpshare's types. */
+static _Atomic(tps_view_maker) view_maker;
+
+void
+tps_export_set_view_maker(tps_view_maker fn)
+{
+    atomic_store_explicit(&view_maker, fn, memory_order_release);
+}
+
 static PyObject *
 buffer_rebuild(PyTypeObject *Py_UNUSED(type), const TpShare_Data *data)
 {
-    PyObject *view = tps_view_new(TPS_RECORD_OF(data), data->ptr);
+    tps_view_maker make = atomic_load_explicit(&view_maker,
+                                               memory_order_acquire);
+    if (make == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "tpshare's view type is not set up");
+        return NULL;
+    }
+    PyObject *view = make(TPS_RECORD_OF(data), data->ptr);
     if (view == NULL) {
         return NULL;
     }
@@ -88,7 +107,7 @@ static const TpShare_Hooks buffer_writable_hooks = {
 };
 
 int
-tps_handlers_buffer_init(void)
+tps_handlers_export_init(void)
 {
     tps_buffer_entry = tps_entry_new(NULL, -1, &buffer_hooks);
     tps_buffer_writable_entry = tps_entry_new(NULL, -1,

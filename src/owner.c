@@ -1,78 +1,44 @@
-/* interp.c - per-interpreter state: release lists, counters, exit hook.
+/* owner.c - the owner side: releases queued to their owner interpreter,
+ * its counters, its exit.
  *
  * Every interpreter that uses tpshare gets a tps_interp, found through a
  * process-wide list keyed by interpreter ID (and a per-thread cache of the
- * last one used).  It holds:
+ * last one used).  It holds the release list, the counters (owner-bound
+ * records alive: `exports`; holders of them in other interpreters:
+ * `remote`; of them in channels and the token table or on their way out
+ * of one: `queued`; queued releases: `pending`), the threads of the
+ * interpreter parked in tpshare, and what its exit hook (owner_exit.c)
+ * needs.
  *
- *   - the release list (DESIGN.md D4): owner-bound records whose last
- *     holder let go in another interpreter wait here to be freed under
- *     the owner's GIL.  The list is intrusive (linked through the records
- *     themselves) and lock-free (a compare-and-swap push, an exchange to
- *     drain), so pushing never allocates, never fails and never waits,
- *     however many requests pile up while the owner is idle.  It is drained
- *     whenever the owner enters tpshare, by one coalesced pending call
- *     (at most one is queued per interpreter, so CPython's bounded
- *     pending-call queue can never overflow because of us), and at exit;
- *   - counters: owner-bound records alive (`exports`), holders of them in
- *     other interpreters (`remote`), of them in channels and the token
- *     table or on their way out of one (`queued`), queued releases
- *     (`pending`);
- *   - the exit hook (D5): run by CPython before the interpreter's objects
- *     are freed, it settles what the interpreter left queued (copies out
- *     what can be copied, applies the channels' unbounditems policy to
- *     the rest, drops its unclaimed tokens), then waits (GIL released,
- *     warning on stderr) until no other interpreter holds a view of its
- *     memory or is reading a record of it taken from a queue, draining
- *     releases as they arrive.
+ * The steps of a release.  A record's last holder lets go in
+ * tps_record_release() (record_release.c).  A neutral record is freed
+ * there; an owner-bound one is freed there too when the current
+ * interpreter is its owner, and otherwise pushed onto the owner's release
+ * list here (tps_interp_push_release()): intrusive (linked through the
+ * records) and lock-free, so a push never allocates, never fails and
+ * never waits.  The push queues one coalesced pending call in the owner
+ * (at most one per interpreter, so CPython's bounded pending-call queue
+ * never overflows because of us) or wakes one of its parked threads
+ * (chancore.c, tracker.c).  The owner drains the list (tps_interp_drain())
+ * from that pending call, whenever it enters tpshare (tps_enter()), while
+ * parked, and at exit (owner_exit.c); the drain calls tps_record_free()
+ * (record_release.c) under the owner's GIL, which runs the registration's
+ * free hook (registry/handlers_*.c or a third party's) and drops the
+ * record's Python reference there.
  *
  * Why this state is process-wide: other interpreters push releases and
  * read counters.  It holds no PyObject* usable from another interpreter:
  * `module` is only touched under the owner's own GIL.
  */
-#include "tpshare_internal.h"
+#include "owner.h"
+#include "fork.h"
+#include "owner_layout.h"
+#include "record.h"
 #include "waiter.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <time.h>
-
-struct tps_interp {
-    /* Written by other interpreters' threads, on every release: one cache
-     * line of its own, so the owner's own counters do not bounce with it. */
-    _Alignas(TPS_LINE) _Atomic(TpShare_Record *) releases;  /* the release list
-                                                          (LIFO, lock-free
-                                                          push) */
-    atomic_long pending;         /* pushed and not yet drained */
-    atomic_int scheduled;        /* a pending call is queued */
-    atomic_int nwatchers;        /* watchers.count, readable unlocked */
-    atomic_int exiting;          /* the exit hook is waiting */
-    /* One for being alive (dropped at exit) plus one per bound record. */
-    atomic_long refcnt;
-    atomic_long remote;
-    atomic_long queued;          /* see tps_interp_queued_add() */
-    atomic_int rescan;           /* a record went back into a queue
-                                    while the exit hook waits */
-    /* The owner's side. */
-    _Alignas(TPS_LINE) atomic_long exports;
-    atomic_ulong drains;         /* drains that freed something */
-    atomic_int tracker_waits;    /* watchers waiting on a Tracker */
-    tps_interp *next;            /* in interps.list */
-    int64_t id;
-    pthread_mutex_t mutex;       /* guards the fields below, and the slow
-                                    path of a push */
-    pthread_cond_t cond;         /* signalled on push and remote == 0 */
-    int alive;                   /* cleared when the exit hook finishes */
-    /* Threads of this interpreter parked in tpshare (channel waits,
-     * tracker waits): a release pushed here wakes one of them to drain
-     * it at once, so a blocked interpreter is not an idle one. */
-    tps_wlist watchers;
-    /* The interpreter's tpshare module: a strong reference of the owner's
-     * own, touched under its GIL only, cleared by the exit hook. */
-    PyObject *module;
-    /* Set once by tps_interp_stop(): tpshare waits in the interpreter
-     * fail instead of parking. */
-    atomic_int stopping;
-};
 
 static struct {
     pthread_mutex_t mutex;
@@ -88,28 +54,12 @@ static TPS_TLS struct {
     tps_interp *st;
 } tls_interp = {-1, NULL};
 
-/* Set when the process has begun to exit (tpshare.Interpreter's exit
- * hook, run before the runtime finalizes): from then on exit hooks do not
- * wait for remote holders, as during finalization. */
-static atomic_int process_exiting;
-
-void
-tps_interp_process_exiting(void)
-{
-    atomic_store(&process_exiting, 1);
-}
-
-/* Seconds an exiting interpreter waits before warning on stderr. */
-#define EXIT_WARN_AFTER 2.0
-
-static void on_exit_hook(void *arg);
-
 /* ---------------------------------------------------------------------
  * Finding and creating states.
  */
 
 static tps_interp *
-find_locked(int64_t id)
+interp_find_locked(int64_t id)
 {
     TPS_ASSERT_LOCKED(&interps.mutex);
     for (tps_interp *st = interps.list; st != NULL; st = st->next) {
@@ -180,7 +130,7 @@ tps_interp_current(void)
         return tls_interp.st;
     }
     pthread_mutex_lock(&interps.mutex);
-    tps_interp *st = find_locked(id);
+    tps_interp *st = interp_find_locked(id);
     int created = 0, err = 0;
     if (st == NULL && (st = state_new(id, &err)) != NULL) {
         st->next = interps.list;
@@ -199,7 +149,7 @@ tps_interp_current(void)
         return NULL;
     }
     if (created
-        && tps_at_exit(PyInterpreterState_Get(), on_exit_hook, st) < 0)
+        && tps_at_exit(PyInterpreterState_Get(), tps_interp_on_exit, st) < 0)
     {
         /* Without the hook the interpreter could die under live views:
          * refuse to work in it rather than risk that. */
@@ -207,14 +157,7 @@ tps_interp_current(void)
             PyErr_SetString(PyExc_RuntimeError,
                             "tpshare could not register its exit hook");
         }
-        pthread_mutex_lock(&interps.mutex);
-        for (tps_interp **p = &interps.list; *p; p = &(*p)->next) {
-            if (*p == st) {
-                *p = st->next;
-                break;
-            }
-        }
-        pthread_mutex_unlock(&interps.mutex);
+        tps_interp_unlist(st);
         tps_interp_decref(st);
         return NULL;
     }
@@ -485,7 +428,7 @@ tps_interp_drains(tps_interp *st)
 }
 
 /* ---------------------------------------------------------------------
- * Exit.
+ * Exit callbacks (the exit itself is in owner_exit.c).
  */
 
 int
@@ -511,18 +454,10 @@ tps_interp_add_exit_callback(void (*cb)(int64_t))
     return rc;
 }
 
-static double
-monotonic(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 /* Run every exit callback for interpreter `id`: settle what it left in
  * the token table and in channels. */
-static void
-run_exit_callbacks(int64_t id)
+void
+tps_interp_run_exit_callbacks(int64_t id)
 {
     pthread_mutex_lock(&interps.mutex);
     int n = interps.nexit_callbacks;
@@ -532,106 +467,9 @@ run_exit_callbacks(int64_t id)
     }
 }
 
-static int
-must_wait(tps_interp *st)
+void
+tps_interp_unlist(tps_interp *st)
 {
-    return atomic_load(&st->remote) > 0 || atomic_load(&st->queued) > 0;
-}
-
-/* Wait, with the GIL released, until no other interpreter holds records
- * of ours or is reading one taken from a queue, draining releases as they
- * come, and settling again any record put back into a queue meanwhile (a
- * receiver that could not rebuild it).  Warns on stderr while it waits: a
- * hang that names its cause instead of a dangling pointer. */
-static void
-wait_for_remote_holders(tps_interp *st)
-{
-    double start = monotonic(), next_warning = start + EXIT_WARN_AFTER;
-
-    assert(tps_thread_state() != NULL);
-    assert(atomic_load(&st->exiting));
-    tps_interp_drain(st);
-    while (must_wait(st)) {
-        int timed_out = 0;
-        Py_BEGIN_ALLOW_THREADS
-        pthread_mutex_lock(&st->mutex);
-        while (must_wait(st) && atomic_load(&st->pending) == 0
-               && !atomic_load(&st->rescan))
-        {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_sec += 1;
-            if (pthread_cond_timedwait(&st->cond, &st->mutex, &ts)
-                == ETIMEDOUT)
-            {
-                timed_out = 1;
-                break;
-            }
-        }
-        pthread_mutex_unlock(&st->mutex);
-        Py_END_ALLOW_THREADS
-        tps_interp_drain(st);
-        /* Queued records are settled again when one was put back, and
-         * once a second while some are counted: records never wait in a
-         * queue for an owner that is gone. */
-        if (atomic_exchange(&st->rescan, 0)
-            || (timed_out && atomic_load(&st->queued) > 0))
-        {
-            run_exit_callbacks(st->id);
-            tps_interp_drain(st);
-        }
-        double now = monotonic();
-        if (now >= next_warning && must_wait(st)) {
-            fprintf(stderr,
-                    "tpshare: interpreter %lld is exiting but other "
-                    "interpreters still hold %ld view(s) of its memory "
-                    "and are reading %ld item(s) it sent; waiting %.0f s "
-                    "so far until they are released\n",
-                    (long long)st->id, (long)atomic_load(&st->remote),
-                    (long)atomic_load(&st->queued), now - start);
-            fflush(stderr);
-            next_warning = now + 10.0;
-        }
-    }
-}
-
-static void
-on_exit_hook(void *arg)
-{
-    tps_interp *st = arg;
-    int64_t id = st->id;
-    int is_main = PyInterpreterState_Get() == PyInterpreterState_Main();
-
-    assert(tps_thread_state() != NULL);
-    assert(tps_current_interp_id() == id);
-    /* Set before the queues are settled: a record put back into one
-     * after that asks for another settling (tps_interp_requeued). */
-    pthread_mutex_lock(&st->mutex);
-    atomic_store(&st->exiting, 1);
-    pthread_mutex_unlock(&st->mutex);
-
-    /* Settle what this interpreter left queued (tokens, channel items)
-     * while it is still alive: copies of what can be copied, the
-     * channels' unbounditems policy for the rest. */
-    run_exit_callbacks(id);
-
-    if (!is_main && !tps_runtime_finalizing()
-        && !atomic_load(&process_exiting))
-    {
-        wait_for_remote_holders(st);
-    }
-    /* No waiting once the process itself shuts down: the main interpreter
-     * exits before the subinterpreters holding its memory are finalized,
-     * and subinterpreters are finalized one after the other by a single
-     * thread, so a wait could never end.  The exports still held are then
-     * never released; the memory they pin stays allocated until the
-     * process ends.  See docs/design.md. */
-    tps_interp_drain(st);
-
-    pthread_mutex_lock(&st->mutex);
-    st->alive = 0;
-    pthread_mutex_unlock(&st->mutex);
-
     pthread_mutex_lock(&interps.mutex);
     for (tps_interp **p = &interps.list; *p; p = &(*p)->next) {
         if (*p == st) {
@@ -640,13 +478,10 @@ on_exit_hook(void *arg)
         }
     }
     pthread_mutex_unlock(&interps.mutex);
-    if (tls_interp.id == id) {
+    if (tls_interp.st == st) {
         tls_interp.id = -1;
         tls_interp.st = NULL;
     }
-    tps_registry_forget_interp(id);
-    Py_CLEAR(st->module);
-    tps_interp_decref(st);
 }
 
 /* ---------------------------------------------------------------------
@@ -727,7 +562,7 @@ int
 tps_interp_stop(int64_t id)
 {
     pthread_mutex_lock(&interps.mutex);
-    tps_interp *st = find_locked(id);
+    tps_interp *st = interp_find_locked(id);
     if (st != NULL) {
         tps_interp_incref(st);   /* its exit may run meanwhile */
     }

@@ -1,4 +1,4 @@
-/* buffer.c - tpshare.Buffer: memory that belongs to no interpreter (D6).
+/* buffer_type.c - tpshare.Buffer: memory that belongs to no interpreter.
  *
  * A Buffer is a writable block of raw memory with an atomic refcount.
  * Sharing one (through Channel, MemChannel or share()) makes a neutral
@@ -12,7 +12,8 @@
  * writes from several interpreters are the user's to coordinate, as with
  * any shared memory.
  */
-#include "tpshare_internal.h"
+#include "pytypes.h"
+#include "module_state.h"
 
 #include <string.h>
 
@@ -28,7 +29,7 @@ typedef struct {
 } Buffer;
 
 static block *
-block_new(Py_ssize_t size)
+buffer_block_new(Py_ssize_t size)
 {
     /* calloc: large blocks come as untouched zero pages. */
     block *b = PyMem_RawCalloc(1, sizeof(block) + (size_t)size);
@@ -58,7 +59,7 @@ block_decref(block *b)
 /* A Buffer of `type` over `b`, taking over the caller's reference.  New
  * reference or NULL (the block reference is then released). */
 static PyObject *
-wrap(PyTypeObject *type, block *b)
+buffer_wrap(PyTypeObject *type, block *b)
 {
     Buffer *self = PyObject_New(Buffer, type);
     if (self == NULL) {
@@ -81,8 +82,8 @@ buffer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         PyErr_SetString(PyExc_ValueError, "size must be >= 0");
         return NULL;
     }
-    block *b = block_new(size);
-    return b == NULL ? NULL : wrap(type, b);
+    block *b = buffer_block_new(size);
+    return b == NULL ? NULL : buffer_wrap(type, b);
 }
 
 static void
@@ -174,7 +175,7 @@ hook_rebuild(PyTypeObject *type, const TpShare_Data *data)
 {
     block *b = data->ptr;
     block_incref(b);
-    return wrap(type, b);
+    return buffer_wrap(type, b);
 }
 
 static void

@@ -1,0 +1,115 @@
+/* registry.h - the process-wide type registry (registry/registry.c) and
+ * the built-in registrations (registry/handlers_*.c): the lowest layer.
+ */
+#ifndef TPSHARE_REGISTRY_H
+#define TPSHARE_REGISTRY_H
+
+#ifndef TPSHARE_BUILD_CORE
+#error "registry.h is internal to tpshare"
+#endif
+
+#include "common.h"
+
+/* One registration.  Refcounted: the registry, per-interpreter lookup
+ * caches and every record made with it hold a reference, so the hooks and
+ * the name stay valid after Unregister() while records still use them. */
+typedef struct tps_entry {
+    atomic_long refcnt;
+    /* The registered type.  Not a reference: a static type lives for the
+     * process; a heap type's entry is unregistered (by a weakref callback)
+     * before the type is freed.  NULL for the buffer-protocol fallback. */
+    PyTypeObject *type;
+    /* -1: process-wide (static types); otherwise the ID of the only
+     * interpreter where this registration is visible. */
+    int64_t interp;
+    /* A copy of the caller's hooks; hooks.name points at `name`. */
+    TpShare_Hooks hooks;
+    /* Owned, raw memory; freed with the entry. */
+    char *name;
+    /* Built-in registrations live for the process: no refcounting. */
+    int immortal;
+} tps_entry;
+
+/* A new entry (one reference) with a copy of `hooks`, or NULL on memory
+ * failure.  Not registered anywhere. */
+tps_entry *tps_entry_new(PyTypeObject *type, int64_t interp,
+                         const TpShare_Hooks *hooks);
+void tps_entry_incref(tps_entry *e);
+void tps_entry_decref(tps_entry *e);
+
+/* The entry used to share objects of `type` (borrowed) in the current
+ * interpreter: exact registration, else a registration accepting
+ * subclasses found on the MRO, else the buffer fallback when the type
+ * exports buffers.  Returns a borrowed entry (valid until the current
+ * interpreter next calls into the registry with the GIL released), or
+ * NULL without an exception when the type is not shareable.  Needs the
+ * GIL. */
+tps_entry *tps_registry_find(PyTypeObject *type);
+
+/* The built-in registration of exactly `type` when it is one of the
+ * built-in types and unchanged, else NULL: a lock-free first check.
+ * Borrowed (built-in entries are immortal). */
+tps_entry *tps_registry_fast(PyTypeObject *type);
+
+/* The current interpreter's entry for a record made with `sent`, found by
+ * name: `sent` itself when it is visible here.  Returns a borrowed entry
+ * or NULL with LookupError.  Needs the GIL. */
+tps_entry *tps_registry_find_for_rebuild(tps_entry *sent);
+
+int tps_registry_register(PyTypeObject *type, const TpShare_Hooks *hooks,
+                          unsigned int flags);
+int tps_registry_unregister(PyTypeObject *type);
+int tps_registry_lookup(PyTypeObject *type, TpShare_Hooks *out);
+
+/* The entries visible in interpreter `interp`, each with a new
+ * reference, in a raw array the caller frees (PyMem_RawFree) with *n
+ * set; NULL on memory failure. */
+tps_entry **tps_registry_visible_entries(int64_t interp, size_t *n);
+
+/* A list of (name, type, flags) visible in the current interpreter; new
+ * reference (registry/registry_list.c). */
+PyObject *tps_registry_list(void);
+
+/* Process-wide set-up of the registry and the built-in registrations,
+ * once per process (idempotent); and per-interpreter teardown of the
+ * registrations and caches of interpreter `interp`. */
+int tps_registry_init(void);
+/* The same with the function that adds the built-in registrations
+ * (tps_builtin_handlers_register), given by the layer that knows them. */
+int tps_registry_init_with(int (*register_builtins)(void));
+void tps_registry_forget_interp(int64_t interp);
+
+/* Built-in handler registration (registry/handlers_*.c): each adds
+ * its process-wide registrations.  tps_builtin_handlers_register()
+ * (registry/handlers_builtin.c) calls them all; it is given to
+ * tps_registry_init_with(), once per process. */
+int tps_builtin_handlers_register(void);
+int tps_handlers_scalar_init(void);
+int tps_handlers_text_init(void);
+int tps_handlers_tuple_init(void);
+int tps_handlers_export_init(void);
+
+/* The registration of pickled objects (Channel(fallback="pickle")):
+ * shared as the bytes of pickle.dumps(), rebuilt with pickle.loads()
+ * (registry/handlers_text.c). */
+extern tps_entry *tps_pickle_entry;
+
+/* The buffer-protocol fallback entry, and its writable variant used by
+ * MemChannel.send(writable=True) (registry/handlers_export.c). */
+extern tps_entry *tps_buffer_entry;
+extern tps_entry *tps_buffer_writable_entry;
+
+/* Makes the object a rebuilt buffer export is a memoryview of: a view
+ * (new reference) exporting `src` (borrowed, owned by `rec`, which the
+ * view holds), or NULL with an exception.  Installed by the Python layer
+ * (view.c) when it sets up its type; registry/handlers_export.c calls
+ * it. */
+typedef PyObject *(*tps_view_maker)(TpShare_Record *rec,
+                                    const Py_buffer *src);
+void tps_export_set_view_maker(tps_view_maker fn);
+
+/* Bytes at least this long are shared owner-bound rather than copied
+ * (registry/handlers_text.c).  Sets it when value >= 0; returns it. */
+Py_ssize_t tps_bytes_threshold(Py_ssize_t value);
+
+#endif /* TPSHARE_REGISTRY_H */
