@@ -532,7 +532,7 @@ static PyTypeObject PointType = {
 };
 
 static const TpShare_Hooks point_hooks = {
-    .abi_version = TPSHARE_ABI_VERSION,
+    TPSHARE_HOOKS_INIT,
     .flags = TPSHARE_COPIES | TPSHARE_SUBCLASSES,
     .name = TESTEXT_NAME("Point"),
     .share = point_share,
@@ -918,7 +918,7 @@ typedef struct {
             .slots = (SLOTS),                                             \
         },                                                                \
         .hooks = {                                                        \
-            .abi_version = TPSHARE_ABI_VERSION,                           \
+            TPSHARE_HOOKS_INIT,                                           \
             .flags = (FLAGS),                                             \
             .name = TESTEXT_NAME(NAME),                                   \
             .share = (SHARE),                                             \
@@ -1022,7 +1022,7 @@ static PyTypeObject ChurnType = {
 };
 
 static const TpShare_Hooks churn_hooks = {
-    .abi_version = TPSHARE_ABI_VERSION,
+    TPSHARE_HOOKS_INIT,
     .flags = TPSHARE_COPIES,
     .name = TESTEXT_NAME("Churn"),
     .share = churn_share,
@@ -1158,7 +1158,7 @@ testext_register_point_again(PyObject *module, PyObject *args,
 static PyObject *
 testext_lookup_name(PyObject *module, PyObject *arg)
 {
-    TpShare_Hooks hooks;
+    TpShare_Hooks hooks = {TPSHARE_HOOKS_INIT};
     int found;
 
     (void)module;
@@ -1187,7 +1187,7 @@ testext_lookup_loop(PyObject *module, PyObject *args)
     PyObject *type;
     Py_ssize_t n;
     Py_ssize_t found = 0;
-    TpShare_Hooks hooks;
+    TpShare_Hooks hooks = {TPSHARE_HOOKS_INIT};
 
     (void)module;
     if (!PyArg_ParseTuple(args, "O!n:lookup_loop", &PyType_Type, &type,
@@ -1291,6 +1291,7 @@ testext_register_type(PyObject *module, PyObject *args, PyObject *kwds)
         return NULL;
     }
     hooks.abi_version = TPSHARE_ABI_VERSION;
+    hooks.size = sizeof(TpShare_Hooks);
     hooks.flags = TPSHARE_COPIES | (subclasses ? TPSHARE_SUBCLASSES : 0);
     hooks.name = name;
     hooks.share = plain_share;
@@ -1299,6 +1300,54 @@ testext_register_type(PyObject *module, PyObject *args, PyObject *kwds)
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+/* register_sized(type, name, size, extra=0) -> None: register plain hooks
+ * for `type` (borrowed) whose `size` field says `size`, laid out in a
+ * bigger buffer whose first byte past the known struct is `extra`: how an
+ * extension built against another header's TpShare_Hooks looks to
+ * Register().  Raises Register()'s ValueError. */
+static PyObject *
+testext_register_sized(PyObject *module, PyObject *args)
+{
+    PyObject *type;
+    const char *name;
+    unsigned int size;
+    unsigned char extra = 0;
+    union {
+        TpShare_Hooks hooks;
+        unsigned char bytes[sizeof(TpShare_Hooks) + 64];
+    } buf;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O!sI|b:register_sized", &PyType_Type,
+                          &type, &name, &size, &extra)) {
+        return NULL;
+    }
+    if (size > sizeof(buf)) {
+        PyErr_Format(PyExc_ValueError, "size above %zu", sizeof(buf));
+        return NULL;
+    }
+    memset(&buf, 0, sizeof(buf));
+    buf.hooks.abi_version = TPSHARE_ABI_VERSION;
+    buf.hooks.size = size;
+    buf.hooks.flags = TPSHARE_COPIES;
+    buf.hooks.name = name;
+    buf.hooks.share = plain_share;
+    buf.hooks.rebuild = plain_rebuild;
+    buf.bytes[sizeof(TpShare_Hooks)] = extra;
+    if (TpShare_API->Register((PyTypeObject *)type, &buf.hooks, 0) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* hooks_size() -> sizeof(TpShare_Hooks) as this extension compiled it. */
+static PyObject *
+testext_hooks_size(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    (void)module;
+    return PyLong_FromSize_t(sizeof(TpShare_Hooks));
 }
 
 /* unregister_type(type) -> None; `type` is borrowed. */
@@ -1321,6 +1370,11 @@ static PyMethodDef testext_methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "register_type(type, name, subclasses=False)\n--\n\nRegister "
      "hooks rebuilding type() for type."},
+    {"register_sized", testext_register_sized, METH_VARARGS,
+     "register_sized(type, name, size, extra=0)\n--\n\nRegister hooks "
+     "whose size field is size, followed by the byte extra."},
+    {"hooks_size", testext_hooks_size, METH_NOARGS,
+     "hooks_size()\n--\n\nsizeof(TpShare_Hooks) in this extension."},
     {"unregister_type", testext_unregister_type, METH_O,
      "unregister_type(type)\n--\n\nRemove the registration of type."},
     {"rebuild_count", testext_rebuild_count, METH_NOARGS,
@@ -1367,7 +1421,7 @@ static PyMethodDef testext_methods[] = {
 static int
 register_static_once(PyTypeObject *type, const TpShare_Hooks *hooks)
 {
-    TpShare_Hooks found_hooks;
+    TpShare_Hooks found_hooks = {TPSHARE_HOOKS_INIT};
     PyObject *exc = NULL;
     int found;
 
