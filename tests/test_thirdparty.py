@@ -136,6 +136,24 @@ def test_owner_bound_third_party_data_is_freed_in_its_owner(xsub):
     assert ext.blob_last_free_interp() == int(xsub.id)
 
 
+def test_nested_memoryview_record_shares_memory_zero_copy(xsub):
+    ba = bytearray(b"frame")
+    f = ext.Frame(ba)
+    xsub.put("f", f)
+    assert xsub.eval("(type(f) is ext.Frame, f.tobytes())") == "(True, b'frame')"
+    ba[0] = ord("F")  # the receiver reads the sender's memory, not a copy
+    assert xsub.eval("f.tobytes()") == repr(b"Frame")
+    del f
+    gc.collect()
+    with pytest.raises(BufferError):  # still exported for the receiver
+        ba.extend(b"!")
+    xsub.run("del f")
+    gc.collect()
+    tpshare.drain()  # the receiver's release runs here, in the owner
+    ba.extend(b"!")
+    assert ba == b"Frame!"
+
+
 def test_container_type_shares_nested_objects_once(xsub):
     s = "the same str"
     p = ext.Pair(s, (s, ext.Point(1, 1)))
