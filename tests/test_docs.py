@@ -57,3 +57,18 @@ def test_the_pages_have_examples():
 def test_example_runs(code):
     r = run_child(code, timeout=120)
     assert r.returncode == 0, r.stderr
+
+
+def test_every_public_name_is_documented():
+    import tpshare
+
+    text = ""
+    for path in _pages():
+        with open(path, encoding="utf-8") as f:
+            text += f.read()
+    missing = [
+        name
+        for name in tpshare.__all__
+        if not re.search(rf"`(tpshare\.)?{re.escape(name)}\b", text)
+    ]
+    assert missing == []
