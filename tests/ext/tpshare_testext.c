@@ -1479,7 +1479,8 @@ testext_register_sized(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/* hooks_size() -> sizeof(TpShare_Hooks) as this extension compiled it. */
+/* hooks_size() -> sizeof(TpShare_Hooks) as this extension compiled it.
+ * Returns a new reference. */
 static PyObject *
 testext_hooks_size(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
