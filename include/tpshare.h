@@ -6,7 +6,17 @@
  * in (TpShare_Data), and a versioned table of functions (TpShare_CAPI) that
  * tpshare exports as the capsule "tpshare._C_API".
  *
- * Usage, in the extension's Py_mod_exec function:
+ * Usage: hooks are initialised with TPSHARE_HOOKS_INIT (it fills in the ABI
+ * version and the struct's size), then registered from the extension's
+ * Py_mod_exec function:
+ *
+ *     static const TpShare_Hooks my_hooks = {
+ *         TPSHARE_HOOKS_INIT,
+ *         .flags = TPSHARE_COPIES,
+ *         .name = "mypackage.MyType",
+ *         .share = my_share,
+ *         .rebuild = my_rebuild,
+ *     };
  *
  *     if (TpShare_IMPORT() < 0) {
  *         return -1;
@@ -33,11 +43,12 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of the structs or the table below.
- * Growth at the end of TpShare_CAPI (checked through its `size` field) is
- * not an incompatible change.  Extensions never define it themselves; the
- * test suite does, to check that a mismatch fails cleanly. */
+ * Growth at the end of TpShare_CAPI or TpShare_Hooks (each checked through
+ * its `size` field) is not an incompatible change.  Extensions never
+ * define it themselves; the test suite does, to check that a mismatch
+ * fails cleanly.  Version 2 added TpShare_Hooks.size. */
 #ifndef TPSHARE_ABI_VERSION
-#define TPSHARE_ABI_VERSION 1
+#define TPSHARE_ABI_VERSION 2
 #endif
 
 #define TPSHARE_CAPSULE_NAME "tpshare._C_API"
@@ -134,12 +145,22 @@ typedef void (*TpShare_FreeFunc)(TpShare_Data *data);
 #define TPSHARE_SUBCLASSES  0x4u  /* also used for subclasses (MRO walk) */
 #define TPSHARE_ANY_RESULT  0x8u  /* rebuild may return another type */
 #define TPSHARE_IMMUTABLE   0x10u /* instances never change: a receiver may
-                                     reuse what it rebuilt for the same
-                                     object sent again (identity, D9) */
+                                     reuse the object it rebuilt when the
+                                     same object is sent again, instead of
+                                     rebuilding it */
 
+/* Growth rule: new fields are only ever added at the end, and a zero new
+ * field means "as before".  `size` tells tpshare which fields the caller
+ * knows: Register() refuses a size below the first version's (0 included:
+ * the caller forgot TPSHARE_HOOKS_INIT), reads only `size` bytes, and
+ * accepts a size above its own only if the bytes it does not know are all
+ * zero (an extension built against a newer header that uses none of the
+ * newer fields still registers). */
 typedef struct TpShare_Hooks {
     /* Must be TPSHARE_ABI_VERSION; Register() refuses anything else. */
     uint32_t abi_version;
+    /* sizeof(TpShare_Hooks) as the caller compiled it. */
+    uint32_t size;
     /* TPSHARE_COPIES | TPSHARE_ZERO_COPY | TPSHARE_SUBCLASSES | ... */
     uint32_t flags;
     /* Stable registration name, "package.Type".  Required.  Copied by
@@ -152,6 +173,12 @@ typedef struct TpShare_Hooks {
     /* Optional (NULL: PyMem_RawFree(data->ptr)). */
     TpShare_FreeFunc free;
 } TpShare_Hooks;
+
+/* The first members of every TpShare_Hooks initialiser, in C and in C++20:
+ *     TpShare_Hooks h = {TPSHARE_HOOKS_INIT, .flags = ..., ...};
+ * Code that fills a struct at run time sets the same two fields. */
+#define TPSHARE_HOOKS_INIT \
+    .abi_version = TPSHARE_ABI_VERSION, .size = sizeof(TpShare_Hooks)
 
 /* Register() flags. */
 #define TPSHARE_REPLACE 0x1u  /* replace an existing registration */
@@ -173,7 +200,8 @@ typedef struct TpShare_CAPI {
      * Returns 0, or -1 with an exception: ValueError if the type is
      * already registered (and TPSHARE_REPLACE was not given), if the name
      * is already used for another type in this scope, or if the hooks are
-     * incomplete or of another ABI version; TypeError if type is NULL. */
+     * incomplete, of another ABI version or of a size it cannot accept
+     * (see TpShare_Hooks); TypeError if type is NULL. */
     int (*Register)(PyTypeObject *type, const TpShare_Hooks *hooks,
                     unsigned int flags);
 
@@ -184,8 +212,10 @@ typedef struct TpShare_CAPI {
 
     /* Copy the hooks that would share instances of `type` (borrowed)
      * into *out: its own registration, a base's that accepts subclasses,
-     * or the buffer fallback.  out->name stays valid until the current
-     * interpreter next calls into tpshare.  Returns 1 if found, 0 if not,
+     * or the buffer fallback.  The caller initialises *out with
+     * TPSHARE_HOOKS_INIT first, so that a tpshare with a bigger struct
+     * writes only the fields the caller knows.  out->name stays valid
+     * until the current interpreter next calls into tpshare.  Returns 1 if found, 0 if not,
      * -1 with an exception on error. */
     int (*Lookup)(PyTypeObject *type, TpShare_Hooks *out);
 

@@ -95,14 +95,14 @@ buffer_free(TpShare_Data *data)
 }
 
 static const TpShare_Hooks buffer_hooks = {
-    TPSHARE_ABI_VERSION, TPSHARE_ZERO_COPY | TPSHARE_ANY_RESULT,
+    TPSHARE_HOOKS_INIT, TPSHARE_ZERO_COPY | TPSHARE_ANY_RESULT,
     "tpshare.buffer", buffer_share, buffer_rebuild, buffer_free,
 };
 
 /* Used only when asked for (MemChannel.send(writable=True)); never found
  * by type. */
 static const TpShare_Hooks buffer_writable_hooks = {
-    TPSHARE_ABI_VERSION, TPSHARE_ZERO_COPY | TPSHARE_ANY_RESULT,
+    TPSHARE_HOOKS_INIT, TPSHARE_ZERO_COPY | TPSHARE_ANY_RESULT,
     "tpshare.buffer", buffer_share_writable, buffer_rebuild, buffer_free,
 };
 

@@ -113,7 +113,7 @@ complex_rebuild(PyTypeObject *Py_UNUSED(type), const TpShare_Data *data)
 }
 
 #define HOOKS(NAME, PREFIX) \
-    {TPSHARE_ABI_VERSION, TPSHARE_COPIES | TPSHARE_IMMUTABLE, NAME, \
+    {TPSHARE_HOOKS_INIT, TPSHARE_COPIES | TPSHARE_IMMUTABLE, NAME, \
      PREFIX##_share, PREFIX##_rebuild, NULL}
 
 static const TpShare_Hooks none_hooks = HOOKS("builtins.NoneType", none);

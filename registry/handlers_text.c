@@ -130,12 +130,12 @@ bytes_free(TpShare_Data *data)
 }
 
 static const TpShare_Hooks str_hooks = {
-    TPSHARE_ABI_VERSION, TPSHARE_COPIES | TPSHARE_IMMUTABLE, "builtins.str",
+    TPSHARE_HOOKS_INIT, TPSHARE_COPIES | TPSHARE_IMMUTABLE, "builtins.str",
     str_share, str_rebuild, NULL,
 };
 
 static const TpShare_Hooks bytes_hooks = {
-    TPSHARE_ABI_VERSION, TPSHARE_COPIES | TPSHARE_IMMUTABLE, "builtins.bytes",
+    TPSHARE_HOOKS_INIT, TPSHARE_COPIES | TPSHARE_IMMUTABLE, "builtins.bytes",
     bytes_share, bytes_rebuild, bytes_free,
 };
 
@@ -160,7 +160,7 @@ pickled_rebuild(PyTypeObject *Py_UNUSED(type), const TpShare_Data *data)
 }
 
 static const TpShare_Hooks pickle_hooks = {
-    TPSHARE_ABI_VERSION, TPSHARE_COPIES | TPSHARE_ANY_RESULT,
+    TPSHARE_HOOKS_INIT, TPSHARE_COPIES | TPSHARE_ANY_RESULT,
     "tpshare.pickled", bytes_share, pickled_rebuild, bytes_free,
 };
 

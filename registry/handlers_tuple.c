@@ -74,7 +74,7 @@ tuple_free(TpShare_Data *data)
 }
 
 static const TpShare_Hooks tuple_hooks = {
-    TPSHARE_ABI_VERSION, TPSHARE_COPIES | TPSHARE_IMMUTABLE,
+    TPSHARE_HOOKS_INIT, TPSHARE_COPIES | TPSHARE_IMMUTABLE,
     "builtins.tuple",
     tuple_share, tuple_rebuild, tuple_free,
 };

@@ -479,6 +479,31 @@ check_hooks(const TpShare_Hooks *hooks)
                      (unsigned int)hooks->abi_version, TPSHARE_ABI_VERSION);
         return -1;
     }
+    /* The growth rule of TpShare_Hooks (include/tpshare.h): every version
+     * so far has the same fields, so the smallest size accepted is ours.
+     * A bigger struct comes from a newer header; the fields it adds are
+     * unknown here and only harmless when left zero. */
+    if (hooks->size < sizeof(TpShare_Hooks)) {
+        PyErr_Format(PyExc_ValueError,
+                     "hooks of %u bytes, tpshare needs at least %zu "
+                     "(initialise them with TPSHARE_HOOKS_INIT)",
+                     (unsigned int)hooks->size, sizeof(TpShare_Hooks));
+        return -1;
+    }
+    if (hooks->size > sizeof(TpShare_Hooks)) {
+        const unsigned char *extra = (const unsigned char *)hooks;
+        for (size_t i = sizeof(TpShare_Hooks); i < hooks->size; i++) {
+            if (extra[i] != 0) {
+                PyErr_Format(PyExc_ValueError,
+                             "hooks of %u bytes set fields this tpshare "
+                             "does not know (it knows %zu bytes; byte %zu "
+                             "is not zero)",
+                             (unsigned int)hooks->size,
+                             sizeof(TpShare_Hooks), i);
+                return -1;
+            }
+        }
+    }
     if (hooks->name == NULL || hooks->name[0] == '\0') {
         PyErr_SetString(PyExc_ValueError, "hooks need a name");
         return -1;

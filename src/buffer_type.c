@@ -185,7 +185,7 @@ hook_free(TpShare_Data *data)
 }
 
 static const TpShare_Hooks buffer_hooks = {
-    TPSHARE_ABI_VERSION, TPSHARE_ZERO_COPY, "tpshare.Buffer",
+    TPSHARE_HOOKS_INIT, TPSHARE_ZERO_COPY, "tpshare.Buffer",
     hook_share, hook_rebuild, hook_free,
 };
 

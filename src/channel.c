@@ -258,7 +258,7 @@ unbound_free(TpShare_Data *Py_UNUSED(data))
 }
 
 static const TpShare_Hooks unbound_hooks = {
-    TPSHARE_ABI_VERSION, TPSHARE_COPIES | TPSHARE_ANY_RESULT,
+    TPSHARE_HOOKS_INIT, TPSHARE_COPIES | TPSHARE_ANY_RESULT,
     "tpshare.unbound", unbound_share, unbound_rebuild, unbound_free,
 };
 
@@ -1261,17 +1261,17 @@ handle_free(TpShare_Data *data)
 }
 
 static const TpShare_Hooks channel_hooks = {
-    TPSHARE_ABI_VERSION, 0, "tpshare.Channel",
+    TPSHARE_HOOKS_INIT, 0, "tpshare.Channel",
     handle_share, handle_rebuild, handle_free,
 };
 
 static const TpShare_Hooks memchannel_hooks = {
-    TPSHARE_ABI_VERSION, 0, "tpshare.MemChannel",
+    TPSHARE_HOOKS_INIT, 0, "tpshare.MemChannel",
     handle_share, handle_rebuild, handle_free,
 };
 
 static const TpShare_Hooks queue_hooks = {
-    TPSHARE_ABI_VERSION, 0, "tpshare.Queue",
+    TPSHARE_HOOKS_INIT, 0, "tpshare.Queue",
     handle_share, handle_rebuild, handle_free,
 };
 

@@ -147,17 +147,31 @@ tracker_spin_ready(void *arg)
            || tps_interp_has_pending(a->st);
 }
 
+/* wait(timeout=None): op, args and kwnames are borrowed (vectorcall; a
+ * keyword's value follows the positional arguments in args).  Returns a
+ * new reference to a bool, or NULL with an exception. */
 static PyObject *
-tracker_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs)
+tracker_wait(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+             PyObject *kwnames)
 {
     tps_tracker *t = ((Tracker *)op)->t;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
     int64_t timeout_ns;
 
-    if (nargs > 1) {
+    if (nargs + nkw > 1) {
         PyErr_SetString(PyExc_TypeError, "wait() takes at most 1 argument");
         return NULL;
     }
-    if (tps_parse_timeout(nargs ? args[0] : NULL, &timeout_ns) < 0) {
+    if (nkw == 1) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, 0);
+        if (PyUnicode_CompareWithASCIIString(key, "timeout") != 0) {
+            PyErr_Format(PyExc_TypeError,
+                         "wait() got an unexpected keyword argument %R",
+                         key);
+            return NULL;
+        }
+    }
+    if (tps_parse_timeout(nargs + nkw ? args[0] : NULL, &timeout_ns) < 0) {
         return NULL;
     }
     tps_interp *st = tps_interp_current();
@@ -228,7 +242,8 @@ tracker_repr(PyObject *op)
 }
 
 static PyMethodDef tracker_methods[] = {
-    {"wait", _PyCFunction_CAST(tracker_wait), METH_FASTCALL,
+    {"wait", _PyCFunction_CAST(tracker_wait),
+     METH_FASTCALL | METH_KEYWORDS,
      "wait(timeout=None)\n--\n\nBlock until every view of what was sent "
      "is released; True if it was, False on timeout."},
     {NULL},

@@ -108,6 +108,21 @@ def test_tracker_wait_times_out_then_succeeds():
     assert "released" in repr(tracker)
 
 
+def test_tracker_wait_takes_timeout_by_keyword():
+    mc = tpshare.MemChannel()
+    tracker = mc.send(bytearray(4))
+    mv = mc.recv()
+    assert tracker.wait(timeout=0) is False
+    with pytest.raises(TypeError, match="unexpected keyword argument 'secs'"):
+        tracker.wait(secs=1)
+    with pytest.raises(TypeError, match="at most 1 argument"):
+        tracker.wait(1, timeout=1)
+    with pytest.raises(ValueError):
+        tracker.wait(timeout=-1)
+    mv.release()
+    assert tracker.wait(timeout=1.0) is True
+
+
 def test_tracker_sees_a_release_made_in_the_receiver(sub):
     mc = tpshare.MemChannel()
     tracker = mc.send(bytearray(4))

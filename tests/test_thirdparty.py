@@ -25,8 +25,44 @@ def test_the_extension_uses_the_same_abi():
 
 
 def test_abi_mismatch_is_a_clean_import_error():
-    with pytest.raises(ImportError, match=r"ABI version 999.*provides version 1"):
+    with pytest.raises(ImportError, match=r"ABI version 999.*provides version 2"):
         import tpshare_abi_mismatch  # noqa: F401
+
+
+class _Sized:
+    """A fresh type for each registration attempt of the size tests."""
+
+
+@pytest.mark.parametrize("size", [0, 8, "known-1"])
+def test_hooks_smaller_than_known_are_refused_naming_both_sizes(size):
+    known = ext.hooks_size()
+    size = known - 1 if size == "known-1" else size
+    cls = type("Small", (_Sized,), {})
+    with pytest.raises(ValueError) as info:
+        ext.register_sized(cls, "test.small", size)
+    msg = str(info.value)
+    assert f"hooks of {size} bytes" in msg
+    assert f"at least {known}" in msg and "TPSHARE_HOOKS_INIT" in msg
+    assert ext.lookup_name(cls) is None
+
+
+def test_bigger_hooks_with_unknown_fields_set_are_refused():
+    known = ext.hooks_size()
+    cls = type("Big", (_Sized,), {})
+    with pytest.raises(ValueError, match=rf"{known + 16} bytes.*knows {known}"):
+        ext.register_sized(cls, "test.big", known + 16, 1)
+    assert ext.lookup_name(cls) is None
+
+
+def test_bigger_hooks_whose_unknown_fields_are_zero_are_accepted():
+    known = ext.hooks_size()
+    cls = type("Newer", (_Sized,), {})
+    ext.register_sized(cls, "test.newer", known + 16, 0)
+    try:
+        assert ext.lookup_name(cls) == "test.newer"
+        assert type(tpshare.share(cls()).rebuild()) is cls
+    finally:
+        ext.unregister_type(cls)
 
 
 def test_heap_type_round_trips_in_process():
@@ -98,6 +134,24 @@ def test_owner_bound_third_party_data_is_freed_in_its_owner(xsub):
     xsub.run("tpshare.drain()")
     assert ext.blob_frees() == frees + 1
     assert ext.blob_last_free_interp() == int(xsub.id)
+
+
+def test_nested_memoryview_record_shares_memory_zero_copy(xsub):
+    ba = bytearray(b"frame")
+    f = ext.Frame(ba)
+    xsub.put("f", f)
+    assert xsub.eval("(type(f) is ext.Frame, f.tobytes())") == "(True, b'frame')"
+    ba[0] = ord("F")  # the receiver reads the sender's memory, not a copy
+    assert xsub.eval("f.tobytes()") == repr(b"Frame")
+    del f
+    gc.collect()
+    with pytest.raises(BufferError):  # still exported for the receiver
+        ba.extend(b"!")
+    xsub.run("del f")
+    gc.collect()
+    tpshare.drain()  # the receiver's release runs here, in the owner
+    ba.extend(b"!")
+    assert ba == b"Frame!"
 
 
 def test_container_type_shares_nested_objects_once(xsub):

@@ -10,6 +10,8 @@
  *   Matrix   heap type, payload copied into raw memory, counts rebuilds;
  *   Point    static type, payload inline, accepts subclasses;
  *   Blob     heap type, zero-copy and owner-bound (keeps its bytes alive);
+ *   Frame    heap type exporting memory, zero-copy by nesting the record
+ *            of a memoryview of itself;
  *   Pair     heap type sharing its two items as nested records;
  *   Bad*     heap types whose hooks misbehave in one way each;
  *   Churn    static type registered and unregistered in a loop by churn();
@@ -532,7 +534,7 @@ static PyTypeObject PointType = {
 };
 
 static const TpShare_Hooks point_hooks = {
-    .abi_version = TPSHARE_ABI_VERSION,
+    TPSHARE_HOOKS_INIT,
     .flags = TPSHARE_COPIES | TPSHARE_SUBCLASSES,
     .name = TESTEXT_NAME("Point"),
     .share = point_share,
@@ -645,6 +647,139 @@ static PyType_Slot blob_slots[] = {
     {0, NULL},
 };
 
+
+/* ---------------------------------------------------------------------
+ * Frame: a heap type exporting read-only memory it does not copy, shared
+ * zero-copy and owner-bound by nesting the record of a memoryview of
+ * itself (the pattern docs/c-api.md shows): the built-in buffer handler
+ * then does the export, the view in the receiver and the release in the
+ * owner.
+ */
+
+typedef struct {
+    PyObject_HEAD
+    /* A read-only export of the object given to Frame(); released by
+     * dealloc. */
+    Py_buffer view;
+} FrameObject;
+
+/* A new Frame of `type` (borrowed) over the memory of `obj` (borrowed).
+ * Returns a new reference. */
+static PyObject *
+frame_make(PyTypeObject *type, PyObject *obj)
+{
+    FrameObject *self = (FrameObject *)type->tp_alloc(type, 0);
+
+    if (self == NULL) {
+        return NULL;
+    }
+    if (PyObject_GetBuffer(obj, &self->view, PyBUF_SIMPLE) < 0) {
+        /* tp_alloc zeroed the view: dealloc releases nothing. */
+        Py_DECREF(self);
+        return NULL;
+    }
+    return (PyObject *)self;
+}
+
+/* Frame(obj).  type, args, kwds: borrowed.  Returns a new reference. */
+static PyObject *
+frame_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"obj", NULL};
+    PyObject *obj;
+
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Frame", kwlist, &obj)) {
+        return NULL;
+    }
+    return frame_make(type, obj);
+}
+
+/* self: the object being destroyed. */
+static void
+frame_dealloc(PyObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+
+    if (((FrameObject *)self)->view.obj != NULL) {
+        PyBuffer_Release(&((FrameObject *)self)->view);
+    }
+    tp->tp_free(self);
+    Py_DECREF(tp);
+}
+
+/* bf_getbuffer: re-export the held memory, read-only.  self: borrowed. */
+static int
+frame_getbuffer(PyObject *self, Py_buffer *view, int flags)
+{
+    FrameObject *f = (FrameObject *)self;
+
+    return PyBuffer_FillInfo(view, self, f->view.buf, f->view.len, 1, flags);
+}
+
+/* share: nest the record of memoryview(self).  The buffer handler exports
+ * the memory (so the data is owner-bound), and the receiver gets a view of
+ * the same memory.  Sharing self directly would find these very hooks
+ * again.  obj: borrowed. */
+static int
+frame_share(PyObject *obj, TpShare_Data *data)
+{
+    PyObject *mv = PyMemoryView_FromObject(obj);
+
+    if (mv == NULL) {
+        return -1;
+    }
+    data->ptr = TpShare_API->Share(mv);
+    Py_DECREF(mv);
+    return data->ptr == NULL ? -1 : 0;
+}
+
+/* rebuild: a Frame of `type` (borrowed) over the receiver's view of the
+ * sender's memory.  Returns a new reference. */
+static PyObject *
+frame_rebuild(PyTypeObject *type, const TpShare_Data *data)
+{
+    PyObject *mv = TpShare_API->Rebuild(data->ptr);
+    PyObject *result;
+
+    if (mv == NULL) {
+        return NULL;
+    }
+    result = frame_make(type, mv);
+    Py_DECREF(mv);
+    return result;
+}
+
+/* free: give up the nested record (runs in the owner: it is owner-bound). */
+static void
+frame_free(TpShare_Data *data)
+{
+    TpShare_API->Release(data->ptr);
+}
+
+/* Frame.tobytes() -> a copy of the memory.  Returns a new reference. */
+static PyObject *
+frame_tobytes(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    FrameObject *f = (FrameObject *)self;
+
+    return PyBytes_FromStringAndSize(f->view.buf, f->view.len);
+}
+
+static PyMethodDef frame_methods[] = {
+    {"tobytes", frame_tobytes, METH_NOARGS,
+     "tobytes()\n--\n\nA copy of the memory."},
+    {NULL},
+};
+
+static PyType_Slot frame_slots[] = {
+    {Py_tp_doc, "Frame(obj)\n--\n\nA read-only window on obj's memory, "
+                "shared zero-copy."},
+    {Py_tp_new, frame_new},
+    {Py_tp_dealloc, frame_dealloc},
+    {Py_tp_methods, frame_methods},
+    {Py_bf_getbuffer, frame_getbuffer},
+    {0, NULL},
+};
 
 /* ---------------------------------------------------------------------
  * Pair: a heap type holding two objects, shared as two nested records.
@@ -918,7 +1053,7 @@ typedef struct {
             .slots = (SLOTS),                                             \
         },                                                                \
         .hooks = {                                                        \
-            .abi_version = TPSHARE_ABI_VERSION,                           \
+            TPSHARE_HOOKS_INIT,                                           \
             .flags = (FLAGS),                                             \
             .name = TESTEXT_NAME(NAME),                                   \
             .share = (SHARE),                                             \
@@ -935,6 +1070,8 @@ static heap_type_def heap_types[] = {
               TPSHARE_COPIES, matrix_share, matrix_rebuild, matrix_free),
     HEAP_TYPE("Blob", BlobObject, 0, blob_slots,
               TPSHARE_ZERO_COPY, blob_share, blob_rebuild, blob_free),
+    HEAP_TYPE("Frame", FrameObject, 0, frame_slots,
+              TPSHARE_ZERO_COPY, frame_share, frame_rebuild, frame_free),
     HEAP_TYPE("Pair", PairObject, Py_TPFLAGS_HAVE_GC, pair_slots,
               0, pair_share, pair_rebuild, pair_free),
     BAD_TYPE("BadRaise", bad_raise_share, bare_rebuild),
@@ -1022,7 +1159,7 @@ static PyTypeObject ChurnType = {
 };
 
 static const TpShare_Hooks churn_hooks = {
-    .abi_version = TPSHARE_ABI_VERSION,
+    TPSHARE_HOOKS_INIT,
     .flags = TPSHARE_COPIES,
     .name = TESTEXT_NAME("Churn"),
     .share = churn_share,
@@ -1158,7 +1295,7 @@ testext_register_point_again(PyObject *module, PyObject *args,
 static PyObject *
 testext_lookup_name(PyObject *module, PyObject *arg)
 {
-    TpShare_Hooks hooks;
+    TpShare_Hooks hooks = {TPSHARE_HOOKS_INIT};
     int found;
 
     (void)module;
@@ -1187,7 +1324,7 @@ testext_lookup_loop(PyObject *module, PyObject *args)
     PyObject *type;
     Py_ssize_t n;
     Py_ssize_t found = 0;
-    TpShare_Hooks hooks;
+    TpShare_Hooks hooks = {TPSHARE_HOOKS_INIT};
 
     (void)module;
     if (!PyArg_ParseTuple(args, "O!n:lookup_loop", &PyType_Type, &type,
@@ -1291,6 +1428,7 @@ testext_register_type(PyObject *module, PyObject *args, PyObject *kwds)
         return NULL;
     }
     hooks.abi_version = TPSHARE_ABI_VERSION;
+    hooks.size = sizeof(TpShare_Hooks);
     hooks.flags = TPSHARE_COPIES | (subclasses ? TPSHARE_SUBCLASSES : 0);
     hooks.name = name;
     hooks.share = plain_share;
@@ -1299,6 +1437,55 @@ testext_register_type(PyObject *module, PyObject *args, PyObject *kwds)
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+/* register_sized(type, name, size, extra=0) -> None: register plain hooks
+ * for `type` (borrowed) whose `size` field says `size`, laid out in a
+ * bigger buffer whose first byte past the known struct is `extra`: how an
+ * extension built against another header's TpShare_Hooks looks to
+ * Register().  Raises Register()'s ValueError. */
+static PyObject *
+testext_register_sized(PyObject *module, PyObject *args)
+{
+    PyObject *type;
+    const char *name;
+    unsigned int size;
+    unsigned char extra = 0;
+    union {
+        TpShare_Hooks hooks;
+        unsigned char bytes[sizeof(TpShare_Hooks) + 64];
+    } buf;
+
+    (void)module;
+    if (!PyArg_ParseTuple(args, "O!sI|b:register_sized", &PyType_Type,
+                          &type, &name, &size, &extra)) {
+        return NULL;
+    }
+    if (size > sizeof(buf)) {
+        PyErr_Format(PyExc_ValueError, "size above %zu", sizeof(buf));
+        return NULL;
+    }
+    memset(&buf, 0, sizeof(buf));
+    buf.hooks.abi_version = TPSHARE_ABI_VERSION;
+    buf.hooks.size = size;
+    buf.hooks.flags = TPSHARE_COPIES;
+    buf.hooks.name = name;
+    buf.hooks.share = plain_share;
+    buf.hooks.rebuild = plain_rebuild;
+    buf.bytes[sizeof(TpShare_Hooks)] = extra;
+    if (TpShare_API->Register((PyTypeObject *)type, &buf.hooks, 0) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* hooks_size() -> sizeof(TpShare_Hooks) as this extension compiled it.
+ * Returns a new reference. */
+static PyObject *
+testext_hooks_size(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+    (void)module;
+    return PyLong_FromSize_t(sizeof(TpShare_Hooks));
 }
 
 /* unregister_type(type) -> None; `type` is borrowed. */
@@ -1321,6 +1508,11 @@ static PyMethodDef testext_methods[] = {
      METH_VARARGS | METH_KEYWORDS,
      "register_type(type, name, subclasses=False)\n--\n\nRegister "
      "hooks rebuilding type() for type."},
+    {"register_sized", testext_register_sized, METH_VARARGS,
+     "register_sized(type, name, size, extra=0)\n--\n\nRegister hooks "
+     "whose size field is size, followed by the byte extra."},
+    {"hooks_size", testext_hooks_size, METH_NOARGS,
+     "hooks_size()\n--\n\nsizeof(TpShare_Hooks) in this extension."},
     {"unregister_type", testext_unregister_type, METH_O,
      "unregister_type(type)\n--\n\nRemove the registration of type."},
     {"rebuild_count", testext_rebuild_count, METH_NOARGS,
@@ -1367,7 +1559,7 @@ static PyMethodDef testext_methods[] = {
 static int
 register_static_once(PyTypeObject *type, const TpShare_Hooks *hooks)
 {
-    TpShare_Hooks found_hooks;
+    TpShare_Hooks found_hooks = {TPSHARE_HOOKS_INIT};
     PyObject *exc = NULL;
     int found;
 
@@ -1433,7 +1625,10 @@ finally:
  * parallel and without atomics: without care they can drop to zero and be
  * freed under another interpreter (seen on 3.12 and 3.13).  Make them
  * immortal, as CPython does for its own static types, so their refcounts
- * are never written.  Heap types need none of this. */
+ * are never written.  Heap types need none of this.  _Py_IMMORTAL_REFCNT
+ * is a private detail of CPython: acceptable in a test extension that
+ * exists to exercise static types, not a pattern to copy (docs/c-api.md
+ * says to use heap types). */
 static void
 immortalize_static_type(PyTypeObject *type)
 {
