@@ -7,10 +7,6 @@
 #include "module.h"
 #include "waiter.h"
 
-#include <pthread.h>
-#include <sched.h>
-#include <time.h>
-
 /* ---------------------------------------------------------------------
  * Module functions.  As every METH_* function: arguments are borrowed,
  * the result is a new reference (NULL with an exception on failure).
@@ -206,27 +202,14 @@ mod_interpreter_id(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
 }
 
 PyDoc_STRVAR(bytes_threshold_doc,
-"_bytes_threshold(value=-1, /)\n--\n\n"
-"Process-wide size from which bytes are shared owner-bound instead of\n"
-"copied; set it when value >= 0.  Returns the value in force.  For the\n"
-"benchmark that measures it.");
+"_bytes_threshold()\n--\n\n"
+"The size from which bytes are shared owner-bound instead of copied\n"
+"(a constant of the bytes handler; read by the tests and benchmarks).");
 
 static PyObject *
-mod_bytes_threshold(PyObject *Py_UNUSED(module), PyObject *const *args,
-                    Py_ssize_t nargs)
+mod_bytes_threshold(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
 {
-    Py_ssize_t value = -1;
-    if (nargs > 1) {
-        PyErr_SetString(PyExc_TypeError, "at most one argument");
-        return NULL;
-    }
-    if (nargs == 1) {
-        value = PyLong_AsSsize_t(args[0]);
-        if (value == -1 && PyErr_Occurred()) {
-            return NULL;
-        }
-    }
-    return PyLong_FromSsize_t(tps_bytes_threshold(value));
+    return PyLong_FromSsize_t(tps_bytes_threshold(-1));
 }
 
 PyDoc_STRVAR(parked_drains_doc,
@@ -247,237 +230,6 @@ mod_parked_drains(PyObject *Py_UNUSED(module), PyObject *arg)
     return PyBool_FromLong(tps_thread_parked_drains(flag));
 }
 
-/* ---------------------------------------------------------------------
- * The machine's floor for waking a parked thread, for the benchmarks: a
- * bare semaphore between two pthreads, the waiter parked long before the
- * post (the same wait tpshare's channels end in), no Python involved.
- */
-
-typedef struct {
-    sem_t go;
-    sem_t done;
-    atomic_llong stamp;          /* monotonic ns of the post */
-    long long woke;              /* ns from post to the waiter running */
-    int stop;
-} wake_floor_state;
-
-static void *
-wake_floor_waiter(void *arg)
-{
-    wake_floor_state *w = arg;
-    for (;;) {
-        while (sem_wait(&w->go) != 0) {
-        }
-        if (w->stop) {
-            return NULL;
-        }
-        w->woke = tps_now_ns() - atomic_load(&w->stamp);
-        sem_post(&w->done);
-    }
-}
-
-PyDoc_STRVAR(wake_floor_doc,
-"_wake_floor(n, pause, /)\n--\n\n"
-"n one-way wake-ups of a thread parked on a bare POSIX semaphore, each\n"
-"posted `pause` seconds after the previous one ended: a list of n\n"
-"latencies in ns (post to the waiter running).  The machine's floor for\n"
-"the benchmarks; runs without the GIL.");
-
-static PyObject *
-mod_wake_floor(PyObject *Py_UNUSED(module), PyObject *const *args,
-               Py_ssize_t nargs)
-{
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_wake_floor(n, pause)");
-        return NULL;
-    }
-    Py_ssize_t n = PyLong_AsSsize_t(args[0]);
-    double pause = PyFloat_AsDouble(args[1]);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    if (n < 1 || n > 1000000 || !(pause >= 0 && pause <= 1.0)) {
-        PyErr_SetString(PyExc_ValueError,
-                        "n must be 1..1000000, pause 0..1 s");
-        return NULL;
-    }
-    long long *out = PyMem_RawMalloc((size_t)n * sizeof(long long));
-    if (out == NULL) {
-        return PyErr_NoMemory();
-    }
-    wake_floor_state w = {.stop = 0};
-    pthread_t th;
-    int made = 0;               /* semaphores initialized: go, then done */
-    int rc = sem_init(&w.go, 0, 0) == 0 ? 0 : errno;
-    if (rc == 0) {
-        made = 1;
-        rc = sem_init(&w.done, 0, 0) == 0 ? 0 : errno;
-    }
-    if (rc == 0) {
-        made = 2;
-    }
-    Py_BEGIN_ALLOW_THREADS
-    if (rc == 0) {
-        rc = pthread_create(&th, NULL, wake_floor_waiter, &w);
-    }
-    if (rc == 0) {
-        struct timespec ts = {
-            .tv_sec = (time_t)pause,
-            .tv_nsec = (long)((pause - (double)(time_t)pause) * 1e9),
-        };
-        for (Py_ssize_t i = 0; i < n; i++) {
-            nanosleep(&ts, NULL);
-            atomic_store(&w.stamp, tps_now_ns());
-            sem_post(&w.go);
-            while (sem_wait(&w.done) != 0) {
-            }
-            out[i] = w.woke;
-        }
-        w.stop = 1;
-        sem_post(&w.go);
-        pthread_join(th, NULL);
-    }
-    Py_END_ALLOW_THREADS
-    if (made > 0) {
-        sem_destroy(&w.go);
-    }
-    if (made > 1) {
-        sem_destroy(&w.done);
-    }
-    PyObject *res = NULL;
-    if (rc != 0) {
-        errno = rc;
-        PyErr_SetFromErrno(PyExc_OSError);
-    }
-    else if ((res = PyList_New(n)) != NULL) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            PyObject *v = PyLong_FromLongLong(out[i]);
-            if (v == NULL) {
-                Py_CLEAR(res);
-                break;
-            }
-            PyList_SET_ITEM(res, i, v);
-        }
-    }
-    PyMem_RawFree(out);
-    return res;
-}
-
-/* _line_round_trip: one cache line bounced between two threads pinned to
- * two CPUs. */
-typedef struct {
-    _Alignas(TPS_LINE) atomic_long turn;
-    _Alignas(TPS_LINE) long n;
-    atomic_int abort;            /* side 0 could not start */
-    int cpu[2];
-    int64_t ns;
-} line_trip;
-
-typedef struct {
-    line_trip *t;
-    int side;
-} line_side;
-
-static void *
-line_trip_side(void *arg)
-{
-    line_trip *t = ((line_side *)arg)->t;
-    int side = ((line_side *)arg)->side;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(t->cpu[side], &set);
-    (void)pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-    if (side == 0) {
-        int64_t t0 = tps_now_ns();
-        for (long i = 0; i < t->n; i++) {
-            atomic_store_explicit(&t->turn, 2 * i + 1, memory_order_release);
-            while (atomic_load_explicit(&t->turn, memory_order_acquire)
-                   != 2 * i + 2)
-            {
-                tps_cpu_relax();
-            }
-        }
-        t->ns = tps_now_ns() - t0;
-    }
-    else {
-        for (long i = 0; i < t->n; i++) {
-            while (atomic_load_explicit(&t->turn, memory_order_acquire)
-                   != 2 * i + 1)
-            {
-                if (atomic_load_explicit(&t->abort, memory_order_relaxed)) {
-                    return NULL;
-                }
-                tps_cpu_relax();
-            }
-            atomic_store_explicit(&t->turn, 2 * i + 2, memory_order_release);
-        }
-    }
-    return NULL;
-}
-
-PyDoc_STRVAR(line_round_trip_doc,
-"_line_round_trip(n, /)\n--\n\n"
-"ns per round trip of one cache line bounced n times between two threads\n"
-"pinned to the first two CPUs this thread may run on, or None with fewer\n"
-"than two.  What every hand-over between two interpreters pays at least\n"
-"once; on virtual machines it changes as the host moves the vCPUs.  The\n"
-"calling thread is left as it was; runs without the GIL.");
-
-static PyObject *
-mod_line_round_trip(PyObject *Py_UNUSED(module), PyObject *arg)
-{
-    long n = PyLong_AsLong(arg);
-    if (n == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    if (n < 1 || n > 100000000) {
-        PyErr_SetString(PyExc_ValueError, "n must be 1..100000000");
-        return NULL;
-    }
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) != 0) {
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    line_trip *t = tps_calloc_lines(sizeof(line_trip));
-    if (t == NULL) {
-        return PyErr_NoMemory();
-    }
-    int found = 0;
-    for (int c = 0; c < CPU_SETSIZE && found < 2; c++) {
-        if (CPU_ISSET(c, &set)) {
-            t->cpu[found++] = c;
-        }
-    }
-    if (found < 2) {
-        free(t);
-        Py_RETURN_NONE;
-    }
-    t->n = n;
-    line_side sides[2] = {{t, 0}, {t, 1}};
-    pthread_t th[2];
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = pthread_create(&th[1], NULL, line_trip_side, &sides[1]);
-    if (rc == 0) {
-        rc = pthread_create(&th[0], NULL, line_trip_side, &sides[0]);
-        if (rc != 0) {
-            atomic_store(&t->abort, 1);
-        }
-        else {
-            pthread_join(th[0], NULL);
-        }
-        pthread_join(th[1], NULL);
-    }
-    Py_END_ALLOW_THREADS
-    double ns = (double)t->ns / (double)n;
-    free(t);
-    if (rc != 0) {
-        errno = rc;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return PyFloat_FromDouble(ns);
-}
-
 PyMethodDef tps_module_methods[] = {
     {"share", mod_share, METH_O, share_doc},
     {"attach", mod_attach, METH_O, attach_doc},
@@ -490,15 +242,12 @@ PyMethodDef tps_module_methods[] = {
      process_exiting_doc},
     {"interpreter_id", mod_interpreter_id, METH_NOARGS,
      interpreter_id_doc},
-    {"_bytes_threshold", _PyCFunction_CAST(mod_bytes_threshold),
-     METH_FASTCALL, bytes_threshold_doc},
+    {"_bytes_threshold", mod_bytes_threshold, METH_NOARGS,
+     bytes_threshold_doc},
     {"_parked_drains", mod_parked_drains, METH_O, parked_drains_doc},
-    {"_wake_floor", _PyCFunction_CAST(mod_wake_floor), METH_FASTCALL,
-     wake_floor_doc},
     {"_block_counts", mod_block_counts, METH_NOARGS, block_counts_doc},
     {"_block_cached", mod_block_cached, METH_NOARGS, block_cached_doc},
     {"_memo_tables", mod_memo_tables, METH_NOARGS, memo_tables_doc},
     {"_spin_window", mod_spin_window, METH_NOARGS, spin_window_doc},
-    {"_line_round_trip", mod_line_round_trip, METH_O, line_round_trip_doc},
     {NULL},
 };
