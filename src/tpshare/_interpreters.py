@@ -1,4 +1,4 @@
-"""Interpreters that run in the background (DESIGN.md D10).
+"""Interpreters that run in the background.
 
 ``tpshare.Interpreter`` is an isolated interpreter with its own GIL, made
 by ``src/interpreter.c`` and running on an OS thread of its own (or, with
@@ -22,7 +22,8 @@ holds both sides of the protocol between the creating interpreter (the
   a value the owner cannot rebuild fails its future instead of blocking
   the channel.
 - The idle worker waits in ``Channel.recv()``, which also drains the
-  releases other interpreters queue for it (D4).
+  releases other interpreters queue for it (an object is released in
+  the interpreter that owns it).
 
 Lifetimes.  An interpreter lives until ``close()`` (or the pool's
 ``shutdown()``), or until the owner exits: interpreters are not closed
@@ -32,7 +33,8 @@ non-daemon threads are joined and before ``atexit``), queued work is
 cancelled, running work is interrupted with ``SystemExit`` (tpshare waits
 in it end with ``ChannelClosed``), and each interpreter is ended; one
 whose memory is still viewed elsewhere is left to the runtime instead
-(ending it would wait for the views, D5).  See docs/interpreters.md.
+(an interpreter is not ended while others view its memory: ending it
+would wait for the views).  See docs/interpreters.md.
 """
 
 import itertools
@@ -116,7 +118,8 @@ class RemoteError(Error):
 class InterpreterBusy(Error):
     """An interpreter cannot be closed: values it exported (views of its
     memory, ``Shared`` records) are still held by other interpreters, and
-    ending it would pull the memory from under them (D5).  ``held`` maps
+    ending it would pull the memory from under them (an interpreter is
+    not ended while others hold its exports).  ``held`` maps
     each such interpreter's ID to the number of holders."""
 
     def __init__(self, message, held=None):
@@ -706,7 +709,8 @@ def _quietly(func, iid, *args):
 
 # Whether an interpreter can be left to the runtime at exit: CPython 3.12
 # aborts ("remaining subinterpreters") if any is left; 3.13 finalizes
-# them itself, after the exit hooks, without tpshare's wait (D5).
+# them itself, after the exit hooks, without tpshare's wait for the
+# interpreters that still view their memory.
 _CAN_ABANDON = sys.version_info >= (3, 13)
 
 
