@@ -1,4 +1,5 @@
-"""Build tpshare: the C extension tpshare._tpshare and the Python package.
+"""Build tpshare: the C extension tpshare._tpshare, the benchmarks' private
+probes tpshare.bench._probes and the Python package.
 
 Environment variables (read at build time):
   TPSHARE_DEBUG=1     -O0 -g with assertions on
@@ -65,6 +66,14 @@ setup(
             define_macros=[("TPSHARE_BUILD_CORE", "1")],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
-        )
+        ),
+        # The machine's floors the benchmarks measure beside tpshare: no
+        # tpshare internals, so kept out of the production extension.
+        Extension(
+            "tpshare.bench._probes",
+            sources=["src/tpshare/bench/_probes.c"],
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+        ),
     ],
 )

@@ -1,13 +1,18 @@
 """Where sharing bytes owner-bound beats copying them: the cost of one full
-cross-interpreter transfer of a bytes object, per size from 64 B to 64 MiB,
-in the two modes of tpshare's bytes handler.
+cross-interpreter transfer of a payload of bytes, per size from 64 B to
+64 MiB, in the two modes of tpshare's bytes handler, each measured directly
+at every size (the handler itself switches at a fixed size, its threshold,
+which this run checks):
 
 copy:  the record gets its own copy at send (neutral record, freed where it
-       is released); the receiver copies again.  Two copies.
-share: the record keeps a reference to the sender's bytes (owner-bound);
+       is released); the receiver copies again.  Two copies.  Measured as a
+       tpshare.Buffer filled from the bytes at send, copied into a bytes
+       object by the receiver.
+share: the record keeps a reference to the sender's memory (owner-bound);
        the receiver copies once, straight from the sender's memory, and the
        release goes back to the owner's release list.  One copy, plus the
-       trip home.
+       trip home.  Measured as a memoryview of the sender's bytes, copied
+       into a bytes object by the receiver.
 
 A transfer is: the main interpreter shares and detaches; a real isolated
 subinterpreter attaches, rebuilds and drops the Shared (releasing it); the
@@ -27,8 +32,9 @@ Figures are medians over rounds of ns per transfer; ratio = copy / share
 two modes timed side by side, so it can differ from the ratio of the two
 medians.  Ratios within 5% of 1 count as ties.  The crossover is the
 smallest size from which sharing wins (beyond a tie) at every larger size
-too; it is compared with the default threshold of the C code.  The
-threshold in force before the run is restored at the end.
+too; it is compared with the threshold of the C code
+(tpshare._tpshare._bytes_threshold(), read-only), after checking that
+bytes below it are copied and bytes at it are shared.
 
 Limits: both interpreters run on the calling thread, one after the other,
 so no data crosses between CPU cores, and the owner is never busy
@@ -43,8 +49,6 @@ import tpshare
 from tpshare import _stdinterp, _tpshare
 from tpshare.bench import common, scripts
 
-COPY_ALL = 1 << 62              # threshold no bytes object reaches
-SHARE_ALL = 0                   # everything above the inline size (16 B)
 MAX_K = 10_000                  # transfers per batch, small sizes
 MIN_K = 2                       # transfers per batch, largest sizes
 TIE = 0.05                      # ratios within 1 +- TIE are ties (noise)
@@ -55,7 +59,10 @@ import tpshare
 
 def work(first, n, attach=tpshare.attach):
     for token in range(first, first + n):
-        attach(token).rebuild()
+        got = attach(token).rebuild()
+        bytes(got)
+        if type(got) is memoryview:
+            got.release()
 """
 
 
@@ -79,21 +86,31 @@ def make_sources(size, k):
     return [bytes(memoryview(base)) for _ in range(k)]
 
 
-def batch_loop(sub, sources, mode_threshold):
-    """A timing function: one batch of len(sources) transfers under the
-    given threshold, ns for the whole batch."""
+def copy_mode(b, Buffer=tpshare.Buffer, share=tpshare.share):
+    """The copy mode's send: b copied into memory of no interpreter."""
+    buf = Buffer(len(b))
+    memoryview(buf)[:] = b
+    return share(buf)
+
+
+def share_mode(b, share=tpshare.share):
+    """The share mode's send: a record of the sender's own memory."""
+    return share(memoryview(b))
+
+
+def batch_loop(sub, sources, send):
+    """A timing function: one batch of len(sources) transfers, each sent
+    with send(b) (copy_mode or share_mode), ns for the whole batch."""
     k = len(sources)
     run = sub.run
 
-    def loop(_number, sources=sources, share=tpshare.share,
-             drain=tpshare.drain, clock=common.clock,
-             set_threshold=_tpshare._bytes_threshold):
-        set_threshold(mode_threshold)
+    def loop(_number, sources=sources, send=send, drain=tpshare.drain,
+             clock=common.clock):
         t0 = clock()
         it = iter(sources)
-        first = last = share(next(it)).detach()
+        first = last = send(next(it)).detach()
         for b in it:
-            last = share(b).detach()
+            last = send(b).detach()
         run(f"work({first}, {k})")
         drain()
         run("pass")  # settle: see empty_batch_loop()
@@ -124,17 +141,28 @@ def empty_batch_loop(sub):
 
 
 def check_modes(size):
-    """The bytes handler copies under COPY_ALL and shares under SHARE_ALL."""
+    """The two modes as measured: copy_mode makes a neutral record,
+    share_mode an owner-bound one."""
     probe = bytes(size)
-    _tpshare._bytes_threshold(COPY_ALL)
-    copied = tpshare.share(probe)
-    _tpshare._bytes_threshold(SHARE_ALL)
-    shared = tpshare.share(probe)
+    copied = copy_mode(probe)
+    shared = share_mode(probe)
     if copied.bound or not shared.bound:
-        raise AssertionError(f"modes not in force for {size} B: copy bound="
-                             f"{copied.bound}, share bound={shared.bound}")
+        raise AssertionError(f"modes not as measured for {size} B: copy "
+                             f"bound={copied.bound}, share "
+                             f"bound={shared.bound}")
     copied.release()
     shared.release()
+
+
+def check_threshold(threshold):
+    """The bytes handler copies below its threshold and shares at it."""
+    below = tpshare.share(bytes(threshold - 1))
+    at = tpshare.share(bytes(threshold))
+    if below.bound or not at.bound:
+        raise AssertionError(f"bytes handler: {threshold - 1} B bound="
+                             f"{below.bound}, {threshold} B bound={at.bound}")
+    below.release()
+    at.release()
 
 
 def winner(ratio):
@@ -207,8 +235,8 @@ def measure(sub, size, budget, repeat):
     check_modes(size)
     k = batch_size(size, budget)
     sources = make_sources(size, k)
-    loops = [batch_loop(sub, sources, COPY_ALL),
-             batch_loop(sub, sources, SHARE_ALL),
+    loops = [batch_loop(sub, sources, copy_mode),
+             batch_loop(sub, sources, share_mode),
              empty_batch_loop(sub)]
     for loop in loops:  # warm up: allocator, token table, caches
         loop(1)
@@ -240,27 +268,25 @@ def main():
     repeat = args.repeat or (3 if args.quick else 7)
     step = args.step or (4 if args.quick else 2)
 
-    saved = _tpshare._bytes_threshold()
+    threshold = _tpshare._bytes_threshold()
+    check_threshold(threshold)
     malloc_note = ("malloc: glibc defaults (--malloc-defaults)"
                    if args.malloc_defaults else common.steady_malloc())
     scripts.print_header(
         "bench_bytes_threshold: copy vs share for bytes, main -> subinterpreter",
         __doc__)
     results = []
-    try:
-        with _stdinterp.Subinterpreter() as sub:
-            sub.run(RECEIVER)
-            print(f"threshold in force at start: {common.fmt_size(saved)}")
-            print(f"rounds: {repeat} (median reported); batch budget "
-                  f"{common.fmt_size(args.budget)}, K = {MIN_K}..{MAX_K}")
-            scripts.say(malloc_note)
-            print("per size, each round times a batch in each mode and an "
-                  "empty batch, subtracted")
-            print()
-            for size in sizes(step):
-                results.append(measure(sub, size, args.budget, repeat))
-    finally:
-        _tpshare._bytes_threshold(saved)
+    with _stdinterp.Subinterpreter() as sub:
+        sub.run(RECEIVER)
+        print(f"threshold of the bytes handler: {common.fmt_size(threshold)}")
+        print(f"rounds: {repeat} (median reported); batch budget "
+              f"{common.fmt_size(args.budget)}, K = {MIN_K}..{MAX_K}")
+        scripts.say(malloc_note)
+        print("per size, each round times a batch in each mode and an "
+              "empty batch, subtracted")
+        print()
+        for size in sizes(step):
+            results.append(measure(sub, size, args.budget, repeat))
     left = tpshare.stats().get(tpshare.interpreter_id(), {})
     if left.get("exports") or left.get("pending"):
         raise AssertionError(f"records left behind: {left}")
@@ -280,16 +306,14 @@ def main():
     cross, last_copy = crossover(results)
     clear = first_clear_win(results, cross)
     print(f"crossover: {common.fmt_size(cross) if cross else 'none'}")
-    for line in verdict(results, cross, last_copy, clear, saved):
+    for line in verdict(results, cross, last_copy, clear, threshold):
         scripts.say(line)
-    print("threshold restored to "
-          f"{common.fmt_size(_tpshare._bytes_threshold())}")
 
     if args.json:
         scripts.write_json(args.json, "bytes_threshold", {
             "repeat": repeat, "step": step, "budget": args.budget,
             "malloc": malloc_note,
-            "default_threshold": saved,
+            "default_threshold": threshold,
             "crossover": cross, "last_copy_win": last_copy,
             "clear_win_from": clear, "clear_win_ratio": CLEAR_WIN,
         }, results)

@@ -758,15 +758,6 @@ tps_registry_visible_entries(int64_t interp, size_t *n)
 static int init_builtins(int (*register_builtins)(void));
 
 int
-tps_registry_init(void)
-{
-    /* The registry's only call to its built-in handlers, until module
-     * init calls tps_registry_init_with(tps_builtin_handlers_register)
-     * itself; then this wrapper goes. */
-    return tps_registry_init_with(tps_builtin_handlers_register);
-}
-
-int
 tps_registry_init_with(int (*register_builtins)(void))
 {
     /* Serializes first imports racing in several interpreters, so none

@@ -1,5 +1,4 @@
-/* interpreter.c - interpreters that tpshare creates and runs (DESIGN.md
- * D10).
+/* interpreter.c - interpreters that tpshare creates and runs.
  *
  * The C half of tpshare.Interpreter (the Python half, with the work
  * protocol, futures and pools, is src/tpshare/_interpreters.py).  It
@@ -27,8 +26,10 @@
  * elsewhere to be *abandoned* instead: its thread leaves it, with its
  * thread state detached, to the runtime, which finalizes it after the
  * exit hooks without waiting for the views (tpshare's exit hook waits for
- * remote holders only while the process is not finalizing, D5).  3.12
- * aborts if an interpreter is left, so there it is always ended.
+ * remote holders only while the process is not finalizing: an
+ * interpreter is not ended while others hold views of its memory, except
+ * by the runtime at exit).  3.12 aborts if an interpreter is left, so
+ * there it is always ended.
  *
  * Why the table of workers is process-wide: an interpreter's thread, its
  * creator and its closer are different threads, possibly of different

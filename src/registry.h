@@ -70,12 +70,11 @@ tps_entry **tps_registry_visible_entries(int64_t interp, size_t *n);
  * reference (registry/registry_list.c). */
 PyObject *tps_registry_list(void);
 
-/* Process-wide set-up of the registry and the built-in registrations,
- * once per process (idempotent); and per-interpreter teardown of the
- * registrations and caches of interpreter `interp`. */
-int tps_registry_init(void);
-/* The same with the function that adds the built-in registrations
- * (tps_builtin_handlers_register), given by the layer that knows them. */
+/* Process-wide set-up of the registry, once per process (idempotent):
+ * `register_builtins` adds the built-in registrations (module init gives
+ * tps_builtin_handlers_register, so that the registry itself knows no
+ * handler).  And per-interpreter teardown of the registrations and
+ * caches of interpreter `interp`. */
 int tps_registry_init_with(int (*register_builtins)(void));
 void tps_registry_forget_interp(int64_t interp);
 

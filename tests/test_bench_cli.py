@@ -209,18 +209,32 @@ def test_replot(quick_run, tmp_path):
     assert os.path.exists(tmp_path / "throughput.png")
 
 
-def test_line_round_trip_gauge():
+def test_production_module_carries_no_probes_or_tunables():
+    """The probes live in the benchmarks' own extension, and the
+    production module has no setting a benchmark could change."""
     from tpshare import _tpshare
-    ns = _tpshare._line_round_trip(1000)
+    from tpshare.bench import _probes
+    for name in ("_wake_floor", "_line_round_trip"):
+        assert not hasattr(_tpshare, name)
+        assert callable(getattr(_probes, name))
+    threshold = _tpshare._bytes_threshold()
+    with pytest.raises(TypeError):
+        _tpshare._bytes_threshold(threshold + 1)
+    assert _tpshare._bytes_threshold() == threshold
+
+
+def test_line_round_trip_gauge():
+    from tpshare.bench import _probes
+    ns = _probes._line_round_trip(1000)
     if len(os.sched_getaffinity(0)) < 2:
         assert ns is None
     else:
         assert 1 < ns < 1e6
     for bad in (0, -1, 10**9):
         with pytest.raises(ValueError):
-            _tpshare._line_round_trip(bad)
+            _probes._line_round_trip(bad)
     with pytest.raises(TypeError):
-        _tpshare._line_round_trip("1")
+        _probes._line_round_trip("1")
 
 
 def test_the_machine_mode_of_a_trial():

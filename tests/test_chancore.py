@@ -11,6 +11,7 @@ import pytest
 
 import tpshare
 from support import run_child
+from tpshare.bench import _probes
 
 KINDS = [tpshare.Channel, tpshare.MemChannel]
 
@@ -412,10 +413,10 @@ def test_parked_drains_rejects_what_has_no_truth_value():
 ])
 def test_wake_floor_rejects_bad_arguments(args, exc):
     with pytest.raises(exc):
-        tpshare._tpshare._wake_floor(*args)
+        _probes._wake_floor(*args)
 
 
 def test_wake_floor_measures_every_wake_up():
-    got = tpshare._tpshare._wake_floor(20, 0.0001)
+    got = _probes._wake_floor(20, 0.0001)
     assert len(got) == 20
     assert all(isinstance(x, int) and 0 < x < 10**9 for x in got)

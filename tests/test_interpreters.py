@@ -218,6 +218,7 @@ def test_exec_error_is_a_remote_error(interp):
     assert err.interpreter_id == interp.id
     assert 'File "<tpshare exec>", line 2, in f' in err.remote_traceback
     assert "return 1 / 0" in err.remote_traceback
+    assert "_worker.py" not in err.remote_traceback
     assert "_interpreters.py" not in err.remote_traceback
     assert err.__notes__ == [f"Remote traceback (interpreter {interp.id}):\n"
                              + err.remote_traceback.rstrip()]

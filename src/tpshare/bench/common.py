@@ -336,8 +336,8 @@ def quick_gauge(n=5000):
     """A short core-to-core gauge (by default 5,000 round trips,
     0.3-3 ms), taken before and after a timed trial: ns per round trip,
     or None with one CPU."""
-    from tpshare import _tpshare
-    g = _tpshare._line_round_trip(n)
+    from tpshare.bench import _probes
+    g = _probes._line_round_trip(n)
     return None if g is None else round(g, 1)
 
 

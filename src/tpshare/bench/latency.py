@@ -19,7 +19,7 @@ than tpshare's longest spin window, so the far side has parked), sends
 its ``perf_counter_ns()`` in the message, and the far side takes the
 clock as soon as it has the item.  Beside it, the machine's floor in the
 same run: a bare POSIX semaphore posted to a parked thread, the same
-pause, no Python (``_tpshare._wake_floor``).
+pause, no Python (``tpshare.bench._probes._wake_floor``).
 """
 
 from . import _remote, common, contenders as cts
@@ -47,11 +47,9 @@ def _wake_phase(ctx, sessions):
     (a bare semaphore between two threads) measured in the same run."""
     n = ctx.wake_n
     out = {}
-    from tpshare import _tpshare
-    floor = getattr(_tpshare, "_wake_floor", None)
+    from . import _probes
     ctx.progress.step("latency: wake-up floor")
-    if floor is not None:
-        out["floor"] = common.summary(sorted(floor(n, WAKE_PAUSE)))
+    out["floor"] = common.summary(sorted(_probes._wake_floor(n, WAKE_PAUSE)))
     for name in WAKE:
         s = sessions.get(name)
         if s is None:

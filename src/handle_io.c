@@ -1,0 +1,310 @@
+/* handle_io.c - the send and receive methods of the channel handles:
+ * send, send_many, recv and recv_many of Channel and MemChannel, and the
+ * put/get API of PEP 734's Queue on the same channel.  They check their
+ * arguments (args.c, unbound.c) and leave the objects to the object
+ * layer (objlayer.c); the method tables are in channel.c.
+ */
+#include "channel.h"
+
+PyObject *
+tps_chan_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+              PyObject *kwnames)
+{
+    static const char *const posnames[] = {"obj", NULL};
+    static const char *const kwlist[] = {"timeout", "writable",
+                                         "unbounditems", NULL};
+    PyObject *pos[1] = {NULL}, *kw[3] = {NULL, NULL, NULL};
+    int64_t timeout;
+    int writable = 0;
+    unsigned int unbound;
+
+    if (tps_parse_args("send", args, nargs, kwnames, 1, 1, posnames, pos,
+                       kwlist, kw) < 0
+        || tps_parse_timeout(kw[0], &timeout) < 0
+        || tps_parse_unbound(tps_handle_state(self), kw[2], 0, &unbound) < 0)
+    {
+        return NULL;
+    }
+    if (kw[1] != NULL) {
+        if (tps_handle_kind(self, tps_handle_state(self)) != TPS_KIND_MEM) {
+            PyErr_SetString(PyExc_TypeError,
+                            "writable= is a MemChannel option");
+            return NULL;
+        }
+        if ((writable = PyObject_IsTrue(kw[1])) < 0) {
+            return NULL;
+        }
+    }
+    return tps_obj_send(self, pos[0], timeout, writable, unbound);
+}
+
+PyObject *
+tps_chan_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                   PyObject *kwnames)
+{
+    static const char *const posnames[] = {"items", NULL};
+    static const char *const kwlist[] = {"timeout", "unbounditems", NULL};
+    PyObject *pos[1] = {NULL}, *kw[2] = {NULL, NULL};
+    tps_module_state *state = tps_handle_state(self);
+    tps_kind k = tps_handle_kind(self, state);
+    TpShare_Record **recs = NULL;
+    PyObject *seq = NULL;
+    Py_ssize_t n = 0, made = 0;
+    int64_t timeout;
+    unsigned int unbound;
+
+    if (tps_parse_args("send_many", args, nargs, kwnames, 1, 1, posnames,
+                       pos, kwlist, kw) < 0
+        || tps_parse_timeout(kw[0], &timeout) < 0
+        || tps_parse_unbound(state, kw[1], 0, &unbound) < 0)
+    {
+        return NULL;
+    }
+    tps_interp *st = tps_enter();
+    if (st == NULL) {
+        return NULL;
+    }
+    seq = PySequence_Fast(pos[0], "send_many() needs an iterable");
+    if (seq == NULL) {
+        return NULL;
+    }
+    n = PySequence_Fast_GET_SIZE(seq);
+    if (n == 0) {
+        Py_DECREF(seq);
+        Py_RETURN_NONE;
+    }
+    recs = PyMem_RawMalloc((size_t)n * sizeof(TpShare_Record *));
+    if (recs == NULL) {
+        PyErr_NoMemory();
+        goto finally;
+    }
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    for (made = 0; made < n; made++) {
+        recs[made] = tps_obj_record(self, k, state, items[made], 0,
+                                 tps_interp_id(st));
+        if (recs[made] == NULL) {
+            goto finally;
+        }
+        recs[made]->flags |= unbound << TPS_REC_UNBOUND_SHIFT;
+    }
+    int rc = tps_channel_send(((tps_handle *)self)->ch, recs, n, timeout);
+    if (rc < 0) {
+        tps_handle_raise(self, state, rc);
+        goto finally;
+    }
+    made = 0;   /* the channel owns them now */
+
+finally:
+    for (Py_ssize_t i = 0; i < made; i++) {
+        tps_record_release(recs[i]);
+    }
+    PyMem_RawFree(recs);
+    Py_DECREF(seq);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+PyObject *
+tps_chan_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+              PyObject *kwnames)
+{
+    static const char *const posnames[] = {"timeout", NULL};
+    PyObject *pos[1] = {NULL};
+    int64_t timeout;
+
+    if (tps_parse_args("recv", args, nargs, kwnames, 0, 1, posnames, pos,
+                       NULL, NULL) < 0
+        || tps_parse_timeout(pos[0], &timeout) < 0)
+    {
+        return NULL;
+    }
+    return tps_obj_recv(self, timeout);
+}
+
+PyObject *
+tps_chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                   PyObject *kwnames)
+{
+    static const char *const posnames[] = {"max", "timeout", NULL};
+    PyObject *pos[2] = {NULL, NULL};
+    tps_module_state *state = tps_handle_state(self);
+    tps_kind k = tps_handle_kind(self, state);
+    TpShare_Record **recs = NULL;
+    PyObject *res = NULL;
+    Py_ssize_t got = 0, i = 0;
+    int64_t timeout;
+
+    if (tps_parse_args("recv_many", args, nargs, kwnames, 1, 2, posnames,
+                       pos, NULL, NULL) < 0
+        || tps_parse_timeout(pos[1], &timeout) < 0)
+    {
+        return NULL;
+    }
+    Py_ssize_t max = PyLong_AsSsize_t(pos[0]);
+    if (max == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (max < 1) {
+        PyErr_SetString(PyExc_ValueError, "max must be >= 1");
+        return NULL;
+    }
+    tps_interp *st = tps_enter();
+    if (st == NULL || tps_handle_raise_pending(self) < 0) {
+        return NULL;
+    }
+    if (max > 1 << 16) {
+        max = 1 << 16;
+    }
+    recs = PyMem_RawMalloc((size_t)max * sizeof(TpShare_Record *));
+    if (recs == NULL) {
+        return PyErr_NoMemory();
+    }
+    tps_channel *ch = ((tps_handle *)self)->ch;
+    int rc = tps_channel_recv(ch, recs, max, &got, timeout);
+    if (rc < 0) {
+        tps_handle_raise(self, state, rc);
+        goto finally;
+    }
+    assert(got >= 1 && got <= max);
+    res = PyList_New(got);
+    if (res == NULL) {
+        goto finally;   /* nothing rebuilt: every record goes back */
+    }
+    /* Records and their payloads were written by the sending thread:
+     * fetch two records ahead, and the payload of the next one (its
+     * record's lines were fetched an iteration ago). */
+    for (i = 0; i < got && i < 2; i++) {
+        tps_prefetch(recs[i], sizeof(TpShare_Record));
+    }
+    for (i = 0; i < got; i++) {
+        if (i + 2 < got) {
+            tps_prefetch(recs[i + 2], sizeof(TpShare_Record));
+        }
+        if (i + 1 < got && recs[i + 1]->data.ptr != NULL) {
+            tps_prefetch(recs[i + 1]->data.ptr, 1);
+        }
+        PyObject *obj = tps_obj_rebuild(k, state, recs[i]);
+        if (obj == NULL) {
+            break;
+        }
+        PyList_SET_ITEM(res, i, obj);
+        tps_record_queue_release(recs[i]);
+    }
+    if (i < got) {
+        /* Item i failed to rebuild (its own error, or one that came while
+         * it did, such as KeyboardInterrupt): it is consumed, as by recv().
+         * The items rebuilt before it are returned and its exception is
+         * raised by the next receive on this handle; at once when there
+         * are none.  The items behind it were not rebuilt: they go back
+         * to the head of the channel (below). */
+        assert(PyErr_Occurred());
+        tps_record_queue_release(recs[i]);
+        if (i > 0) {
+            tps_handle *c = (tps_handle *)self;
+            PyObject *exc = PyErr_GetRaisedException();
+            if (c->pending != NULL) {
+                /* Left by a receive on this handle from inside one of the
+                 * rebuilds: the earlier error, shown as the context. */
+                PyException_SetContext(exc, c->pending);   /* steals */
+            }
+            c->pending = exc;
+            Py_SET_SIZE(res, i);
+        }
+        else {
+            Py_CLEAR(res);
+        }
+        i++;
+    }
+
+finally:
+    if (i < got && tps_channel_unrecv(ch, recs + i, got - i) < 0) {
+        /* Out of memory to grow the ring: they cannot be kept. */
+        for (Py_ssize_t j = i; j < got; j++) {
+            tps_record_queue_release(recs[j]);
+        }
+    }
+    PyMem_RawFree(recs);
+    return res;
+}
+
+/* ---------------------------------------------------------------------
+ * Queue methods: PEP 734's concurrent.interpreters.Queue API.
+ */
+
+/* block/timeout as PEP 734 reads them: not blocking means no wait;
+ * a negative timeout is a ValueError. */
+static int
+queue_timeout(PyObject *block, PyObject *timeout, int64_t *ns)
+{
+    int b = block == NULL ? 1 : PyObject_IsTrue(block);
+    if (b < 0) {
+        return -1;
+    }
+    if (tps_parse_timeout(timeout, ns) < 0) {
+        return -1;
+    }
+    if (!b) {
+        *ns = 0;
+    }
+    return 0;
+}
+
+PyObject *
+tps_queue_put(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+              PyObject *kwnames)
+{
+    static const char *const posnames[] = {"obj", "block", "timeout", NULL};
+    static const char *const kwlist[] = {"unbounditems", NULL};
+    PyObject *pos[3] = {NULL, NULL, NULL}, *kw[1] = {NULL};
+    int64_t timeout;
+    unsigned int unbound;
+    if (tps_parse_args("put", args, nargs, kwnames, 1, 3, posnames, pos,
+                       kwlist, kw) < 0
+        || queue_timeout(pos[1], pos[2], &timeout) < 0
+        || tps_parse_unbound(tps_handle_state(self), kw[0], 0, &unbound) < 0)
+    {
+        return NULL;
+    }
+    return tps_obj_send(self, pos[0], timeout, 0, unbound);
+}
+
+PyObject *
+tps_queue_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+              PyObject *kwnames)
+{
+    static const char *const posnames[] = {"block", "timeout", NULL};
+    PyObject *pos[2] = {NULL, NULL};
+    int64_t timeout;
+    if (tps_parse_args("get", args, nargs, kwnames, 0, 2, posnames, pos,
+                       NULL, NULL) < 0
+        || queue_timeout(pos[0], pos[1], &timeout) < 0)
+    {
+        return NULL;
+    }
+    return tps_obj_recv(self, timeout);
+}
+
+PyObject *
+tps_queue_put_nowait(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                     PyObject *kwnames)
+{
+    static const char *const posnames[] = {"obj", NULL};
+    static const char *const kwlist[] = {"unbounditems", NULL};
+    PyObject *pos[1] = {NULL}, *kw[1] = {NULL};
+    unsigned int unbound;
+    if (tps_parse_args("put_nowait", args, nargs, kwnames, 1, 1, posnames,
+                       pos, kwlist, kw) < 0
+        || tps_parse_unbound(tps_handle_state(self), kw[0], 0, &unbound) < 0)
+    {
+        return NULL;
+    }
+    return tps_obj_send(self, pos[0], 0, 0, unbound);
+}
+
+PyObject *
+tps_queue_get_nowait(PyObject *self, PyObject *Py_UNUSED(ignored))
+{
+    return tps_obj_recv(self, 0);
+}

@@ -1,0 +1,262 @@
+"""The worker side of tpshare.Interpreter and tpshare.Pool: what runs
+inside the interpreters they make.  Kept apart from the owner side
+(tpshare._interpreters) so that what a worker imports to serve jobs is
+small.  The C layer (src/interpreter.c) runs ``_worker_init(token)`` in a
+new interpreter, then ``_worker_loop()`` on its own thread or
+``_worker_serve_one()`` per submission (thread=False); a worker takes
+jobs ``(job id, kind, target, token)`` from its work channel and sends
+replies ``(job id, status, payload, worker id)`` to its owner's results
+channel (see tpshare._interpreters for the protocol).
+"""
+
+import sys
+import threading
+
+from ._tpshare import (
+    Channel,
+    ChannelClosed,
+    ChannelEmpty,
+    attach,
+    interpreter_id,
+    share,
+)
+
+# Job kinds and reply statuses.
+_EXEC, _CALL, _MAP = 0, 1, 2
+_OK, _RAISED, _UNSHAREABLE = 0, 1, 2
+
+# Code the C layer runs in a new interpreter: once at start, then the
+# worker loop (threaded) or one job per submission (thread=False).
+_MODULE = "__import__('tpshare._worker', fromlist=['_'])"
+_INIT = _MODULE + "._worker_init(%d)"
+_LOOP = _MODULE + "._worker_loop()"
+_SERVE_ONE = _MODULE + "._worker_serve_one()"
+
+_worker = None
+
+
+class _Worker:
+    """The state of a worker interpreter: its channels and how to run a
+    job.  One per worker, made by _worker_init()."""
+
+    def __init__(self, work, results, main_name, main_file):
+        self.work = work
+        self.results = results
+        self.main_name = main_name
+        self.main_file = main_file
+        self.functions = {}
+        self.id = interpreter_id()
+
+    def loop(self):
+        """Run jobs until the work channel is closed and empty."""
+        work = self.work
+        while True:
+            try:
+                msg = work.recv()
+            except ChannelClosed:
+                return
+            except BaseException:
+                # The exit interrupt (SystemExit) between two jobs.
+                if work.closed:
+                    return
+                continue
+            try:
+                self.run(msg)
+            except BaseException:
+                if work.closed:
+                    return
+            msg = None
+
+    def serve_one(self):
+        """Run the next queued job, if any (thread=False)."""
+        try:
+            msg = self.work.recv(timeout=0)
+        except (ChannelEmpty, ChannelClosed):
+            return
+        self.run(msg)
+
+    def run(self, msg):
+        job_id, kind, target, token = msg
+        code = None
+        try:
+            if kind == _EXEC:
+                code = target
+                self.exec(code, token)
+                result = None
+            else:
+                func = self.function(*target)
+                if kind == _CALL:
+                    args, kwargs = _take_arguments(token)
+                    result = func(*args, **kwargs)
+                else:
+                    chunk = _take(token)
+                    result = tuple([func(*args) for args in chunk])
+                    del chunk
+        except BaseException as exc:
+            reply = (job_id, _RAISED, _describe(exc, code), self.id)
+        else:
+            reply = self.reply(job_id, kind, target, result)
+            del result
+        self.send(reply)
+
+    def exec(self, code, token):
+        ns = sys.modules["__main__"].__dict__
+        if token is not None:
+            names, values = _take(token)
+            ns.update(zip(names, values))
+            del values
+        if code.lstrip("\r\n")[:1] in (" ", "\t"):
+            import textwrap
+            code = textwrap.dedent(code)
+        exec(compile(code, _EXEC_FILENAME, "exec"), ns)
+
+    def function(self, modname, qualname):
+        key = (modname, qualname)
+        func = self.functions.get(key)
+        if func is None:
+            if modname == "__main__":
+                obj = self.main_module()
+            else:
+                __import__(modname)
+                obj = sys.modules[modname]
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+            func = self.functions[key] = obj
+        return func
+
+    def main_module(self):
+        """The owner's __main__, imported here as multiprocessing's spawn
+        does: by module name when it was run with -m, else from its file
+        under the name __tpshare_main__ (so its `if __name__ ==
+        '__main__':` block does not run)."""
+        mod = sys.modules.get("__tpshare_main__")
+        if mod is not None:
+            return mod
+        if self.main_name:
+            __import__(self.main_name)
+            mod = sys.modules[self.main_name]
+        elif self.main_file:
+            import importlib.util
+            spec = importlib.util.spec_from_file_location(
+                "__tpshare_main__", self.main_file)
+            mod = importlib.util.module_from_spec(spec)
+            sys.modules["__tpshare_main__"] = mod
+            try:
+                spec.loader.exec_module(mod)
+            except BaseException:
+                del sys.modules["__tpshare_main__"]
+                raise
+        else:
+            raise ImportError("the owner's __main__ has no file to import "
+                              "functions from")
+        sys.modules["__tpshare_main__"] = mod
+        return mod
+
+    def reply(self, job_id, kind, target, result):
+        if result is None:
+            return (job_id, _OK, None, self.id)
+        try:
+            token = share(result).detach()
+        except BaseException as exc:
+            what = "the code" if kind == _EXEC else f"{target[1]}()"
+            return (job_id, _UNSHAREABLE,
+                    f"the result of {what} is not shareable: {exc}", self.id)
+        return (job_id, _OK, token, self.id)
+
+    def send(self, reply):
+        try:
+            self.results.send(reply)
+        except BaseException:
+            if reply[1] == _OK and reply[2] is not None:
+                _release_token(reply[2])
+            if not self.results.closed:
+                raise
+            # Closed at exit: nobody waits for the reply any more.
+
+
+_EXEC_FILENAME = "<tpshare exec>"
+
+
+def _describe(exc, code=None):
+    """(type name, message, traceback text) of exc, all str."""
+    tp = type(exc)
+    mod = getattr(tp, "__module__", "builtins")
+    if mod in ("builtins", "__main__"):
+        name = tp.__qualname__
+    else:
+        name = f"{mod}.{tp.__qualname__}"
+    try:
+        message = str(exc)
+    except BaseException:
+        message = "<unprintable message>"
+    try:
+        import linecache
+        import traceback
+        if code is not None:
+            linecache.cache[_EXEC_FILENAME] = (
+                len(code), None, code.splitlines(True), _EXEC_FILENAME)
+        tb = exc.__traceback__
+        # Drop the frames of this module: they are tpshare's, not the
+        # user's.
+        while tb is not None and tb.tb_frame.f_code.co_filename == __file__:
+            tb = tb.tb_next
+        text = "".join(traceback.format_exception(tp, exc, tb))
+    except BaseException:
+        text = ""
+    return (name, message, text)
+
+
+def _take(token):
+    """The value detached under token, rebuilt here; the record is
+    released."""
+    with attach(token) as s:
+        return s.rebuild()
+
+
+def _take_arguments(token):
+    if token is None:
+        return (), {}
+    args, kwnames, kwvalues = _take(token)
+    return args, dict(zip(kwnames, kwvalues))
+
+
+def _release_token(token):
+    try:
+        attach(token).release()
+    except KeyError:
+        pass
+
+
+def _worker_init(token):
+    """Run first in a new interpreter: set sys.path as the owner's and
+    open the channels."""
+    global _worker
+    work_id, results_id, path, main_name, main_file = _take(token)
+    sys.path[:] = path
+    _worker = _Worker(Channel.from_id(work_id), Channel.from_id(results_id),
+                      main_name, main_file)
+
+
+def _worker_loop():
+    try:
+        _worker.loop()
+    finally:
+        _forget_dummy_thread()
+
+
+def _forget_dummy_thread():
+    """On 3.13 threading's main thread is the process's, so a worker's own
+    thread is a threading._DummyThread in its interpreter once anything
+    calls threading.current_thread() there.  The dummy is forgotten when
+    the thread state is cleared, which Py_EndInterpreter does after
+    tearing the threading module down ("Exception ignored in
+    _DeleteDummyThreadOnDel.__del__").  Forget it now instead."""
+    info = getattr(threading, "_thread_local_info", None)
+    try:
+        info.__dict__.pop("_track_dummy_thread_ref", None)
+    except AttributeError:
+        pass
+
+
+def _worker_serve_one():
+    _worker.serve_one()
