@@ -19,18 +19,6 @@
 
 #define INLINE_MAX ((Py_ssize_t)sizeof(((TpShare_Data *)0)->inline_data))
 
-/* Bytes of this size or more are shared, smaller ones copied. */
-static atomic_llong bytes_threshold = 4 * 1024;
-
-Py_ssize_t
-tps_bytes_threshold(Py_ssize_t value)
-{
-    if (value >= 0) {
-        atomic_store(&bytes_threshold, value);
-    }
-    return (Py_ssize_t)atomic_load(&bytes_threshold);
-}
-
 /* Copy n bytes into the record: inline when they fit (ptr stays NULL),
  * else into memory that comes and goes with the record (tps_small_alloc:
  * the line after it, or a small block; up to TPS_SMALL_MAX bytes) or new
@@ -104,7 +92,7 @@ bytes_share(PyObject *obj, TpShare_Data *data)
     data->size = len;
     /* Copied anyway when the copy must not depend on the sender (its
      * items left queued when it exits: tps_record_neutral_copy). */
-    if (len > INLINE_MAX && len >= tps_bytes_threshold(-1)
+    if (len > INLINE_MAX && len >= TPS_BYTES_SHARE_MIN
         && !tps_share_must_copy())
     {
         data->obj = Py_NewRef(obj);

@@ -209,7 +209,7 @@ PyDoc_STRVAR(bytes_threshold_doc,
 static PyObject *
 mod_bytes_threshold(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
 {
-    return PyLong_FromSsize_t(tps_bytes_threshold(-1));
+    return PyLong_FromSsize_t(TPS_BYTES_SHARE_MIN);
 }
 
 PyDoc_STRVAR(parked_drains_doc,

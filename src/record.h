@@ -144,7 +144,7 @@ void tps_record_queue_release(TpShare_Record *rec);
  * items it leaves queued.  Needs the owner's GIL. */
 TpShare_Record *tps_record_neutral_copy(TpShare_Record *rec);
 /* Whether hooks must copy rather than keep a reference to the sender's
- * object (bytes: see tps_bytes_threshold): set while
+ * object (bytes: see TPS_BYTES_SHARE_MIN): set while
  * tps_record_neutral_copy() shares. */
 int tps_share_must_copy(void);
 

@@ -108,7 +108,8 @@ typedef PyObject *(*tps_view_maker)(TpShare_Record *rec,
 void tps_export_set_view_maker(tps_view_maker fn);
 
 /* Bytes at least this long are shared owner-bound rather than copied
- * (registry/handlers_text.c).  Sets it when value >= 0; returns it. */
-Py_ssize_t tps_bytes_threshold(Py_ssize_t value);
+ * (registry/handlers_text.c); bench/bench_bytes_threshold.py measures
+ * where sharing starts to win. */
+#define TPS_BYTES_SHARE_MIN ((Py_ssize_t)4 * 1024)
 
 #endif /* TPSHARE_REGISTRY_H */

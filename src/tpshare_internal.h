@@ -22,9 +22,14 @@
  *   chancore.h, ring.h, tracker.h   channels of records (chancore.c,
  *                     chanexit.c, ring.c), release trackers (told of a
  *                     freed record through a hook they install);
- *   pytypes.h, module_state.h, fork.h   the Python-visible types and
- *                     functions (module.c, channel.c, shared.c, view.c,
- *                     buffer_type.c, interpreter.c) and fork().
+ *   pytypes.h, module_state.h, fork.h, channel.h, module.h   the
+ *                     Python-visible types and functions: the module
+ *                     (module.c, capi.c, functions.c), channel handles
+ *                     (channel.c, handle_io.c, handle_share.c, args.c),
+ *                     the object layer (objlayer.c), unbound-item markers
+ *                     (unbound.c, which chanexit.c calls to make one: the
+ *                     other upward call), shared.c, view.c, buffer_type.c,
+ *                     interpreter.c, and fork().
  *
  * Process-wide state (file-scope, shared by every interpreter), the lock
  * that guards it, and whether it holds PyObject*:
@@ -44,7 +49,7 @@
  *   tokens (shared.c)        tokens.mutex; records only;
  *   workers (interpreter.c)  workers.mutex; see interpreter.c;
  *   next_serial (identity.c), memo_tables (record.c),
- *   process_exiting (owner_exit.c), bytes_threshold (handlers_text.c)
+ *   process_exiting (owner_exit.c)
  *                            atomics; no PyObject*;
  *   record_freed (record_release.c), view_maker (handlers_export.c)
  *                            hooks installed by the layer above, atomic

@@ -27,8 +27,9 @@ import sys
 # A frame is tpshare's when it is in tpshare's extension module or the
 # tests' extension, by symbol or by file.
 TPSHARE_FRAME = re.compile(
-    r"_tpshare[.a-z0-9_-]*\.so|tpshare_testext|\bin tps_|\bin TpShare_"
-    r"|(?:^|[\s/])(?:src|registry)/[a-z_]+\.[ch]:")
+    r"_(?:tpshare|probes)[.a-z0-9_-]*\.so|tpshare_testext|\bin tps_"
+    r"|\bin TpShare_|(?:^|[\s/])(?:src|registry|src/tpshare/bench)/"
+    r"[a-z_]+\.[ch]:")
 FRAME = re.compile(r"^\s+#\d+ ")
 
 
