@@ -1,6 +1,6 @@
-"""Interpreters that run in the background (D10): tpshare.Interpreter in
-both modes, tpshare.Pool, results and remote errors, closing (D5), idle
-workers draining releases (D4), Ctrl-C, process exit, churn and leaks,
+"""Interpreters that run in the background: tpshare.Interpreter in
+both modes, tpshare.Pool, results and remote errors, closing, idle
+workers draining releases, Ctrl-C, process exit, churn and leaks,
 and coexistence with the standard library's interpreters.
 
 Functions the workers run live in a helper module written to a temporary
@@ -342,7 +342,7 @@ def test_close_timeout_leaves_the_interpreter_usable(helpers):
 
 @pytest.mark.parametrize("thread", THREAD_MODES)
 def test_close_refuses_while_views_are_held(helpers, thread):
-    """D5: a view of the interpreter's memory pins it."""
+    """A view of the interpreter's memory pins it."""
     it = tpshare.Interpreter(thread=thread)
     mv = it.call(helpers.blob, 64).result()
     assert isinstance(mv, memoryview) and bytes(mv) == b"x" * 64
@@ -359,7 +359,7 @@ def test_close_refuses_while_views_are_held(helpers, thread):
 
 
 def test_idle_worker_runs_releases_at_once(helpers):
-    """D4: a worker waiting for work is parked in Channel.recv() as a
+    """A worker waiting for work is parked in Channel.recv() as a
     watcher of its release list, so a view released elsewhere is released
     in it right away, with no work sent to it."""
     with tpshare.Interpreter() as it:

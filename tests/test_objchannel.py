@@ -1,5 +1,5 @@
 """The Object Channel: every shareable kind crosses, identity across
-messages (D9), the pickle fallback, PEP 734's Queue API."""
+messages, the pickle fallback, PEP 734's Queue API."""
 
 import gc
 import queue

@@ -1,4 +1,4 @@
-"""Release in the owner (D4) and owner lifetime (D5): unbounded release
+"""Release in the owner and owner lifetime: unbounded release
 lists, idle owners, owners torn down under live views, process exit."""
 
 import os
