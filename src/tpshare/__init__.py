@@ -91,16 +91,30 @@ __all__ = [
     "stats",
 ]
 
+# Interpreters that run in the background (docs/interpreters.md), imported
+# on first use: a worker interpreter imports tpshare to serve jobs and
+# needs none of the owner side.
+_INTERPRETER_NAMES = frozenset({
+    "Interpreter",
+    "InterpreterBusy",
+    "InterpreterClosed",
+    "Pool",
+    "RemoteError",
+    "list_interpreters",
+})
+
 if _core_error is None:
-    # Interpreters that run in the background (docs/interpreters.md).
-    from ._interpreters import (  # noqa: E402
-        Interpreter,
-        InterpreterBusy,
-        InterpreterClosed,
-        Pool,
-        RemoteError,
-        list_interpreters,
-    )
+
+    def __getattr__(name):
+        if name in _INTERPRETER_NAMES:
+            from . import _interpreters
+            value = getattr(_interpreters, name)
+            globals()[name] = value
+            return value
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    def __dir__():
+        return sorted(set(globals()) | _INTERPRETER_NAMES)
 
 __all__ += [
     "Interpreter",
