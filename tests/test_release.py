@@ -124,14 +124,13 @@ def test_process_exit_with_views_held_neither_hangs_nor_crashes():
     assert "exiting" in r.stdout
 
 
-def test_release_from_a_thread_without_the_owner_gil(sub):
-    """Views dropped in another interpreter's threads all come back."""
+def release_in_threads(views, nthreads=4):
+    """Release every view of the list (emptied) from nthreads threads that
+    hold no GIL of the views' owner."""
     import threading
 
-    sub.run("owner = bytearray(64)")
-    views = [sub.get("owner") for _ in range(200)]
-    chunks = [views[i::4] for i in range(4)]
-    del views
+    chunks = [views[i::nthreads] for i in range(nthreads)]
+    views.clear()
 
     def drop(chunk):
         while chunk:
@@ -142,7 +141,13 @@ def test_release_from_a_thread_without_the_owner_gil(sub):
         t.start()
     for t in threads:
         t.join()
-    del chunks
+
+
+def test_release_from_a_thread_without_the_owner_gil(sub):
+    """Views dropped in another interpreter's threads all come back."""
+    sub.run("owner = bytearray(64)")
+    views = [sub.get("owner") for _ in range(200)]
+    release_in_threads(views)
     sub.run("tpshare.drain()")
     assert tpshare.stats()[int(sub.id)] == {"exports": 0, "remote": 0, "pending": 0}
 
@@ -173,19 +178,7 @@ def test_releases_stay_scheduled_while_the_owner_runs_pure_python(sub):
     # The owner spins in pure Python until the flag is set.
     busy = threading.Thread(target=sub.run, args=("while not flag[0]: pass",))
     busy.start()
-    chunks = [views[i::4] for i in range(4)]
-    del views
-
-    def drop(chunk):
-        while chunk:
-            chunk.pop().release()
-
-    droppers = [threading.Thread(target=drop, args=(c,)) for c in chunks]
-    for t in droppers:
-        t.start()
-    for t in droppers:
-        t.join()
-    del chunks
+    release_in_threads(views)
     deadline = time.monotonic() + 10  # generous: it takes milliseconds
     while tpshare.stats()[sid]["pending"] and time.monotonic() < deadline:
         time.sleep(0.01)
