@@ -102,12 +102,20 @@ def rss_kib():
     raise RuntimeError("no VmRSS in /proc/self/status")
 
 
+# A child starts with Ctrl-C raising KeyboardInterrupt even when the test
+# run was started with SIGINT ignored (as a background job of a
+# non-interactive shell is): Python leaves an ignored SIGINT ignored.
+CHILD_PRELUDE = ("import signal as _signal; "
+                 "_signal.signal(_signal.SIGINT, _signal.default_int_handler)\n")
+
+
 def run_child(code, timeout=120, env=None):
     """Run code in a fresh Python process; return CompletedProcess."""
     full_env = dict(os.environ)
     full_env.update(env or {})
     return subprocess.run(
-        [sys.executable, "-X", "faulthandler", "-c", textwrap.dedent(code)],
+        [sys.executable, "-X", "faulthandler", "-c",
+         CHILD_PRELUDE + textwrap.dedent(code)],
         capture_output=True,
         text=True,
         timeout=timeout,

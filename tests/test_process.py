@@ -300,7 +300,9 @@ def test_fork_while_the_interpreters_lock_is_held():
 # Exit after Ctrl-C.
 
 EXIT_SCRIPT = """
-import sys, threading, tpshare
+import signal, sys, threading, tpshare
+# Ctrl-C raises KeyboardInterrupt even where the test run ignores SIGINT.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ready = tpshare.Channel()
 nobody_sends = tpshare.Channel()
