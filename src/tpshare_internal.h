@@ -6,8 +6,8 @@
  * callback below):
  *   common.h, compat.h, cacheline.h, spinlock.h, waiter.h, ptrmap.h,
  *     blocks.h        tools: no Python objects, no tpshare concepts;
- *   registry.h        the type registry (registry/registry.c, entry.c,
- *                     registry_list.c) and the built-in handlers
+ *   registry.h        the type registry (registry/registry.c, lookup.c,
+ *                     entry.c, registry_list.c) and the built-in handlers
  *                     (registry/handlers_*.c), which call back into
  *                     records for nested items as third-party hooks do
  *                     through TpShare_CAPI;
@@ -33,10 +33,10 @@
  *
  * Process-wide state (file-scope, shared by every interpreter), the lock
  * that guards it, and whether it holds PyObject*:
- *   registry (registry.c)    registry.mutex; no PyObject* (types are
+ *   tps_registry (registry.c)  its mutex; no PyObject* (types are
  *                            pointers, not references);
- *   fast (registry.c)        written under registry.mutex, read atomically;
- *                            no PyObject*;
+ *   fast (lookup.c)          written under tps_registry.mutex, read
+ *                            atomically; no PyObject*;
  *   tps_pickle_entry, tps_buffer_entry, tps_buffer_writable_entry
  *                            (registry/handlers_*.c) set once at set-up;
  *                            no PyObject*;
