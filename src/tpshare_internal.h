@@ -12,7 +12,8 @@
  *                     records for nested items as third-party hooks do
  *                     through TpShare_CAPI;
  *   record.h, identity.h   share records: share and rebuild (record.c),
- *                     hold and release (record_release.c), identity
+ *                     hold and release (record_release.c), the error
+ *                     for what cannot be shared (not_shareable.c), identity
  *                     across sends (identity.c, used by record.c when a
  *                     channel has identity on);
  *   owner.h           the owner side: per-interpreter state, release
@@ -21,14 +22,15 @@
  *                     that call each other;
  *   chancore.h, ring.h, tracker.h   channels of records (chancore.c,
  *                     chanexit.c, ring.c), release trackers (told of a
- *                     freed record through a hook they install);
+ *                     freed record through a hook they install); an
+ *                     exiting sender's items become markers made by a
+ *                     hook that unbound.c installs;
  *   pytypes.h, module_state.h, fork.h, channel.h, module.h   the
  *                     Python-visible types and functions: the module
  *                     (module.c, capi.c, functions.c), channel handles
  *                     (channel.c, handle_io.c, handle_share.c, args.c),
  *                     the object layer (objlayer.c), unbound-item markers
- *                     (unbound.c, which chanexit.c calls to make one: the
- *                     other upward call), shared.c, view.c, buffer_type.c,
+ *                     (unbound.c), shared.c, view.c, buffer_type.c,
  *                     interpreter.c, and fork().
  *
  * Process-wide state (file-scope, shared by every interpreter), the lock
@@ -51,7 +53,8 @@
  *   next_serial (identity.c), memo_tables (record.c),
  *   process_exiting (owner_exit.c)
  *                            atomics; no PyObject*;
- *   record_freed (record_release.c), view_maker (handlers_export.c)
+ *   record_freed (record_release.c), view_maker (handlers_export.c),
+ *   unbound_maker (chanexit.c)
  *                            hooks installed by the layer above, atomic
  *                            function pointers; no PyObject*.
  *
