@@ -31,7 +31,8 @@
  *                     (channel.c, handle_io.c, handle_share.c, args.c),
  *                     the object layer (objlayer.c), unbound-item markers
  *                     (unbound.c), shared.c, view.c, buffer_type.c,
- *                     interpreter.c, and fork().
+ *                     interpreters made by tpshare (interpreter.c, on
+ *                     the table and threads of workers.c), and fork().
  *
  * Process-wide state (file-scope, shared by every interpreter), the lock
  * that guards it, and whether it holds PyObject*:
@@ -49,7 +50,7 @@
  *   channels (chancore.c)    channels.mutex, then each channel's lock;
  *                            records and raw memory only;
  *   tokens (shared.c)        tokens.mutex; records only;
- *   workers (interpreter.c)  workers.mutex; see interpreter.c;
+ *   tps_workers (workers.c)  its mutex; see workers.c;
  *   next_serial (identity.c), memo_tables (record.c),
  *   process_exiting (owner_exit.c)
  *                            atomics; no PyObject*;
