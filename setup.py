@@ -53,7 +53,8 @@ elif flag("TPSHARE_SANITIZE"):
     link_args += san
 
 sources = sorted(glob("registry/*.c")) + sorted(glob("src/*.c"))
-headers = ["include/tpshare.h"] + sorted(glob("src/*.h"))
+headers = (["include/tpshare.h"] + sorted(glob("registry/*.h"))
+           + sorted(glob("src/*.h")))
 
 setup(
     cmdclass={"build_py": build_py_with_header},

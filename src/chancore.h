@@ -58,6 +58,13 @@ int tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
  * items still queued in any channel are replaced, in place, by neutral
  * copies, or by what the unbounditems policy says. */
 void tps_channels_forget_interp(int64_t interp);
+/* Makes the record that takes the place of such an item under policy
+ * TPS_UNBOUND_MARK or TPS_UNBOUND_ERROR: a new reference, or NULL with an
+ * exception; runs under the exiting interpreter's GIL.  Installed by the
+ * layer above (unbound.c) when it sets up, before any channel is made,
+ * so that the channel core knows nothing of the markers' type. */
+typedef TpShare_Record *(*tps_unbound_maker)(unsigned int policy);
+void tps_channels_set_unbound_maker(tps_unbound_maker fn);
 /* Wake every thread parked in a channel wait, in every interpreter (a
  * spurious wake-up for those that go on waiting).  Any thread. */
 void tps_channels_wake_all(void);

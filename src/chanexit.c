@@ -16,8 +16,16 @@
 #include "chancore.h"
 #include "chancore_layout.h"
 #include "ptrmap.h"
-#include "pytypes.h"
 #include "record.h"
+
+/* Makes the marker records: installed by the layer above (unbound.c). */
+static _Atomic(tps_unbound_maker) unbound_maker;
+
+void
+tps_channels_set_unbound_maker(tps_unbound_maker fn)
+{
+    atomic_store_explicit(&unbound_maker, fn, memory_order_release);
+}
 
 /* One of them, and what takes its place. */
 typedef struct {
@@ -70,8 +78,15 @@ replacement(tps_channel *ch, TpShare_Record *rec)
     if (policy == TPS_UNBOUND_REMOVE) {
         return NULL;
     }
+    tps_unbound_maker make = atomic_load_explicit(&unbound_maker,
+                                                  memory_order_acquire);
+    /* Installed when the module set up, before any channel existed. */
+    assert(make != NULL);
+    if (make == NULL) {
+        return NULL;
+    }
     PyObject *exc = PyErr_GetRaisedException();
-    repl = tps_unbound_marker(policy);
+    repl = make(policy);
     if (repl == NULL) {
         /* Out of memory at exit: removed, and counted as dropped. */
         PyErr_Clear();

@@ -32,6 +32,6 @@ void tps_blocks_atfork(tps_fork_phase phase);     /* blocks.c */
 void tps_interps_atfork(tps_fork_phase phase);    /* owner.c */
 void tps_channels_atfork(tps_fork_phase phase);   /* chancore.c */
 void tps_tokens_atfork(tps_fork_phase phase);     /* shared.c */
-void tps_workers_atfork(tps_fork_phase phase);    /* interpreter.c */
+void tps_workers_atfork(tps_fork_phase phase);    /* workers.c */
 
 #endif /* TPSHARE_FORK_H */

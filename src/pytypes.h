@@ -21,10 +21,6 @@ int tps_parse_timeout(PyObject *arg, int64_t *ns);
 extern const TpShare_CAPI tps_capi;
 
 
-/* Raise NotShareableError (formatted like PyErr_Format) in the current
- * interpreter. */
-void tps_set_not_shareable(const char *format, ...);
-
 /* view.c: a new cross-interpreter view object (new reference) exporting
  * the buffer `src` (borrowed, owned by `rec`, which the view holds), or
  * NULL with an exception. */
@@ -47,11 +43,6 @@ int tps_channel_init_types(PyObject *module, tps_module_state *state);
 /* Raise the exception for a TPS_ERR_* code (no-op for TPS_ERR_PYTHON and
  * TPS_ERR_SIGNAL, whose exception is set).  Returns NULL. */
 PyObject *tps_raise_error(tps_module_state *state, int code);
-/* A neutral record standing for an item that could not be delivered
- * (policy TPS_UNBOUND_MARK or TPS_UNBOUND_ERROR): it rebuilds as
- * tpshare.UNBOUND or raises ItemInterpreterDestroyed.  New reference, or
- * NULL with an exception.  Needs a GIL. */
-TpShare_Record *tps_unbound_marker(unsigned int policy);
 
 
 /* Add the functions _interp_start, _interp_run, _interp_interrupt,

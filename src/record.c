@@ -32,7 +32,6 @@
 #include "identity.h"
 #include "owner.h"
 #include "ptrmap.h"
-#include "pytypes.h"
 #include "registry.h"
 
 #include <stddef.h>

@@ -112,6 +112,10 @@ tps_record_dealloc(TpShare_Record *rec)
  * owner, or any for a neutral record). */
 void tps_record_free(TpShare_Record *rec);
 int tps_is_shareable(PyObject *obj);
+/* Raise NotShareableError (formatted like PyErr_Format) in the current
+ * interpreter, or TypeError where tpshare's module is gone
+ * (not_shareable.c). */
+void tps_set_not_shareable(const char *format, ...);
 /* Whether obj rebuilds as the very same object anyway (None, True,
  * False, small ints). */
 int tps_rebuilds_identical(PyObject *obj);

@@ -1,5 +1,6 @@
-/* registry.h - the process-wide type registry (registry/registry.c) and
- * the built-in registrations (registry/handlers_*.c): the lowest layer.
+/* registry.h - the process-wide type registry (registry/registry.c,
+ * lookup.c) and the built-in registrations (registry/handlers_*.c): the
+ * lowest layer.
  */
 #ifndef TPSHARE_REGISTRY_H
 #define TPSHARE_REGISTRY_H

@@ -6,13 +6,14 @@
  * callback below):
  *   common.h, compat.h, cacheline.h, spinlock.h, waiter.h, ptrmap.h,
  *     blocks.h        tools: no Python objects, no tpshare concepts;
- *   registry.h        the type registry (registry/registry.c, entry.c,
- *                     registry_list.c) and the built-in handlers
+ *   registry.h        the type registry (registry/registry.c, lookup.c,
+ *                     entry.c, registry_list.c) and the built-in handlers
  *                     (registry/handlers_*.c), which call back into
  *                     records for nested items as third-party hooks do
  *                     through TpShare_CAPI;
  *   record.h, identity.h   share records: share and rebuild (record.c),
- *                     hold and release (record_release.c), identity
+ *                     hold and release (record_release.c), the error
+ *                     for what cannot be shared (not_shareable.c), identity
  *                     across sends (identity.c, used by record.c when a
  *                     channel has identity on);
  *   owner.h           the owner side: per-interpreter state, release
@@ -21,22 +22,24 @@
  *                     that call each other;
  *   chancore.h, ring.h, tracker.h   channels of records (chancore.c,
  *                     chanexit.c, ring.c), release trackers (told of a
- *                     freed record through a hook they install);
+ *                     freed record through a hook they install); an
+ *                     exiting sender's items become markers made by a
+ *                     hook that unbound.c installs;
  *   pytypes.h, module_state.h, fork.h, channel.h, module.h   the
  *                     Python-visible types and functions: the module
  *                     (module.c, capi.c, functions.c), channel handles
  *                     (channel.c, handle_io.c, handle_share.c, args.c),
  *                     the object layer (objlayer.c), unbound-item markers
- *                     (unbound.c, which chanexit.c calls to make one: the
- *                     other upward call), shared.c, view.c, buffer_type.c,
- *                     interpreter.c, and fork().
+ *                     (unbound.c), shared.c, view.c, buffer_type.c,
+ *                     interpreters made by tpshare (interpreter.c, on
+ *                     the table and threads of workers.c), and fork().
  *
  * Process-wide state (file-scope, shared by every interpreter), the lock
  * that guards it, and whether it holds PyObject*:
- *   registry (registry.c)    registry.mutex; no PyObject* (types are
+ *   tps_registry (registry.c)  its mutex; no PyObject* (types are
  *                            pointers, not references);
- *   fast (registry.c)        written under registry.mutex, read atomically;
- *                            no PyObject*;
+ *   fast (lookup.c)          written under tps_registry.mutex, read
+ *                            atomically; no PyObject*;
  *   tps_pickle_entry, tps_buffer_entry, tps_buffer_writable_entry
  *                            (registry/handlers_*.c) set once at set-up;
  *                            no PyObject*;
@@ -47,11 +50,12 @@
  *   channels (chancore.c)    channels.mutex, then each channel's lock;
  *                            records and raw memory only;
  *   tokens (shared.c)        tokens.mutex; records only;
- *   workers (interpreter.c)  workers.mutex; see interpreter.c;
+ *   tps_workers (workers.c)  its mutex; see workers.c;
  *   next_serial (identity.c), memo_tables (record.c),
  *   process_exiting (owner_exit.c)
  *                            atomics; no PyObject*;
- *   record_freed (record_release.c), view_maker (handlers_export.c)
+ *   record_freed (record_release.c), view_maker (handlers_export.c),
+ *   unbound_maker (chanexit.c)
  *                            hooks installed by the layer above, atomic
  *                            function pointers; no PyObject*.
  *

@@ -1,6 +1,7 @@
 /* unbound.c - items whose sender ended before they were received
- * (PEP 734's unbounditems).  The exit hook of an interpreter (chancore.c)
- * puts a neutral marker record in place of each item it could not copy;
+ * (PEP 734's unbounditems).  The exit hook of an interpreter (chanexit.c)
+ * puts a neutral marker record, made here through the maker this file
+ * installs, in place of each item it could not copy;
  * this file holds those markers' registration, the tpshare.UNBOUND,
  * UNBOUND_ERROR and UNBOUND_REMOVE objects of each interpreter, the
  * ItemInterpreterDestroyed exception and the parsing of unbounditems=
@@ -146,8 +147,13 @@ make_unbound_entry(void)
     unbound_entry = tps_entry_new(NULL, -1, &unbound_hooks);
 }
 
-TpShare_Record *
-tps_unbound_marker(unsigned int policy)
+/* A neutral record standing for an item that could not be delivered
+ * (policy TPS_UNBOUND_MARK or TPS_UNBOUND_ERROR): it rebuilds as
+ * tpshare.UNBOUND or raises ItemInterpreterDestroyed.  New reference, or
+ * NULL with an exception.  Needs a GIL.  The channel core's unbound
+ * maker (chanexit.c). */
+static TpShare_Record *
+unbound_marker(unsigned int policy)
 {
     assert(tps_thread_state() != NULL);
     assert(policy == TPS_UNBOUND_MARK || policy == TPS_UNBOUND_ERROR);
@@ -166,11 +172,13 @@ tps_unbound_marker(unsigned int policy)
 }
 
 /* Make the UNBOUND objects and ItemInterpreterDestroyed of this
- * interpreter's module (borrowed), held by `state` and the module.  0 or
- * -1 with an exception. */
+ * interpreter's module (borrowed), held by `state` and the module, and
+ * install the channel core's maker of marker records.  0 or -1 with an
+ * exception. */
 int
 tps_unbound_init(PyObject *module, tps_module_state *state)
 {
+    tps_channels_set_unbound_maker(unbound_marker);
     state->UnboundType = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &unbound_spec, NULL);
     if (state->UnboundType == NULL
