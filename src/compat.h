@@ -13,7 +13,7 @@
 #endif
 
 #ifndef __linux__
-#error "tpshare supports Linux only: it relies on Linux's threads, clocks and CPU numbering"
+#error "tpshare supports Linux only (its threads, clocks, CPU numbering)"
 #endif
 
 #include <Python.h>
