@@ -314,6 +314,22 @@ not_shareable(PyObject *obj)
  * Share.
  */
 
+/* A hook of registration `name` reported success with an exception set:
+ * replace it with SystemError naming the hook (`which`), the exception
+ * it left as the cause. */
+static void
+hook_left_an_exception(const char *which, const char *name)
+{
+    assert(PyErr_Occurred());
+    PyObject *exc = PyErr_GetRaisedException();
+    PyErr_Format(PyExc_SystemError,
+                 "%s hook of '%s' succeeded with an exception set",
+                 which, name);
+    PyObject *cur = PyErr_GetRaisedException();
+    PyException_SetCause(cur, exc);      /* steals exc */
+    PyErr_SetRaisedException(cur);       /* steals cur */
+}
+
 static TpShare_Record *
 record_alloc(tps_entry *entry, int64_t owner, int tail)
 {
@@ -449,13 +465,9 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner, tps_identity *id)
         if (rc == 0) {
             /* The hook succeeded yet left an exception: undo its work. */
             PyObject *exc = PyErr_GetRaisedException();
-            tps_record_free(rec);
-            PyErr_Format(PyExc_SystemError,
-                         "share hook of '%s' returned success with an "
-                         "exception set", entry->name);
-            PyObject *cur = PyErr_GetRaisedException();
-            PyException_SetCause(cur, exc);
-            PyErr_SetRaisedException(cur);
+            tps_record_free(rec);      /* with no exception set */
+            PyErr_SetRaisedException(exc);
+            hook_left_an_exception("share", entry->name);
         }
         else {
             record_discard(rec);
@@ -556,13 +568,7 @@ tps_rebuild(TpShare_Record *rec)
     }
     if (!local->immortal && PyErr_Occurred()) {
         Py_CLEAR(res);
-        PyObject *exc = PyErr_GetRaisedException();
-        PyErr_Format(PyExc_SystemError,
-                     "rebuild hook of '%s' returned a result with an "
-                     "exception set", local->name);
-        PyObject *cur = PyErr_GetRaisedException();
-        PyException_SetCause(cur, exc);
-        PyErr_SetRaisedException(cur);
+        hook_left_an_exception("rebuild", local->name);
         goto finally;
     }
     if (!(local->hooks.flags & TPSHARE_ANY_RESULT) && local->type != NULL

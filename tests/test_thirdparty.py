@@ -183,13 +183,17 @@ def test_container_type_with_a_buffer_is_owner_bound():
     [
         ("BadRaise", ValueError, "BadRaise refuses"),
         ("BadNull", SystemError, "failed without setting an exception"),
+        ("BadLeave", SystemError, "share hook of .* succeeded with an "
+                                  "exception set"),
     ],
 )
 def test_share_hooks_that_misbehave(cls, exc, match):
     obj = getattr(ext, cls)()
     refs = sys.getrefcount(obj)
-    with pytest.raises(exc, match=match):
+    with pytest.raises(exc, match=match) as info:
         tpshare.share(obj)
+    if cls == "BadLeave":       # what the hook left is kept as the cause
+        assert isinstance(info.value.__cause__, KeyError)
     with pytest.raises(exc, match=match):
         tpshare.share((1, obj))
     assert not tpshare.is_shareable(obj)
@@ -202,6 +206,8 @@ def test_share_hooks_that_misbehave(cls, exc, match):
         ("BadRebuildNull", SystemError, "returned NULL without setting"),
         ("BadRebuildType", TypeError, "returned a 'int', not a"),
         ("BadRebuildRaise", RuntimeError, "cannot rebuild"),
+        ("BadRebuildLeave", SystemError, "rebuild hook of .* succeeded with "
+                                         "an exception set"),
     ],
 )
 def test_rebuild_hooks_that_misbehave(cls, exc, match, xsub):

@@ -1032,6 +1032,29 @@ bad_rebuild_raise(PyTypeObject *type, const TpShare_Data *data)
     return NULL;
 }
 
+/* share: succeeds with an exception left set (a hook bug).  obj:
+ * borrowed.  Returns 0. */
+static int
+bad_leave_share(PyObject *obj, TpShare_Data *data)
+{
+    (void)obj;
+    (void)data;
+    PyErr_SetString(PyExc_KeyError, "left behind by share");
+    return 0;
+}
+
+/* rebuild: returns an object with an exception left set (a hook bug).
+ * type: borrowed.  Returns a new reference. */
+static PyObject *
+bad_rebuild_leave(PyTypeObject *type, const TpShare_Data *data)
+{
+    PyObject *res = bare_rebuild(type, data);
+    if (res != NULL) {
+        PyErr_SetString(PyExc_KeyError, "left behind by rebuild");
+    }
+    return res;
+}
+
 
 /* ---------------------------------------------------------------------
  * The heap types, each with the hooks registered for it in every
@@ -1079,6 +1102,8 @@ static heap_type_def heap_types[] = {
     BAD_TYPE("BadRebuildNull", empty_share, bad_rebuild_null),
     BAD_TYPE("BadRebuildType", empty_share, bad_rebuild_type),
     BAD_TYPE("BadRebuildRaise", empty_share, bad_rebuild_raise),
+    BAD_TYPE("BadLeave", bad_leave_share, bare_rebuild),
+    BAD_TYPE("BadRebuildLeave", empty_share, bad_rebuild_leave),
 };
 
 
