@@ -9,10 +9,9 @@ import tpshare
 from support import run_child
 
 
-def test_100k_outstanding_releases_survive_an_idle_owner(sub):
-    """CPython's pending-call queue drops releases past 32 (3.12) or 300
-    (3.13); ours keeps every one until the owner runs again."""
-    n = 100_000
+def views_of_sub_memory(sub, n):
+    """n views, here, of one bytearray of `sub`: each shared there and
+    attached here through the token table (consecutive tokens)."""
     sub.run(
         f"""
         owner = bytearray(b'owned by the subinterpreter')
@@ -23,7 +22,14 @@ def test_100k_outstanding_releases_survive_an_idle_owner(sub):
     )
     first, last = int(sub.eval("first")), int(sub.eval("last"))
     assert last - first == n - 1
-    views = [tpshare.attach(t).rebuild() for t in range(first, last + 1)]
+    return [tpshare.attach(t).rebuild() for t in range(first, last + 1)]
+
+
+def test_100k_outstanding_releases_survive_an_idle_owner(sub):
+    """CPython's pending-call queue drops releases past 32 (3.12) or 300
+    (3.13); ours keeps every one until the owner runs again."""
+    n = 100_000
+    views = views_of_sub_memory(sub, n)
     sid = int(sub.id)
     assert tpshare.stats()[sid] == {"exports": n, "remote": n, "pending": 0}
     assert all(v.tobytes() == b"owned by the subinterpreter" for v in views[:: n // 10])
@@ -161,16 +167,7 @@ def test_releases_stay_scheduled_while_the_owner_runs_pure_python(sub):
     import time
 
     n = 20_000
-    sub.run(
-        f"""
-        owner = bytearray(b'owned by the subinterpreter')
-        toks = [tpshare.share(owner).detach() for _ in range({n})]
-        first, last = toks[0], toks[-1]
-        del toks
-        """
-    )
-    first, last = int(sub.eval("first")), int(sub.eval("last"))
-    views = [tpshare.attach(t).rebuild() for t in range(first, last + 1)]
+    views = views_of_sub_memory(sub, n)
     sid = int(sub.id)
     flag = tpshare.Buffer(1)
     sub.put("flag_buffer", flag)
