@@ -198,7 +198,9 @@ interp_run(PyObject *Py_UNUSED(module), PyObject *args)
 PyDoc_STRVAR(interp_interrupt_doc,
 "_interp_interrupt(id, /)\n--\n\n"
 "Ask interpreter `id` to raise SystemExit in the code it runs, at its\n"
-"next bytecode boundary (used at process exit), and end its tpshare\n"
+"next bytecode boundary (used at process exit; call again until it\n"
+"ends, since a weakref callback or __del__ swallows the exception;\n"
+"a request not yet run is not queued twice), and end its tpshare\n"
 "waits: a channel wait or Tracker.wait() in it raises ChannelClosed,\n"
 "now or when it would park.  Another call blocked in C (a sleep) is\n"
 "interrupted only when it returns.  Returns True if the request was\n"
@@ -215,7 +217,10 @@ interp_interrupt(PyObject *Py_UNUSED(module), PyObject *idobj)
     pthread_mutex_lock(&tps_workers.mutex);
     assert(w->refs > 1);   /* the table's and ours */
     int64_t id = w->id;
-    if (w->state == TPS_W_RUNNING && w->running > 0) {
+    if (w->state == TPS_W_RUNNING && w->running > 0 && w->interrupt) {
+        queued = 1;     /* the last request has not run yet */
+    }
+    else if (w->state == TPS_W_RUNNING && w->running > 0) {
         /* It cannot end while the lock is held with TPS_W_RUNNING. */
         PyInterpreterState *interp = tps_interp_lookup(w->id);
         if (interp != NULL

@@ -11,6 +11,7 @@
  * functions are in functions.c.
  */
 #include "module.h"
+#include "workers.h"
 
 /* ---------------------------------------------------------------------
  * Module life cycle.
@@ -127,7 +128,9 @@ module_exec(PyObject *module)
     if (capsule == NULL
         || PyModule_AddObjectRef(module, "_C_API", capsule) < 0
         || PyModule_AddIntConstant(module, "ABI_VERSION",
-                                   TPSHARE_ABI_VERSION) < 0)
+                                   TPSHARE_ABI_VERSION) < 0
+        || PyModule_AddStringConstant(module, "_EXIT_INTERRUPT_MESSAGE",
+                                      TPS_EXIT_INTERRUPT_MESSAGE) < 0)
     {
         goto finally;
     }

@@ -286,9 +286,7 @@ tps_worker_interrupt_call(void *arg)
     }
     pthread_mutex_unlock(&tps_workers.mutex);
     if (fire) {
-        PyErr_SetString(PyExc_SystemExit,
-                        "tpshare: interrupted because the process is "
-                        "exiting");
+        PyErr_SetString(PyExc_SystemExit, TPS_EXIT_INTERRUPT_MESSAGE);
         return -1;
     }
     return 0;

@@ -88,6 +88,13 @@ int tps_worker_park_locked(tps_worker *w, tps_waiter *me,
  * is the interpreter ID (intptr_t). */
 int tps_worker_interrupt_call(void *arg);
 
+/* The message of the SystemExit raised by the exit interrupt (the module
+ * exports it as _EXIT_INTERRUPT_MESSAGE: a worker's unraisable hook
+ * recognises it). */
+#define TPS_EXIT_INTERRUPT_MESSAGE \
+    "tpshare: interrupted because the process is exiting"
+
+
 /* Threaded mode: start a thread that creates the interpreter of `w`,
  * runs its `init` and `loop` and ends it, with asynchronous signals
  * blocked.  0 or an errno value. */

@@ -73,6 +73,23 @@ def spin(seconds):
     return n
 
 
+def spin_after_a_callback(started, seconds):
+    """Spin in a weakref callback (which swallows any exception raised
+    in it), then outside it."""
+    import weakref
+
+    class Ref:
+        pass
+
+    def callback(_):
+        started.send(1)
+        spin(seconds)
+    obj = Ref()
+    ref = weakref.ref(obj, callback)
+    del obj
+    return spin(seconds), ref
+
+
 def wait_gate(started, gate):
     started.send(tpshare.interpreter_id())
     return gate.recv(timeout=60)
@@ -572,6 +589,12 @@ EXIT_CASES = {
             except tpshare.Error:
                 pass
         threading.Thread(target=run, daemon=True).start()
+        started.recv(timeout=30)
+        """,
+    "interrupt-swallowed": """
+        a = tpshare.Interpreter()
+        started = tpshare.Channel()
+        f = a.call(h.spin_after_a_callback, started, 600)
         started.recv(timeout=30)
         """,
     "made-in-a-thread": """

@@ -84,6 +84,9 @@ _OPEN, _CLOSING, _STOPPING, _CLOSED = range(4)
 
 # Seconds between warnings while the exit hook waits for an interpreter.
 _EXIT_WARN_EVERY = 10.0
+# Seconds between interrupts while it waits: an interrupt that lands in
+# a weakref callback or a __del__ is swallowed there, so it is sent again.
+_EXIT_INTERRUPT_EVERY = 0.1
 
 
 # ---------------------------------------------------------------------------
@@ -386,9 +389,14 @@ class _Hub:
         for m in members:
             _quietly(_tpshare._interp_interrupt, m.id)
         for m in members:
-            waited = 0.0
-            while not _quietly(_tpshare._interp_end, m.id, _EXIT_WARN_EVERY):
-                waited += _EXIT_WARN_EVERY
+            waited, warn_at = 0.0, _EXIT_WARN_EVERY
+            while not _quietly(_tpshare._interp_end, m.id,
+                               _EXIT_INTERRUPT_EVERY):
+                _quietly(_tpshare._interp_interrupt, m.id)
+                waited += _EXIT_INTERRUPT_EVERY
+                if waited < warn_at:
+                    continue
+                warn_at += _EXIT_WARN_EVERY
                 sys.stderr.write(
                     f"tpshare: at exit, interpreter {m.id} has not stopped "
                     f"after {waited:.0f} s: it runs code that does not "

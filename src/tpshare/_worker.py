@@ -13,6 +13,7 @@ import sys
 import threading
 
 from ._tpshare import (
+    _EXIT_INTERRUPT_MESSAGE,
     Channel,
     ChannelClosed,
     ChannelEmpty,
@@ -233,8 +234,28 @@ def _worker_init(token):
     global _worker
     work_id, results_id, path, main_name, main_file = _take(token)
     sys.path[:] = path
+    sys.unraisablehook = _UnraisableHook(sys.unraisablehook)
     _worker = _Worker(Channel.from_id(work_id), Channel.from_id(results_id),
                       main_name, main_file)
+
+
+class _UnraisableHook:
+    """A worker's sys.unraisablehook.  The interrupt at process exit is a
+    SystemExit raised wherever the worker's code is at its next bytecode
+    boundary: inside a weakref callback or a __del__ it cannot propagate
+    and would be printed as "Exception ignored".  The owner sends it
+    again until the worker stops, so it is not printed; everything else
+    goes to the hook this one replaced."""
+
+    def __init__(self, previous):
+        self.previous = previous
+
+    def __call__(self, unraisable):
+        exc = unraisable.exc_value
+        if (type(exc) is SystemExit
+                and exc.args == (_EXIT_INTERRUPT_MESSAGE,)):
+            return
+        self.previous(unraisable)
 
 
 def _worker_loop():
