@@ -252,7 +252,44 @@ typedef struct TpShare_CAPI {
      * from Malloc correctly).  Malloc sets no exception on failure. */
     void *(*Malloc)(size_t n);
     void (*Free)(void *p);
+
+    /* Grown at the end within ABI version 2 (TpShare_IMPORT() refuses a
+     * tpshare whose table is smaller than the one compiled against). */
+
+    /* Share `obj` (borrowed), item `index` of the object the running
+     * share hook shares, into a new record owned by the caller: Share()
+     * that also tells tpshare where the item sits, so that an error names
+     * the path to what could not be shared ("found at mytype[2] >
+     * tuple[0]").  index >= 0; outside a share hook it is ignored.
+     * Returns NULL with an exception like Share(). */
+    TpShare_Record *(*ShareItem)(PyObject *obj, Py_ssize_t index);
+
+    /* Whether the share in progress must not keep the sender's memory:
+     * 1 while tpshare re-shares a TPSHARE_IMMUTABLE value whose owner
+     * interpreter is exiting, to give its receivers a private copy.  A
+     * share hook that would set data->obj or TPSHARE_DATA_OWNER_BOUND to
+     * avoid a copy (a big immutable payload) copies instead when it
+     * returns 1; a hook that cannot copy may refuse, and the value is
+     * then lost as its channel's unbounditems say.  Returns 1 or 0, never
+     * fails; call it from a share hook. */
+    int (*MustCopy)(void);
+
+    /* Small payload memory that lives as long as the record: `n` bytes
+     * (aligned for any type) for `data`, the TpShare_Data tpshare passed
+     * to the running share hook.  On success it sets data->ptr to the
+     * memory and returns it; tpshare frees it with the record and the
+     * free hook (if any) then sees data->ptr NULL, so it suits plain
+     * copies that need no walking when freed.  Returns NULL, with no
+     * exception and `data` unchanged, when n is above
+     * TPSHARE_DATA_ALLOC_MAX, when data->ptr is already set or when no
+     * such memory is left: the hook then allocates with Malloc.  Faster
+     * than Malloc (no malloc call: a per-thread cache of blocks, or the
+     * cache line after the record). */
+    void *(*DataAlloc)(TpShare_Data *data, size_t n);
 } TpShare_CAPI;
+
+/* The largest payload DataAlloc() serves. */
+#define TPSHARE_DATA_ALLOC_MAX 128
 
 /* ---------------------------------------------------------------------
  * Importing the table.

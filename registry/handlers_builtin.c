@@ -1,7 +1,10 @@
 /* handlers_builtin.c - the list of tpshare's built-in handlers.
  *
  * Each registry/handlers_*.c file registers its types through the same
- * registration a third-party type uses; this file names them all in the
+ * entry point a third-party type uses (TpShare_CAPI.Register, see
+ * handlers.h); the registry makes the registrations found here immortal
+ * once they are in (records then skip counting references to them).
+ * This file names them all in the
  * one function the module's set-up gives the registry
  * (tps_registry_init_with()), so that the registry itself knows no
  * handler.

@@ -12,10 +12,12 @@
  * export is released in the owner.
  *
  * This registration is a fallback found by capability, not by type, so it
- * has no type; its name is "tpshare.buffer".
+ * has no type and is made as an entry of its own rather than registered
+ * through the C API (which registers types); its name is
+ * "tpshare.buffer".  The view object is tpshare's own type, made by the
+ * layer above through a hook: neither has a public counterpart.
  */
-#include "registry.h"
-#include "record.h"
+#include "handlers.h"
 
 tps_entry *tps_buffer_entry = NULL;
 tps_entry *tps_buffer_writable_entry = NULL;
@@ -27,7 +29,7 @@ tps_entry *tps_buffer_writable_entry = NULL;
 static int
 export(PyObject *obj, TpShare_Data *data, int writable)
 {
-    Py_buffer *view = PyMem_RawMalloc(sizeof(Py_buffer));
+    Py_buffer *view = tps_handlers_api.Malloc(sizeof(Py_buffer));
     if (view == NULL) {
         PyErr_NoMemory();
         return -1;
@@ -35,7 +37,7 @@ export(PyObject *obj, TpShare_Data *data, int writable)
     if (PyObject_GetBuffer(obj, view,
                            writable ? PyBUF_FULL : PyBUF_FULL_RO) < 0)
     {
-        PyMem_RawFree(view);
+        tps_handlers_api.Free(view);
         return -1;
     }
     data->ptr = view;
@@ -77,7 +79,7 @@ buffer_rebuild(PyTypeObject *Py_UNUSED(type), const TpShare_Data *data)
                         "tpshare's view type is not set up");
         return NULL;
     }
-    PyObject *view = make(TPS_RECORD_OF(data), data->ptr);
+    PyObject *view = make(data);
     if (view == NULL) {
         return NULL;
     }
@@ -91,7 +93,7 @@ static void
 buffer_free(TpShare_Data *data)
 {
     PyBuffer_Release(data->ptr);
-    PyMem_RawFree(data->ptr);
+    tps_handlers_api.Free(data->ptr);
 }
 
 static const TpShare_Hooks buffer_hooks = {

@@ -9,8 +9,7 @@
  * subclasses (IntEnum members, a subclass of float...) are refused so
  * that no value silently loses its type (see docs/design.md).
  */
-#include "registry.h"
-#include "record.h"
+#include "handlers.h"
 
 #include <string.h>
 
@@ -43,7 +42,10 @@ bool_rebuild(PyTypeObject *Py_UNUSED(type), const TpShare_Data *data)
 
 /* --- int of any size. ---
  * size == 0: the value fits in int64 and sits in inline_data.i64[0].
- * size > 0: ptr holds `size` bytes, little-endian two's complement. */
+ * size > 0: ptr holds `size` bytes, little-endian two's complement.
+ * The conversion is CPython's (tps_long_as_bytes/from_bytes only hide
+ * its signature change in compat.h), open to any extension: nothing of
+ * tpshare's records. */
 
 static int
 int_share(PyObject *obj, TpShare_Data *data)
@@ -58,13 +60,13 @@ int_share(PyObject *obj, TpShare_Data *data)
         return 0;
     }
     size_t n = _PyLong_NumBits(obj) / 8 + 1;
-    unsigned char *buf = PyMem_RawMalloc(n);
+    unsigned char *buf = tps_handlers_api.Malloc(n);
     if (buf == NULL) {
         PyErr_NoMemory();
         return -1;
     }
     if (tps_long_as_bytes(obj, buf, n) < 0) {
-        PyMem_RawFree(buf);
+        tps_handlers_api.Free(buf);
         return -1;
     }
     data->ptr = buf;
@@ -126,11 +128,11 @@ static const TpShare_Hooks complex_hooks = HOOKS("builtins.complex",
 int
 tps_handlers_scalar_init(void)
 {
-    if (tps_registry_register(Py_TYPE(Py_None), &none_hooks, 0) < 0
-        || tps_registry_register(&PyBool_Type, &bool_hooks, 0) < 0
-        || tps_registry_register(&PyLong_Type, &int_hooks, 0) < 0
-        || tps_registry_register(&PyFloat_Type, &float_hooks, 0) < 0
-        || tps_registry_register(&PyComplex_Type, &complex_hooks, 0) < 0)
+    if (tps_handlers_api.Register(Py_TYPE(Py_None), &none_hooks, 0) < 0
+        || tps_handlers_api.Register(&PyBool_Type, &bool_hooks, 0) < 0
+        || tps_handlers_api.Register(&PyLong_Type, &int_hooks, 0) < 0
+        || tps_handlers_api.Register(&PyFloat_Type, &float_hooks, 0) < 0
+        || tps_handlers_api.Register(&PyComplex_Type, &complex_hooks, 0) < 0)
     {
         return -1;
     }

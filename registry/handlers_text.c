@@ -12,17 +12,16 @@
  * are immutable.  The threshold is process-wide and measured by
  * bench/bench_bytes_threshold.py; see docs/design.md.
  */
-#include "registry.h"
-#include "record.h"
+#include "handlers.h"
 
 #include <string.h>
 
 #define INLINE_MAX ((Py_ssize_t)sizeof(((TpShare_Data *)0)->inline_data))
 
 /* Copy n bytes into the record: inline when they fit (ptr stays NULL),
- * else into memory that comes and goes with the record (tps_small_alloc:
- * the line after it, or a small block; up to TPS_SMALL_MAX bytes) or new
- * raw memory.  Returns 0 or -1 with MemoryError. */
+ * else into memory that comes and goes with the record (DataAlloc: the
+ * line after it, or a small block; up to TPSHARE_DATA_ALLOC_MAX bytes)
+ * or new raw memory.  Returns 0 or -1 with MemoryError. */
 static int
 copy_in(TpShare_Data *data, const void *src, Py_ssize_t n)
 {
@@ -30,9 +29,8 @@ copy_in(TpShare_Data *data, const void *src, Py_ssize_t n)
         memcpy(data->inline_data.bytes, src, (size_t)n);
         return 0;
     }
-    data->ptr = tps_small_alloc(data, n);
-    if (data->ptr == NULL) {
-        data->ptr = PyMem_RawMalloc((size_t)n);
+    if (tps_handlers_api.DataAlloc(data, (size_t)n) == NULL) {
+        data->ptr = tps_handlers_api.Malloc((size_t)n);
     }
     if (data->ptr == NULL) {
         PyErr_NoMemory();
@@ -91,9 +89,9 @@ bytes_share(PyObject *obj, TpShare_Data *data)
     Py_ssize_t len = PyBytes_GET_SIZE(obj);
     data->size = len;
     /* Copied anyway when the copy must not depend on the sender (its
-     * items left queued when it exits: tps_record_neutral_copy). */
+     * items left queued when it exits). */
     if (len > INLINE_MAX && len >= TPS_BYTES_SHARE_MIN
-        && !tps_share_must_copy())
+        && !tps_handlers_api.MustCopy())
     {
         data->obj = Py_NewRef(obj);
         data->ptr = PyBytes_AS_STRING(obj);
@@ -112,7 +110,7 @@ static void
 bytes_free(TpShare_Data *data)
 {
     if (data->obj == NULL) {
-        PyMem_RawFree(data->ptr);
+        tps_handlers_api.Free(data->ptr);
     }
     /* Otherwise ptr points into data->obj, which tpshare releases. */
 }
@@ -127,7 +125,11 @@ static const TpShare_Hooks bytes_hooks = {
     bytes_share, bytes_rebuild, bytes_free,
 };
 
-/* --- pickled objects: bytes on the wire, pickle.loads() on receipt. --- */
+/* --- pickled objects: bytes on the wire, pickle.loads() on receipt. ---
+ * Not a registration by type (the channel picks it for what has no
+ * registration of its own, Channel(fallback="pickle")), so it is made
+ * as an entry of its own rather than registered; that is the only part
+ * of these handlers with no public counterpart. */
 
 tps_entry *tps_pickle_entry = NULL;
 
@@ -160,8 +162,8 @@ tps_handlers_text_init(void)
         PyErr_NoMemory();
         return -1;
     }
-    if (tps_registry_register(&PyUnicode_Type, &str_hooks, 0) < 0
-        || tps_registry_register(&PyBytes_Type, &bytes_hooks, 0) < 0)
+    if (tps_handlers_api.Register(&PyUnicode_Type, &str_hooks, 0) < 0
+        || tps_handlers_api.Register(&PyBytes_Type, &bytes_hooks, 0) < 0)
     {
         return -1;
     }

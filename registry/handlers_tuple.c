@@ -7,8 +7,7 @@
  * owner-bound when any item is (a buffer, large bytes), and is then freed
  * in its owner.  Nesting depth is bounded by the recursion limit.
  */
-#include "registry.h"
-#include "record.h"
+#include "handlers.h"
 
 /* data->ptr: array of data->size nested records (raw memory). */
 
@@ -16,9 +15,9 @@ static void
 release_items(TpShare_Record **items, Py_ssize_t n)
 {
     for (Py_ssize_t i = 0; i < n; i++) {
-        tps_record_release(items[i]);
+        tps_handlers_api.Release(items[i]);
     }
-    PyMem_RawFree(items);
+    tps_handlers_api.Free(items);
 }
 
 static int
@@ -30,14 +29,13 @@ tuple_share(PyObject *obj, TpShare_Data *data)
     if (n == 0) {
         return 0;
     }
-    items = PyMem_RawMalloc((size_t)n * sizeof(TpShare_Record *));
+    items = tps_handlers_api.Malloc((size_t)n * sizeof(TpShare_Record *));
     if (items == NULL) {
         PyErr_NoMemory();
         return -1;
     }
     for (Py_ssize_t i = 0; i < n; i++) {
-        tps_share_set_index(i);
-        items[i] = tps_share(PyTuple_GET_ITEM(obj, i));
+        items[i] = tps_handlers_api.ShareItem(PyTuple_GET_ITEM(obj, i), i);
         if (items[i] == NULL) {
             release_items(items, i);
             return -1;
@@ -57,7 +55,7 @@ tuple_rebuild(PyTypeObject *Py_UNUSED(type), const TpShare_Data *data)
         return NULL;
     }
     for (Py_ssize_t i = 0; i < data->size; i++) {
-        PyObject *item = tps_rebuild(items[i]);
+        PyObject *item = tps_handlers_api.Rebuild(items[i]);
         if (item == NULL) {
             Py_DECREF(res);
             return NULL;
@@ -82,5 +80,5 @@ static const TpShare_Hooks tuple_hooks = {
 int
 tps_handlers_tuple_init(void)
 {
-    return tps_registry_register(&PyTuple_Type, &tuple_hooks, 0);
+    return tps_handlers_api.Register(&PyTuple_Type, &tuple_hooks, 0);
 }

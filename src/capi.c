@@ -1,59 +1,20 @@
 /* capi.c - the C API table (TpShare_CAPI) that tpshare exports to other
  * extensions, as the capsule module.c publishes as tpshare._C_API (see
  * include/tpshare.h).  The table holds only function pointers, so the
- * same static table serves every interpreter; most entries are the
- * registry's and the records' own functions, the rest thin adapters.
+ * same static table serves every interpreter.  Its entries are the
+ * registry's, the records' and CPython's own functions, listed once in
+ * TPS_CAPI_INIT (capi.h), which tpshare's built-in handlers use too.
  */
 #include "tpshare_internal.h"
+#include "capi.h"
 
-static int
-capi_register(PyTypeObject *type, const TpShare_Hooks *hooks,
-              unsigned int flags)
-{
-    return tps_registry_register(type, hooks, flags);
-}
-
-static int
-capi_is_shareable(PyObject *obj)
-{
-    return tps_is_shareable(obj);
-}
-
-static TpShare_Record *
-capi_share(PyObject *obj)
-{
-    return tps_share(obj);
-}
-
-static PyObject *
-capi_rebuild(TpShare_Record *rec)
-{
-    return tps_rebuild(rec);
-}
-
-static int64_t
-capi_owner(const TpShare_Record *rec)
+int64_t
+tps_capi_owner(const TpShare_Record *rec)
 {
     return rec->owner;
 }
 
-static void *
-capi_malloc(size_t n)
-{
-    return PyMem_RawMalloc(n);
-}
+_Static_assert(TPSHARE_DATA_ALLOC_MAX == TPS_SMALL_MAX,
+               "DataAlloc serves what a record's small block holds");
 
-const TpShare_CAPI tps_capi = {
-    .abi_version = TPSHARE_ABI_VERSION,
-    .size = sizeof(TpShare_CAPI),
-    .Register = capi_register,
-    .Unregister = tps_registry_unregister,
-    .Lookup = tps_registry_lookup,
-    .IsShareable = capi_is_shareable,
-    .Share = capi_share,
-    .Rebuild = capi_rebuild,
-    .Release = tps_record_release,
-    .Owner = capi_owner,
-    .Malloc = capi_malloc,
-    .Free = PyMem_RawFree,
-};
+const TpShare_CAPI tps_capi = TPS_CAPI_INIT;

@@ -89,20 +89,28 @@ _Static_assert(TPS_BLOCK_SIZE(TPS_BLOCK_THREE) == REC_SPAN + TAIL_MAX,
 _Static_assert(TPS_SMALL_MAX == REC_SPAN, "small blocks are two lines");
 
 void *
-tps_small_alloc(TpShare_Data *data, Py_ssize_t n)
+tps_small_alloc(TpShare_Data *data, size_t n)
 {
     TpShare_Record *rec = TPS_RECORD_OF(data);
-    if (n <= TAIL_MAX && (rec->flags & TPS_REC_LONG)) {
-        rec->flags |= TPS_REC_TAIL;
-        return (char *)rec + REC_SPAN;
-    }
-    if (n > TPS_SMALL_MAX) {
+    void *ptr;
+    /* The record frees one block, the one at data->ptr: a second call, or
+     * one after the hook set ptr itself, gets none. */
+    if (data->ptr != NULL) {
         return NULL;
     }
-    void *ptr = tps_block_alloc(TPS_BLOCK_TWO);
-    if (ptr != NULL) {
+    if (n <= TAIL_MAX && (rec->flags & TPS_REC_LONG)) {
+        rec->flags |= TPS_REC_TAIL;
+        ptr = (char *)rec + REC_SPAN;
+    }
+    else if (n <= TPS_SMALL_MAX
+             && (ptr = tps_block_alloc(TPS_BLOCK_TWO)) != NULL)
+    {
         rec->flags |= TPS_REC_SMALL;
     }
+    else {
+        return NULL;
+    }
+    data->ptr = ptr;
     return ptr;
 }
 
@@ -233,14 +241,18 @@ tps_rebuilds_identical(PyObject *obj)
     return 0;
 }
 
-/* The index of the item about to be shared by the current container
- * hook, for error messages.  Called by built-in container handlers. */
-void
-tps_share_set_index(Py_ssize_t index)
+static TpShare_Record *share_entry(PyObject *obj, tps_entry *entry,
+                                   int64_t owner, tps_identity *id);
+
+/* The index goes into the running hook's frame, read only if the share
+ * fails (the path in the error). */
+TpShare_Record *
+tps_share_item(PyObject *obj, Py_ssize_t index)
 {
     if (sctx.top != NULL) {
         sctx.top->index = index;
     }
+    return share_entry(obj, NULL, -1, NULL);
 }
 
 static void
@@ -355,9 +367,6 @@ record_discard(TpShare_Record *rec)
     tps_entry_decref(rec->entry);
     tps_record_dealloc(rec);
 }
-
-static TpShare_Record *share_entry(PyObject *obj, tps_entry *entry,
-                                   int64_t owner, tps_identity *id);
 
 TpShare_Record *
 tps_share(PyObject *obj)

@@ -59,15 +59,16 @@ struct TpShare_Record {
     TpShare_Data data;
 };
 
-/* Payload memory for built-in handlers: n bytes for `data` of a record
- * being shared, in the cache line after the record when n <= 64 and its
- * block has that line, else a block of TPS_SMALL_MAX bytes from a
- * per-thread cache (not malloc).
- * NULL when n is larger (use PyMem_RawMalloc) or memory is exhausted (no
- * exception set).  The record frees the block itself; the hooks' free
- * sees data->ptr NULL. */
+/* Payload memory for share hooks (TpShare_CAPI.DataAlloc is this
+ * function): n bytes for `data` of a record being shared, in the cache
+ * line after the record when n <= 64 and its block has that line, else a
+ * block of TPS_SMALL_MAX bytes from a per-thread cache (not malloc).
+ * Sets data->ptr to it and returns it; NULL, data unchanged, when n is
+ * larger (use PyMem_RawMalloc), data->ptr is set already or memory is
+ * exhausted (no exception set).  The record frees the block itself;
+ * the hooks' free sees data->ptr NULL. */
 #define TPS_SMALL_MAX 128
-void *tps_small_alloc(TpShare_Data *data, Py_ssize_t n);
+void *tps_small_alloc(TpShare_Data *data, size_t n);
 /* Share `obj` (borrowed) into a new record (one reference for the
  * caller).  NULL with an exception on failure; nothing kept. */
 TpShare_Record *tps_share(PyObject *obj);
@@ -119,8 +120,10 @@ void tps_set_not_shareable(const char *format, ...);
 /* Whether obj rebuilds as the very same object anyway (None, True,
  * False, small ints). */
 int tps_rebuilds_identical(PyObject *obj);
-/* For container hooks: the index of the item about to be shared. */
-void tps_share_set_index(Py_ssize_t index);
+/* tps_share() of item `index` of the object the running hook shares:
+ * an error names the index in the path (TpShare_CAPI.ShareItem is this
+ * function). */
+TpShare_Record *tps_share_item(PyObject *obj, Py_ssize_t index);
 /* The identity memos' tables allocated in all threads and not yet
  * freed, for tests. */
 long tps_memo_tables(void);
@@ -153,8 +156,8 @@ TpShare_Record *tps_record_neutral_copy(TpShare_Record *rec);
 int tps_share_must_copy(void);
 
 
-/* The record that embeds `data` (built-in handlers only: records made by
- * tpshare always embed their data). */
+/* The record that embeds `data`, the data a hook was given (records
+ * made by tpshare always embed their data). */
 #define TPS_RECORD_OF(data) \
     ((TpShare_Record *)((char *)(data) - offsetof(TpShare_Record, data)))
 

@@ -100,12 +100,12 @@ extern tps_entry *tps_buffer_entry;
 extern tps_entry *tps_buffer_writable_entry;
 
 /* Makes the object a rebuilt buffer export is a memoryview of: a view
- * (new reference) exporting `src` (borrowed, owned by `rec`, which the
- * view holds), or NULL with an exception.  Installed by the Python layer
- * (view.c) when it sets up its type; registry/handlers_export.c calls
- * it. */
-typedef PyObject *(*tps_view_maker)(TpShare_Record *rec,
-                                    const Py_buffer *src);
+ * (new reference) exporting the Py_buffer at data->ptr, held by the
+ * record that embeds `data` (borrowed; the view holds that record), or
+ * NULL with an exception.  Installed by the Python layer (view.c) when it
+ * sets up its type; registry/handlers_export.c calls it.  It takes the
+ * data, not the record, because the handlers see no record's layout. */
+typedef PyObject *(*tps_view_maker)(const TpShare_Data *data);
 void tps_export_set_view_maker(tps_view_maker fn);
 
 /* Bytes at least this long are shared owner-bound rather than copied

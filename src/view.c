@@ -44,6 +44,14 @@ tps_view_new(TpShare_Record *rec, const Py_buffer *src)
     return (PyObject *)self;
 }
 
+/* The view maker of registry/handlers_export.c: `data` (borrowed) is
+ * that of a buffer-export record being rebuilt. */
+static PyObject *
+view_of_export(const TpShare_Data *data)
+{
+    return tps_view_new(TPS_RECORD_OF(data), data->ptr);
+}
+
 static void
 view_dealloc(PyObject *op)
 {
@@ -191,6 +199,6 @@ tps_view_init_type(PyObject *module, tps_module_state *state)
     if (state->ViewType == NULL) {
         return -1;
     }
-    tps_export_set_view_maker(tps_view_new);
+    tps_export_set_view_maker(view_of_export);
     return PyModule_AddType(module, state->ViewType);
 }
