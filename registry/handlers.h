@@ -3,13 +3,15 @@
  *
  * The handlers share and rebuild nested items, ask whether a copy is
  * needed, take small payload memory and register their types only
- * through the function table tpshare exports (TpShare_CAPI, filled in
- * src/capi.c), so that they prove that table sufficient.  They include
- * no header of the records or of the owner side.  What they still take
- * from registry.h has no public counterpart: the fallback registrations
- * chosen by the caller or by a protocol rather than by type (the pickle
- * and buffer-export entries) and the hook that makes a buffer export's
- * view object.
+ * through the members of the function table tpshare exports
+ * (TpShare_CAPI, src/capi.h), so that they prove that table sufficient.
+ * They include no header of the records or of the owner side.  What
+ * they still take from registry.h has no public counterpart: the
+ * fallback registrations chosen by the caller or by a protocol rather
+ * than by type (the pickle and buffer-export entries, made as entries of
+ * their own), the hook that makes a buffer export's view object (a
+ * tpshare type), and the size from which bytes are shared rather than
+ * copied.
  */
 #ifndef TPSHARE_HANDLERS_H
 #define TPSHARE_HANDLERS_H

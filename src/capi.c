@@ -6,7 +6,6 @@
  * TPS_CAPI_INIT (capi.h), which tpshare's built-in handlers use too.
  */
 #include "tpshare_internal.h"
-#include "capi.h"
 
 int64_t
 tps_capi_owner(const TpShare_Record *rec)

@@ -1,6 +1,7 @@
 /* registry.h - the process-wide type registry (registry/registry.c,
- * lookup.c) and the built-in registrations (registry/handlers_*.c): the
- * lowest layer.
+ * lookup.c), the lowest layer but for the tools, and what the built-in
+ * handlers (registry/handlers_*.c, above the public C API: see
+ * registry/handlers.h) offer the layers above.
  */
 #ifndef TPSHARE_REGISTRY_H
 #define TPSHARE_REGISTRY_H
@@ -80,9 +81,11 @@ int tps_registry_init_with(int (*register_builtins)(void));
 void tps_registry_forget_interp(int64_t interp);
 
 /* Built-in handler registration (registry/handlers_*.c): each adds
- * its process-wide registrations.  tps_builtin_handlers_register()
- * (registry/handlers_builtin.c) calls them all; it is given to
- * tps_registry_init_with(), once per process. */
+ * its process-wide registrations through TpShare_CAPI.Register, as a
+ * third-party extension does (the registry then makes them immortal).
+ * tps_builtin_handlers_register() (registry/handlers_builtin.c) calls
+ * them all; module init gives it to tps_registry_init_with(), once per
+ * process. */
 int tps_builtin_handlers_register(void);
 int tps_handlers_scalar_init(void);
 int tps_handlers_text_init(void);
@@ -91,11 +94,15 @@ int tps_handlers_export_init(void);
 
 /* The registration of pickled objects (Channel(fallback="pickle")):
  * shared as the bytes of pickle.dumps(), rebuilt with pickle.loads()
- * (registry/handlers_text.c). */
+ * (registry/handlers_text.c).  Made with tps_entry_new(), not
+ * registered: it belongs to no type (the channel picks it for objects
+ * that have no registration), and the public API registers types. */
 extern tps_entry *tps_pickle_entry;
 
 /* The buffer-protocol fallback entry, and its writable variant used by
- * MemChannel.send(writable=True) (registry/handlers_export.c). */
+ * MemChannel.send(writable=True) (registry/handlers_export.c).  Made
+ * with tps_entry_new(), not registered, for the same reason: the lookup
+ * picks them by protocol (the type exports buffers), not by type. */
 extern tps_entry *tps_buffer_entry;
 extern tps_entry *tps_buffer_writable_entry;
 

@@ -7,10 +7,9 @@
  *   common.h, compat.h, cacheline.h, spinlock.h, waiter.h, ptrmap.h,
  *     blocks.h        tools: no Python objects, no tpshare concepts;
  *   registry.h        the type registry (registry/registry.c, lookup.c,
- *                     entry.c, registry_list.c) and the built-in handlers
- *                     (registry/handlers_*.c), which call back into
- *                     records for nested items as third-party hooks do
- *                     through TpShare_CAPI;
+ *                     entry.c, registry_list.c): registrations hold the
+ *                     hooks of the layers above (built-in handlers and
+ *                     third-party extensions), which records call;
  *   record.h, identity.h   share records: share and rebuild (record.c),
  *                     hold and release (record_release.c), the error
  *                     for what cannot be shared (not_shareable.c), identity
@@ -20,6 +19,17 @@
  *                     lists, exit (owner.c, owner_exit.c); records push
  *                     to it and it frees records: the one pair of layers
  *                     that call each other;
+ *   capi.h            the public C API table, TpShare_CAPI (capi.c): the
+ *                     registry's and the records' functions, as other
+ *                     extensions get them (capsule tpshare._C_API);
+ *   registry/handlers.h   the built-in handlers (registry/handlers_*.c):
+ *                     above the public API, they call only through the
+ *                     table's members (nested items, must-copy, small
+ *                     payload memory, registration), never records or
+ *                     the owner side; registered from module init
+ *                     (module.c) through Register; what they offer below
+ *                     (the pickle and buffer fallback entries, the
+ *                     buffer view hook view.c installs) is in registry.h;
  *   chancore.h, ring.h, tracker.h   channels of records (chancore.c,
  *                     chanexit.c, ring.c), release trackers (told of a
  *                     freed record through a hook they install); an
@@ -27,7 +37,7 @@
  *                     hook that unbound.c installs;
  *   pytypes.h, module_state.h, fork.h, channel.h, module.h   the
  *                     Python-visible types and functions: the module
- *                     (module.c, capi.c, functions.c), channel handles
+ *                     (module.c, functions.c), channel handles
  *                     (channel.c, handle_io.c, handle_share.c, args.c),
  *                     the object layer (objlayer.c), unbound-item markers
  *                     (unbound.c), shared.c, view.c, buffer_type.c,
@@ -78,6 +88,7 @@
 #include "module_state.h"
 #include "owner.h"
 #include "record.h"
+#include "capi.h"
 #include "tracker.h"
 #include "chancore.h"
 #include "identity.h"

@@ -190,6 +190,30 @@ def test_neutral_records_outlive_their_sender(sub):
     assert s.rebuild() == ("made in sub", 2**100, b"k" * 50)
 
 
+def test_tuple_errors_name_every_index_on_the_path():
+    """The tuple handler shares its items with the public ShareItem: the
+    error names each index, and nothing shared before it is kept."""
+    bad = {3}
+    value = (0, "x" * 100, ((2, bad),))
+    refs = sys.getrefcount(bad), sys.getrefcount(value[1])
+    with pytest.raises(tpshare.NotShareableError) as info:
+        tpshare.share(value)
+    assert str(info.value) == ("objects of type 'set' are not shareable "
+                               "(found at tuple[2] > tuple[0] > tuple[1])")
+    del info
+    assert (sys.getrefcount(bad), sys.getrefcount(value[1])) == refs
+
+
+def test_builtins_are_registered_like_third_party_types():
+    """Every built-in type is registered through Register, process-wide,
+    with hook flags a third-party type can have."""
+    builtins = {name: (tp, flags) for name, tp, flags in tpshare.registered()
+                if name.startswith("builtins.")}
+    types = (type(None), bool, int, float, complex, str, bytes, tuple)
+    assert builtins == {f"builtins.{t.__name__}": (t, ("copies", "immutable"))
+                        for t in types}
+
+
 def test_deep_nesting_is_bounded_by_the_recursion_limit():
     v = ()
     for _ in range(100_000):

@@ -9,6 +9,7 @@ import pytest
 
 import tpshare
 import tpshare_testext as ext
+from support import run_child
 
 MAIN = 0
 
@@ -316,3 +317,127 @@ def test_registrations_of_a_destroyed_interpreter_are_gone():
     T = type("Gone", (), {})
     ext.register_type(T, "tests.Gone")  # the name is free in main
     ext.unregister_type(T)
+
+
+# --- ShareItem, MustCopy and DataAlloc (tests/ext/testext_items.c) ---
+
+
+def test_share_item_round_trips_and_shares_a_repeated_item_once(xsub):
+    s = "once in the message"
+    v = ext.Vec(1, s, (s, 2.5), None, ext.Chunk(b"c" * 40))
+    r = tpshare.share(v).rebuild()
+    assert type(r) is ext.Vec and r is not v
+    items = r.tuple()
+    assert items[:4] == (1, s, (s, 2.5), None)
+    assert items[1] is items[2][0]
+    assert type(items[4]) is ext.Chunk and items[4].bytes == b"c" * 40
+    xsub.put("v", ext.Vec("a", ext.Vec(2, "a")))
+    assert xsub.eval("type(v) is ext.Vec and type(v.tuple()[1]) is ext.Vec") == "True"
+    assert xsub.eval("v.tuple()[0] is v.tuple()[1].tuple()[1]") == "True"
+
+
+@pytest.mark.parametrize(
+    "make, path",
+    [
+        (lambda bad: ext.Vec(1, 2, bad), r"tpshare_testext\.Vec\[2\]\)"),
+        (lambda bad: ext.Vec(0, (1, bad)),
+         r"tpshare_testext\.Vec\[1\] > tuple\[1\]\)"),
+        (lambda bad: (0, ext.Vec(bad)),
+         r"found at tuple\[1\] > tpshare_testext\.Vec\[0\]\)"),
+        (lambda bad: ext.Vec(ext.Pair(1, bad)),
+         r"Vec\[0\] > tpshare_testext\.Pair\)"),
+    ],
+)
+def test_share_item_errors_name_the_index_path(make, path):
+    bad = [3]
+    obj = make(bad)
+    refs = sys.getrefcount(bad)
+    with pytest.raises(tpshare.NotShareableError, match=r"'list'.*" + path):
+        tpshare.share(obj)
+    assert not tpshare.is_shareable(obj)
+    assert sys.getrefcount(bad) == refs
+
+
+@pytest.mark.parametrize(
+    "n, path", [(0, "inline"), (16, "inline"), (17, "block"), (64, "block"),
+                (128, "block"), (129, "ref"), (5000, "ref")],
+)
+def test_chunk_takes_the_way_its_size_allows(n, path):
+    data = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
+    before = ext.chunk_paths()
+    with tpshare.share(ext.Chunk(data)) as s:
+        assert s.bound == (path == "ref")
+        assert s.rebuild().bytes == data
+    after = ext.chunk_paths()
+    assert {k: after[k] - before[k] for k in after} == {
+        k: int(k == path) for k in after}
+
+
+def test_data_alloc_memory_goes_with_the_record():
+    """Chunks of 17-128 bytes take one small block each through
+    DataAlloc, which tpshare frees with the record: the free hook sees
+    ptr NULL, and the blocks in use are back where they were."""
+    r = run_child("""
+        import tpshare
+        import tpshare_testext as ext
+        from tpshare import _tpshare
+
+        def in_use():
+            counts, cached = _tpshare._block_counts(), _tpshare._block_cached()
+            return counts[0] - cached[0], counts[1] - cached[1]
+
+        ch = tpshare.Channel()
+        values = [b"%040d" % i for i in range(300)] + [b"%0128d" % i for i in range(300)]
+        chunks = [ext.Chunk(v) for v in values]
+        ch.send(ext.Chunk(b"w" * 50)); ch.recv()   # the thread's caches
+        start, paths, frees = in_use(), ext.chunk_paths(), ext.chunk_frees()
+        for c in chunks:
+            ch.send(c)
+        # Each: a record (two lines) and its payload block (two lines).
+        assert in_use() == (start[0] + 2 * 600, start[1]), (in_use(), start)
+        assert ext.chunk_paths()["block"] == paths["block"] + 600
+        got = [ch.recv().bytes for _ in values]
+        assert got == values
+        assert in_use() == start, (in_use(), start)
+        calls, null = ext.chunk_frees()
+        assert (calls - frees[0], null - frees[1]) == (600, 600)
+        print("OK")
+    """)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK" in r.stdout
+
+
+def test_must_copy_keeps_an_immutable_value_of_an_exited_sender(xsub):
+    """At its sender's exit, a Chunk still queued is shared again with
+    MustCopy() on: it copies its bytes instead of referencing them and
+    stays deliverable.  A Chunk that ignores MustCopy() stays owner-bound,
+    so the channel delivers UNBOUND in its place."""
+    ch = tpshare.Channel()
+    xsub.put("ch", ch)
+    before = ext.chunk_paths()
+    xsub.run("ch.send(ext.Chunk(b'kept' * 1000))")
+    assert ext.chunk_paths()["ref"] == before["ref"] + 1
+    xsub.close()
+    assert ext.chunk_paths()["copy"] == before["copy"] + 1
+    got = ch.recv()
+    assert type(got) is ext.Chunk and got.bytes == b"kept" * 1000
+    assert ch.qsize() == 0
+
+
+def test_a_chunk_that_ignores_must_copy_is_lost_with_its_sender():
+    from support import Sub
+
+    ch = tpshare.Channel()
+    before = ext.chunk_paths()
+    ext.chunk_obey_must_copy(False)
+    try:
+        with Sub() as s:
+            s.run("import tpshare_testext as ext")
+            s.put("ch", ch)
+            s.run("ch.send(ext.Chunk(b'lost' * 1000)); ch.send('after')")
+    finally:
+        ext.chunk_obey_must_copy(True)
+    after = ext.chunk_paths()
+    assert (after["ref"] - before["ref"], after["copy"] - before["copy"]) == (2, 0)
+    assert ch.recv() is tpshare.UNBOUND
+    assert ch.recv() == "after"

@@ -49,11 +49,11 @@ def _build_args():
     return compile_args, link_args
 
 
-def _extension(name, source, define_macros=()):
+def _extension(name, sources, define_macros=()):
     compile_args, link_args = _build_args()
     return Extension(
         name,
-        sources=[source],
+        sources=[sources] if isinstance(sources, str) else sources,
         include_dirs=[tpshare.get_include()],
         define_macros=list(define_macros),
         extra_compile_args=compile_args,
@@ -66,7 +66,8 @@ setup(
     version="0",
     description="C test extensions of tpshare, built against tpshare.h",
     ext_modules=[
-        _extension("tpshare_testext", "tpshare_testext.c"),
+        _extension("tpshare_testext",
+                   ["tpshare_testext.c", "testext_items.c"]),
         _extension("tpshare_abi_mismatch", "abi_mismatch.c",
                    define_macros=[("TPSHARE_ABI_VERSION", "999")]),
         _extension("tpshare_racy_probe", "racy_probe.c"),

@@ -16,7 +16,10 @@
  *   Bad*     heap types whose hooks misbehave in one way each;
  *   Churn    static type registered and unregistered in a loop by churn();
  *   Mortal   static type not immortalized (mortal on 3.12), from
- *            mortal_type() in the main interpreter only.
+ *            mortal_type() in the main interpreter only;
+ *   Vec, Chunk   the users of ShareItem, MustCopy and DataAlloc, in
+ *            testext_items.c (a second translation unit); Chunk is a
+ *            static type, readied and registered here with the others.
  * Heap types are registered in every interpreter that imports the module;
  * static types once per process (see register_static_once()).
  *
@@ -1670,6 +1673,14 @@ immortalize_static_type(PyTypeObject *type)
     }
 }
 
+/* testext_items.c: the static type Chunk and its hooks, readied and
+ * registered with the other static types; testext_items_exec() adds Vec
+ * and the functions of Vec and Chunk to `module` (borrowed), returning
+ * 0, or -1 with an exception. */
+extern PyTypeObject testext_ChunkType;
+extern const TpShare_Hooks testext_chunk_hooks;
+int testext_items_exec(PyObject *module);
+
 /* Ready the static types.  The first interpreter to do it creates their
  * tp_dict, which all interpreters then read, so it must be the main
  * interpreter: a subinterpreter's objects die with it.  Returns 0, or -1
@@ -1677,7 +1688,8 @@ immortalize_static_type(PyTypeObject *type)
 static int
 ready_static_types(void)
 {
-    static PyTypeObject *const types[] = {&PointType, &ChurnType};
+    static PyTypeObject *const types[] = {&PointType, &ChurnType,
+                                          &testext_ChunkType};
 
     for (size_t i = 0; i < Py_ARRAY_LENGTH(types); i++) {
         if (PyType_HasFeature(types[i], Py_TPFLAGS_READY)) {
@@ -1698,6 +1710,7 @@ ready_static_types(void)
     return 0;
 }
 
+
 /* Py_mod_exec.  module: borrowed. */
 static int
 testext_exec(PyObject *module)
@@ -1709,10 +1722,13 @@ testext_exec(PyObject *module)
         return -1;
     }
     if (PyModule_AddType(module, &PointType) < 0
-        || PyModule_AddType(module, &ChurnType) < 0) {
+        || PyModule_AddType(module, &ChurnType) < 0
+        || PyModule_AddType(module, &testext_ChunkType) < 0) {
         return -1;
     }
-    if (register_static_once(&PointType, &point_hooks) < 0) {
+    if (register_static_once(&PointType, &point_hooks) < 0
+        || register_static_once(&testext_ChunkType,
+                                &testext_chunk_hooks) < 0) {
         return -1;
     }
     for (size_t i = 0; i < Py_ARRAY_LENGTH(heap_types); i++) {
@@ -1720,7 +1736,7 @@ testext_exec(PyObject *module)
             return -1;
         }
     }
-    return 0;
+    return testext_items_exec(module);
 }
 
 static PyModuleDef_Slot testext_slots[] = {
