@@ -270,7 +270,9 @@ typedef struct TpShare_CAPI {
      * share hook that would set data->obj or TPSHARE_DATA_OWNER_BOUND to
      * avoid a copy (a big immutable payload) copies instead when it
      * returns 1; a hook that cannot copy may refuse, and the value is
-     * then lost as its channel's unbounditems say.  Returns 1 or 0, never
+     * then lost as its channel's unbounditems say.  (The owner's modules
+     * are finalized by then: only a type registered process-wide, a
+     * static type, is still found to re-share.)  Returns 1 or 0, never
      * fails; call it from a share hook. */
     int (*MustCopy)(void);
 
