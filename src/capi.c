@@ -5,12 +5,24 @@
  * registry's and the records' own functions, the rest thin adapters.
  */
 #include "tpshare_internal.h"
+#include "cpython_xid.h"
 
+/* TPSHARE_BRIDGE hooks also enter CPython's registry (cpython_xid.c); if
+ * that fails, the registration is undone. */
 static int
 capi_register(PyTypeObject *type, const TpShare_Hooks *hooks,
               unsigned int flags)
 {
-    return tps_registry_register(type, hooks, flags);
+    if (tps_registry_register(type, hooks, flags) < 0) {
+        return -1;
+    }
+    if ((hooks->flags & TPSHARE_BRIDGE) && tps_xid_bridge(type) < 0) {
+        PyObject *exc = PyErr_GetRaisedException();
+        (void)tps_registry_unregister(type);
+        PyErr_SetRaisedException(exc);
+        return -1;
+    }
+    return 0;
 }
 
 static int
@@ -56,4 +68,5 @@ const TpShare_CAPI tps_capi = {
     .Owner = capi_owner,
     .Malloc = capi_malloc,
     .Free = PyMem_RawFree,
+    .Bridge = tps_xid_bridge,
 };

@@ -7,7 +7,8 @@
  * GIL, so the tests can import it in several interpreters at once.
  *
  * The types cover each kind of registration:
- *   Matrix   heap type, payload copied into raw memory, counts rebuilds;
+ *   Matrix   heap type, payload copied into raw memory, counts rebuilds,
+ *            bridged to CPython's own queues (TPSHARE_BRIDGE);
  *   Point    static type, payload inline, accepts subclasses;
  *   Blob     heap type, zero-copy and owner-bound (keeps its bytes alive);
  *   Frame    heap type exporting memory, zero-copy by nesting the record
@@ -1090,7 +1091,8 @@ typedef struct {
 
 static heap_type_def heap_types[] = {
     HEAP_TYPE("Matrix", MatrixObject, 0, matrix_slots,
-              TPSHARE_COPIES, matrix_share, matrix_rebuild, matrix_free),
+              TPSHARE_COPIES | TPSHARE_BRIDGE, matrix_share, matrix_rebuild,
+              matrix_free),
     HEAP_TYPE("Blob", BlobObject, 0, blob_slots,
               TPSHARE_ZERO_COPY, blob_share, blob_rebuild, blob_free),
     HEAP_TYPE("Frame", FrameObject, 0, frame_slots,
