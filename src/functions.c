@@ -243,7 +243,8 @@ static PyObject *
 mod_bridge(PyObject *Py_UNUSED(module), PyObject *arg)
 {
     if (!PyType_Check(arg)) {
-        PyErr_Format(PyExc_TypeError, "bridge() needs a type, not %T", arg);
+        PyErr_Format(PyExc_TypeError, "bridge() needs a type, not %.200s",
+                     Py_TYPE(arg)->tp_name);
         return NULL;
     }
     if (tps_xid_bridge((PyTypeObject *)arg) < 0) {
