@@ -62,9 +62,6 @@ typedef _PyCrossInterpreterData tps_xid;
 typedef crossinterpdatafunc tps_xid_getdata;
 #endif
 
-_Static_assert(offsetof(tps_xid, free) == 4 * sizeof(void *),
-               "unexpected layout of CPython's cross-interpreter data");
-
 /* Fill `data` for `shared` (made in `tstate`'s interpreter), rebuilt by
  * `new_object` and released by `release`. */
 static void
