@@ -70,23 +70,17 @@ xid_fill(tps_xid *data, PyThreadState *tstate, void *shared,
 {
     _PyCrossInterpreterData_Init(data, tstate->interp, shared, NULL,
                                  new_object);
-    /* Init leaves free unset (3.12) or NULL (3.13): set after it. */
+    /* Init clears `free` (both versions): set it afterwards. */
     data->free = release;
 }
 
-/* The state of tpshare in the receiving (current) interpreter, which
- * may not have imported it yet.  Borrowed: the module stays in
- * sys.modules.  NULL with an exception. */
-static tps_module_state *
-receiver_state(void)
+/* tpshare's module in the receiving (current) interpreter, which may not
+ * have imported it yet: a new reference, held while its state is used,
+ * or NULL with an exception. */
+static PyObject *
+receiver_module(void)
 {
-    PyObject *module = PyImport_ImportModule("tpshare._tpshare");
-    if (module == NULL) {
-        return NULL;
-    }
-    tps_module_state *state = PyModule_GetState(module);
-    Py_DECREF(module);
-    return state;
+    return PyImport_ImportModule("tpshare._tpshare");
 }
 
 /* ---------------------------------------------------------------------
@@ -103,13 +97,15 @@ xid_channel_release(void *ch)
 static PyObject *
 handle_newobject(tps_xid *data, tps_kind k)
 {
-    tps_module_state *state = receiver_state();
-    if (state == NULL) {
+    PyObject *module = receiver_module();
+    if (module == NULL) {
         return NULL;
     }
     tps_channel *ch = data->data;
     tps_channel_incref(ch);
-    return tps_handle_get(state, k, ch);
+    PyObject *res = tps_handle_get(PyModule_GetState(module), k, ch);
+    Py_DECREF(module);
+    return res;
 }
 
 static PyObject *
@@ -149,12 +145,14 @@ handle_getdata(PyThreadState *tstate, PyObject *obj, tps_xid *data)
 static PyObject *
 buffer_newobject(tps_xid *data)
 {
-    tps_module_state *state = receiver_state();
-    if (state == NULL) {
+    PyObject *module = receiver_module();
+    if (module == NULL) {
         return NULL;
     }
     tps_buffer_retain(data->data);
-    return tps_buffer_get(state, data->data);
+    PyObject *res = tps_buffer_get(PyModule_GetState(module), data->data);
+    Py_DECREF(module);
+    return res;
 }
 
 /* obj: borrowed, a Buffer.  0 (cannot fail). */
@@ -193,14 +191,21 @@ bridge_release(void *rec)
     tps_record_release(rec);
 }
 
-/* data: borrowed.  New reference or NULL. */
+/* data: borrowed.  New reference or NULL.  tpshare is imported first if
+ * the receiver has not yet: the record may hold tpshare's own types. */
 static PyObject *
 bridge_newobject(tps_xid *data)
 {
-    if (tps_enter() == NULL) {
+    PyObject *module = receiver_module();
+    if (module == NULL) {
         return NULL;
     }
-    return tps_rebuild(data->data);
+    PyObject *res = NULL;
+    if (tps_enter() != NULL) {
+        res = tps_rebuild(data->data);
+    }
+    Py_DECREF(module);
+    return res;
 }
 
 /* obj: borrowed.  0, or -1 with NotShareableError or a hook's

@@ -61,7 +61,7 @@ class Std:
     (syncobj=True) on 3.13, a channel on 3.12.  In the interpreter,
     _put(x) and _get() use the transport."""
 
-    def __init__(self):
+    def __init__(self, imports=True):
         if PY313:
             self.interp = std_interpreters.create()
             self.id = self.interp.id
@@ -84,7 +84,8 @@ class Std:
                 def _get():
                     return _c.recv(_cid)
             """, _cid=self.cid)
-        self.run("import tpshare, tpshare_testext as ext")
+        if imports:
+            self.run("import tpshare, tpshare_testext as ext")
 
     def run(self, code, **shared):
         """Run code in the interpreter's __main__, with `shared` bound
@@ -235,6 +236,19 @@ def test_cpythons_channels_carry_handles(std):
         std.run("_c.recv(cid).send('over a CPython channel')", cid=cid)
         std_channels.destroy(cid)
     assert h.recv(timeout=30) == "over a CPython channel"
+
+
+def test_a_receiver_that_never_imported_tpshare_gets_a_working_handle():
+    s = Std(imports=False)
+    try:
+        s.run("import sys; assert 'tpshare' not in sys.modules")
+        ch = tpshare.Channel()
+        s.prepare_main(ch=ch)
+        s.run("ch.send(('arrived', type(ch).__module__, "
+              "'tpshare' in sys.modules))")
+        assert ch.recv(timeout=30) == ("arrived", "tpshare", True)
+    finally:
+        s.close()
 
 
 def test_a_type_that_is_not_bridged_is_still_refused(std):
@@ -407,6 +421,30 @@ def test_a_buffer_in_flight_holds_its_memory_once(std):
     wait_until(lambda: b.refs == 2)    # x; the item was released
     std.run("del x")
     assert b.refs == 1
+
+
+def test_unpickling_in_a_fork_child_is_a_clear_error():
+    # The child has the parent's memory, channel table and random token,
+    # but another pid.
+    proc = run_child("""
+        import os, pickle, tpshare
+        ch = tpshare.Channel()
+        data = pickle.dumps(ch)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                pickle.loads(data)
+            except tpshare.Error as exc:
+                os.write(1, b"CHILD " + str(exc).encode() + b"\\n")
+            os._exit(0)
+        os.waitpid(pid, 0)
+        print("PARENT", pickle.loads(data) is ch)
+    """)
+    assert proc.returncode == 0, proc.stderr
+    child, parent = proc.stdout.splitlines()
+    assert child.startswith("CHILD this tpshare.Channel was pickled in "
+                            "another process")
+    assert parent == "PARENT True"
 
 
 def test_pickling_holds_nothing():
