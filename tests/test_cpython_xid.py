@@ -376,6 +376,28 @@ def test_bridge_lets_a_registered_type_cross_with_its_items(std):
     assert type(back) is ext.Pair and (back.a, back.b) == (3, "y")
 
 
+def test_the_c_apis_bridge_lets_a_static_type_cross(std):
+    """Point is a static type: one bridge serves every interpreter."""
+    ext.bridge_type(ext.Point)
+    std.put(ext.Point(1.5, -2.0))
+    std.run("""
+        pt = _get()
+        assert type(pt) is ext.Point and (pt.x, pt.y) == (1.5, -2.0)
+        _put(ext.Point(3.0, 4.0))
+    """)
+    back = std.get()
+    assert type(back) is ext.Point and (back.x, back.y) == (3.0, 4.0)
+    class Plain:
+        pass
+    with pytest.raises(TypeError, match="not registered with tpshare"):
+        ext.bridge_type(Plain)
+
+
+def test_registered_reports_the_bridge_flag():
+    assert ("tpshare_testext.Matrix", ext.Matrix, ("copies", "bridge")) \
+        in tpshare.registered()
+
+
 def test_bridge_refuses_a_type_tpshare_cannot_share():
     class Plain:
         pass

@@ -1530,7 +1530,26 @@ testext_unregister_type(PyObject *module, PyObject *type)
     Py_RETURN_NONE;
 }
 
+/* bridge_type(type) -> None through the C API's Bridge; `type` is
+ * borrowed. */
+static PyObject *
+testext_bridge_type(PyObject *module, PyObject *type)
+{
+    (void)module;
+    if (!PyType_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "bridge_type() needs a type");
+        return NULL;
+    }
+    if (TpShare_API->Bridge((PyTypeObject *)type) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef testext_methods[] = {
+    {"bridge_type", testext_bridge_type, METH_O,
+     "bridge_type(type)\n--\n\nBridge type to CPython's registry with "
+     "TpShare_API->Bridge."},
     {"register_type", (PyCFunction)(void (*)(void))testext_register_type,
      METH_VARARGS | METH_KEYWORDS,
      "register_type(type, name, subclasses=False)\n--\n\nRegister "
