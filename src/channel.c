@@ -249,11 +249,15 @@ chan_dealloc(PyObject *op)
     }
     PyObject_GC_UnTrack(op);
     chan_clear(op);
+    /* Every table is checked: while the module is cleared, its type
+     * slots no longer tell the kinds apart. */
     tps_channel *ch = ((tps_handle *)op)->ch;
-    ptrmap *cache = handle_cache_of(PyType_GetModuleState(tp), tp);
-    int found;
-    if (ptrmap_get(cache, ch, &found) == op) {
-        ptrmap_del(cache, ch);
+    tps_module_state *state = PyType_GetModuleState(tp);
+    for (int k = 0; k < 3; k++) {
+        int found;
+        if (ptrmap_get(&state->handle_cache[k], ch, &found) == op) {
+            ptrmap_del(&state->handle_cache[k], ch);
+        }
     }
     tps_channel_decref(ch);
     PyObject_GC_Del(op);

@@ -275,6 +275,19 @@ def test_pickle_unpickled_in_a_subinterpreter_works_there(std, cls):
     exercise(std, h, "p")
 
 
+def test_tpshares_own_pickle_fallback_carries_handles_by_id(std):
+    # A list is not shareable: tpshare.Queue pickles it, handles inside
+    # by id.
+    q, ch = tpshare.Queue(), tpshare.Channel()
+    q.put([ch, 1])
+    got = q.get(timeout=30)
+    assert got[0] is ch and got[1] == 1
+    std.prepare_main(q=q)
+    q.put([ch, 2])
+    std.run("got, n = q.get(timeout=30); got.send(n * 10)")
+    assert ch.recv(timeout=30) == 20
+
+
 def test_unpickling_a_new_handle_when_none_is_alive_here():
     ch = tpshare.Channel()
     data = pickle.dumps(ch)
