@@ -148,6 +148,10 @@ typedef void (*TpShare_FreeFunc)(TpShare_Data *data);
                                      reuse the object it rebuilt when the
                                      same object is sent again, instead of
                                      rebuilding it */
+#define TPSHARE_BRIDGE      0x20u /* Register() also lets instances cross
+                                     CPython's own interpreter machinery
+                                     (its queues, channels, prepare_main)
+                                     as tpshare records: see Bridge() */
 
 /* Growth rule: new fields are only ever added at the end, and a zero new
  * field means "as before".  `size` tells tpshare which fields the caller
@@ -288,6 +292,17 @@ typedef struct TpShare_CAPI {
      * than Malloc (no malloc call: a per-thread cache of blocks, or the
      * cache line after the record). */
     void *(*DataAlloc)(TpShare_Data *data, size_t n);
+
+    /* Let instances of `type` (borrowed), registered with tpshare, cross
+     * CPython's own interpreter machinery: prepare_main() and exec's
+     * shared namespace of its interpreters module, its queues and
+     * channels.  They travel as tpshare share records (no pickling) and
+     * are rebuilt by the receiver's registration of the same name.
+     * CPython keeps heap types per interpreter, so call it (or register
+     * with TPSHARE_BRIDGE) in every interpreter that sends them.  Exact
+     * type only (CPython's lookup ignores subclasses).  Returns 0, or -1
+     * with TypeError when tpshare has no hooks for the type. */
+    int (*Bridge)(PyTypeObject *type);
 } TpShare_CAPI;
 
 /* The largest payload DataAlloc() serves. */

@@ -21,6 +21,7 @@ flags_tuple(uint32_t flags)
         {TPSHARE_SUBCLASSES, "subclasses"},
         {TPSHARE_ANY_RESULT, "any_result"},
         {TPSHARE_IMMUTABLE, "immutable"},
+        {TPSHARE_BRIDGE, "bridge"},
     };
     PyObject *res = PyTuple_New(0);
     for (size_t i = 0; res != NULL && i < Py_ARRAY_LENGTH(names); i++) {

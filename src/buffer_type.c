@@ -15,13 +15,31 @@
 #include "pytypes.h"
 #include "module_state.h"
 
+#include <pthread.h>
 #include <string.h>
 
 typedef struct {
     atomic_long refcnt;
     Py_ssize_t size;
+    /* 0 until the block is first pickled, then its key in `pickled`
+     * (written under pickled.mutex; read there, or by the last holder). */
+    int64_t id;
     char data[];
 } block;
+
+/* The blocks that were pickled, by id, so that unpickling finds them
+ * while they live.  Process-wide; raw memory only.  A block enters when
+ * it is first pickled and leaves when its last holder lets go. */
+static struct {
+    pthread_mutex_t mutex;
+    ptrmap byid;                 /* id -> block (no reference) */
+    int64_t next_id;
+} pickled = {
+    .mutex = PTHREAD_MUTEX_INITIALIZER,
+    .next_id = 16,               /* keys 0, 1 and 2 are reserved by ptrmap */
+};
+
+#define BLOCK_KEY(id) ((void *)(uintptr_t)(id))
 
 typedef struct {
     PyObject_HEAD
@@ -52,12 +70,65 @@ static void
 block_decref(block *b)
 {
     if (atomic_fetch_sub(&b->refcnt, 1) == 1) {
+        /* The last holder: nothing else can pickle it now, so `id` is
+         * stable.  A concurrent unpickle that found it sees refcnt 0 under
+         * the mutex and leaves it alone. */
+        if (b->id != 0) {
+            pthread_mutex_lock(&pickled.mutex);
+            ptrmap_del(&pickled.byid, BLOCK_KEY(b->id));
+            pthread_mutex_unlock(&pickled.mutex);
+        }
         PyMem_RawFree(b);
     }
 }
 
+/* The pickled block with this id, with a new reference, or NULL when it
+ * is gone (or is going: its last holder is freeing it). */
+static block *
+block_lookup(int64_t id)
+{
+    int found;
+    pthread_mutex_lock(&pickled.mutex);
+    block *b = ptrmap_get(&pickled.byid, BLOCK_KEY(id), &found);
+    if (b != NULL) {
+        long n = atomic_load(&b->refcnt);
+        while (n > 0
+               && !atomic_compare_exchange_weak(&b->refcnt, &n, n + 1)) {
+        }
+        if (n == 0) {
+            b = NULL;
+        }
+    }
+    pthread_mutex_unlock(&pickled.mutex);
+    return b;
+}
+
+/* The id of `b` (held by the caller), given on first use.  0 with
+ * MemoryError. */
+static int64_t
+block_pickle_id(block *b)
+{
+    pthread_mutex_lock(&pickled.mutex);
+    int64_t id = b->id;
+    if (id == 0) {
+        id = pickled.next_id++;
+        if (ptrmap_set(&pickled.byid, BLOCK_KEY(id), b) < 0) {
+            id = 0;
+        }
+        b->id = id;
+    }
+    pthread_mutex_unlock(&pickled.mutex);
+    if (id == 0) {
+        PyErr_NoMemory();
+    }
+    return id;
+}
+
 /* A Buffer of `type` over `b`, taking over the caller's reference.  New
- * reference or NULL (the block reference is then released). */
+ * reference or NULL (the block reference is then released).  The first
+ * live Buffer of a block in an interpreter is the one a Buffer coming
+ * back by id resolves to (buffer_cache; without memory for the entry,
+ * identity is lost, nothing else). */
 static PyObject *
 buffer_wrap(PyTypeObject *type, block *b)
 {
@@ -67,6 +138,12 @@ buffer_wrap(PyTypeObject *type, block *b)
         return NULL;
     }
     self->b = b;
+    tps_module_state *state = PyType_GetModuleState(type);
+    int found;
+    (void)ptrmap_get(&state->buffer_cache, b, &found);
+    if (!found) {
+        (void)ptrmap_set(&state->buffer_cache, b, self);
+    }
     return (PyObject *)self;
 }
 
@@ -90,7 +167,13 @@ static void
 buffer_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
-    block_decref(((Buffer *)op)->b);
+    block *b = ((Buffer *)op)->b;
+    tps_module_state *state = PyType_GetModuleState(tp);
+    int found;
+    if (ptrmap_get(&state->buffer_cache, b, &found) == op) {
+        ptrmap_del(&state->buffer_cache, b);
+    }
+    block_decref(b);
     PyObject_Free(op);
     Py_DECREF(tp);
 }
@@ -128,6 +211,24 @@ buffer_repr(PyObject *op)
                                 b->size, (void *)b->data);
 }
 
+/* Pickled by id, for this process only (op: borrowed; new reference or
+ * NULL). */
+static PyObject *
+buffer_reduce(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    int64_t id = block_pickle_id(((Buffer *)op)->b);
+    if (id == 0) {
+        return NULL;
+    }
+    return tps_pickle_reduce(op, "Buffer", id);
+}
+
+static PyMethodDef buffer_methods[] = {
+    {"__reduce__", buffer_reduce, METH_NOARGS,
+     "Pickled by id: unpickles in this process only."},
+    {NULL},
+};
+
 static PyGetSetDef buffer_getset[] = {
     {"nbytes", buffer_get_nbytes, NULL, "Size in bytes.", NULL},
     {"refs", buffer_get_refs, NULL,
@@ -141,6 +242,7 @@ static PyType_Slot buffer_slots[] = {
     {Py_tp_dealloc, buffer_dealloc},
     {Py_tp_repr, buffer_repr},
     {Py_tp_getset, buffer_getset},
+    {Py_tp_methods, buffer_methods},
     {Py_bf_getbuffer, buffer_getbuffer},
     {Py_sq_length, buffer_len},
     {Py_tp_doc, "Buffer(size)\n--\n\n"
@@ -188,6 +290,57 @@ static const TpShare_Hooks buffer_hooks = {
     TPSHARE_HOOKS_INIT, TPSHARE_ZERO_COPY, "tpshare.Buffer",
     hook_share, hook_rebuild, hook_free,
 };
+
+/* ---------------------------------------------------------------------
+ * Buffers that come back by id or by block (unpickling, CPython's
+ * cross-interpreter data): see pytypes.h.
+ */
+
+PyObject *
+tps_buffer_from_id(tps_module_state *state, int64_t id)
+{
+    block *b = block_lookup(id);
+    if (b == NULL) {
+        PyErr_Format(state->Error,
+                     "no tpshare.Buffer with id %lld is alive in this "
+                     "process: every holder of its memory let go",
+                     (long long)id);
+        return NULL;
+    }
+    return tps_buffer_get(state, b);
+}
+
+void *
+tps_buffer_hold(PyObject *buf)
+{
+    block *b = ((Buffer *)buf)->b;
+    block_incref(b);
+    return b;
+}
+
+void
+tps_buffer_retain(void *b)
+{
+    block_incref(b);
+}
+
+void
+tps_buffer_release(void *b)
+{
+    block_decref(b);
+}
+
+PyObject *
+tps_buffer_get(tps_module_state *state, void *b)
+{
+    int found;
+    PyObject *cached = ptrmap_get(&state->buffer_cache, b, &found);
+    if (found) {
+        block_decref(b);
+        return Py_NewRef(cached);
+    }
+    return buffer_wrap(state->BufferType, b);
+}
 
 int
 tps_buffer_init_type(PyObject *module, tps_module_state *state)

@@ -24,6 +24,11 @@
 
 int tps_registry_register(PyTypeObject *type, const TpShare_Hooks *hooks,
                           unsigned int flags);
+/* Register() of the table: tps_registry_register() that also bridges a
+ * type registered with TPSHARE_BRIDGE (capi.c). */
+int tps_capi_register(PyTypeObject *type, const TpShare_Hooks *hooks,
+                      unsigned int flags);
+int tps_xid_bridge(PyTypeObject *type);
 int tps_registry_unregister(PyTypeObject *type);
 int tps_registry_lookup(PyTypeObject *type, TpShare_Hooks *out);
 int tps_is_shareable(PyObject *obj);
@@ -39,7 +44,7 @@ void *tps_small_alloc(TpShare_Data *data, size_t n);
     {                                                                   \
         .abi_version = TPSHARE_ABI_VERSION,                             \
         .size = sizeof(TpShare_CAPI),                                   \
-        .Register = tps_registry_register,                              \
+        .Register = tps_capi_register,                                  \
         .Unregister = tps_registry_unregister,                          \
         .Lookup = tps_registry_lookup,                                  \
         .IsShareable = tps_is_shareable,                                \
@@ -52,6 +57,7 @@ void *tps_small_alloc(TpShare_Data *data, size_t n);
         .ShareItem = tps_share_item,                                    \
         .MustCopy = tps_share_must_copy,                                \
         .DataAlloc = tps_small_alloc,                                   \
+        .Bridge = tps_xid_bridge,                                       \
     }
 
 /* The exported table (capi.c), published by module.c as the capsule. */

@@ -67,6 +67,16 @@ tps_raise_error(tps_module_state *state, int code)
  * Creating handles.
  */
 
+/* The interpreter's table of live handles of `type`'s kind. */
+static ptrmap *
+handle_cache_of(tps_module_state *state, PyTypeObject *type)
+{
+    tps_kind k = type == state->MemChannelType ? TPS_KIND_MEM
+                 : type == state->QueueType ? TPS_KIND_QUEUE
+                 : TPS_KIND_CHANNEL;
+    return &state->handle_cache[k];
+}
+
 /* Taking over the caller's reference to `ch` (see channel.h). */
 PyObject *
 tps_handle_wrap(PyTypeObject *type, tps_channel *ch)
@@ -80,8 +90,33 @@ tps_handle_wrap(PyTypeObject *type, tps_channel *ch)
     }
     self->ch = ch;
     self->pending = NULL;
+    /* The first live handle of a channel is the one a handle coming back
+     * by id resolves to.  Without memory for the entry, it just is not
+     * found: identity is lost, nothing else. */
+    ptrmap *cache = handle_cache_of(PyType_GetModuleState(type), type);
+    int found;
+    (void)ptrmap_get(cache, ch, &found);
+    if (!found) {
+        (void)ptrmap_set(cache, ch, self);
+    }
     PyObject_GC_Track(self);
     return (PyObject *)self;
+}
+
+/* Taking over the caller's reference to `ch` (see channel.h). */
+PyObject *
+tps_handle_get(tps_module_state *state, tps_kind k, tps_channel *ch)
+{
+    int found;
+    PyObject *cached = ptrmap_get(&state->handle_cache[k], ch, &found);
+    if (found) {
+        tps_channel_decref(ch);
+        return Py_NewRef(cached);
+    }
+    PyTypeObject *type = k == TPS_KIND_MEM ? state->MemChannelType
+                         : k == TPS_KIND_QUEUE ? state->QueueType
+                         : state->ChannelType;
+    return tps_handle_wrap(type, ch);
 }
 
 static PyObject *
@@ -214,7 +249,17 @@ chan_dealloc(PyObject *op)
     }
     PyObject_GC_UnTrack(op);
     chan_clear(op);
-    tps_channel_decref(((tps_handle *)op)->ch);
+    /* Every table is checked: while the module is cleared, its type
+     * slots no longer tell the kinds apart. */
+    tps_channel *ch = ((tps_handle *)op)->ch;
+    tps_module_state *state = PyType_GetModuleState(tp);
+    for (int k = 0; k < 3; k++) {
+        int found;
+        if (ptrmap_get(&state->handle_cache[k], ch, &found) == op) {
+            ptrmap_del(&state->handle_cache[k], ch);
+        }
+    }
+    tps_channel_decref(ch);
     PyObject_GC_Del(op);
     Py_DECREF(tp);
 }
@@ -388,6 +433,8 @@ static PyMethodDef chan_methods[] = {
      "Counters: sent, received, dropped, queued."},
     {"from_id", chan_from_id, METH_O | METH_CLASS,
      "from_id(id)\n--\n\nA new handle on the live channel with this id."},
+    {"__reduce__", tps_handle_reduce, METH_NOARGS,
+     "Pickled by id: unpickles in this process only."},
     {NULL},
 };
 
@@ -420,6 +467,8 @@ static PyMethodDef queue_methods[] = {
     {"full", chan_full, METH_NOARGS, "True if a bounded queue is full."},
     {"from_id", chan_from_id, METH_O | METH_CLASS,
      "from_id(id)\n--\n\nA new handle on the live queue with this id."},
+    {"__reduce__", tps_handle_reduce, METH_NOARGS,
+     "Pickled by id: unpickles in this process only."},
     {NULL},
 };
 
@@ -529,5 +578,8 @@ tps_channel_init_types(PyObject *module, tps_module_state *state)
         return -1;
     }
     state->QueueType = make_type(module, &queue_spec, &tps_queue_hooks);
-    return state->QueueType == NULL ? -1 : 0;
+    if (state->QueueType == NULL) {
+        return -1;
+    }
+    return tps_handle_pickle_init(module);
 }

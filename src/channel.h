@@ -56,6 +56,12 @@ tps_handle_kind(PyObject *self, tps_module_state *state)
 /* A handle of `type` on `ch`, taking over the caller's reference.  New
  * reference, or NULL (the channel reference is then released). */
 PyObject *tps_handle_wrap(PyTypeObject *type, tps_channel *ch);
+/* The interpreter's handle of kind `k` on `ch`: the live one it already
+ * has, or a new one, taking over the caller's reference to `ch` either
+ * way.  New reference, or NULL (the channel reference is then
+ * released). */
+PyObject *tps_handle_get(tps_module_state *state, tps_kind k,
+                         tps_channel *ch);
 /* Raise the exception left by an earlier recv_many() on `self`
  * (borrowed), if any: returns -1 then, else 0. */
 int tps_handle_raise_pending(PyObject *self);
@@ -121,5 +127,11 @@ PyObject *tps_queue_get_nowait(PyObject *self, PyObject *ignored);
 extern const TpShare_Hooks tps_channel_hooks;
 extern const TpShare_Hooks tps_memchannel_hooks;
 extern const TpShare_Hooks tps_queue_hooks;
+/* handle.__reduce__() (self: borrowed; new reference or NULL): pickled
+ * by id, for this process only. */
+PyObject *tps_handle_reduce(PyObject *self, PyObject *ignored);
+/* Add the unpickling function of handles and Buffers to `module`
+ * (borrowed).  0 or -1. */
+int tps_handle_pickle_init(PyObject *module);
 
 #endif /* TPSHARE_CHANNEL_H */

@@ -2,8 +2,10 @@
  *
  * tpshare supports CPython 3.12 and 3.13.  Each place where the two differ
  * (a private function renamed, a public one added) is wrapped here under a
- * tps_ name, so no other file tests PY_VERSION_HEX.  A 3.14 port is a
- * change of this file.
+ * tps_ name, so no other file tests PY_VERSION_HEX, except cpython_xid.c,
+ * the one user of CPython's private cross-interpreter data API, which
+ * keeps that API's differences to itself.  A 3.14 port is a change of
+ * these two files.
  */
 #ifndef TPSHARE_COMPAT_H
 #define TPSHARE_COMPAT_H

@@ -5,6 +5,7 @@
  * (tps_module_methods) in the module definition.
  */
 #include "module.h"
+#include "cpython_xid.h"
 #include "waiter.h"
 
 /* ---------------------------------------------------------------------
@@ -230,7 +231,30 @@ mod_parked_drains(PyObject *Py_UNUSED(module), PyObject *arg)
     return PyBool_FromLong(tps_thread_parked_drains(flag));
 }
 
+PyDoc_STRVAR(bridge_doc,
+"bridge(type, /)\n--\n\n"
+"Let instances of type, which tpshare has hooks for, cross CPython's own\n"
+"interpreter machinery (prepare_main(), exec's shared namespace, its\n"
+"queues and channels) as tpshare share records, without pickling.  For\n"
+"the current interpreter: call it in each interpreter that sends them.\n"
+"TypeError if tpshare cannot share the type.");
+
+static PyObject *
+mod_bridge(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    if (!PyType_Check(arg)) {
+        PyErr_Format(PyExc_TypeError, "bridge() needs a type, not %.200s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    if (tps_xid_bridge((PyTypeObject *)arg) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 PyMethodDef tps_module_methods[] = {
+    {"bridge", mod_bridge, METH_O, bridge_doc},
     {"share", mod_share, METH_O, share_doc},
     {"attach", mod_attach, METH_O, attach_doc},
     {"is_shareable", mod_is_shareable, METH_O, is_shareable_doc},

@@ -11,6 +11,7 @@
  * functions are in functions.c.
  */
 #include "module.h"
+#include "cpython_xid.h"
 #include "workers.h"
 
 /* ---------------------------------------------------------------------
@@ -114,6 +115,7 @@ module_exec(PyObject *module)
         || tps_tracker_init_type(module, state) < 0
         || tps_buffer_init_type(module, state) < 0
         || tps_channel_init_types(module, state) < 0
+        || tps_xid_register_types(state) < 0
         || tps_interpreters_init(module) < 0
         || tps_fork_init(module) < 0)
     {
@@ -203,6 +205,10 @@ module_free(void *module)
 {
     tps_module_state *state = tps_module_state_of((PyObject *)module);
     module_clear((PyObject *)module);
+    for (int i = 0; i < 3; i++) {
+        ptrmap_clear(&state->handle_cache[i]);
+    }
+    ptrmap_clear(&state->buffer_cache);
     tps_identity_free(state->identity);
     state->identity = NULL;
 }

@@ -9,6 +9,7 @@
 #endif
 
 #include "common.h"
+#include "ptrmap.h"
 
 typedef struct {
     PyObject *Error;
@@ -31,6 +32,14 @@ typedef struct {
     PyTypeObject *QueueType;
     PyTypeObject *BufferType;
     struct tps_identity *identity;   /* owned; identity.c */
+    /* The interpreter's live handle of each channel, one table per
+     * tps_kind (channel.c), and its live Buffer of each block
+     * (buffer_type.c): what a handle that comes back by id (through
+     * CPython's cross-interpreter data or a pickle) resolves to, so the
+     * same object returns.  Keys are channels and blocks, values are
+     * borrowed objects; each object's dealloc removes its own entry. */
+    ptrmap handle_cache[3];
+    ptrmap buffer_cache;
 } tps_module_state;
 
 #endif /* TPSHARE_MODULE_STATE_H */

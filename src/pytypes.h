@@ -37,6 +37,24 @@ void tps_tokens_forget_interp(int64_t interp);
 
 /* buffer_type.c: tpshare.Buffer, memory of no interpreter. */
 int tps_buffer_init_type(PyObject *module, tps_module_state *state);
+/* The interpreter's Buffer of the pickled block `id` (the live one it
+ * has, else a new one): new reference, or NULL with tpshare.Error when
+ * the block is gone. */
+PyObject *tps_buffer_from_id(tps_module_state *state, int64_t id);
+/* A new hold on the memory of Buffer `buf` (borrowed), as an opaque
+ * block pointer; let go with tps_buffer_release (any thread, no GIL). */
+void *tps_buffer_hold(PyObject *buf);
+void tps_buffer_retain(void *block);   /* one more hold */
+void tps_buffer_release(void *block);
+/* The interpreter's Buffer over `block`, taking over the caller's hold:
+ * the live one it has, else a new one.  New reference or NULL. */
+PyObject *tps_buffer_get(tps_module_state *state, void *block);
+
+/* handle_share.c: pickling by id.  (callable, args) for unpickling the
+ * object `self` (borrowed; a handle or a Buffer) of kind `kind`
+ * ("Channel", "MemChannel", "Queue" or "Buffer") known by `id` in this
+ * process.  New reference or NULL. */
+PyObject *tps_pickle_reduce(PyObject *self, const char *kind, int64_t id);
 
 /* channel.c: the Channel and MemChannel types. */
 int tps_channel_init_types(PyObject *module, tps_module_state *state);

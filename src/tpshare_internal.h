@@ -42,7 +42,10 @@
  *                     the object layer (objlayer.c), unbound-item markers
  *                     (unbound.c), shared.c, view.c, buffer_type.c,
  *                     interpreters made by tpshare (interpreter.c, on
- *                     the table and threads of workers.c), and fork().
+ *                     the table and threads of workers.c), fork(), and
+ *                     the handles and bridged types in CPython's own
+ *                     cross-interpreter machinery (cpython_xid.c, the one
+ *                     file on that private API).
  *
  * Process-wide state (file-scope, shared by every interpreter), the lock
  * that guards it, and whether it holds PyObject*:

@@ -7,7 +7,8 @@
  * GIL, so the tests can import it in several interpreters at once.
  *
  * The types cover each kind of registration:
- *   Matrix   heap type, payload copied into raw memory, counts rebuilds;
+ *   Matrix   heap type, payload copied into raw memory, counts rebuilds,
+ *            bridged to CPython's own queues (TPSHARE_BRIDGE);
  *   Point    static type, payload inline, accepts subclasses;
  *   Blob     heap type, zero-copy and owner-bound (keeps its bytes alive);
  *   Frame    heap type exporting memory, zero-copy by nesting the record
@@ -1093,7 +1094,8 @@ typedef struct {
 
 static heap_type_def heap_types[] = {
     HEAP_TYPE("Matrix", MatrixObject, 0, matrix_slots,
-              TPSHARE_COPIES, matrix_share, matrix_rebuild, matrix_free),
+              TPSHARE_COPIES | TPSHARE_BRIDGE, matrix_share, matrix_rebuild,
+              matrix_free),
     HEAP_TYPE("Blob", BlobObject, 0, blob_slots,
               TPSHARE_ZERO_COPY, blob_share, blob_rebuild, blob_free),
     HEAP_TYPE("Frame", FrameObject, 0, frame_slots,
@@ -1531,7 +1533,26 @@ testext_unregister_type(PyObject *module, PyObject *type)
     Py_RETURN_NONE;
 }
 
+/* bridge_type(type) -> None through the C API's Bridge; `type` is
+ * borrowed. */
+static PyObject *
+testext_bridge_type(PyObject *module, PyObject *type)
+{
+    (void)module;
+    if (!PyType_Check(type)) {
+        PyErr_SetString(PyExc_TypeError, "bridge_type() needs a type");
+        return NULL;
+    }
+    if (TpShare_API->Bridge((PyTypeObject *)type) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef testext_methods[] = {
+    {"bridge_type", testext_bridge_type, METH_O,
+     "bridge_type(type)\n--\n\nBridge type to CPython's registry with "
+     "TpShare_API->Bridge."},
     {"register_type", (PyCFunction)(void (*)(void))testext_register_type,
      METH_VARARGS | METH_KEYWORDS,
      "register_type(type, name, subclasses=False)\n--\n\nRegister "
