@@ -106,6 +106,7 @@ typedef struct {
     uint32_t alloc_hint;
     uint64_t used_granules;
     uint64_t sent, received, dropped, reclaimed;
+    uint64_t repairs;   /* locks taken from a dead holder */
     /* Atomics: futex words and counters read without the lock. */
     _Alignas(64) uint32_t items_seq;    /* bumped when an item is queued */
     uint32_t space_seq;                 /* bumped when room appears */

@@ -238,17 +238,17 @@ seg_stats(ShmChan *c, PyObject *Py_UNUSED(ignored))
     if (rc < 0) {
         return tps_shm_raise(c, rc, "stats"), NULL;
     }
-    memcpy(&snap.sent, &h->sent, 4 * sizeof(uint64_t));
+    memcpy(&snap.sent, &h->sent, 5 * sizeof(uint64_t));
     snap.used_granules = h->used_granules;
     q = tps_shm_queued(&c->map);
     tps_shm_unlock(&c->map);
     return Py_BuildValue(
-        "{sKsKsKsKsKsKsKsKsK}", "sent", snap.sent, "received",
+        "{sKsKsKsKsKsKsKsKsKsK}", "sent", snap.sent, "received",
         snap.received, "dropped", snap.dropped, "queued",
         (unsigned long long)(q == UINT64_MAX ? 0 : q), "sends_parked",
         __atomic_load_n(&h->sends_parked, __ATOMIC_RELAXED), "recvs_parked",
         __atomic_load_n(&h->recvs_parked, __ATOMIC_RELAXED), "reclaimed",
-        snap.reclaimed, "used_bytes",
+        snap.reclaimed, "repairs", snap.repairs, "used_bytes",
         (unsigned long long)(snap.used_granules * TPS_SHM_GRANULE),
         "heap_bytes", (unsigned long long)c->map.heap_size);
 }
@@ -264,6 +264,24 @@ seg_reclaim(ShmChan *c, PyObject *Py_UNUSED(ignored))
     n = tps_shm_reclaim(&c->map);
     tps_shm_unlock(&c->map);
     return PyLong_FromLong(n);
+}
+
+/* _die_in_lock(torn) -> None: take the lock and keep it, for a test
+ * that then kills this process; torn=True first leaves a push half done
+ * (a queued block no slot refers to). */
+static PyObject *
+seg_die_in_lock(ShmChan *c, PyObject *torn)
+{
+    uint32_t idx;
+    int rc = tps_shm_lock_py(c, -1);
+    if (rc < 0) {
+        return tps_shm_raise(c, rc, "_die_in_lock"), NULL;
+    }
+    if (PyObject_IsTrue(torn)
+            && tps_shm_alloc(&c->map, 1000, 0, &idx) == TPS_SHM_OK) {
+        c->map.blocks[idx].state = TPS_SHM_QUEUED;
+    }
+    Py_RETURN_NONE;
 }
 
 /* _layout() -> where things are, for tests that write the segment. */
@@ -349,6 +367,7 @@ static PyMethodDef seg_methods[] = {
     {"stats", (PyCFunction)seg_stats, METH_NOARGS, NULL},
     {"reclaim", (PyCFunction)seg_reclaim, METH_NOARGS, NULL},
     {"_layout", (PyCFunction)seg_layout, METH_NOARGS, NULL},
+    {"_die_in_lock", (PyCFunction)seg_die_in_lock, METH_O, NULL},
     {NULL},
 };
 

@@ -408,6 +408,7 @@ tps_shm_repair(tps_shm_map *m)
     uint64_t queued, off, len, used = 0;
     int rc = TPS_SHM_OK;
 
+    h->repairs++;
     tps_shm_reclaim(m);
     queued = h->tail - h->head;
     if (queued > m->nslots) {

@@ -61,15 +61,15 @@ def hammer(ch, seed, ready):
         try:
             if op < 0.35:
                 n = rnd.choice((8, 200, 5000, 70000))
-                ch.send(bytearray(n), timeout=0.2)
+                ch.send(bytearray(n), timeout=0)
             elif op < 0.55:
-                buf = ch.buffer(rnd.choice((1, 300, 9000)), timeout=0.2)
+                buf = ch.buffer(rnd.choice((1, 300, 9000)), timeout=0)
                 if rnd.random() < 0.7:
-                    ch.send(buf, timeout=0.2)
+                    ch.send(buf, timeout=0)
                 else:
                     held.append(buf)
             else:
-                held.extend(ch.recv_many(rnd.randint(1, 8), timeout=0.2))
+                held.extend(ch.recv_many(rnd.randint(1, 8), timeout=0))
         except (tpshare.ChannelEmpty, tpshare.ChannelFull):
             pass
         if len(held) > 20:
@@ -83,3 +83,11 @@ def sleeper(ch, ready):
     ready.send(b"held %d" % len(mv))
     time.sleep(60)
     del mv, buf
+
+
+def die_in_lock(ch, torn, ready):
+    """Take the segment's lock (leaving a push half done when torn) and
+    wait to be killed holding it."""
+    ch._die_in_lock(torn)
+    ready.send(b"locked")
+    time.sleep(60)
