@@ -20,7 +20,9 @@
 #include <unistd.h>
 
 #define SLICE_NS 100000000
-#define SPIN 400
+/* Pause instructions before sleeping: a few, since spinning on a busy
+ * machine takes the CPU from the peer that would end the wait. */
+#define SPIN 64
 #define COPY_NOGIL 65536
 
 static void
@@ -133,11 +135,10 @@ park(ShmChan *c, uint32_t *word, uint32_t *waiters, uint64_t *parked,
     int64_t now, until;
     int rc = TPS_SHM_OK, i;
 
-    __atomic_fetch_add(waiters, 1, __ATOMIC_SEQ_CST);
+    __atomic_store_n(waiters, 1, __ATOMIC_SEQ_CST);
     tps_shm_unlock(&c->map);
     now = tps_shm_now();
     if (deadline >= 0 && now >= deadline) {
-        __atomic_fetch_sub(waiters, 1, __ATOMIC_SEQ_CST);
         return TPS_SHM_ETIMEOUT;
     }
     until = now + SLICE_NS;
@@ -154,7 +155,6 @@ park(ShmChan *c, uint32_t *word, uint32_t *waiters, uint64_t *parked,
         rc = tps_shm_wait(word, seen, until);
     }
     Py_END_ALLOW_THREADS
-    __atomic_fetch_sub(waiters, 1, __ATOMIC_SEQ_CST);
     if (rc == TPS_SHM_EINTR && PyErr_CheckSignals() < 0) {
         return TPS_SHM_PYERR;
     }

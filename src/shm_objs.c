@@ -216,10 +216,9 @@ tracker_wait(ShmTracker *t, PyObject *args, PyObject *kwds)
     while (!tracker_done(t)) {
         h = t->chan->map.hdr;
         seen = __atomic_load_n(&h->release_seq, __ATOMIC_SEQ_CST);
-        __atomic_fetch_add(&h->release_waiters, 1, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&h->release_waiters, 1, __ATOMIC_SEQ_CST);
         now = tps_shm_now();
         if (tracker_done(t) || (deadline >= 0 && now >= deadline)) {
-            __atomic_fetch_sub(&h->release_waiters, 1, __ATOMIC_SEQ_CST);
             break;
         }
         until = now + TRACKER_SLICE_NS;
@@ -229,7 +228,6 @@ tracker_wait(ShmTracker *t, PyObject *args, PyObject *kwds)
         Py_BEGIN_ALLOW_THREADS
         rc = tps_shm_wait(&h->release_seq, seen, until);
         Py_END_ALLOW_THREADS
-        __atomic_fetch_sub(&h->release_waiters, 1, __ATOMIC_SEQ_CST);
         if (rc == TPS_SHM_EINTR && PyErr_CheckSignals() < 0) {
             return NULL;
         }

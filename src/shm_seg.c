@@ -323,16 +323,27 @@ tps_shm_block_check(tps_shm_map *m, uint32_t idx, uint32_t state,
     return TPS_SHM_OK;
 }
 
+/* Set or clear bits [from, from + n): a word at a time, so that a large
+ * block costs as little as a small one, near enough. */
 static void
 bits_set(uint64_t *bm, uint64_t from, uint64_t n, int on)
 {
-    for (uint64_t i = from; i < from + n; i++) {
+    uint64_t i = from, end = from + n;
+    while (i < end) {
+        uint64_t bit = i & 63, take = 64 - bit;
+        uint64_t mask;
+        if (take > end - i) {
+            take = end - i;
+        }
+        mask = (take == 64 ? ~(uint64_t)0
+                           : (((uint64_t)1 << take) - 1)) << bit;
         if (on) {
-            bm[i >> 6] |= (uint64_t)1 << (i & 63);
+            bm[i >> 6] |= mask;
         }
         else {
-            bm[i >> 6] &= ~((uint64_t)1 << (i & 63));
+            bm[i >> 6] &= ~mask;
         }
+        i += take;
     }
 }
 
@@ -642,12 +653,18 @@ tps_shm_wait(uint32_t *word, uint32_t seen, int64_t deadline)
     return TPS_SHM_ESYS;
 }
 
-/* Bump *word and wake its sleepers, if *waiters says there are any. */
+/* Bump *word and wake its sleepers, if *waiters says there may be any.
+ * *waiters is a flag, not a count: a sleeper sets it (under the lock,
+ * with the value of *word it will sleep on) and the first waker clears
+ * it and wakes them all, so a stream of sends makes one system call per
+ * sleep of the receiver, not one per send.  A sleeper that ends on its
+ * own leaves it set: one needless wake-up later. */
 void
 tps_shm_wake(uint32_t *word, uint32_t *waiters)
 {
     __atomic_fetch_add(word, 1, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(waiters, __ATOMIC_SEQ_CST)) {
+    if (__atomic_load_n(waiters, __ATOMIC_SEQ_CST)
+            && __atomic_exchange_n(waiters, 0, __ATOMIC_SEQ_CST)) {
         syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
     }
 }
