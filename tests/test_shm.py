@@ -295,6 +295,17 @@ def test_channel_refuses_other_types():
     assert ch.qsize() == 0
 
 
+def test_registered_c_types_do_not_cross():
+    import tpshare_testext as ext
+    ch = shm.Channel(size=8192)
+    with pytest.raises(tpshare.NotShareableError,
+                       match="tpshare_testext.Point"):
+        ch.send(ext.Point(1, 2))
+    with pytest.raises(tpshare.NotShareableError, match="Point"):
+        ch.send((1, ext.Point(1, 2)))
+    assert ch.qsize() == 0 and ch.stats()["sent"] == 0
+
+
 def test_channel_pickle_opt_in_both_ends():
     ch = shm.Channel(size=8192, pickle=True)
     ch.send({"a": [1, 2]})
