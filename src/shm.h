@@ -80,6 +80,7 @@ typedef struct {
     uint32_t flags;
     uint64_t off;       /* from the heap's start */
     uint64_t len;       /* bytes asked for */
+    uint64_t start;     /* pid's start time: a reused pid is not pid */
 } tps_shm_block;
 
 typedef struct {
@@ -149,7 +150,8 @@ int tps_shm_lock(tps_shm_map *m, int64_t deadline);
 void tps_shm_unlock(tps_shm_map *m);
 int tps_shm_repair(tps_shm_map *m);
 int tps_shm_reclaim(tps_shm_map *m);
-int tps_shm_pid_dead(int32_t pid);
+int tps_shm_pid_dead(int32_t pid, uint64_t start);
+uint64_t tps_shm_own_start(void);
 
 /* Under the lock. */
 int tps_shm_alloc(tps_shm_map *m, uint64_t len, uint32_t flags,

@@ -213,34 +213,82 @@ tps_shm_now(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-int
-tps_shm_pid_dead(int32_t pid)
+/* Read /proc/<pid>/stat: *zombie and the start time (clock ticks after
+ * boot, field 22).  Returns 0, or -1 when the process is gone. */
+static int
+read_stat(int32_t pid, int *zombie, uint64_t *start)
 {
-    char path[64], buf[256];
+    char path[64], buf[512];
     FILE *f;
-    char *paren;
-    int dead = 0;
+    char *p;
+    int field = 3, rc = -1;
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    f = fopen(path, "r");
+    if (f == NULL) {
+        return errno == ENOENT || errno == ESRCH ? -1 : 0;
+    }
+    *zombie = 0;
+    *start = 0;
+    if (fgets(buf, sizeof(buf), f) != NULL) {
+        /* The command name may hold spaces and parentheses: the fields
+         * start after the last ')'. */
+        p = strrchr(buf, ')');
+        if (p != NULL && p[1] == ' ') {
+            p += 2;
+            *zombie = (*p == 'Z' || *p == 'X');
+            while (*p && field < 22) {
+                if (*p++ == ' ') {
+                    field++;
+                }
+            }
+            if (field == 22) {
+                *start = strtoull(p, NULL, 10);
+            }
+        }
+        rc = 0;
+    }
+    fclose(f);
+    return rc;
+}
+
+/* This process's start time, read once per process (after fork(), the
+ * child reads its own). */
+uint64_t
+tps_shm_own_start(void)
+{
+    static int32_t cached_pid;
+    static uint64_t cached_start;
+    int32_t me = (int32_t)getpid();
+    int zombie;
+    uint64_t start;
+    if (__atomic_load_n(&cached_pid, __ATOMIC_ACQUIRE) == me) {
+        return __atomic_load_n(&cached_start, __ATOMIC_RELAXED);
+    }
+    if (read_stat(me, &zombie, &start) < 0) {
+        start = 0;
+    }
+    __atomic_store_n(&cached_start, start, __ATOMIC_RELAXED);
+    __atomic_store_n(&cached_pid, me, __ATOMIC_RELEASE);
+    return start;
+}
+
+/* Whether the process pid that started at `start` (0: unknown) is gone:
+ * no such pid, a zombie, or another process under the same pid. */
+int
+tps_shm_pid_dead(int32_t pid, uint64_t start)
+{
+    int zombie = 0;
+    uint64_t now_start = 0;
     if (pid <= 0) {
         return 1;
     }
     if (kill(pid, 0) == -1 && errno == ESRCH) {
         return 1;
     }
-    /* A killed child that nobody reaped yet still answers kill(). */
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-    f = fopen(path, "r");
-    if (f == NULL) {
-        return errno == ENOENT;
+    if (read_stat(pid, &zombie, &now_start) < 0) {
+        return 1;
     }
-    if (fgets(buf, sizeof(buf), f) != NULL) {
-        paren = strrchr(buf, ')');
-        if (paren && (paren[1] == ' ')
-                && (paren[2] == 'Z' || paren[2] == 'X')) {
-            dead = 1;
-        }
-    }
-    fclose(f);
-    return dead;
+    return zombie || (start != 0 && now_start != 0 && start != now_start);
 }
 
 static int
@@ -371,27 +419,32 @@ tps_shm_free_block(tps_shm_map *m, uint32_t idx)
 int
 tps_shm_reclaim(tps_shm_map *m)
 {
-    /* Asking the kernel costs a system call or two: remember the last
+    /* Asking the kernel costs a few system calls: remember the last
      * few answers for this sweep. */
     int32_t seen_pid[8] = {0};
+    uint64_t seen_start[8] = {0};
     int seen_dead[8] = {0};
     int n = 0, next = 0;
     int32_t me = (int32_t)getpid();
+    uint64_t my_start = tps_shm_own_start();
     for (uint32_t i = 0; i < m->nblocks; i++) {
         uint32_t st = m->blocks[i].state;
         int32_t pid = m->blocks[i].pid;
+        uint64_t start = m->blocks[i].start;
         int dead = -1;
-        if ((st != TPS_SHM_OWNED && st != TPS_SHM_HELD) || pid == me) {
+        if ((st != TPS_SHM_OWNED && st != TPS_SHM_HELD)
+                || (pid == me && (start == my_start || start == 0))) {
             continue;
         }
         for (int k = 0; k < 8; k++) {
-            if (seen_pid[k] == pid && pid != 0) {
+            if (seen_pid[k] == pid && seen_start[k] == start && pid != 0) {
                 dead = seen_dead[k];
             }
         }
         if (dead < 0) {
-            dead = tps_shm_pid_dead(pid);
+            dead = tps_shm_pid_dead(pid, start);
             seen_pid[next] = pid;
+            seen_start[next] = start;
             seen_dead[next] = dead;
             next = (next + 1) % 8;
         }
@@ -525,6 +578,7 @@ alloc_once(tps_shm_map *m, uint64_t len, uint32_t flags, uint32_t *idx)
     m->blocks[b].len = len;
     m->blocks[b].flags = flags;
     m->blocks[b].pid = (int32_t)getpid();
+    m->blocks[b].start = tps_shm_own_start();
     __atomic_store_n(&m->blocks[b].state, TPS_SHM_OWNED, __ATOMIC_SEQ_CST);
     *idx = b;
     return TPS_SHM_OK;
@@ -614,6 +668,7 @@ tps_shm_pop(tps_shm_map *m, tps_shm_slot *out)
                                    &len) == 0
             && len == out->len) {
         m->blocks[out->block].pid = (int32_t)getpid();
+        m->blocks[out->block].start = tps_shm_own_start();
         m->blocks[out->block].state = TPS_SHM_HELD;
         out->gen = m->blocks[out->block].gen;
         out->flags = (out->flags & ~TPS_SHM_WRITABLE)

@@ -452,6 +452,34 @@ def test_dead_holder_reclaimed():
     assert bytes(ch.recv(timeout=1)) == b"still fine"
 
 
+def test_reused_pid_is_not_the_holder():
+    # A block held by a live process whose start time is not the one
+    # recorded: the pid was reused, the holder is gone.
+    ctx = mp.get_context("fork")
+    ch = shm.MemChannel(size=1 << 16)
+    ready = shm.MemChannel(size=8192)
+    ch.send(bytes(500))
+    p = ctx.Process(target=shm_peers.sleeper, args=(ch, ready))
+    p.start()
+    try:
+        assert bytes(ready.recv(timeout=60)) == b"held 500"
+        assert ch.reclaim() == 0 and used(ch) == 512 + 4096
+        raw = _raw(ch)
+        lay = ch._layout()
+        for i in range(lay["nblocks"]):
+            at = lay["blocks_off"] + i * lay["block_size"]
+            state, pid = struct.unpack_from("<Ii", raw, at)
+            if state and pid == p.pid:
+                start = struct.unpack_from("<Q", raw, at + 32)[0]
+                assert start > 0
+                struct.pack_into("<Q", raw, at + 32, start + 1)
+        raw.close()
+        assert ch.reclaim() == 2 and used(ch) == 0
+    finally:
+        p.kill()
+        p.join(60)
+
+
 @pytest.mark.parametrize("torn", [False, True])
 def test_holder_killed_inside_the_lock(torn):
     ctx = mp.get_context("fork")
