@@ -133,7 +133,7 @@ park(ShmChan *c, uint32_t *word, uint32_t *waiters, uint64_t *parked,
 {
     uint32_t seen = __atomic_load_n(word, __ATOMIC_SEQ_CST);
     int64_t now, until;
-    int rc = TPS_SHM_OK, i;
+    int i;
 
     __atomic_store_n(waiters, 1, __ATOMIC_SEQ_CST);
     tps_shm_unlock(&c->map);
@@ -152,10 +152,13 @@ park(ShmChan *c, uint32_t *word, uint32_t *waiters, uint64_t *parked,
     }
     if (i == SPIN) {
         __atomic_fetch_add(parked, 1, __ATOMIC_RELAXED);
-        rc = tps_shm_wait(word, seen, until);
+        /* Whatever ended the sleep, the caller looks again. */
+        (void)tps_shm_wait(word, seen, until);
     }
     Py_END_ALLOW_THREADS
-    if (rc == TPS_SHM_EINTR && PyErr_CheckSignals() < 0) {
+    /* Not only after EINTR: a signal that came while this thread was
+     * not in the system call ends no sleep, only a slice. */
+    if (PyErr_CheckSignals() < 0) {
         return TPS_SHM_PYERR;
     }
     return 0;

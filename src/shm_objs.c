@@ -228,7 +228,8 @@ tracker_wait(ShmTracker *t, PyObject *args, PyObject *kwds)
         Py_BEGIN_ALLOW_THREADS
         rc = tps_shm_wait(&h->release_seq, seen, until);
         Py_END_ALLOW_THREADS
-        if (rc == TPS_SHM_EINTR && PyErr_CheckSignals() < 0) {
+        /* Each slice: a signal may have come outside the system call. */
+        if (PyErr_CheckSignals() < 0) {
             return NULL;
         }
         if (rc == TPS_SHM_ETIMEOUT && !tracker_done(t)

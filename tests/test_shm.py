@@ -120,6 +120,13 @@ def test_bad_names():
         shm.MemChannel.open("tps-999999999-3-" + "0" * 32)
 
 
+def test_from_id_is_open(mc):
+    other = shm.MemChannel.from_id(mc.id)
+    other.send(b"via id")
+    assert bytes(mc.recv(timeout=1)) == b"via id"
+    assert repr(other).startswith("<tpshare.shm.MemChannel tps-")
+
+
 def test_open_checks_kind_and_token(mc):
     with pytest.raises(TypeError):
         shm.Channel.open(mc.name)
@@ -195,6 +202,66 @@ def test_heap_full_waits_then_fails():
     mv_hold.clear()
     ch.send(bytes(1000), timeout=0)
     assert len(ch.recv()) == 1000
+
+
+def test_signal_interrupts_a_wait():
+    # The signal goes to another thread, so the waiting main thread's
+    # system call is not interrupted: only the wait's own check of
+    # Python's pending signals can run the handler.
+    r = run_child("""
+        import signal, threading, time
+        from tpshare import shm
+        ch = shm.MemChannel(size=8192)
+        t = ch.send(ch.buffer(500))
+        mv = ch.recv()
+        def boom(*args):
+            raise InterruptedError("signal")
+        def later():
+            time.sleep(0.2)
+            signal.pthread_kill(threading.get_ident(), signal.SIGALRM)
+        signal.signal(signal.SIGALRM, boom)
+        for wait in (ch.recv, t.wait):
+            threading.Thread(target=later).start()
+            try:
+                wait()
+            except InterruptedError:
+                print("interrupted", end=" ")
+        print(ch.stats()["received"], t.released)
+    """, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["interrupted", "interrupted", "1", "False"]
+
+
+def test_threads_share_a_handle():
+    import threading
+    ch = shm.MemChannel(maxsize=64, size=1 << 20)
+    got = []
+
+    def producer(k):
+        for i in range(500):
+            ch.send(b"%d-%d" % (k, i) * (1 + i % 40), timeout=30)
+
+    def consumer():
+        while True:
+            items = ch.recv_many(16, timeout=30)
+            data = [bytes(m) for m in items]
+            got.extend(data)
+            if b"end" in data:
+                return
+    threads = [threading.Thread(target=producer, args=(k,))
+               for k in range(3)]
+    cons = threading.Thread(target=consumer)
+    cons.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ch.send(b"end")
+    cons.join()
+    assert len(got) == 1501
+    assert sorted(got[:-1]) == sorted(b"%d-%d" % (k, i) * (1 + i % 40)
+                                      for k in range(3) for i in range(500))
+    assert used(ch) == 0
 
 
 # -- segment buffers -----------------------------------------------------

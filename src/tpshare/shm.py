@@ -99,6 +99,12 @@ class MemChannel(Segment):
         live process holding it)."""
         return _open(cls, name, _KIND_MEM)
 
+    @classmethod
+    def from_id(cls, id):
+        """open(), under the in-process channels' name (``id`` is the
+        name)."""
+        return cls.open(id)
+
     @property
     def name(self):
         """The name another process opens: valid while this process
