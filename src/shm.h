@@ -108,6 +108,8 @@ typedef struct {
     uint64_t used_granules;
     uint64_t sent, received, dropped, reclaimed;
     uint64_t repairs;   /* locks taken from a dead holder */
+    int64_t last_sweep; /* CLOCK_MONOTONIC ns of the last reclaim sweep
+                           made because the heap was full */
     /* Atomics: futex words and counters read without the lock. */
     _Alignas(64) uint32_t items_seq;    /* bumped when an item is queued */
     uint32_t space_seq;                 /* bumped when room appears */
