@@ -107,7 +107,8 @@ typedef struct {
     uint32_t alloc_hint;
     uint64_t used_granules;
     uint64_t sent, received, dropped, reclaimed;
-    uint64_t repairs;   /* locks taken from a dead holder */
+    uint64_t repairs;   /* tables rebuilt: a dead lock holder, or
+                           a corrupt ring */
     int64_t last_sweep; /* CLOCK_MONOTONIC ns of the last reclaim sweep
                            made because the heap was full */
     /* Atomics: futex words and counters read without the lock. */

@@ -629,6 +629,8 @@ tps_shm_room(tps_shm_map *m, uint64_t n)
 {
     uint64_t q = tps_shm_queued(m);
     if (q == UINT64_MAX) {
+        /* Drops the queue and frees its blocks: the next send works. */
+        (void)tps_shm_repair(m);
         return TPS_SHM_ECORRUPT;
     }
     if (m->hdr->closed) {
@@ -658,14 +660,15 @@ tps_shm_push(tps_shm_map *m, const tps_shm_slot *s)
 
 /* Under the lock: take the oldest item into *out.  A block item's block
  * becomes HELD by this process.  A slot that fails its checks is dropped
- * (counted) and reported as TPS_SHM_ECORRUPT: the next item is fine. */
+ * (counted), the tables are repaired, and TPS_SHM_ECORRUPT reported: the
+ * next item is fine. */
 int
 tps_shm_pop(tps_shm_map *m, tps_shm_slot *out)
 {
     tps_shm_header *h = m->hdr;
     uint64_t q = tps_shm_queued(m), off, len;
     if (q == UINT64_MAX) {
-        h->head = h->tail;
+        (void)tps_shm_repair(m);
         return TPS_SHM_ECORRUPT;
     }
     if (q == 0) {
@@ -693,6 +696,9 @@ tps_shm_pop(tps_shm_map *m, tps_shm_slot *out)
         return TPS_SHM_OK;
     }
     h->dropped++;
+    /* The slot's block, if it had a real one, is now referred to by no
+     * slot: the repair frees it. */
+    (void)tps_shm_repair(m);
     return TPS_SHM_ECORRUPT;
 }
 

@@ -735,6 +735,23 @@ def test_corrupt_ring_and_slots(mc):
     with pytest.raises(shm.CorruptSegmentError):
         mc.recv(timeout=0)
     raw.close()
+    # Nothing of the dropped items stays taken, and the channel works.
+    assert mc.qsize() == 0 and used(mc) == 0, mc.stats()
+    mc.send(bytes(2000))
+    assert len(mc.recv(timeout=0)) == 2000
+
+
+def test_corrupt_counters_on_the_sending_side(mc):
+    mc.send(bytes(1000))
+    raw = _raw(mc)
+    tail = mc._layout()["tail_off"]
+    raw[tail:tail + 8] = struct.pack("<Q", 10 ** 12)
+    with pytest.raises(shm.CorruptSegmentError):
+        mc.send(b"x")
+    raw.close()
+    assert mc.qsize() == 0 and used(mc) == 0
+    mc.send(b"x")
+    assert bytes(mc.recv(timeout=0)) == b"x"
 
 
 def test_random_corruption_never_crashes():
