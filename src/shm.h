@@ -16,8 +16,10 @@
  *   bitmap           one bit per TPS_SHM_GRANULE bytes of heap;
  *   heap             the payloads.
  *
- * Files: shm_seg.c (layout, lock, repair, allocator, ring: no Python
- * objects, negative TPS_SHM_E* codes), shm_chan.c (the channel type),
+ * Files: shm_seg.c (layout, lock, allocator, ring) and shm_repair.c
+ * (dead processes, repair): no Python objects, negative TPS_SHM_E*
+ * codes; shm_handle.c (the handle type: mapping, errors, lock with the
+ * GIL released, its small methods), shm_chan.c (send and receive),
  * shm_objs.c (buffers, views, trackers, the module).
  *
  * Trust: another process can write anything anywhere in the segment.
@@ -154,6 +156,8 @@ void tps_shm_unlock(tps_shm_map *m);
 int tps_shm_repair(tps_shm_map *m);
 int tps_shm_reclaim(tps_shm_map *m);
 int tps_shm_pid_dead(int32_t pid, uint64_t start);
+uint64_t tps_shm_granules(uint64_t len);
+void tps_shm_bits_set(uint64_t *bm, uint64_t from, uint64_t n, int on);
 uint64_t tps_shm_own_start(void);
 
 /* Under the lock. */

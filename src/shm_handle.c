@@ -1,5 +1,6 @@
 /* shm_handle.c - tpshare._shm.Segment: making and opening the mapping,
- * and the handle's methods other than send and receive (shm_chan.c).
+ * errors and timeouts, the lock taken with the GIL released, and the
+ * handle's methods other than send and receive (shm_chan.c).
  *
  * The handle owns one file descriptor of the segment's memfd and one
  * mapping of it.  Views, buffers and trackers hold the handle, so the
@@ -11,6 +12,7 @@
 #include "shm_py.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -20,6 +22,95 @@
 /* The largest segment we map: larger sizes are a ValueError, and a
  * larger file made by another process is refused. */
 #define MAX_TOTAL ((uint64_t)1 << 40)
+
+shm_state *
+tps_shm_state(PyObject *module)
+{
+    return (shm_state *)PyModule_GetState(module);
+}
+
+/* Set the exception for rc (a send or a receive turns
+ * TPS_SHM_ETIMEOUT into full or empty itself).  Returns -1. */
+int
+tps_shm_raise(ShmChan *c, int rc, const char *what)
+{
+    shm_state *st = tps_shm_state(c->module);
+    switch (rc) {
+    case TPS_SHM_ECLOSED:
+        PyErr_SetString(st->ChannelClosed, "the channel is closed");
+        break;
+    case TPS_SHM_ECORRUPT:
+        PyErr_Format(st->CorruptSegmentError,
+                     "%s: the shared segment breaks its invariants "
+                     "(another process wrote it)", what);
+        break;
+    case TPS_SHM_ENOSPACE:
+        PyErr_Format(st->ChannelFull, "%s: no room in the segment", what);
+        break;
+    case TPS_SHM_EFULL:
+        PyErr_SetString(st->ChannelFull, "the channel is full");
+        break;
+    case TPS_SHM_EEMPTY:
+        PyErr_SetString(st->ChannelEmpty, "the channel is empty");
+        break;
+    case TPS_SHM_ETIMEOUT:
+        PyErr_Format(PyExc_TimeoutError, "%s: the segment's lock stayed "
+                     "taken", what);
+        break;
+    default:
+        PyErr_SetFromErrno(PyExc_OSError);
+        break;
+    }
+    return -1;
+}
+
+/* None: -1 (no deadline); seconds: a CLOCK_MONOTONIC deadline.
+ * Returns -1 with ValueError for a negative or NaN timeout. */
+int
+tps_shm_deadline(PyObject *timeout, int64_t *deadline)
+{
+    double t;
+    if (timeout == NULL || timeout == Py_None) {
+        *deadline = -1;
+        return 0;
+    }
+    t = PyFloat_AsDouble(timeout);
+    if (t == -1.0 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (isnan(t) || t < 0) {
+        PyErr_SetString(PyExc_ValueError,
+                        "timeout must be None or a non-negative number");
+        return -1;
+    }
+    if (t > 1e9) {
+        *deadline = -1;
+        return 0;
+    }
+    *deadline = tps_shm_now() + (int64_t)(t * 1e9);
+    return 0;
+}
+
+/* Take the segment's lock; when it is busy, without the GIL.  A lock
+ * held past the deadline (or 5 s after it, or forever without one)
+ * gives TPS_SHM_ETIMEOUT. */
+int
+tps_shm_lock_py(ShmChan *c, int64_t deadline)
+{
+    int rc = tps_shm_lock(&c->map, 0);
+    int64_t until = deadline;
+    if (rc != TPS_SHM_ETIMEOUT) {
+        return rc;
+    }
+    if (until >= 0) {
+        int64_t floor = tps_shm_now() + 5000000000LL;
+        until = until > floor ? until : floor;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    rc = tps_shm_lock(&c->map, until);
+    Py_END_ALLOW_THREADS
+    return rc;
+}
 
 /* Segment(fd, token, create, maxsize=0, size=0, kind=1): on success the
  * handle owns fd; on failure the caller still does. */
