@@ -803,3 +803,33 @@ def test_random_corruption_never_crashes():
     """, timeout=120)
     assert r.returncode == 0, r.stderr
     assert int(r.stdout.split()[1]) > 0
+
+
+# -- the benchmark -------------------------------------------------------
+
+def test_bench_experiment_runs_and_reports(monkeypatch):
+    from tpshare.bench import cli, common
+    from tpshare.bench import shm as bench_shm
+    assert cli.build_parser().parse_args(["shm"]).experiments == ["shm"]
+    # Few items and one buffer size: a smoke run of every contender.
+    monkeypatch.setattr(bench_shm, "_count", lambda ctx, kind, size: 128)
+    monkeypatch.setattr(bench_shm, "_buffer_sizes", lambda ctx: [8192])
+
+    class Ctx:
+        quick = True
+        repeat = 1
+        progress = common.Progress(100, enabled=False)
+    res = bench_shm.run(Ctx)
+    assert res["errors"] == {}
+    for kind in ("shm", "shm-batch", "mp-queue", "mp-queue-batch"):
+        assert res["small"][kind]["median_msgs_per_s"] > 0
+    for kind in ("shm-buffer", "shm-copy", "mp-queue", "shared_memory"):
+        assert res["buffers"]["8192"][kind]["median_msgs_per_s"] > 0
+    if "faster-fifo" in res["skipped"]:
+        assert "faster-fifo" not in res["small"]
+    else:
+        assert res["small"]["faster-fifo"]["median_msgs_per_s"] > 0
+    assert set(res["pingpong"]) == {"shm", "mp-pipe"}
+    text = bench_shm.report(res)
+    assert "shm.MemChannel" in text and "multiprocessing.Pipe" in text
+    assert max(len(line) for line in text.splitlines()) <= common.WIDTH
