@@ -498,6 +498,26 @@ def test_subinterpreter_own_gil(mc):
     assert used(mc) == 0
 
 
+def test_subinterpreter_of_another_process(mc):
+    r = run_child(f"""
+        from support import Sub
+        with Sub() as s:
+            s.run(\"\"\"
+                from tpshare import shm
+                ch = shm.MemChannel.open({mc.name!r})
+                b = ch.buffer(300)
+                memoryview(b)[:9] = b"child-sub"
+                ch.send(b)
+                del ch, b
+            \"\"\")
+    """, timeout=60)
+    assert r.returncode == 0, r.stderr
+    mv = mc.recv(timeout=5)
+    assert bytes(mv[:9]) == b"child-sub" and len(mv) == 300
+    del mv
+    assert used(mc) == 0
+
+
 # -- dead peers and cleanup ----------------------------------------------
 
 def test_dead_holder_reclaimed():
