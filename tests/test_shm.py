@@ -630,7 +630,11 @@ def test_kills_at_random_points():
 
 
 def _dev_shm():
-    return sorted(os.listdir("/dev/shm"))
+    """/dev/shm's entries, less multiprocessing's own semaphores and
+    segments (other processes of the machine may make some meanwhile;
+    tpshare.shm makes none of any name)."""
+    return sorted(n for n in os.listdir("/dev/shm")
+                  if not n.startswith(("sem.", "psm_", "wnsm_")))
 
 
 def _py(code):
@@ -642,6 +646,15 @@ def _py(code):
         [sys.executable, "-c", textwrap.dedent(code)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         cwd=os.path.dirname(os.path.abspath(__file__)))
+
+
+def _alive(pid):
+    """Whether pid runs (a zombie, not reaped yet, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except FileNotFoundError:
+        return False
 
 
 def test_nothing_left_in_dev_shm_after_sigkill():
@@ -662,11 +675,19 @@ def test_nothing_left_in_dev_shm_after_sigkill():
     """)
     holder = int(creator.stdout.readline())
     assert creator.wait(60) == -signal.SIGKILL
-    # The orphaned holder, then nobody, has the segment.
-    assert os.path.exists(f"/proc/{holder}")
+    # The orphaned holder, then nobody, has the segment: a memfd, mapped
+    # and open, and nothing of /dev/shm.
+    with open(f"/proc/{holder}/maps") as f:
+        maps = f.read()
+    assert "/memfd:tpshare.shm" in maps and "/dev/shm/" not in maps
+    assert _dev_shm() == before
     os.kill(holder, signal.SIGKILL)
     creator.stdout.close()
     creator.stdin.close()
+    deadline = time.monotonic() + 30
+    while _alive(holder) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(holder)
     assert _dev_shm() == before
 
 
