@@ -340,6 +340,9 @@ def run(ctx, names=None):
         for kind in BUFFER_NAMES:
             ctx.progress.step(f"shm: {common.fmt_size(size)} {kind}")
             if kind == "faster-fifo" and size > (64 << 20):
+                skipped[f"faster-fifo {common.fmt_size(size)}"] = (
+                    "a message must fit its ring, of 4x the message here: "
+                    "left out above 64 MiB")
                 continue
             r = attempt(kind, _rate, ctx, kind, size)
             if r:
