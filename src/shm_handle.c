@@ -279,7 +279,7 @@ seg_close(ShmChan *c, PyObject *Py_UNUSED(ignored))
     if (rc < 0) {
         return tps_shm_raise(c, rc, "close"), NULL;
     }
-    h->closed = 1;
+    __atomic_store_n(&h->closed, 1, __ATOMIC_RELEASE);
     tps_shm_unlock(&c->map);
     tps_shm_wake(&h->items_seq, &h->recv_waiters);
     tps_shm_wake(&h->space_seq, &h->send_waiters);

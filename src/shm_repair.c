@@ -157,7 +157,7 @@ tps_shm_repair(tps_shm_map *m)
     queued = h->tail - h->head;
     if (queued > m->nslots) {
         /* The counters are not ours to trust: drop the queue. */
-        h->head = h->tail;
+        __atomic_store_n(&h->head, h->tail, __ATOMIC_RELEASE);
         queued = 0;
         rc = TPS_SHM_ECORRUPT;
     }
