@@ -384,6 +384,22 @@ def test_channel_pickle_opt_in_both_ends():
     assert used(ch) == 0 and ch.qsize() == 0
 
 
+def test_channel_recv_many_keeps_every_item_and_error():
+    ch = shm.Channel(size=1 << 16, pickle=True)
+    plain = shm.Channel.open(ch.name)        # refuses pickled items
+    ch.send_many([1, {"x"}, 3, 4])
+    assert plain.recv_many(10) == [1]
+    with pytest.raises(ValueError, match="pickle=True"):
+        plain.recv_many(10)
+    assert plain.recv() == 3
+    assert plain.recv_many(10) == [4]
+    ch.send_many([{"y"}, 2])
+    with pytest.raises(ValueError):
+        plain.recv_many(10)
+    assert plain.recv_many(10) == [2]
+    assert ch.qsize() == 0 and used(ch) == 0
+
+
 def test_channel_buffers_and_batches():
     ch = shm.Channel(size=1 << 16)
     buf = ch.buffer(1000)

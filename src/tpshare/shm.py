@@ -159,7 +159,9 @@ class Channel(MemChannel):
     and other buffer exporters as memory (as MemChannel does); anything
     else with ``pickle=True`` (on both ends), or NotShareableError."""
 
-    __slots__ = ("_pickle",)
+    # _pending: what recv_many() took but did not return (an item that
+    # failed to decode left an exception and the items behind it).
+    __slots__ = ("_pickle", "_pending")
 
     def __new__(cls, maxsize=0, *, size=DEFAULT_SIZE, pickle=False):
         self = _create(cls, maxsize, size, _KIND_OBJ)
@@ -222,18 +224,41 @@ class Channel(MemChannel):
                                  timeout=timeout, writable=writable,
                                  tags=[t for _, t in encoded])
 
+    def _take_pending(self, max):
+        """Up to max items kept by an earlier recv_many(), or raise the
+        exception kept first."""
+        pending = getattr(self, "_pending", None)
+        if not pending:
+            return None
+        if isinstance(pending[0], BaseException):
+            raise pending.pop(0)
+        got = pending[:max]
+        del pending[:max]
+        return got
+
     def recv(self, timeout=None):
-        tag, mv = self._recv(timeout)
+        got = self._take_pending(1)
+        tag, mv = got[0] if got else self._recv(timeout)
         return self._decode(tag, mv)
 
     def recv_many(self, max, timeout=None):
-        got = Segment.recv_many(self, max, timeout, tagged=True)
+        """As in-process: when item k fails to decode, it is consumed; if
+        k > 0 the k items before it are returned and the exception is
+        kept for the next recv() or recv_many() of this handle, else it
+        is raised at once.  The items behind it stay with this handle and
+        come next (in-process, they go back to the channel)."""
+        got = self._take_pending(max)
+        if got is None:
+            got = Segment.recv_many(self, max, timeout, tagged=True)
         out = []
         for i, (tag, mv) in enumerate(got):
             try:
                 out.append(self._decode(tag, mv))
-            except BaseException:
-                for _, rest in got[i + 1:]:
-                    rest.release()
-                raise
+            except BaseException as exc:
+                kept = ([exc] if out else []) + list(got[i + 1:])
+                self._pending = kept + (getattr(self, "_pending", None)
+                                        or [])
+                if not out:
+                    raise
+                return out
         return out
