@@ -52,7 +52,10 @@ elif flag("TPSHARE_SANITIZE"):
     compile_args += san + ["-g"]
     link_args += san
 
-sources = sorted(glob("registry/*.c")) + sorted(glob("src/*.c"))
+# src/shm_*.c are tpshare._shm, which shares no code with the core.
+shm_sources = sorted(glob("src/shm_*.c"))
+sources = sorted(glob("registry/*.c")) + sorted(
+    s for s in glob("src/*.c") if s not in shm_sources)
 headers = (["include/tpshare.h"] + sorted(glob("registry/*.h"))
            + sorted(glob("src/*.h")))
 
@@ -64,6 +67,16 @@ setup(
             sources=sources,
             depends=headers,
             include_dirs=["include", "src"],
+            define_macros=[("TPSHARE_BUILD_CORE", "1")],
+            extra_compile_args=compile_args,
+            extra_link_args=link_args,
+        ),
+        # Channels between processes in shared memory (tpshare.shm).
+        Extension(
+            "tpshare._shm",
+            sources=shm_sources,
+            depends=["src/shm.h", "src/shm_py.h", "src/compat.h"],
+            include_dirs=["src"],
             define_macros=[("TPSHARE_BUILD_CORE", "1")],
             extra_compile_args=compile_args,
             extra_link_args=link_args,

@@ -21,6 +21,9 @@ from . import EXPERIMENTS, common, contenders as cts, runner
 
 FORMAT_VERSION = 1
 
+# The in-process experiments, then tpshare.shm between processes.
+ALL_EXPERIMENTS = EXPERIMENTS + ("shm",)
+
 
 class Settings:
     """What a run measures and for how long (full or --quick)."""
@@ -69,9 +72,9 @@ def build_parser():
         epilog="Valid sizes: " + ", ".join(common.SIZE_NAMES)
                + ".  Contenders: " + ", ".join(cts.NAMES) + ".")
     p.add_argument("experiments", nargs="*", default=None,
-                   choices=EXPERIMENTS, metavar="experiment",
+                   choices=ALL_EXPERIMENTS, metavar="experiment",
                    help="what to run (default: all): "
-                        + ", ".join(EXPERIMENTS))
+                        + ", ".join(ALL_EXPERIMENTS))
     p.add_argument("--quick", action="store_true",
                    help="a smoke run, under 2 minutes: fewer sizes, "
                         "shorter trials, one round (noisy figures)")
@@ -130,7 +133,7 @@ def list_text():
                      ",".join(used)])
         notes.append(common.wrap(f"{c.name} ({c.label}): {c.note}"))
     return "\n".join(
-        [common.wrap("experiments: " + ", ".join(EXPERIMENTS)), "",
+        [common.wrap("experiments: " + ", ".join(ALL_EXPERIMENTS)), "",
          common.table(["contender", "side", "available", "in"], rows), "",
          "what each contender is:"] + notes)
 
@@ -194,6 +197,17 @@ def _headline(doc):
             out.append(f"scaling at {k} workers: " + ", ".join(
                 f"{kind} x{res['results'][kind][k]['speedup']:.2f}"
                 for kind in res["kinds"]))
+    if "shm" in ex:
+        small = ex["shm"]["small"]
+        for ours in ("shm", "shm-batch"):
+            if ours not in small:
+                continue
+            rate = small[ours]["median_msgs_per_s"]
+            parts = ", ".join(
+                f"{base} {common.fmt_ratio(rate / small[base]['median_msgs_per_s'])}"
+                for base in ("mp-queue", "faster-fifo") if base in small)
+            out.append(f"between processes, 64 B, {ours}: "
+                       f"{common.fmt_rate(rate)}; vs {parts}")
     if "memory" in ex:
         pts = ex["memory"]["points"]
         for key in ("int/8", "bytes/64"):
@@ -228,8 +242,8 @@ def main(argv=None):
         settings = Settings(args)
     except RuntimeError as exc:
         parser.error(str(exc))
-    experiments = args.experiments or list(EXPERIMENTS)
-    experiments = [e for e in EXPERIMENTS if e in experiments]
+    experiments = args.experiments or list(ALL_EXPERIMENTS)
+    experiments = [e for e in ALL_EXPERIMENTS if e in experiments]
 
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = args.out or os.path.join("results", stamp)
@@ -243,6 +257,7 @@ def main(argv=None):
         "memory": _select(memory.CONTENDERS, args.contenders),
         "release": None,
         "scaling": None,
+        "shm": None,
     }
 
     malloc = ("malloc: glibc defaults (--malloc-defaults)"
@@ -350,9 +365,10 @@ def header_text(doc, out=None):
 
 def _modules():
     """The experiments' modules by name (imported when first needed)."""
-    from . import latency, memory, release, scaling, throughput
+    from . import latency, memory, release, scaling, shm, throughput
     return {"throughput": throughput, "latency": latency,
-            "release": release, "scaling": scaling, "memory": memory}
+            "release": release, "scaling": scaling, "memory": memory,
+            "shm": shm}
 
 
 def experiment_text(exp, res):

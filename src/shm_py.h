@@ -1,0 +1,89 @@
+/* shm_py.h - the Python types of tpshare._shm (shm_chan.c, shm_objs.c).
+ *
+ * Every object lives in one interpreter: the module keeps its types and
+ * exceptions in its per-interpreter state, and each object holds a
+ * strong reference to the module it came from.  Objects that export
+ * segment memory (views, buffers) and trackers hold their channel, so
+ * the mapping outlives them.
+ */
+#ifndef TPSHARE_SHM_PY_H
+#define TPSHARE_SHM_PY_H
+
+#include "compat.h"
+#include "shm.h"
+
+/* A Python exception is set (beside shm.h's codes). */
+#define TPS_SHM_PYERR (-100)
+
+typedef struct {
+    PyTypeObject *ChanType;
+    PyTypeObject *BufferType;
+    PyTypeObject *ViewType;
+    PyTypeObject *TrackerType;
+    PyObject *ChannelClosed;
+    PyObject *ChannelEmpty;
+    PyObject *ChannelFull;
+    PyObject *CorruptSegmentError;
+} shm_state;
+
+/* A handle: one mapping of a segment in this process. */
+typedef struct {
+    PyObject_HEAD
+    tps_shm_map map;
+    int fd;
+    pid_t pid;          /* the process that made this mapping's handle */
+    uint8_t token[TPS_SHM_TOKEN];
+    PyObject *module;   /* strong */
+    PyObject *weakrefs;
+} ShmChan;
+
+/* Memory of a block: a received view's (ViewType) or a buffer's not yet
+ * sent (BufferType). */
+typedef struct {
+    PyObject_HEAD
+    ShmChan *chan;      /* strong */
+    char *ptr;
+    Py_ssize_t len;
+    uint32_t block;
+    uint32_t gen;
+    pid_t pid;          /* only this process frees the block */
+    int readonly;
+    int sent;           /* BufferType: handed to the channel */
+    Py_ssize_t exports;
+} ShmMem;
+
+typedef struct {
+    PyObject_HEAD
+    ShmChan *chan;      /* strong; NULL when released from the start */
+    uint32_t block;
+    uint32_t gen;
+} ShmTracker;
+
+extern PyModuleDef tps_shm_module;
+
+shm_state *tps_shm_state(PyObject *module);
+int tps_shm_raise(ShmChan *c, int rc, const char *what);
+int tps_shm_lock_py(ShmChan *c, int64_t deadline);
+PyObject *tps_shm_tracker_new(ShmChan *c, uint32_t block, uint32_t gen,
+                              int released);
+PyObject *tps_shm_mem_new(ShmChan *c, PyTypeObject *type, uint32_t block,
+                          uint32_t gen, uint64_t off, uint64_t len,
+                          int readonly);
+void tps_shm_release_block(ShmChan *c, uint32_t block, uint32_t gen,
+                           uint32_t state);
+int tps_shm_deadline(PyObject *timeout, int64_t *deadline);
+int tps_shm_alloc_wait(ShmChan *c, uint64_t len, uint32_t flags,
+                       int64_t deadline, uint32_t *idx);
+
+/* The channel's input and output methods (shm_chan.c). */
+PyObject *tps_shm_send(ShmChan *c, PyObject *const *args, Py_ssize_t nargs,
+                       PyObject *kwnames);
+PyObject *tps_shm_send_many(ShmChan *c, PyObject *const *args,
+                            Py_ssize_t nargs, PyObject *kwnames);
+PyObject *tps_shm_recv(ShmChan *c, PyObject *const *args, Py_ssize_t nargs,
+                       PyObject *kwnames);
+PyObject *tps_shm_recv_tagged(ShmChan *c, PyObject *const *args,
+                              Py_ssize_t nargs, PyObject *kwnames);
+PyObject *tps_shm_recv_many(ShmChan *c, PyObject *args, PyObject *kwds);
+
+#endif /* TPSHARE_SHM_PY_H */

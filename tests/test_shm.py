@@ -1,0 +1,892 @@
+"""tpshare.shm: MemChannel and Channel between processes over shared
+memory.  Every cross-process test uses real processes (multiprocessing
+under each start method, or a fresh interpreter by subprocess)."""
+
+import gc
+import math
+import mmap
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import struct
+import time
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import shm_peers
+import tpshare
+from support import Sub, run_child
+from tpshare import shm
+
+START_METHODS = ["fork", "spawn", "forkserver"]
+
+
+@pytest.fixture
+def mc():
+    ch = shm.MemChannel(size=1 << 20)
+    yield ch
+    ch.close()
+
+
+def used(ch):
+    return ch.stats()["used_bytes"]
+
+
+# -- one process ---------------------------------------------------------
+
+def test_send_recv_small_and_large(mc):
+    t = mc.send(b"hello")
+    assert t.released  # a copy: the sender's memory is free at once
+    mv = mc.recv(timeout=1)
+    assert isinstance(mv, memoryview) and mv.readonly
+    assert bytes(mv) == b"hello"
+    big = bytes(range(256)) * 40
+    mc.send(big)
+    mv = mc.recv(timeout=1)
+    assert type(mv.obj) is shm.View and mv.readonly
+    assert bytes(mv) == big
+    assert used(mc) == 10240
+    mv.release()
+    assert used(mc) == 0
+    s = mc.stats()
+    assert (s["sent"], s["received"], s["queued"]) == (2, 2, 0)
+
+
+def test_every_exporter_is_copied_in_order(mc):
+    import array
+    strided = memoryview(bytes(range(200)))[::3]
+    arr = array.array("i", range(50))
+    empty = b""
+    for obj in (strided, arr, empty, bytearray(b"x" * 500)):
+        mc.send(obj)
+    assert bytes(mc.recv()) == bytes(strided)
+    assert bytes(mc.recv()) == arr.tobytes()
+    assert bytes(mc.recv()) == b""
+    assert bytes(mc.recv()) == b"x" * 500
+
+
+def test_writable_opt_in(mc):
+    with pytest.raises(BufferError):
+        mc.send(b"read-only", writable=True)
+    assert mc.qsize() == 0
+    mc.send(bytearray(b"a" * 300), writable=True)
+    mv = mc.recv()
+    assert not mv.readonly
+    mv[:3] = b"xyz"
+    assert bytes(mv[:4]) == b"xyza"
+    mc.send(bytearray(b"small"), writable=True)
+    assert not mc.recv().readonly
+
+
+def test_bad_input_queues_nothing(mc):
+    for bad in (object(), "text", 12, None):
+        with pytest.raises(TypeError):
+            mc.send(bad)
+    for timeout in (-1, float("nan")):
+        with pytest.raises(ValueError):
+            mc.send(b"x", timeout=timeout)
+        with pytest.raises(ValueError):
+            mc.recv(timeout=timeout)
+    with pytest.raises(TypeError):
+        mc.send(b"x", bogus=1)
+    with pytest.raises(TypeError):
+        mc.send_many(5)
+    with pytest.raises(TypeError):
+        mc.send_many([b"ok", object()])
+    with pytest.raises(ValueError):
+        mc.recv_many(0)
+    with pytest.raises(ValueError):
+        mc.buffer(-1)
+    with pytest.raises(ValueError):
+        mc.send(bytes(mc.size + 1))
+    assert mc.qsize() == 0 and used(mc) == 0
+    assert mc.stats()["sent"] == 0
+
+
+@pytest.mark.parametrize("kw", [dict(maxsize=-1), dict(maxsize=1 << 21),
+                                dict(size=10), dict(size=1 << 50)])
+def test_bad_construction(kw):
+    with pytest.raises(ValueError):
+        shm.MemChannel(**kw)
+
+
+def test_bad_names():
+    for name in ("", "nope", "tps-1-2-zz", 5, "tps-1-2-" + "0" * 31):
+        with pytest.raises((ValueError, TypeError)):
+            shm.MemChannel.open(name)
+    with pytest.raises(FileNotFoundError):
+        shm.MemChannel.open("tps-999999999-3-" + "0" * 32)
+
+
+def test_from_id_is_open(mc):
+    other = shm.MemChannel.from_id(mc.id)
+    other.send(b"via id")
+    assert bytes(mc.recv(timeout=1)) == b"via id"
+    assert repr(other).startswith("<tpshare.shm.MemChannel tps-")
+
+
+def test_open_checks_kind_and_token(mc):
+    with pytest.raises(TypeError):
+        shm.Channel.open(mc.name)
+    pid, fd, token = mc.name.split("-")[1:]
+    wrong = f"tps-{pid}-{fd}-{'0' * 32}"
+    with pytest.raises(shm.CorruptSegmentError):
+        shm.MemChannel.open(wrong)
+
+
+def test_mode_and_names():
+    a, b = shm.MemChannel(size=8192), shm.MemChannel(size=8192)
+    assert os.stat(f"/proc/self/fd/{a.fd}").st_mode & 0o777 == 0o600
+    assert a.token != b.token and len(a.token) == 16
+    assert a.name != b.name
+
+
+def test_timeouts_full_and_empty():
+    ch = shm.MemChannel(maxsize=2, size=8192)
+    assert ch.maxsize == 2 and ch.empty() and not ch.full()
+    ch.send(b"1")
+    ch.send(b"2")
+    assert ch.full() and len(ch) == 2
+    with pytest.raises(tpshare.ChannelFull):
+        ch.send(b"3", timeout=0)
+    with pytest.raises(tpshare.ChannelFull):
+        ch.send(b"3", timeout=0.05)
+    assert ch.qsize() == 2
+    assert [bytes(m) for m in ch.recv_many(5)] == [b"1", b"2"]
+    with pytest.raises(tpshare.ChannelEmpty):
+        ch.recv(timeout=0)
+    with pytest.raises(tpshare.ChannelEmpty):
+        ch.recv(timeout=0.05)
+    assert issubclass(tpshare.ChannelEmpty, __import__("queue").Empty)
+
+
+def test_send_many_all_or_nothing():
+    ch = shm.MemChannel(maxsize=3, size=8192)
+    ch.send(b"a")
+    with pytest.raises(tpshare.ChannelFull):
+        ch.send_many([bytes(300), b"b", b"c"], timeout=0.01)
+    assert ch.qsize() == 1 and used(ch) == 0
+    with pytest.raises(ValueError):
+        ch.send_many([b"x"] * 4)
+    trackers = ch.send_many([b"b", bytes(300)])
+    assert len(trackers) == 2 and all(t.released for t in trackers)
+    assert [bytes(m) for m in ch.recv_many(3)] == [b"a", b"b", bytes(300)]
+    assert used(ch) == 0
+
+
+def test_close_semantics(mc):
+    mc.send(b"left")
+    other = shm.MemChannel.open(mc.name)
+    mc.close()
+    assert other.closed
+    with pytest.raises(tpshare.ChannelClosed):
+        other.send(b"x")
+    with pytest.raises(tpshare.ChannelClosed):
+        mc.buffer(10)
+    assert bytes(other.recv(timeout=0)) == b"left"
+    with pytest.raises(tpshare.ChannelClosed):
+        other.recv(timeout=1)
+
+
+def test_heap_full_waits_then_fails():
+    ch = shm.MemChannel(size=8192)
+    mv_hold = []
+    ch.send(bytes(ch.size))
+    mv_hold.append(ch.recv())
+    with pytest.raises(tpshare.ChannelFull):
+        ch.send(bytes(1000), timeout=0.05)
+    with pytest.raises(tpshare.ChannelFull):
+        ch.buffer(1000, timeout=0)
+    mv_hold.clear()
+    ch.send(bytes(1000), timeout=0)
+    assert len(ch.recv()) == 1000
+
+
+def test_signal_interrupts_a_wait():
+    # The signal goes to another thread, so the waiting main thread's
+    # system call is not interrupted: only the wait's own check of
+    # Python's pending signals can run the handler.
+    r = run_child("""
+        import signal, threading, time
+        from tpshare import shm
+        ch = shm.MemChannel(size=8192)
+        t = ch.send(ch.buffer(500))
+        mv = ch.recv()
+        def boom(*args):
+            raise InterruptedError("signal")
+        def later():
+            time.sleep(0.2)
+            signal.pthread_kill(threading.get_ident(), signal.SIGALRM)
+        signal.signal(signal.SIGALRM, boom)
+        for wait in (ch.recv, t.wait):
+            threading.Thread(target=later).start()
+            try:
+                wait()
+            except InterruptedError:
+                print("interrupted", end=" ")
+        print(ch.stats()["received"], t.released)
+    """, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["interrupted", "interrupted", "1", "False"]
+
+
+def test_threads_share_a_handle():
+    import threading
+    ch = shm.MemChannel(maxsize=64, size=1 << 20)
+    got = []
+
+    def producer(k):
+        for i in range(500):
+            ch.send(b"%d-%d" % (k, i) * (1 + i % 40), timeout=30)
+
+    def consumer():
+        while True:
+            items = ch.recv_many(16, timeout=30)
+            data = [bytes(m) for m in items]
+            got.extend(data)
+            if b"end" in data:
+                return
+    threads = [threading.Thread(target=producer, args=(k,))
+               for k in range(3)]
+    cons = threading.Thread(target=consumer)
+    cons.start()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ch.send(b"end")
+    cons.join()
+    assert len(got) == 1501
+    assert sorted(got[:-1]) == sorted(b"%d-%d" % (k, i) * (1 + i % 40)
+                                      for k in range(3) for i in range(500))
+    assert used(ch) == 0
+
+
+# -- segment buffers -----------------------------------------------------
+
+def test_buffer_zero_copy_and_tracker(mc):
+    buf = mc.buffer(4096)
+    assert len(buf) == 4096 and buf.nbytes == 4096
+    w = memoryview(buf)
+    w[:5] = b"hello"
+    t = mc.send(buf, writable=True)
+    assert buf.sent and not t.released
+    mv = mc.recv()
+    assert bytes(mv[:5]) == b"hello"
+    mv[:5] = b"HELLO"
+    assert bytes(w[:5]) == b"HELLO"  # the same pages, not a copy
+    assert not t.wait(timeout=0.05)
+    assert used(mc) == 4096
+    mv.release()
+    assert t.released and t.wait(0) and used(mc) == 0
+    with pytest.raises(BufferError):
+        memoryview(buf)
+    with pytest.raises(ValueError):
+        mc.send(buf)
+    w.release()
+
+
+def test_buffer_dropped_unsent_goes_back(mc):
+    bufs = [mc.buffer(1000) for _ in range(10)]
+    assert used(mc) == 10 * 1024
+    del bufs
+    assert used(mc) == 0
+
+
+def test_buffer_of_another_segment_is_copied(mc):
+    other = shm.MemChannel(size=8192)
+    buf = other.buffer(500)
+    memoryview(buf)[:] = b"q" * 500
+    t = mc.send(buf)
+    assert t.released and not buf.sent
+    assert bytes(mc.recv()) == b"q" * 500
+
+
+def test_tracker_wait_from_thread(mc):
+    import threading
+    buf = mc.buffer(300)
+    t = mc.send(buf)
+    mv = mc.recv()
+    threading.Timer(0.05, mv.release).start()
+    assert t.wait(timeout=30)
+
+
+def test_dropping_view_of_many(mc):
+    mc.send(bytes(1000))
+    mv = mc.recv()
+    sub = mv[10:20]
+    mv.release()
+    assert used(mc) == 1024  # the slice still holds the block
+    del sub
+    gc.collect()
+    assert used(mc) == 0
+
+
+# -- shm.Channel ---------------------------------------------------------
+
+values_st = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+    | st.complex_numbers(allow_nan=False) | st.text() | st.binary(),
+    lambda children: st.tuples(children, children) | st.tuples(children),
+    max_leaves=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(values_st)
+def test_channel_values_round_trip(v):
+    ch = _value_channel()
+    ch.send(v)
+    got = ch.recv(timeout=1)
+    assert got == v and type(got) is type(v)
+
+
+_vc = []
+
+
+def _value_channel():
+    if not _vc:
+        _vc.append(shm.Channel(size=1 << 20))
+    return _vc[0]
+
+
+def test_channel_refuses_other_types():
+    ch = shm.Channel(size=8192)
+    for bad in ([1], {1: 2}, (1, [2]), object(), True.__class__):
+        with pytest.raises(tpshare.NotShareableError) as info:
+            ch.send(bad)
+        assert isinstance(info.value, TypeError)
+    with pytest.raises(tpshare.NotShareableError, match="builtins.list"):
+        ch.send((1, (2, [3])))
+    assert ch.qsize() == 0
+
+
+def test_registered_c_types_do_not_cross():
+    import tpshare_testext as ext
+    ch = shm.Channel(size=8192)
+    with pytest.raises(tpshare.NotShareableError,
+                       match="tpshare_testext.Point"):
+        ch.send(ext.Point(1, 2))
+    with pytest.raises(tpshare.NotShareableError, match="Point"):
+        ch.send((1, ext.Point(1, 2)))
+    assert ch.qsize() == 0 and ch.stats()["sent"] == 0
+
+
+def test_channel_pickle_opt_in_both_ends():
+    ch = shm.Channel(size=8192, pickle=True)
+    ch.send({"a": [1, 2]})
+    assert ch.recv() == {"a": [1, 2]}
+    plain = shm.Channel.open(ch.name)
+    ch.send([1])
+    with pytest.raises(ValueError):
+        plain.recv()
+    assert used(ch) == 0 and ch.qsize() == 0
+
+
+def test_channel_recv_many_keeps_every_item_and_error():
+    ch = shm.Channel(size=1 << 16, pickle=True)
+    plain = shm.Channel.open(ch.name)        # refuses pickled items
+    ch.send_many([1, {"x"}, 3, 4])
+    assert plain.recv_many(10) == [1]
+    with pytest.raises(ValueError, match="pickle=True"):
+        plain.recv_many(10)
+    assert plain.recv() == 3
+    assert plain.recv_many(10) == [4]
+    ch.send_many([{"y"}, 2])
+    with pytest.raises(ValueError):
+        plain.recv_many(10)
+    assert plain.recv_many(10) == [2]
+    assert ch.qsize() == 0 and used(ch) == 0
+
+
+def test_channel_buffers_and_batches():
+    ch = shm.Channel(size=1 << 16)
+    buf = ch.buffer(1000)
+    memoryview(buf)[:3] = b"abc"
+    t = ch.send(buf)
+    got = ch.recv()
+    assert isinstance(got, memoryview) and bytes(got[:3]) == b"abc"
+    del got
+    assert t.released
+    ch.send_many([1, b"two", (3.0, "four"), bytearray(b"five")])
+    a, b, c, d = ch.recv_many(10)
+    assert (a, b, c, bytes(d)) == (1, b"two", (3.0, "four"), b"five")
+
+
+# -- other processes ------------------------------------------------------
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_start_methods(method):
+    ctx = mp.get_context(method)
+    req, resp = shm.MemChannel(size=1 << 20), shm.MemChannel(size=1 << 20)
+    p = ctx.Process(target=shm_peers.echo, args=(req, resp, 2))
+    p.start()
+    req.send(b"abc")
+    big = bytes(range(256)) * 20
+    t = req.send(big)
+    assert bytes(resp.recv(timeout=60)) == b"cba"
+    got = resp.recv(timeout=60)
+    assert type(got.obj) is shm.View and bytes(got) == big[::-1]
+    del got
+    p.join(60)
+    assert p.exitcode == 0
+    assert t.released and used(req) == 0 and used(resp) == 0
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_child_writes_shared_pages(method):
+    ctx = mp.get_context(method)
+    req, resp = shm.MemChannel(size=1 << 20), shm.MemChannel(size=1 << 20)
+    buf = req.buffer(10000)
+    mine = memoryview(buf)
+    mine[:5] = b"first"
+    p = ctx.Process(target=shm_peers.scribble, args=(req, resp))
+    p.start()
+    t = req.send(buf, writable=True)
+    assert bytes(resp.recv(timeout=60)).startswith(b"done")
+    assert bytes(mine[:5]) == b"child"
+    assert not t.released
+    req.send(b"end")
+    assert t.wait(timeout=60)
+    p.join(60)
+    assert p.exitcode == 0
+    mine.release()
+
+
+def test_channel_values_across_spawn():
+    ctx = mp.get_context("spawn")
+    a, b = shm.Channel(size=1 << 20), shm.Channel(size=1 << 20)
+    p = ctx.Process(target=shm_peers.values, args=(a, b))
+    p.start()
+    items = [1, 2 ** 200, -0.5, 1j, "héllo", b"\0" * 300, (1, ("x", None)),
+             True, None]
+    a.send_many(items)
+    got = [b.recv(timeout=60) for _ in items]
+    p.join(60)
+    assert got == items and p.exitcode == 0
+
+
+def test_through_multiprocessing_queue():
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    ch = shm.MemChannel(size=1 << 16)
+    p = ctx.Process(target=shm_peers.from_queue, args=(q, 3))
+    p.start()
+    q.put(ch)
+    assert [bytes(ch.recv(timeout=60)) for _ in range(3)] == [b"0", b"1",
+                                                             b"2"]
+    p.join(60)
+    assert p.exitcode == 0
+
+
+def test_unrelated_process_opens_by_name(mc):
+    r = run_child(f"""
+        from tpshare import shm
+        ch = shm.MemChannel.open({mc.name!r})
+        ch.send(b"from afar" * 50)
+        b = ch.buffer(100)
+        memoryview(b)[:4] = b"zero"
+        ch.send(b)
+    """, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert bytes(mc.recv(timeout=1)) == b"from afar" * 50
+    assert bytes(mc.recv(timeout=1)[:4]) == b"zero"
+    assert used(mc) == 0
+
+
+def test_subinterpreter_own_gil(mc):
+    with Sub() as s:
+        s.run(f"""
+            from tpshare import shm
+            ch = shm.MemChannel.open({mc.name!r})
+            ch.send(b"sub" * 100)
+            t = ch.send(ch.buffer(64))
+            v = shm.Channel(size=8192)
+            v.send((1, "two"))
+            ok = v.recv() == (1, "two")
+            ch.send(b"ok" if ok else b"bad")
+        """)
+        assert bytes(mc.recv(timeout=5)) == b"sub" * 100
+        assert len(mc.recv(timeout=5)) == 64
+        assert bytes(mc.recv(timeout=5)) == b"ok"
+        s.run("del ch, t, v")
+    assert used(mc) == 0
+
+
+def test_subinterpreter_of_another_process(mc):
+    r = run_child(f"""
+        from support import Sub
+        with Sub() as s:
+            s.run(\"\"\"
+                from tpshare import shm
+                ch = shm.MemChannel.open({mc.name!r})
+                b = ch.buffer(300)
+                memoryview(b)[:9] = b"child-sub"
+                ch.send(b)
+                del ch, b
+            \"\"\")
+    """, timeout=60)
+    assert r.returncode == 0, r.stderr
+    mv = mc.recv(timeout=5)
+    assert bytes(mv[:9]) == b"child-sub" and len(mv) == 300
+    del mv
+    assert used(mc) == 0
+
+
+# -- dead peers and cleanup ----------------------------------------------
+
+def test_dead_holder_reclaimed():
+    ctx = mp.get_context("fork")
+    ch = shm.MemChannel(size=1 << 20)
+    ready = shm.MemChannel(size=8192)
+    buf = ch.buffer(5000)
+    t = ch.send(buf)
+    p = ctx.Process(target=shm_peers.sleeper, args=(ch, ready))
+    p.start()
+    assert bytes(ready.recv(timeout=60)) == b"held 5000"
+    assert used(ch) == 5120 + 4096 and not t.released
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(60)
+    assert t.wait(timeout=30)  # the wait itself reclaims
+    assert ch.reclaim() == 0 and used(ch) == 0
+    assert ch.stats()["reclaimed"] == 2
+    ch.send(b"still fine")
+    assert bytes(ch.recv(timeout=1)) == b"still fine"
+
+
+def test_reused_pid_is_not_the_holder():
+    # A block held by a live process whose start time is not the one
+    # recorded: the pid was reused, the holder is gone.
+    ctx = mp.get_context("fork")
+    ch = shm.MemChannel(size=1 << 16)
+    ready = shm.MemChannel(size=8192)
+    ch.send(bytes(500))
+    p = ctx.Process(target=shm_peers.sleeper, args=(ch, ready))
+    p.start()
+    try:
+        assert bytes(ready.recv(timeout=60)) == b"held 500"
+        assert ch.reclaim() == 0 and used(ch) == 512 + 4096
+        raw = _raw(ch)
+        lay = ch._layout()
+        for i in range(lay["nblocks"]):
+            at = lay["blocks_off"] + i * lay["block_size"]
+            state, pid = struct.unpack_from("<Ii", raw, at)
+            if state and pid == p.pid:
+                start = struct.unpack_from("<Q", raw, at + 32)[0]
+                assert start > 0
+                struct.pack_into("<Q", raw, at + 32, start + 1)
+        raw.close()
+        assert ch.reclaim() == 2 and used(ch) == 0
+    finally:
+        p.kill()
+        p.join(60)
+
+
+@pytest.mark.parametrize("torn", [False, True])
+def test_holder_killed_inside_the_lock(torn):
+    ctx = mp.get_context("fork")
+    ch = shm.MemChannel(size=1 << 16)
+    ready = shm.MemChannel(size=8192)
+    ch.send(b"queued" * 30)
+    p = ctx.Process(target=shm_peers.die_in_lock, args=(ch, torn, ready))
+    p.start()
+    assert bytes(ready.recv(timeout=60)) == b"locked"
+    with pytest.raises(tpshare.ChannelEmpty):
+        ready.recv(timeout=0.05)
+    os.kill(p.pid, signal.SIGKILL)
+    p.join(60)
+    # The next locker repairs: the queued item survives, a half-done
+    # push is dropped and its block freed.
+    assert bytes(ch.recv(timeout=10)) == b"queued" * 30
+    s = ch.stats()
+    assert s["repairs"] == 1 and s["dropped"] == (1 if torn else 0)
+    assert used(ch) == 0 and ch.qsize() == 0
+    ch.send(b"after")
+    assert bytes(ch.recv(timeout=1)) == b"after"
+
+
+def test_kills_at_random_points():
+    ctx = mp.get_context("fork")
+    ch = shm.MemChannel(maxsize=64, size=1 << 20)
+    ready = shm.MemChannel(size=8192)
+    import random
+    rnd = random.Random(1234)
+    start = time.monotonic()
+    rounds = 0
+    while rounds < 40 and time.monotonic() - start < 12:
+        procs = [ctx.Process(target=shm_peers.hammer,
+                             args=(ch, rnd.random(), ready))
+                 for _ in range(3)]
+        for p in procs:
+            p.start()
+        for _ in procs:
+            ready.recv(timeout=60)
+        time.sleep(rnd.uniform(0.002, 0.08))
+        for p in procs:
+            os.kill(p.pid, signal.SIGKILL)
+        for p in procs:
+            p.join(60)
+        rounds += 1
+        # The channel still works for the survivor.
+        ch.send(b"probe" * 40, timeout=5)
+        while True:
+            mv = ch.recv(timeout=5)
+            last = bytes(mv)
+            del mv
+            if last == b"probe" * 40 and ch.qsize() == 0:
+                break
+    # Everything the dead held is back.
+    ch.reclaim()
+    assert ch.qsize() == 0
+    stats = ch.stats()
+    print(rounds, stats)
+    assert used(ch) == 0, stats
+    assert rounds >= 5 and stats["reclaimed"] > 0
+
+
+def _dev_shm():
+    """/dev/shm's entries, less multiprocessing's own semaphores and
+    segments (other processes of the machine may make some meanwhile;
+    tpshare.shm makes none of any name)."""
+    return sorted(n for n in os.listdir("/dev/shm")
+                  if not n.startswith(("sem.", "psm_", "wnsm_")))
+
+
+def _py(code):
+    """A fresh Python process running code, its stdin and stdout piped."""
+    import subprocess
+    import sys
+    import textwrap
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        cwd=os.path.dirname(os.path.abspath(__file__)))
+
+
+def _alive(pid):
+    """Whether pid runs (a zombie, not reaped yet, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in "ZX"
+    except FileNotFoundError:
+        return False
+
+
+def test_nothing_left_in_dev_shm_after_sigkill():
+    before = _dev_shm()
+    creator = _py("""
+        import multiprocessing as mp, os, signal
+        from tpshare import shm
+        import shm_peers
+        chs = [shm.MemChannel(size=1 << 20) for _ in range(3)]
+        ready = shm.MemChannel(size=8192)
+        chs[0].send(bytes(10000))
+        p = mp.get_context("spawn").Process(target=shm_peers.sleeper,
+                                            args=(chs[0], ready))
+        p.start()
+        ready.recv(timeout=60)
+        print(p.pid, flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    holder = int(creator.stdout.readline())
+    assert creator.wait(60) == -signal.SIGKILL
+    # The orphaned holder, then nobody, has the segment: a memfd, mapped
+    # and open, and nothing of /dev/shm.
+    with open(f"/proc/{holder}/maps") as f:
+        maps = f.read()
+    assert "/memfd:tpshare.shm" in maps and "/dev/shm/" not in maps
+    assert _dev_shm() == before
+    os.kill(holder, signal.SIGKILL)
+    creator.stdout.close()
+    creator.stdin.close()
+    deadline = time.monotonic() + 30
+    while _alive(holder) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(holder)
+    assert _dev_shm() == before
+
+
+def test_segment_outlives_its_creator():
+    creator = _py("""
+        import sys
+        from tpshare import shm
+        ch = shm.MemChannel(size=1 << 16)
+        ch.send(b"kept" * 100)
+        print(ch.name, flush=True)
+        sys.stdin.read()
+    """)
+    name = creator.stdout.readline().strip()
+    holder = _py(f"""
+        import sys
+        from tpshare import shm
+        ch = shm.MemChannel.open({name!r})
+        print(ch.name, flush=True)
+        sys.stdin.read()
+    """)
+    held = holder.stdout.readline().strip()
+    creator.kill()
+    assert creator.wait(60) == -signal.SIGKILL
+    with pytest.raises(FileNotFoundError):
+        shm.MemChannel.open(name)
+    # The creator is gone: the holder's own name opens it.
+    ch = shm.MemChannel.open(held)
+    assert bytes(ch.recv(timeout=5)) == b"kept" * 100
+    holder.communicate("", timeout=60)
+    creator.communicate(timeout=60)
+
+
+# -- a hostile segment ---------------------------------------------------
+
+def _raw(ch):
+    """A second, writable mapping of ch's segment."""
+    fd = os.open(f"/proc/self/fd/{ch.fd}", os.O_RDWR)
+    try:
+        return mmap.mmap(fd, ch._layout()["total"])
+    finally:
+        os.close(fd)
+
+
+def test_corrupt_header_refused_at_open(mc):
+    raw = _raw(mc)
+    lay = mc._layout()
+    for off, value in ((0, b"XXXXXXXX"), (64, struct.pack("<Q", 1)),
+                       (88, struct.pack("<Q", 12))):
+        saved = raw[off:off + len(value)]
+        raw[off:off + len(value)] = value
+        with pytest.raises(shm.CorruptSegmentError):
+            shm.MemChannel.open(mc.name)
+        raw[off:off + len(value)] = saved
+    assert shm.MemChannel.open(mc.name).capacity == lay["nslots"]
+    raw.close()
+
+
+def test_corrupt_ring_and_slots(mc):
+    raw = _raw(mc)
+    lay = mc._layout()
+    head = lay["head_off"]
+    # Counters that cannot be: an error, then an empty, working channel.
+    raw[head:head + 8] = struct.pack("<Q", 10 ** 12)
+    with pytest.raises(shm.CorruptSegmentError):
+        mc.recv(timeout=0)
+    mc.send(b"ok")
+    assert bytes(mc.recv(timeout=0)) == b"ok"
+
+    def slot_off():
+        h = struct.unpack_from("<Q", raw, head)[0]
+        return lay["slots_off"] + (h % lay["nslots"]) * lay["slot_size"]
+    # kind, len (inline too long), block index, block state/offset.
+    for patch in ((0, struct.pack("<I", 7)), (8, struct.pack("<Q", 97)),
+                  (16, struct.pack("<I", 0xFFFFFFF0))):
+        mc.send(b"a" * 10 if patch[0] == 8 else bytes(1000))
+        o = slot_off() + patch[0]
+        raw[o:o + len(patch[1])] = patch[1]
+        with pytest.raises(shm.CorruptSegmentError):
+            mc.recv(timeout=0)
+        mc.send(b"next")
+        assert bytes(mc.recv(timeout=0)) == b"next"
+    mc.send(bytes(1000))
+    block = struct.unpack_from("<I", raw, slot_off() + 16)[0]
+    boff = lay["blocks_off"] + block * lay["block_size"] + 16
+    raw[boff:boff + 8] = struct.pack("<Q", mc.size + 4096)
+    with pytest.raises(shm.CorruptSegmentError):
+        mc.recv(timeout=0)
+    raw.close()
+    # Nothing of the dropped items stays taken, and the channel works.
+    assert mc.qsize() == 0 and used(mc) == 0, mc.stats()
+    mc.send(bytes(2000))
+    assert len(mc.recv(timeout=0)) == 2000
+
+
+def test_corrupt_counters_on_the_sending_side(mc):
+    mc.send(bytes(1000))
+    raw = _raw(mc)
+    tail = mc._layout()["tail_off"]
+    raw[tail:tail + 8] = struct.pack("<Q", 10 ** 12)
+    with pytest.raises(shm.CorruptSegmentError):
+        mc.send(b"x")
+    raw.close()
+    assert mc.qsize() == 0 and used(mc) == 0
+    mc.send(b"x")
+    assert bytes(mc.recv(timeout=0)) == b"x"
+
+
+def test_random_corruption_never_crashes():
+    r = run_child("""
+        import mmap, os, random, tpshare
+        from tpshare import shm
+        rnd = random.Random(7)
+        errors = 0
+        for round in range(150):
+            ch = shm.MemChannel(size=1 << 16, maxsize=16)
+            lay = ch._layout()
+            for i in range(6):
+                ch.send(bytes(rnd.choice((5, 500, 3000))))
+            fd = os.open(f"/proc/self/fd/{ch.fd}", os.O_RDWR)
+            raw = mmap.mmap(fd, lay["total"])
+            os.close(fd)
+            for _ in range(rnd.randint(1, 20)):
+                region = rnd.choice(("hdr", "slots", "blocks"))
+                if region == "hdr":
+                    lo, hi = 0, lay["lock_off"]
+                    lo = rnd.choice((0, lay["head_off"]))
+                    hi = lo + 64
+                elif region == "slots":
+                    lo, hi = lay["slots_off"], lay["blocks_off"]
+                else:
+                    lo, hi = lay["blocks_off"], lay["bitmap_off"]
+                o = rnd.randrange(lo, hi)
+                raw[o] = rnd.randrange(256)
+            for op in range(12):
+                try:
+                    k = rnd.random()
+                    if k < 0.4:
+                        mv = ch.recv(timeout=0)
+                        bytes(mv)
+                    elif k < 0.7:
+                        ch.send(bytes(rnd.choice((5, 700))), timeout=0)
+                    elif k < 0.8:
+                        ch.stats(); ch.reclaim()
+                    elif k < 0.9:
+                        shm.MemChannel.open(ch.name)
+                    else:
+                        b = ch.buffer(100, timeout=0); ch.send(b, timeout=0)
+                except (tpshare.ChannelEmpty, tpshare.ChannelFull,
+                        tpshare.ChannelClosed, shm.CorruptSegmentError,
+                        ValueError):
+                    errors += 1
+            raw.close()
+        print("errors", errors)
+    """, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout.split()[1]) > 0
+
+
+# -- the benchmark -------------------------------------------------------
+
+def test_bench_experiment_runs_and_reports(monkeypatch):
+    from tpshare.bench import cli, common
+    from tpshare.bench import shm as bench_shm
+    assert cli.build_parser().parse_args(["shm"]).experiments == ["shm"]
+    # Few items and one buffer size: a smoke run of every contender.
+    monkeypatch.setattr(bench_shm, "_count", lambda ctx, kind, size: 128)
+    monkeypatch.setattr(bench_shm, "_buffer_sizes", lambda ctx: [8192])
+
+    class Ctx:
+        quick = True
+        repeat = 1
+        progress = common.Progress(100, enabled=False)
+    res = bench_shm.run(Ctx)
+    assert res["errors"] == {}
+    for kind in ("shm", "shm-batch", "mp-queue", "mp-queue-batch"):
+        assert res["small"][kind]["median_msgs_per_s"] > 0
+    for kind in ("shm-buffer", "shm-copy", "mp-queue", "shared_memory"):
+        assert res["buffers"]["8192"][kind]["median_msgs_per_s"] > 0
+    if "faster-fifo" in res["skipped"]:
+        assert "faster-fifo" not in res["small"]
+    else:
+        assert res["small"]["faster-fifo"]["median_msgs_per_s"] > 0
+    assert set(res["pingpong"]) == {"shm", "mp-pipe"}
+    text = bench_shm.report(res)
+    assert "shm.MemChannel" in text and "multiprocessing.Pipe" in text
+    assert max(len(line) for line in text.splitlines()) <= common.WIDTH
