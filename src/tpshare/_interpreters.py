@@ -56,13 +56,17 @@ from ._tpshare import (
     share,
     stats,
 )
+from . import _worker
 from ._worker import (
+    _BROKEN,
     _CALL,
     _EXEC,
+    _FALLBACK,
     _INIT,
     _LOOP,
     _MAP,
     _OK,
+    _PICKLED,
     _RAISED,
     _SERVE_ONE,
     _forget_dummy_thread,
@@ -71,6 +75,7 @@ from ._worker import (
 )
 
 __all__ = [
+    "BrokenPool",
     "Interpreter",
     "InterpreterBusy",
     "InterpreterClosed",
@@ -104,12 +109,17 @@ class RemoteError(Error):
     that raised it (``interpreter_id``)."""
 
     def __init__(self, type_name, message="", remote_traceback="",
-                 interpreter_id=None):
+                 interpreter_id=None, *, type_info=None, formatted=None):
         super().__init__(type_name, message, remote_traceback, interpreter_id)
         self.type_name = type_name
         self.message = message
         self.remote_traceback = remote_traceback
         self.interpreter_id = interpreter_id
+        # (__name__, __qualname__, __module__) of the remote type, and its
+        # last traceback line ("ValueError: message"), for
+        # tpshare.interpreters.ExecutionFailed.
+        self.type_info = type_info
+        self.formatted = formatted
         if remote_traceback and not getattr(self, "__notes__", None):
             self.add_note(f"Remote traceback (interpreter {interpreter_id}):"
                           f"\n{remote_traceback.rstrip()}")
@@ -137,7 +147,18 @@ class InterpreterClosed(Error, RuntimeError):
     closing, or the process is exiting."""
 
 
-for _cls in (RemoteError, InterpreterBusy, InterpreterClosed):
+class BrokenPool(InterpreterClosed):
+    """The initializer of a pool raised in one of its interpreters: the
+    pool takes no more work and the work queued in it fails with this
+    error.  ``remote`` is the ``RemoteError`` describing what the
+    initializer raised (also the ``__cause__``)."""
+
+    def __init__(self, message, remote=None):
+        super().__init__(message)
+        self.remote = remote
+
+
+for _cls in (RemoteError, InterpreterBusy, InterpreterClosed, BrokenPool):
     _cls.__module__ = "tpshare"
 del _cls
 
@@ -160,6 +181,42 @@ def _remaining(deadline):
     return max(0.0, deadline - time.monotonic())
 
 
+def _check_timeout(timeout, name="timeout"):
+    """timeout as a float or None; TypeError naming the argument when it
+    is not a number, ValueError when it is negative."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds or None, not "
+                        f"{type(timeout).__name__}")
+    if timeout < 0:
+        raise ValueError(f"{name} must be >= 0, not {timeout!r}")
+    return float(timeout)
+
+
+def _remote_error(payload, worker_id):
+    """The RemoteError of a _RAISED or _BROKEN reply's payload."""
+    name, message, text, info, formatted = payload
+    return RemoteError(name, message, text, worker_id, type_info=info,
+                       formatted=formatted)
+
+
+def _unpickle_result(data):
+    """A result pickled by a worker, unpickled here.  A class the worker
+    found in its import of this interpreter's __main__ (named
+    __tpshare_main__ there) is this __main__'s."""
+    import io
+    import pickle
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module, name):
+            if module == "__tpshare_main__":
+                module = "__main__"
+            return super().find_class(module, name)
+
+    return Unpickler(io.BytesIO(data)).load()
+
+
 def _remote_holders(iid):
     return stats().get(iid, {}).get("remote", 0)
 
@@ -172,7 +229,8 @@ def _main_info():
     if name == "__main__":
         name = None
     file = getattr(main, "__file__", None)
-    if isinstance(file, str):
+    # A script read from standard input has "<stdin>" as its file.
+    if isinstance(file, str) and os.path.isfile(file):
         file = os.path.abspath(file)
     else:
         file = None
@@ -200,20 +258,27 @@ def _target_of(func):
             "method of a class defined there)")
     if modname == "__main__" and _main_info() == (None, None):
         raise NotShareableError(
-            f"{func!r} is defined in a __main__ that has no file, so "
-            "other interpreters cannot import it; move it to a module")
+            f"{func!r} is defined in a __main__ that has no file (a script "
+            "read from standard input, -c code or the interactive prompt), "
+            "so other interpreters cannot import it; move it to a module, "
+            "or run the script from a file")
     return (modname, qualname)
 
 
-def _share_payload(payload, what):
+def _share_payload(payload, what, kind=None):
     """A token for payload (a tuple of values), or None for no payload.
     `what` lists (label, value) for the values inside payload, so that
-    NotShareableError names the one at fault."""
+    NotShareableError names the one at fault.  With `kind` (_EXEC or
+    _CALL: the PEP 734 layer), a value that cannot be shared is pickled
+    instead, and the positions of the pickled ones are appended to the
+    payload (tpshare._worker unpickles them)."""
     if payload is None:
         return None
     try:
         return share(payload).detach()
     except NotShareableError:
+        if kind is not None:
+            return share(_pickle_unshareable(payload, what, kind)).detach()
         # Find the culprit for a clear message (the error path only).
         for label, value in what:
             if not is_shareable(value):
@@ -222,6 +287,36 @@ def _share_payload(payload, what):
                 except NotShareableError as exc:
                     raise NotShareableError(f"{label}: {exc}") from None
         raise
+
+
+def _pickle_unshareable(payload, what, kind):
+    """payload with each value that cannot be shared pickled, and the
+    positions of these appended.  NotShareableError naming the value
+    when one can be neither shared nor pickled."""
+    import pickle
+    if kind == _EXEC:
+        names, values = payload
+    else:
+        args, kwnames, kwvalues = payload
+        values = args + kwvalues
+    labels = [label for label, _ in what]
+    values = list(values)
+    pickled = []
+    for i, value in enumerate(values):
+        if is_shareable(value):
+            continue
+        try:
+            values[i] = pickle.dumps(value)
+        except Exception as exc:
+            label = labels[i] if i < len(labels) else f"value {i}"
+            raise NotShareableError(
+                f"{label}: {type(value).__name__} objects cannot be shared, "
+                f"and pickling it failed: {exc}") from None
+        pickled.append(i)
+    if kind == _EXEC:
+        return (names, tuple(values), tuple(pickled))
+    n = len(args)
+    return (tuple(values[:n]), kwnames, tuple(values[n:]), tuple(pickled))
 
 
 class _Hub:
@@ -244,6 +339,14 @@ class _Hub:
 
     def enter(self):
         """Count one more interpreter; return the results channel."""
+        if _worker._importing_main:
+            raise RuntimeError(
+                "an interpreter was about to be made while this worker "
+                "interpreter imports the main script of its owner to find a "
+                "function: the script makes interpreters at its top level, "
+                "which runs again in every worker.  Guard that code with "
+                "`if __name__ == \"__main__\":` (as multiprocessing "
+                "requires), or move the function to a module")
         with self.lock:
             if self.exiting:
                 raise InterpreterClosed(
@@ -315,7 +418,7 @@ class _Hub:
             except ChannelClosed:
                 return
             if self.exiting:
-                if reply[1] == _OK and reply[2] is not None:
+                if reply[1] in (_OK, _PICKLED) and reply[2] is not None:
                     _release_token(reply[2])
                 return
             try:
@@ -325,18 +428,29 @@ class _Hub:
             reply = None
 
     def deliver(self, job_id, status, payload, worker_id):
+        if status == _BROKEN:
+            with self.lock:
+                member = self.members.get(worker_id)
+            if member is not None and member._pool is not None:
+                member._pool._break(_remote_error(payload, worker_id))
+            return
         fut, owner = self.pop_job(job_id)
         if fut is None or not fut.set_running_or_notify_cancel():
             # Cancelled (or discarded): drop the value where it is.
-            if status == _OK and payload is not None:
+            if status in (_OK, _PICKLED) and payload is not None:
                 _release_token(payload)
         elif status == _OK:
             try:
                 fut.set_result(None if payload is None else _take(payload))
             except BaseException as exc:
                 fut.set_exception(exc)
+        elif status == _PICKLED:
+            try:
+                fut.set_result(_unpickle_result(_take(payload)))
+            except BaseException as exc:
+                fut.set_exception(exc)
         elif status == _RAISED:
-            fut.set_exception(RemoteError(*payload, worker_id))
+            fut.set_exception(_remote_error(payload, worker_id))
         else:
             fut.set_exception(NotShareableError(payload))
         fut = None
@@ -526,6 +640,10 @@ class _Submitter:
     yet delivered, and closing."""
 
     _forked = False   # made before fork(), seen in the child
+    # Whether arguments and results that cannot be shared are pickled
+    # (the PEP 734 layer) or raise NotShareableError (tpshare's own).
+    _fallback = False
+    _broken = None    # BrokenPool, once the pool's initializer raised
 
     def _setup(self, work):
         self._work = work
@@ -537,11 +655,20 @@ class _Submitter:
 
     # Submitting.
 
-    def _submit(self, kind, target, payload, what=()):
-        token = _share_payload(payload, what)
+    def _submit(self, kind, target, payload, what=(), fallback=None):
+        if fallback is None:
+            fallback = self._fallback
+        fallback = fallback and kind != _MAP
+        token = _share_payload(payload, what, kind if fallback else None)
+        if fallback:
+            kind |= _FALLBACK
         fut = _new_future()
         try:
             with self._lock:
+                if self._broken is not None:
+                    broken = self._broken
+                    raise type(broken)(str(broken), broken.remote) \
+                        from broken.remote
                 if self._state != _OPEN:
                     raise InterpreterClosed(self._closed_message())
                 job_id = _hub.add_job(fut, self)
@@ -587,9 +714,9 @@ class _Submitter:
             if not self._pending:
                 self._idle.notify_all()
 
-    def _discard_queued(self):
+    def _discard_queued(self, error=None):
         """Take back the jobs no worker took yet (the work channel is
-        closed): their futures are cancelled."""
+        closed): their futures are cancelled, or fail with `error`."""
         while True:
             try:
                 job_id, _, _, token = self._work.recv(timeout=0)
@@ -599,12 +726,16 @@ class _Submitter:
                 _release_token(token)
             fut, _ = _hub.pop_job(job_id)
             if fut is not None:
-                fut.cancel()
+                if error is None:
+                    fut.cancel()
+                elif fut.set_running_or_notify_cancel():
+                    fut.set_exception(error)
             self._delivered(job_id)
 
     # Closing.
 
     def _close(self, timeout):
+        timeout = _check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._close_lock:
             with self._lock:
@@ -683,16 +814,20 @@ class Interpreter(_Submitter):
         self.id = None
         self._setup(_pool._work if _pool is not None else Channel())
         results = _hub.enter()
+        init = None
         try:
+            init = _pool._init_spec() if _pool is not None else None
             token = share((self._work.id, results.id,
                            tuple(p for p in sys.path if isinstance(p, str)),
-                           *_main_info())).detach()
+                           *_main_info(), init)).detach()
             try:
                 self.id = _tpshare._interp_start(
                     _INIT % token, _LOOP if self.thread else None)
             finally:
                 _release_token(token)   # a KeyError if the worker took it
         except BaseException:
+            if init is not None and init[1] is not None:
+                _release_token(init[1])
             _hub.leave()
             raise
         _hub.add_member(self)
@@ -815,11 +950,64 @@ class Pool(_Submitter):
     manner of ``concurrent.futures`` (``submit``, ``map``, ``shutdown``,
     a context manager) whose work runs in parallel on separate GILs."""
 
-    def __init__(self, workers=None):
+    _broken_class = BrokenPool
+
+    def __init__(self, workers=None, *, initializer=None, initargs=()):
+        self._init_args(workers, "workers", initializer, initargs)
+        self._start(self._nworkers)
+
+    def _init_args(self, workers, name, initializer, initargs):
+        """Check the arguments (TypeError and ValueError naming the one at
+        fault) and keep them."""
         if workers is None:
             workers = os.cpu_count() or 1
+        if isinstance(workers, bool) or not isinstance(workers, int):
+            raise TypeError(f"{name} must be an int or None, not "
+                            f"{type(workers).__name__}")
         if workers < 1:
-            raise ValueError("workers must be at least 1")
+            raise ValueError(f"{name} must be at least 1")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be callable or None")
+        if not isinstance(initargs, tuple):
+            raise TypeError(f"initargs must be a tuple, not "
+                            f"{type(initargs).__name__}")
+        self._nworkers = workers
+        self._initializer = None
+        if initializer is not None:
+            self._initializer = _target_of(initializer)
+            self._initargs = initargs
+            # Fail here, not in each worker, when they cannot travel.
+            self._init_spec(check=True)
+
+    def _init_spec(self, check=False):
+        """What a new member takes to run the initializer: (target, token
+        of initargs, whether they were pickled), or None.  One token per
+        member (each takes its own)."""
+        if self._initializer is None:
+            return None
+        args = self._initargs
+        if not args:
+            return (self._initializer, None, False)
+        pickled = False
+        try:
+            shared = share(args)
+        except NotShareableError:
+            if not self._fallback:
+                raise
+            import pickle
+            try:
+                shared = share(pickle.dumps(args))
+            except Exception as exc:
+                raise NotShareableError(
+                    f"initargs cannot be shared, and pickling them failed: "
+                    f"{exc}") from None
+            pickled = True
+        if check:
+            shared.release()
+            return None
+        return (self._initializer, shared.detach(), pickled)
+
+    def _start(self, workers):
         self._setup(Channel())
         self._interps = []
         try:
@@ -868,8 +1056,12 @@ class Pool(_Submitter):
         ``fn(*args)`` for the items of ``iterables`` taken together, in
         order.  Everything is submitted at once; ``chunksize`` items
         travel per job (results then cross as one tuple per chunk)."""
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+            raise TypeError(f"chunksize must be an int, not "
+                            f"{type(chunksize).__name__}")
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1")
+        timeout = _check_timeout(timeout)
         target = _target_of(fn)
         end = None if timeout is None else time.monotonic() + timeout
         items = zip(*iterables)
@@ -898,6 +1090,19 @@ class Pool(_Submitter):
                 for f in fs:
                     f.cancel()
         return results()
+
+    def _break(self, remote):
+        """A member's initializer raised (in the results thread): the pool
+        takes no more work, and the queued work fails."""
+        error = self._broken_class(
+            f"{self._name()} is broken: its initializer raised in "
+            f"interpreter {remote.interpreter_id}: {remote}", remote)
+        error.__cause__ = remote
+        with self._lock:
+            if self._broken is not None:
+                return
+            self._broken = error
+        self._discard_queued(error)
 
     def close(self, timeout=None):
         """Wait for the submitted work, then end every interpreter of the

@@ -22,9 +22,23 @@ from ._tpshare import (
     share,
 )
 
-# Job kinds and reply statuses.
+# Job kinds and reply statuses.  A kind with _FALLBACK set comes from the
+# PEP 734 layer (tpshare.interpreters, InterpreterPoolExecutor): arguments
+# that could not be shared were pickled (their positions are listed after
+# the payload), and a result that cannot be shared is pickled back.
 _EXEC, _CALL, _MAP = 0, 1, 2
-_OK, _RAISED, _UNSHAREABLE = 0, 1, 2
+_FALLBACK = 4
+_OK, _RAISED, _UNSHAREABLE, _PICKLED, _BROKEN = 0, 1, 2, 3, 4
+
+# Job id of a _BROKEN reply: the worker's initializer raised, the worker
+# took no job and stopped.
+_NO_JOB = 0
+
+# True while a worker imports its owner's __main__ from its file: code at
+# the top level of a script without an `if __name__ == "__main__":` guard
+# runs then, and must not make interpreters (each would import the script
+# again).  tpshare._interpreters reads it.
+_importing_main = False
 
 # Code the C layer runs in a new interpreter: once at start, then the
 # worker loop (threaded) or one job per submission (thread=False).
@@ -40,16 +54,37 @@ class _Worker:
     """The state of a worker interpreter: its channels and how to run a
     job.  One per worker, made by _worker_init()."""
 
-    def __init__(self, work, results, main_name, main_file):
+    def __init__(self, work, results, main_name, main_file, init):
         self.work = work
         self.results = results
         self.main_name = main_name
         self.main_file = main_file
+        self.init = init
         self.functions = {}
         self.id = interpreter_id()
 
+    def initialize(self):
+        """Run the pool's initializer, if any, before the first job.  False
+        (after telling the owner, which breaks the pool) if it raised."""
+        if self.init is None:
+            return True
+        target, token, pickled = self.init
+        self.init = None
+        try:
+            func = self.function(*target)
+            args = () if token is None else _take(token)
+            if pickled:
+                args = self.unpickled(args)
+            func(*args)
+        except BaseException as exc:
+            self.send((_NO_JOB, _BROKEN, _describe(exc), self.id))
+            return False
+        return True
+
     def loop(self):
         """Run jobs until the work channel is closed and empty."""
+        if not self.initialize():
+            return
         work = self.work
         while True:
             try:
@@ -79,6 +114,8 @@ class _Worker:
     def run(self, msg):
         job_id, kind, target, token = msg
         code = None
+        fallback = kind & _FALLBACK
+        kind &= ~_FALLBACK
         try:
             if kind == _EXEC:
                 code = target
@@ -87,7 +124,7 @@ class _Worker:
             else:
                 func = self.function(*target)
                 if kind == _CALL:
-                    args, kwargs = _take_arguments(token)
+                    args, kwargs = self.arguments(token)
                     result = func(*args, **kwargs)
                 else:
                     chunk = _take(token)
@@ -96,16 +133,54 @@ class _Worker:
         except BaseException as exc:
             reply = (job_id, _RAISED, _describe(exc, code), self.id)
         else:
-            reply = self.reply(job_id, kind, target, result)
+            reply = self.reply(job_id, kind, target, result, fallback)
             del result
         self.send(reply)
+
+    def arguments(self, token):
+        """(args, kwargs) of a call; pickled ones unpickled."""
+        if token is None:
+            return (), {}
+        payload = _take(token)
+        args, kwnames, kwvalues = payload[:3]
+        if len(payload) > 3:
+            values = self.unpickled(args + kwvalues, payload[3])
+            args, kwvalues = values[:len(args)], values[len(args):]
+        return args, dict(zip(kwnames, kwvalues))
+
+    def unpickled(self, values, pickled=None):
+        """values (a tuple) with those at the positions `pickled` (all
+        when None) unpickled.  A class of the owner's __main__ is found in
+        its import here (see main_module)."""
+        import io
+        import pickle
+        worker = self
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module, name):
+                if module == "__main__":
+                    return getattr(worker.main_module(), name)
+                return super().find_class(module, name)
+
+        def load(data):
+            return Unpickler(io.BytesIO(data)).load()
+
+        if pickled is None:
+            return load(values)
+        values = list(values)
+        for i in pickled:
+            values[i] = load(values[i])
+        return tuple(values)
 
     def exec(self, code, token):
         ns = sys.modules["__main__"].__dict__
         if token is not None:
-            names, values = _take(token)
+            payload = _take(token)
+            names, values = payload[:2]
+            if len(payload) > 2:
+                values = self.unpickled(values, payload[2])
             ns.update(zip(names, values))
-            del values
+            del values, payload
         if code.lstrip("\r\n")[:1] in (" ", "\t"):
             import textwrap
             code = textwrap.dedent(code)
@@ -130,6 +205,7 @@ class _Worker:
         does: by module name when it was run with -m, else from its file
         under the name __tpshare_main__ (so its `if __name__ ==
         '__main__':` block does not run)."""
+        global _importing_main
         mod = sys.modules.get("__tpshare_main__")
         if mod is not None:
             return mod
@@ -137,28 +213,44 @@ class _Worker:
             __import__(self.main_name)
             mod = sys.modules[self.main_name]
         elif self.main_file:
+            # The loader is chosen here, not by the file's suffix: a
+            # script need not end in .py.
+            import importlib.machinery
             import importlib.util
-            spec = importlib.util.spec_from_file_location(
+            loader = importlib.machinery.SourceFileLoader(
                 "__tpshare_main__", self.main_file)
+            spec = importlib.util.spec_from_loader(
+                "__tpshare_main__", loader, origin=self.main_file)
             mod = importlib.util.module_from_spec(spec)
             sys.modules["__tpshare_main__"] = mod
+            _importing_main = True
             try:
-                spec.loader.exec_module(mod)
+                loader.exec_module(mod)
             except BaseException:
                 del sys.modules["__tpshare_main__"]
                 raise
+            finally:
+                _importing_main = False
         else:
             raise ImportError("the owner's __main__ has no file to import "
                               "functions from")
         sys.modules["__tpshare_main__"] = mod
         return mod
 
-    def reply(self, job_id, kind, target, result):
+    def reply(self, job_id, kind, target, result, fallback=0):
         if result is None:
             return (job_id, _OK, None, self.id)
         try:
             token = share(result).detach()
         except BaseException as exc:
+            if fallback:
+                try:
+                    import pickle
+                    data = pickle.dumps(result)
+                except BaseException as pexc:
+                    exc = f"{exc}; and pickling it failed: {pexc}"
+                else:
+                    return (job_id, _PICKLED, share(data).detach(), self.id)
             what = "the code" if kind == _EXEC else f"{target[1]}()"
             return (job_id, _UNSHAREABLE,
                     f"the result of {what} is not shareable: {exc}", self.id)
@@ -168,7 +260,7 @@ class _Worker:
         try:
             self.results.send(reply)
         except BaseException:
-            if reply[1] == _OK and reply[2] is not None:
+            if reply[1] in (_OK, _PICKLED) and reply[2] is not None:
                 _release_token(reply[2])
             if not self.results.closed:
                 raise
@@ -179,7 +271,9 @@ _EXEC_FILENAME = "<tpshare exec>"
 
 
 def _describe(exc, code=None):
-    """(type name, message, traceback text) of exc, all str."""
+    """(type name, message, traceback text, (type's __name__, __qualname__,
+    __module__), the exception's last line as traceback prints it) of exc,
+    all str."""
     tp = type(exc)
     mod = getattr(tp, "__module__", "builtins")
     if mod in ("builtins", "__main__"):
@@ -190,6 +284,13 @@ def _describe(exc, code=None):
         message = str(exc)
     except BaseException:
         message = "<unprintable message>"
+    info = (str(getattr(tp, "__name__", name)),
+            str(getattr(tp, "__qualname__", name)), str(mod))
+    try:
+        import traceback
+        only = "".join(traceback.format_exception_only(tp, exc)).rstrip()
+    except BaseException:
+        only = f"{name}: {message}" if message else name
     try:
         import linecache
         import traceback
@@ -204,7 +305,7 @@ def _describe(exc, code=None):
         text = "".join(traceback.format_exception(tp, exc, tb))
     except BaseException:
         text = ""
-    return (name, message, text)
+    return (name, message, text, info, only)
 
 
 def _take(token):
@@ -212,13 +313,6 @@ def _take(token):
     released."""
     with attach(token) as s:
         return s.rebuild()
-
-
-def _take_arguments(token):
-    if token is None:
-        return (), {}
-    args, kwnames, kwvalues = _take(token)
-    return args, dict(zip(kwnames, kwvalues))
 
 
 def _release_token(token):
@@ -232,11 +326,11 @@ def _worker_init(token):
     """Run first in a new interpreter: set sys.path as the owner's and
     open the channels."""
     global _worker
-    work_id, results_id, path, main_name, main_file = _take(token)
+    work_id, results_id, path, main_name, main_file, init = _take(token)
     sys.path[:] = path
     sys.unraisablehook = _UnraisableHook(sys.unraisablehook)
     _worker = _Worker(Channel.from_id(work_id), Channel.from_id(results_id),
-                      main_name, main_file)
+                      main_name, main_file, init)
 
 
 class _UnraisableHook:
