@@ -452,12 +452,12 @@ class Queue:
         if maxsize is None:
             maxsize = handle.maxsize if handle.maxsize > 0 else -1
         self._maxsize = maxsize
-        # The handle's methods, bound here: the queue's methods are the
-        # channel core's (in C), with no Python call in between.
-        self.put = handle.put   # type: ignore[method-assign]
+        # The handle's getters, bound here: get() is the channel core's
+        # (in C), with no Python call in between.  put() stays a method:
+        # it turns a failed pickle into NotShareableError.
         self.get = handle.get   # type: ignore[method-assign]
-        self.put_nowait = handle.put_nowait  # type: ignore[method-assign]
         self.get_nowait = handle.get_nowait  # type: ignore[method-assign]
+        self._put = handle.put
         _known_queues[self._id] = self
         return self
 
@@ -508,12 +508,20 @@ class Queue:
         """Add obj; with block, wait while the queue is full (at most
         timeout seconds, then QueueFull).  ``unbounditems`` says what
         get() returns for it if this interpreter ends first."""
-        self._handle.put(obj, block, timeout, unbounditems=unbounditems)
+        try:
+            self._put(obj, block, timeout, unbounditems=unbounditems)
+        except TypeError as exc:
+            _not_shareable(obj, exc)
+            raise
 
     def put_nowait(self, obj: object, *,
                    unbounditems: UnboundItem | None = None) -> None:
         """put() without waiting: QueueFull when full."""
-        self._handle.put_nowait(obj, unbounditems=unbounditems)
+        try:
+            self._handle.put_nowait(obj, unbounditems=unbounditems)
+        except TypeError as exc:
+            _not_shareable(obj, exc)
+            raise
 
     def get(self, block: bool = True, timeout: float | None = None) -> Any:
         """Remove and return the next object; with block, wait while the
@@ -523,6 +531,17 @@ class Queue:
     def get_nowait(self) -> Any:
         """get() without waiting: QueueEmpty when empty."""
         return self._handle.get_nowait()
+
+
+def _not_shareable(obj: object, exc: TypeError) -> None:
+    """Raise NotShareableError for obj, from exc, when exc is the error of
+    pickling an object that cannot be shared (PEP 734's error for it);
+    return otherwise."""
+    if isinstance(exc, NotShareableError) or _is_shareable(obj):
+        return
+    raise NotShareableError(
+        f"{type(obj).__name__} objects cannot be shared, and pickling this "
+        f"one failed: {exc}") from exc
 
 
 def create_queue(maxsize: int = -1, *,
