@@ -558,3 +558,37 @@ def test_unreferenced_interpreters_end_at_exit():
     """)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "ok"
+
+
+# ---------------------------------------------------------------------------
+# Types.
+
+
+def _mypy(tmp_path, path):
+    pytest.importorskip("mypy")
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental",
+         "--cache-dir", str(tmp_path / "cache"), str(path)],
+        capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+
+
+def test_mypy_strict_accepts_the_public_api(tmp_path):
+    r = _mypy(tmp_path, os.path.join(HERE, "typing", "pep734_usage.py"))
+    assert "tpshare" not in r.stdout, r.stdout
+    assert r.returncode == 0, r.stdout + r.stderr
+    # And the types are real, not Any: a wrong one is reported.
+    bad = tmp_path / "bad.py"
+    bad.write_text(textwrap.dedent("""
+        import tpshare
+        from tpshare import interpreters
+
+        def square(x: int) -> int:
+            return x * x
+
+        s: str = interpreters.create().call(square, 3)
+        f: str = tpshare.InterpreterPoolExecutor().submit(square, 2).result()
+        interpreters.create_queue(maxsize="3")
+    """))
+    r = _mypy(tmp_path, bad)
+    assert r.returncode == 1
+    assert r.stdout.count("error:") == 3, r.stdout

@@ -38,11 +38,19 @@ whose memory is still viewed elsewhere is left to the runtime instead
 would wait for the views).  See docs/interpreters.md.
 """
 
+from __future__ import annotations
+
 import itertools
 import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
+    from typing import Self
 
 from . import _tpshare
 from ._tpshare import (
@@ -84,6 +92,9 @@ __all__ = [
     "list_interpreters",
 ]
 
+_T = TypeVar("_T")
+_P = ParamSpec("_P")
+
 # States of an Interpreter or a Pool.
 _OPEN, _CLOSING, _STOPPING, _CLOSED = range(4)
 
@@ -108,8 +119,18 @@ class RemoteError(Error):
     note so it prints with the local one), plus the ID of the interpreter
     that raised it (``interpreter_id``)."""
 
-    def __init__(self, type_name, message="", remote_traceback="",
-                 interpreter_id=None, *, type_info=None, formatted=None):
+    type_name: str
+    message: str
+    remote_traceback: str
+    interpreter_id: int | None
+    type_info: tuple[str, str, str] | None
+    formatted: str | None
+
+    def __init__(self, type_name: str, message: str = "",
+                 remote_traceback: str = "",
+                 interpreter_id: int | None = None, *,
+                 type_info: tuple[str, str, str] | None = None,
+                 formatted: str | None = None) -> None:
         super().__init__(type_name, message, remote_traceback, interpreter_id)
         self.type_name = type_name
         self.message = message
@@ -124,7 +145,7 @@ class RemoteError(Error):
             self.add_note(f"Remote traceback (interpreter {interpreter_id}):"
                           f"\n{remote_traceback.rstrip()}")
 
-    def __str__(self):
+    def __str__(self) -> str:
         if self.message:
             return f"{self.type_name}: {self.message}"
         return self.type_name
@@ -137,7 +158,10 @@ class InterpreterBusy(Error):
     not ended while others hold its exports).  ``held`` maps
     each such interpreter's ID to the number of holders."""
 
-    def __init__(self, message, held=None):
+    held: dict[int, int]
+
+    def __init__(self, message: str,
+                 held: dict[int, int] | None = None) -> None:
         super().__init__(message)
         self.held = dict(held or {})
 
@@ -153,7 +177,10 @@ class BrokenPool(InterpreterClosed):
     error.  ``remote`` is the ``RemoteError`` describing what the
     initializer raised (also the ``__cause__``)."""
 
-    def __init__(self, message, remote=None):
+    remote: RemoteError | None
+
+    def __init__(self, message: str,
+                 remote: RemoteError | None = None) -> None:
         super().__init__(message)
         self.remote = remote
 
@@ -628,7 +655,7 @@ def _release_views_of(ids):
     obj = exporter = None
 
 
-def list_interpreters():
+def list_interpreters() -> list[Interpreter]:
     """The interpreters made by tpshare in this interpreter that are not
     closed (pool members included), sorted by ID."""
     with _hub.lock:
@@ -808,7 +835,11 @@ class Interpreter(_Submitter):
     function (``call``); values cross as tpshare shares them.  Close it
     with ``close()`` or a ``with`` block; see docs/interpreters.md."""
 
-    def __init__(self, *, thread=True, _pool=None):
+    id: int
+    thread: bool
+
+    def __init__(self, *, thread: bool = True,
+                 _pool: Pool | None = None) -> None:
         self._pool = _pool
         self.thread = bool(thread) or _pool is not None
         self.id = None
@@ -832,7 +863,7 @@ class Interpreter(_Submitter):
             raise
         _hub.add_member(self)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         if self._state == _OPEN:
             state = "open"
         elif self._state == _CLOSED:
@@ -866,11 +897,11 @@ class Interpreter(_Submitter):
             self._delivered(job_id)
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         """True once close() started (no new work is accepted)."""
         return self._state != _OPEN
 
-    def submit_exec(self, code, /, **shared):
+    def submit_exec(self, code: str, /, **shared: Any) -> Future[None]:
         """Run source code in the interpreter's ``__main__``, with each
         keyword argument bound there to the value shared; return a
         ``concurrent.futures.Future`` whose result is None, or whose
@@ -886,12 +917,13 @@ class Interpreter(_Submitter):
         what = [(f"shared value {k!r}", v) for k, v in shared.items()]
         return self._submit(_EXEC, code, payload, what)
 
-    def exec(self, code, /, **shared):
+    def exec(self, code: str, /, **shared: Any) -> None:
         """Like submit_exec(), but wait: return None, or raise the
         RemoteError.  The names stay bound in ``__main__`` afterwards."""
         self.submit_exec(code, **shared).result()
 
-    def call(self, func, /, *args, **kwargs):
+    def call(self, func: Callable[_P, _T], /, *args: _P.args,
+             **kwargs: _P.kwargs) -> Future[_T]:
         """Call ``func(*args, **kwargs)`` in the interpreter and return a
         ``concurrent.futures.Future`` of its result.  ``func`` is found
         there by module and qualified name, so it must be importable;
@@ -901,12 +933,13 @@ class Interpreter(_Submitter):
         ``NotShareableError`` here, before anything runs."""
         self._check_own()
         target = _target_of(func)
-        return self._submit(_CALL, target, *_call_payload(target, args,
-                                                          kwargs))
+        fut: Future[_T] = self._submit(_CALL, target,
+                                       *_call_payload(target, args, kwargs))
+        return fut
 
     submit = call
 
-    def close(self, timeout=None):
+    def close(self, timeout: float | None = None) -> None:
         """Wait for the work submitted so far, then end the interpreter.
 
         Raises ``InterpreterBusy`` (the interpreter stays usable) while
@@ -918,10 +951,10 @@ class Interpreter(_Submitter):
                             "shut the pool down")
         self._close(timeout)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
@@ -952,7 +985,9 @@ class Pool(_Submitter):
 
     _broken_class = BrokenPool
 
-    def __init__(self, workers=None, *, initializer=None, initargs=()):
+    def __init__(self, workers: int | None = None, *,
+                 initializer: Callable[..., object] | None = None,
+                 initargs: tuple[Any, ...] = ()) -> None:
         self._init_args(workers, "workers", initializer, initargs)
         self._start(self._nworkers)
 
@@ -1023,7 +1058,7 @@ class Pool(_Submitter):
             self._state = _CLOSED
             raise
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = {_OPEN: "open", _CLOSED: "closed"}.get(self._state,
                                                        "closing")
         return f"<tpshare.Pool ids={self.ids} {state}>"
@@ -1035,23 +1070,28 @@ class Pool(_Submitter):
         return list(self._interps)
 
     @property
-    def ids(self):
+    def ids(self) -> tuple[int, ...]:
         """The IDs of the pool's interpreters."""
         return tuple(m.id for m in self._interps)
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
+        """True once close() or shutdown() started."""
         return self._state != _OPEN
 
-    def submit(self, fn, /, *args, **kwargs):
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args,
+               **kwargs: _P.kwargs) -> Future[_T]:
         """Schedule ``fn(*args, **kwargs)`` on the first free interpreter;
         return a ``concurrent.futures.Future``.  Same rules as
         ``Interpreter.call()``."""
         target = _target_of(fn)
-        return self._submit(_CALL, target, *_call_payload(target, args,
-                                                          kwargs))
+        fut: Future[_T] = self._submit(_CALL, target,
+                                       *_call_payload(target, args, kwargs))
+        return fut
 
-    def map(self, fn, *iterables, timeout=None, chunksize=1):
+    def map(self, fn: Callable[..., _T], *iterables: Iterable[Any],
+            timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[_T]:
         """Like ``concurrent.futures.Executor.map``: an iterator of
         ``fn(*args)`` for the items of ``iterables`` taken together, in
         order.  Everything is submitted at once; ``chunksize`` items
@@ -1104,14 +1144,15 @@ class Pool(_Submitter):
             self._broken = error
         self._discard_queued(error)
 
-    def close(self, timeout=None):
+    def close(self, timeout: float | None = None) -> None:
         """Wait for the submitted work, then end every interpreter of the
         pool.  ``InterpreterBusy`` (the pool stays usable) while values
         they exported are held elsewhere; ``TimeoutError`` after
         ``timeout`` seconds."""
         self._close(timeout)
 
-    def shutdown(self, wait=True, *, cancel_futures=False):
+    def shutdown(self, wait: bool = True, *,
+                 cancel_futures: bool = False) -> None:
         """``Executor.shutdown``: stop accepting work; with
         ``cancel_futures``, cancel the jobs no interpreter took yet; with
         ``wait``, close() now, else close in a background thread (if the
@@ -1133,8 +1174,8 @@ class Pool(_Submitter):
         except Error:
             pass   # busy: its interpreters stay open until exit
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.shutdown(wait=True)
