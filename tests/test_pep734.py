@@ -592,3 +592,29 @@ def test_mypy_strict_accepts_the_public_api(tmp_path):
     r = _mypy(tmp_path, bad)
     assert r.returncode == 1
     assert r.stdout.count("error:") == 3, r.stdout
+
+
+# ---------------------------------------------------------------------------
+# The benchmark: one pipeline, two imports (nothing asserted on speed).
+
+
+def test_bench_pep734_quick(tmp_path):
+    from tpshare.bench import cli
+    code = (f"import sys\nfrom tpshare.bench.cli import main\n"
+            f"sys.exit(main(['pep734', '--quick', '--no-plots', '--out', "
+            f"{str(tmp_path)!r}]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, timeout=300, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "tpshare.interpreters" in r.stdout
+    import json
+    with open(tmp_path / "results.json", encoding="utf-8") as f:
+        res = json.load(f)["experiments"]["pep734"]
+    assert res["errors"] == {}
+    assert res["results"]["tpshare"]["items_per_s"] > 0
+    if sys.version_info >= (3, 13):
+        assert res["results"]["cpython"]["items_per_s"] > 0
+        assert res["ratio"] > 0 and "tpshare / CPython" in r.stdout
+    else:
+        assert "3.12 has no cross-interpreter queue" in r.stdout
+    assert "pep734" in cli.list_text()

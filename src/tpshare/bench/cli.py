@@ -194,6 +194,9 @@ def _headline(doc):
             out.append(f"scaling at {k} workers: " + ", ".join(
                 f"{kind} x{res['results'][kind][k]['speedup']:.2f}"
                 for kind in res["kinds"]))
+    if "pep734" in ex and ex["pep734"]["ratio"] is not None:
+        out.append(f"PEP 734 pipeline: tpshare.interpreters vs CPython's "
+                   f"x{ex['pep734']['ratio']:.1f}")
     if "memory" in ex:
         pts = ex["memory"]["points"]
         for key in ("int/8", "bytes/64"):
@@ -243,6 +246,7 @@ def main(argv=None):
         "memory": _select(memory.CONTENDERS, args.contenders),
         "release": None,
         "scaling": None,
+        "pep734": None,
     }
 
     malloc = ("malloc: glibc defaults (--malloc-defaults)"
@@ -350,9 +354,10 @@ def header_text(doc, out=None):
 
 def _modules():
     """The experiments' modules by name (imported when first needed)."""
-    from . import latency, memory, release, scaling, throughput
+    from . import latency, memory, pep734, release, scaling, throughput
     return {"throughput": throughput, "latency": latency,
-            "release": release, "scaling": scaling, "memory": memory}
+            "release": release, "scaling": scaling, "memory": memory,
+            "pep734": pep734}
 
 
 def experiment_text(exp, res):
