@@ -511,26 +511,37 @@ def _run_script(tmp_path, body, *, stdin=False, name="script.py"):
 
 
 def test_script_from_stdin_gets_a_clear_error(tmp_path):
+    # Was: AttributeError: 'NoneType' object has no attribute 'loader',
+    # from the worker.
     r = _run_script(tmp_path, """
-        try:
-            interpreters.create().call(f, 1)
-        except tpshare.NotShareableError as exc:
-            print("clear:", exc)
+        for make in (interpreters.create, tpshare.Interpreter):
+            try:
+                make().call(f, 1)
+            except tpshare.NotShareableError as exc:
+                print("clear:", exc)
     """, stdin=True)
     assert r.returncode == 0, r.stderr
-    assert "has no file" in r.stdout and "standard input" in r.stdout
+    assert r.stdout.count("has no file") == 2, r.stdout
+    assert "standard input" in r.stdout
     assert "loader" not in r.stdout + r.stderr
 
 
 def test_script_without_main_guard_gets_a_clear_error(tmp_path):
+    # Was: ModuleNotFoundError: No module named '__tpshare_main__', from
+    # the script's top level run again in the worker.
     r = _run_script(tmp_path, """
         try:
             interpreters.create().call(f, 1)
         except interpreters.ExecutionFailed as exc:
             print("clear:", exc.excinfo.type.__name__, exc.excinfo.msg)
+        with tpshare.Interpreter() as it:
+            try:
+                it.call(f, 1).result()
+            except tpshare.RemoteError as exc:
+                print("clear:", exc.type_name, exc.message)
     """)
     assert r.returncode == 0, r.stderr
-    assert "clear: RuntimeError" in r.stdout
+    assert r.stdout.count("clear: RuntimeError") == 2, r.stdout
     assert '__name__ == "__main__"' in r.stdout
     assert "__tpshare_main__" not in r.stdout + r.stderr
 
