@@ -567,12 +567,21 @@ def test_unreferenced_interpreters_end_at_exit():
 # Types.
 
 
-def _mypy(tmp_path, path):
+def _mypy(tmp_path, *args):
     pytest.importorskip("mypy")
     return subprocess.run(
         [sys.executable, "-m", "mypy", "--strict", "--no-incremental",
-         "--cache-dir", str(tmp_path / "cache"), str(path)],
+         "--cache-dir", str(tmp_path / "cache"), *map(str, args)],
         capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+
+
+def test_mypy_strict_accepts_the_python_layer(tmp_path):
+    # The installed package's own modules (the benchmarks aside).
+    modules = ["tpshare", "tpshare.interpreters", "tpshare._interpreters",
+               "tpshare._executor", "tpshare._worker", "tpshare._stdinterp",
+               "tpshare._include"]
+    r = _mypy(tmp_path, *[a for m in modules for a in ("-m", m)])
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_mypy_strict_accepts_the_public_api(tmp_path):

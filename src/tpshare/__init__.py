@@ -18,9 +18,9 @@ from ._include import get_include
 try:
     from . import _tpshare
 except ImportError as _exc:
-    _core_error = _exc
+    _core_error: ImportError | None = _exc
 
-    def __getattr__(name):
+    def __getattr__(name: str) -> object:
         """Every name but get_include needs the compiled core: raise its
         import error (the caught one, as the cause) when one is used."""
         if name.startswith("__"):

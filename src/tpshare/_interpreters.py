@@ -45,7 +45,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
@@ -94,6 +94,8 @@ __all__ = [
 
 _T = TypeVar("_T")
 _P = ParamSpec("_P")
+# (label, value) of the values a job carries, for NotShareableError.
+_What = Sequence[tuple[str, Any]]
 
 # States of an Interpreter or a Pool.
 _OPEN, _CLOSING, _STOPPING, _CLOSED = range(4)
@@ -195,20 +197,20 @@ del _cls
 # The owner side.
 
 
-def _new_future():
+def _new_future() -> Future[Any]:
     # Imported here: concurrent.futures costs ~20 ms to import, which
     # workers (and plain `import tpshare`) do not need.
     from concurrent.futures import Future
     return Future()
 
 
-def _remaining(deadline):
+def _remaining(deadline: float | None) -> float | None:
     if deadline is None:
         return None
     return max(0.0, deadline - time.monotonic())
 
 
-def _check_timeout(timeout, name="timeout"):
+def _check_timeout(timeout: object, name: str = "timeout") -> float | None:
     """timeout as a float or None; TypeError naming the argument when it
     is not a number, ValueError when it is negative."""
     if timeout is None:
@@ -221,14 +223,14 @@ def _check_timeout(timeout, name="timeout"):
     return float(timeout)
 
 
-def _remote_error(payload, worker_id):
+def _remote_error(payload: Any, worker_id: int) -> RemoteError:
     """The RemoteError of a _RAISED or _BROKEN reply's payload."""
     name, message, text, info, formatted = payload
     return RemoteError(name, message, text, worker_id, type_info=info,
                        formatted=formatted)
 
 
-def _unpickle_result(data):
+def _unpickle_result(data: bytes) -> Any:
     """A result pickled by a worker, unpickled here.  A class the worker
     found in its import of this interpreter's __main__ (named
     __tpshare_main__ there) is this __main__'s."""
@@ -236,7 +238,7 @@ def _unpickle_result(data):
     import pickle
 
     class Unpickler(pickle.Unpickler):
-        def find_class(self, module, name):
+        def find_class(self, module: str, name: str) -> Any:
             if module == "__tpshare_main__":
                 module = "__main__"
             return super().find_class(module, name)
@@ -244,11 +246,11 @@ def _unpickle_result(data):
     return Unpickler(io.BytesIO(data)).load()
 
 
-def _remote_holders(iid):
+def _remote_holders(iid: int) -> int:
     return stats().get(iid, {}).get("remote", 0)
 
 
-def _main_info():
+def _main_info() -> tuple[str | None, str | None]:
     """How a worker finds the owner's __main__: (module name, file)."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
@@ -264,14 +266,14 @@ def _main_info():
     return name, file
 
 
-def _target_of(func):
+def _target_of(func: object) -> tuple[str, str]:
     """(module, qualified name) under which func can be found in another
     interpreter.  NotShareableError when it cannot."""
     if not callable(func):
         raise TypeError(f"{func!r} is not callable")
     modname = getattr(func, "__module__", None)
     qualname = getattr(func, "__qualname__", None)
-    found = None
+    found: Any = None
     if (isinstance(modname, str) and isinstance(qualname, str)
             and "<" not in qualname):
         found = sys.modules.get(modname)
@@ -289,10 +291,12 @@ def _target_of(func):
             "read from standard input, -c code or the interactive prompt), "
             "so other interpreters cannot import it; move it to a module, "
             "or run the script from a file")
+    assert isinstance(modname, str) and isinstance(qualname, str)
     return (modname, qualname)
 
 
-def _share_payload(payload, what, kind=None):
+def _share_payload(payload: tuple[Any, ...] | None,
+                   what: _What, kind: int | None = None) -> int | None:
     """A token for payload (a tuple of values), or None for no payload.
     `what` lists (label, value) for the values inside payload, so that
     NotShareableError names the one at fault.  With `kind` (_EXEC or
@@ -316,7 +320,8 @@ def _share_payload(payload, what, kind=None):
         raise
 
 
-def _pickle_unshareable(payload, what, kind):
+def _pickle_unshareable(payload: tuple[Any, ...], what: _What,
+                        kind: int) -> tuple[Any, ...]:
     """payload with each value that cannot be shared pickled, and the
     positions of these appended.  NotShareableError naming the value
     when one can be neither shared nor pickled."""
@@ -351,20 +356,23 @@ class _Hub:
     results channel, the collector thread that completes futures, the
     table of jobs and of live interpreters, and the exit hook."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.jobs = {}           # job id -> (Future, Interpreter or Pool)
-        self.members = {}        # interpreter id -> Interpreter
+        # job id -> (Future, Interpreter or Pool)
+        self.jobs: dict[int, tuple[Future[Any], _Submitter | None]] = {}
+        # interpreter id -> Interpreter
+        self.members: dict[int, Interpreter] = {}
         self.users = 0           # interpreters started or starting
-        self.results = None      # Channel, while users > 0
-        self.collector = None    # threading.Thread, while users > 0
+        # while users > 0:
+        self.results: Channel | None = None
+        self.collector: threading.Thread | None = None
         self.ids = itertools.count(1)
         self.hooked = False
         self.exiting = False
 
     # Interpreters come and go.
 
-    def enter(self):
+    def enter(self) -> Channel:
         """Count one more interpreter; return the results channel."""
         if _worker._importing_main:
             raise RuntimeError(
@@ -388,7 +396,8 @@ class _Hub:
                 else:
                     register(self.at_exit)
                 self.hooked = True
-            if self.results is None:
+            results = self.results
+            if results is None:
                 results = Channel()
                 collector = threading.Thread(
                     target=self.collect, args=(results,),
@@ -396,13 +405,13 @@ class _Hub:
                 collector.start()
                 self.results, self.collector = results, collector
             self.users += 1
-            return self.results
+            return results
 
-    def add_member(self, interp):
+    def add_member(self, interp: Interpreter) -> None:
         with self.lock:
             self.members[interp.id] = interp
 
-    def leave(self, interp=None):
+    def leave(self, interp: Interpreter | None = None) -> None:
         """Count one interpreter less (interp, when it was a member); the
         last one stops the collector."""
         with self.lock:
@@ -414,27 +423,29 @@ class _Hub:
             results, collector = self.results, self.collector
             self.results = self.collector = None
         results.close()
+        assert collector is not None   # set with results
         if collector.ident != threading.get_ident():
             collector.join()
 
     # Jobs.
 
-    def add_job(self, fut, owner):
+    def add_job(self, fut: Future[Any], owner: _Submitter) -> int:
         with self.lock:
             job_id = next(self.ids)
             self.jobs[job_id] = (fut, owner)
         return job_id
 
-    def pop_job(self, job_id):
+    def pop_job(self, job_id: int
+                ) -> tuple[Future[Any] | None, _Submitter | None]:
         with self.lock:
             return self.jobs.pop(job_id, (None, None))
 
-    def in_collector(self):
+    def in_collector(self) -> bool:
         collector = self.collector
         return (collector is not None
                 and collector.ident == threading.get_ident())
 
-    def collect(self, results):
+    def collect(self, results: Channel) -> None:
         """The collector thread: complete the future of each reply."""
         # Its interpreter's other threads run and drain releases; waking
         # this one for them would only take CPU from them.
@@ -454,7 +465,8 @@ class _Hub:
                 pass
             reply = None
 
-    def deliver(self, job_id, status, payload, worker_id):
+    def deliver(self, job_id: int, status: int, payload: Any,
+                worker_id: int) -> None:
         if status == _BROKEN:
             with self.lock:
                 member = self.members.get(worker_id)
@@ -487,7 +499,7 @@ class _Hub:
 
     # Exit.
 
-    def at_exit(self):
+    def at_exit(self) -> None:
         """Stop every interpreter made here: cancel queued work, interrupt
         running work, end each interpreter (or leave it to the runtime
         when its memory is still viewed elsewhere), fail what was not
@@ -501,6 +513,7 @@ class _Hub:
         interrupted = members and _main_died_of_keyboard_interrupt()
         if results is not None:
             results.close()
+            assert collector is not None   # set with results
             if collector.ident != threading.get_ident():
                 collector.join()
         owners = []
@@ -552,7 +565,7 @@ class _Hub:
             self.members.clear()
             self.users = 0
             self.results = self.collector = None
-        for fut, owner in jobs.values():
+        for fut, _ in jobs.values():
             if fut.set_running_or_notify_cancel():
                 fut.set_exception(InterpreterClosed(
                     "the interpreter was shut down at process exit before "
@@ -567,7 +580,7 @@ class _Hub:
 _hub = _Hub()
 
 
-def _main_died_of_keyboard_interrupt():
+def _main_died_of_keyboard_interrupt() -> bool:
     """Whether this is the main interpreter of a script that is exiting
     because of an uncaught KeyboardInterrupt (printed, so sys.last_exc)."""
     return (interpreter_id() == 0 and not sys.flags.interactive
@@ -575,11 +588,11 @@ def _main_died_of_keyboard_interrupt():
                            KeyboardInterrupt))
 
 
-def _raise_keyboard_interrupt():
+def _raise_keyboard_interrupt() -> None:
     raise KeyboardInterrupt
 
 
-def _restore_keyboard_interrupt_status():
+def _restore_keyboard_interrupt_status() -> None:
     """A script that dies of KeyboardInterrupt exits by SIGINT.  CPython
     keeps that in one flag for the whole process and clears it whenever
     code is evaluated from a string in any interpreter (eval(), so any
@@ -592,7 +605,7 @@ def _restore_keyboard_interrupt_status():
         pass
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     """os.fork()'s hook in the child: the interpreters made here before
     the fork, their threads and the results thread do not exist in the
     child (the C layer forgot them, and their channels are unusable
@@ -617,7 +630,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _quietly(func, iid, *args):
+def _quietly(func: Callable[..., Any], iid: int, *args: Any) -> Any:
     """func(iid, *args), or True when the interpreter is already gone (a
     close() in another thread finished it)."""
     try:
@@ -633,7 +646,7 @@ def _quietly(func, iid, *args):
 _CAN_ABANDON = sys.version_info >= (3, 13)
 
 
-def _release_views_of(ids):
+def _release_views_of(ids: list[int]) -> None:
     """At exit: release the memoryviews (and Shared records) of this
     interpreter that view the memory of interpreters `ids`, so these can
     end without waiting for them.  A released memoryview raises
@@ -641,6 +654,8 @@ def _release_views_of(ids):
     an export of their own (e.g. a NumPy array over them) stay."""
     import gc
     gc.collect()
+    obj: Any = None
+    exporter: Any = None
     View, Shared = _tpshare.View, _tpshare.Shared
     for obj in gc.get_objects():
         try:
@@ -670,19 +685,27 @@ class _Submitter:
     # Whether arguments and results that cannot be shared are pickled
     # (the PEP 734 layer) or raise NotShareableError (tpshare's own).
     _fallback = False
-    _broken = None    # BrokenPool, once the pool's initializer raised
+    _broken: BrokenPool | None = None   # once the pool's initializer raised
 
-    def _setup(self, work):
+    def _name(self) -> str:
+        raise NotImplementedError
+
+    def _members(self) -> list[Interpreter]:
+        raise NotImplementedError
+
+    def _setup(self, work: Channel) -> None:
         self._work = work
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._close_lock = threading.Lock()
         self._state = _OPEN
-        self._pending = set()     # ids of jobs not yet delivered
+        self._pending: set[int] = set()   # ids of jobs not yet delivered
 
     # Submitting.
 
-    def _submit(self, kind, target, payload, what=(), fallback=None):
+    def _submit(self, kind: int, target: Any,
+                payload: tuple[Any, ...] | None, what: _What = (),
+                fallback: bool | None = None) -> Future[Any]:
         if fallback is None:
             fallback = self._fallback
         fallback = fallback and kind != _MAP
@@ -714,10 +737,10 @@ class _Submitter:
         self._after_submit(job_id)
         return fut
 
-    def _after_submit(self, job_id):
+    def _after_submit(self, job_id: int) -> None:
         pass
 
-    def _closed_message(self):
+    def _closed_message(self) -> str:
         if self._forked:
             return (f"{self._name()} was created before fork(): it does not "
                     "exist in this child process (interpreters and their "
@@ -725,7 +748,7 @@ class _Submitter:
                     "after the fork")
         return f"{self._name()} is closed"
 
-    def _forget_after_fork(self):
+    def _forget_after_fork(self) -> None:
         """In a child process: closed for good, with new locks (one held
         by a thread of the parent would stay held)."""
         self._lock = threading.Lock()
@@ -735,13 +758,13 @@ class _Submitter:
         self._state = _CLOSED
         self._forked = True
 
-    def _delivered(self, job_id):
+    def _delivered(self, job_id: int) -> None:
         with self._lock:
             self._pending.discard(job_id)
             if not self._pending:
                 self._idle.notify_all()
 
-    def _discard_queued(self, error=None):
+    def _discard_queued(self, error: BaseException | None = None) -> None:
         """Take back the jobs no worker took yet (the work channel is
         closed): their futures are cancelled, or fail with `error`."""
         while True:
@@ -761,7 +784,7 @@ class _Submitter:
 
     # Closing.
 
-    def _close(self, timeout):
+    def _close(self, timeout: object) -> None:
         timeout = _check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._close_lock:
@@ -795,7 +818,8 @@ class _Submitter:
                 _hub.leave(m)
             self._state = _CLOSED
 
-    def _wait_idle(self, timeout, deadline):
+    def _wait_idle(self, timeout: float | None,
+                   deadline: float | None) -> None:
         with self._lock:
             if not self._pending:
                 return
@@ -810,7 +834,7 @@ class _Submitter:
                     f"{self._name()}: {len(self._pending)} job(s) still "
                     f"pending after {timeout} s")
 
-    def _check_not_busy(self):
+    def _check_not_busy(self) -> None:
         held = {}
         for m in self._members():
             n = _remote_holders(m.id)
@@ -842,7 +866,7 @@ class Interpreter(_Submitter):
                  _pool: Pool | None = None) -> None:
         self._pool = _pool
         self.thread = bool(thread) or _pool is not None
-        self.id = None
+        self.id = None  # type: ignore[assignment]  # until started
         self._setup(_pool._work if _pool is not None else Channel())
         results = _hub.enter()
         init = None
@@ -874,18 +898,18 @@ class Interpreter(_Submitter):
             "" if self.thread else " thread=False")
         return f"<tpshare.Interpreter id={self.id}{mode} {state}>"
 
-    def _name(self):
+    def _name(self) -> str:
         return f"interpreter {self.id}"
 
-    def _members(self):
+    def _members(self) -> list[Interpreter]:
         return [self]
 
-    def _check_own(self):
+    def _check_own(self) -> None:
         if self._pool is not None:
             raise TypeError(f"interpreter {self.id} belongs to a Pool: "
                             "submit work through the pool")
 
-    def _after_submit(self, job_id):
+    def _after_submit(self, job_id: int) -> None:
         if self.thread:
             return
         try:
@@ -958,7 +982,9 @@ class Interpreter(_Submitter):
         self.close()
 
 
-def _call_payload(target, args, kwargs):
+def _call_payload(target: tuple[str, str], args: tuple[Any, ...],
+                  kwargs: dict[str, Any]
+                  ) -> tuple[tuple[Any, ...] | None, _What]:
     payload = None
     if args or kwargs:
         payload = (args, tuple(kwargs), tuple(kwargs.values()))
@@ -968,7 +994,8 @@ def _call_payload(target, args, kwargs):
     return payload, what
 
 
-def _chunks(items, size):
+def _chunks(items: Iterable[Any], size: int
+            ) -> Iterator[tuple[Any, ...]]:
     it = iter(items)
     while True:
         chunk = tuple(itertools.islice(it, size))
@@ -991,7 +1018,9 @@ class Pool(_Submitter):
         self._init_args(workers, "workers", initializer, initargs)
         self._start(self._nworkers)
 
-    def _init_args(self, workers, name, initializer, initargs):
+    def _init_args(self, workers: object, name: str,
+                   initializer: Callable[..., object] | None,
+                   initargs: object) -> None:
         """Check the arguments (TypeError and ValueError naming the one at
         fault) and keep them."""
         if workers is None:
@@ -1014,7 +1043,8 @@ class Pool(_Submitter):
             # Fail here, not in each worker, when they cannot travel.
             self._init_spec(check=True)
 
-    def _init_spec(self, check=False):
+    def _init_spec(self, check: bool = False
+                   ) -> tuple[tuple[str, str], int | None, bool] | None:
         """What a new member takes to run the initializer: (target, token
         of initargs, whether they were pickled), or None.  One token per
         member (each takes its own)."""
@@ -1042,7 +1072,7 @@ class Pool(_Submitter):
             return None
         return (self._initializer, shared.detach(), pickled)
 
-    def _start(self, workers):
+    def _start(self, workers: int) -> None:
         self._setup(Channel())
         self._interps = []
         try:
@@ -1063,10 +1093,10 @@ class Pool(_Submitter):
                                                        "closing")
         return f"<tpshare.Pool ids={self.ids} {state}>"
 
-    def _name(self):
+    def _name(self) -> str:
         return f"the pool of interpreters {list(self.ids)}"
 
-    def _members(self):
+    def _members(self) -> list[Interpreter]:
         return list(self._interps)
 
     @property
@@ -1115,7 +1145,8 @@ class Pool(_Submitter):
                                  chunk)])
                   for chunk in _chunks(items, chunksize)]
 
-        def results():
+        def results() -> Iterator[_T]:
+            f: Future[Any] | None
             try:
                 fs.reverse()
                 while fs:
@@ -1131,7 +1162,7 @@ class Pool(_Submitter):
                     f.cancel()
         return results()
 
-    def _break(self, remote):
+    def _break(self, remote: RemoteError) -> None:
         """A member's initializer raised (in the results thread): the pool
         takes no more work, and the queued work fails."""
         error = self._broken_class(
@@ -1168,7 +1199,7 @@ class Pool(_Submitter):
             threading.Thread(target=self._close_quietly,
                              name="tpshare-pool-shutdown").start()
 
-    def _close_quietly(self):
+    def _close_quietly(self) -> None:
         try:
             self._close(None)
         except Error:

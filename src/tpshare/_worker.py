@@ -9,8 +9,12 @@ replies ``(job id, status, payload, worker id)`` to its owner's results
 channel (see tpshare._interpreters for the protocol).
 """
 
+from __future__ import annotations
+
 import sys
 import threading
+import types
+from typing import Any
 
 from ._tpshare import (
     _EXIT_INTERRUPT_MESSAGE,
@@ -47,23 +51,32 @@ _INIT = _MODULE + "._worker_init(%d)"
 _LOOP = _MODULE + "._worker_loop()"
 _SERVE_ONE = _MODULE + "._worker_serve_one()"
 
-_worker = None
+_worker: _Worker | None = None
+
+# What a job carries: (job id, kind, target, token), target being source
+# code or (module, qualified name); an initializer: (target, token,
+# pickled); a reply: (job id, status, payload, worker id).
+_Job = tuple[int, int, Any, "int | None"]
+_Init = tuple[tuple[str, str], "int | None", bool]
+_Reply = tuple[int, int, Any, int]
 
 
 class _Worker:
     """The state of a worker interpreter: its channels and how to run a
     job.  One per worker, made by _worker_init()."""
 
-    def __init__(self, work, results, main_name, main_file, init):
+    def __init__(self, work: Channel, results: Channel,
+                 main_name: str | None, main_file: str | None,
+                 init: _Init | None) -> None:
         self.work = work
         self.results = results
         self.main_name = main_name
         self.main_file = main_file
         self.init = init
-        self.functions = {}
+        self.functions: dict[tuple[str, str], Any] = {}
         self.id = interpreter_id()
 
-    def initialize(self):
+    def initialize(self) -> bool:
         """Run the pool's initializer, if any, before the first job.  False
         (after telling the owner, which breaks the pool) if it raised."""
         if self.init is None:
@@ -81,7 +94,7 @@ class _Worker:
             return False
         return True
 
-    def loop(self):
+    def loop(self) -> None:
         """Run jobs until the work channel is closed and empty."""
         if not self.initialize():
             return
@@ -103,7 +116,7 @@ class _Worker:
                     return
             msg = None
 
-    def serve_one(self):
+    def serve_one(self) -> None:
         """Run the next queued job, if any (thread=False)."""
         try:
             msg = self.work.recv(timeout=0)
@@ -111,9 +124,10 @@ class _Worker:
             return
         self.run(msg)
 
-    def run(self, msg):
+    def run(self, msg: _Job) -> None:
         job_id, kind, target, token = msg
         code = None
+        result: Any
         fallback = kind & _FALLBACK
         kind &= ~_FALLBACK
         try:
@@ -127,6 +141,7 @@ class _Worker:
                     args, kwargs = self.arguments(token)
                     result = func(*args, **kwargs)
                 else:
+                    assert token is not None   # a chunk is never empty
                     chunk = _take(token)
                     result = tuple([func(*args) for args in chunk])
                     del chunk
@@ -137,7 +152,8 @@ class _Worker:
             del result
         self.send(reply)
 
-    def arguments(self, token):
+    def arguments(self, token: int | None
+                  ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """(args, kwargs) of a call; pickled ones unpickled."""
         if token is None:
             return (), {}
@@ -148,7 +164,8 @@ class _Worker:
             args, kwvalues = values[:len(args)], values[len(args):]
         return args, dict(zip(kwnames, kwvalues))
 
-    def unpickled(self, values, pickled=None):
+    def unpickled(self, values: Any,
+                  pickled: tuple[int, ...] | None = None) -> Any:
         """values (a tuple) with those at the positions `pickled` (all
         when None) unpickled.  A class of the owner's __main__ is found in
         its import here (see main_module)."""
@@ -157,12 +174,12 @@ class _Worker:
         worker = self
 
         class Unpickler(pickle.Unpickler):
-            def find_class(self, module, name):
+            def find_class(self, module: str, name: str) -> Any:
                 if module == "__main__":
                     return getattr(worker.main_module(), name)
                 return super().find_class(module, name)
 
-        def load(data):
+        def load(data: bytes) -> Any:
             return Unpickler(io.BytesIO(data)).load()
 
         if pickled is None:
@@ -172,7 +189,7 @@ class _Worker:
             values[i] = load(values[i])
         return tuple(values)
 
-    def exec(self, code, token):
+    def exec(self, code: str, token: int | None) -> None:
         ns = sys.modules["__main__"].__dict__
         if token is not None:
             payload = _take(token)
@@ -186,7 +203,7 @@ class _Worker:
             code = textwrap.dedent(code)
         exec(compile(code, _EXEC_FILENAME, "exec"), ns)
 
-    def function(self, modname, qualname):
+    def function(self, modname: str, qualname: str) -> Any:
         key = (modname, qualname)
         func = self.functions.get(key)
         if func is None:
@@ -200,7 +217,7 @@ class _Worker:
             func = self.functions[key] = obj
         return func
 
-    def main_module(self):
+    def main_module(self) -> types.ModuleType:
         """The owner's __main__, imported here as multiprocessing's spawn
         does: by module name when it was run with -m, else from its file
         under the name __tpshare_main__ (so its `if __name__ ==
@@ -221,6 +238,7 @@ class _Worker:
                 "__tpshare_main__", self.main_file)
             spec = importlib.util.spec_from_loader(
                 "__tpshare_main__", loader, origin=self.main_file)
+            assert spec is not None   # a loader was given
             mod = importlib.util.module_from_spec(spec)
             sys.modules["__tpshare_main__"] = mod
             _importing_main = True
@@ -237,26 +255,28 @@ class _Worker:
         sys.modules["__tpshare_main__"] = mod
         return mod
 
-    def reply(self, job_id, kind, target, result, fallback=0):
+    def reply(self, job_id: int, kind: int, target: Any, result: Any,
+              fallback: int = 0) -> _Reply:
         if result is None:
             return (job_id, _OK, None, self.id)
         try:
             token = share(result).detach()
         except BaseException as exc:
+            why = str(exc)
             if fallback:
                 try:
                     import pickle
                     data = pickle.dumps(result)
                 except BaseException as pexc:
-                    exc = f"{exc}; and pickling it failed: {pexc}"
+                    why = f"{why}; and pickling it failed: {pexc}"
                 else:
                     return (job_id, _PICKLED, share(data).detach(), self.id)
             what = "the code" if kind == _EXEC else f"{target[1]}()"
             return (job_id, _UNSHAREABLE,
-                    f"the result of {what} is not shareable: {exc}", self.id)
+                    f"the result of {what} is not shareable: {why}", self.id)
         return (job_id, _OK, token, self.id)
 
-    def send(self, reply):
+    def send(self, reply: _Reply) -> None:
         try:
             self.results.send(reply)
         except BaseException:
@@ -270,7 +290,8 @@ class _Worker:
 _EXEC_FILENAME = "<tpshare exec>"
 
 
-def _describe(exc, code=None):
+def _describe(exc: BaseException, code: str | None = None
+              ) -> tuple[str, str, str, tuple[str, str, str], str]:
     """(type name, message, traceback text, (type's __name__, __qualname__,
     __module__), the exception's last line as traceback prints it) of exc,
     all str."""
@@ -308,21 +329,21 @@ def _describe(exc, code=None):
     return (name, message, text, info, only)
 
 
-def _take(token):
+def _take(token: int) -> Any:
     """The value detached under token, rebuilt here; the record is
     released."""
     with attach(token) as s:
         return s.rebuild()
 
 
-def _release_token(token):
+def _release_token(token: int) -> None:
     try:
         attach(token).release()
     except KeyError:
         pass
 
 
-def _worker_init(token):
+def _worker_init(token: int) -> None:
     """Run first in a new interpreter: set sys.path as the owner's and
     open the channels."""
     global _worker
@@ -341,10 +362,10 @@ class _UnraisableHook:
     again until the worker stops, so it is not printed; everything else
     goes to the hook this one replaced."""
 
-    def __init__(self, previous):
+    def __init__(self, previous: Any) -> None:
         self.previous = previous
 
-    def __call__(self, unraisable):
+    def __call__(self, unraisable: Any) -> None:
         exc = unraisable.exc_value
         if (type(exc) is SystemExit
                 and exc.args == (_EXIT_INTERRUPT_MESSAGE,)):
@@ -352,14 +373,15 @@ class _UnraisableHook:
         self.previous(unraisable)
 
 
-def _worker_loop():
+def _worker_loop() -> None:
+    assert _worker is not None
     try:
         _worker.loop()
     finally:
         _forget_dummy_thread()
 
 
-def _forget_dummy_thread():
+def _forget_dummy_thread() -> None:
     """On 3.13 threading's main thread is the process's, so a worker's own
     thread is a threading._DummyThread in its interpreter once anything
     calls threading.current_thread() there.  The dummy is forgotten when
@@ -373,5 +395,6 @@ def _forget_dummy_thread():
         pass
 
 
-def _worker_serve_one():
+def _worker_serve_one() -> None:
+    assert _worker is not None
     _worker.serve_one()

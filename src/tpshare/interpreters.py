@@ -21,7 +21,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _interpreters as _impl
-from . import _stdinterp
+from . import _stdinterp, _tpshare
+from ._worker import _CALL, _EXEC
 from ._tpshare import (
     UNBOUND,
     UNBOUND_ERROR,
@@ -186,7 +187,8 @@ _WHENCE_TPSHARE = "tpshare"
 
 
 def _whence_of(iid: int) -> str:
-    if _impl._hub.members.get(iid) is not None:
+    if (_impl._hub.members.get(iid) is not None
+            or iid in _tpshare._interp_list()):
         return _WHENCE_TPSHARE
     if iid == 0:
         return "runtime init"
@@ -205,16 +207,14 @@ def _whence_of(iid: int) -> str:
 
 def _all_ids() -> list[int]:
     """The IDs of every interpreter of the process, in CPython's order."""
+    found: list[Any]
     try:
         found = _stdinterp.MODULE.list_all(require_ready=True)
     except TypeError:   # 3.12
         found = _stdinterp.MODULE.list_all()
-    ids = []
-    for item in found:
-        if isinstance(item, tuple):   # 3.13: (id, whence)
-            item = item[0]
-        ids.append(int(item))
-    return ids
+    # 3.13 lists (id, whence), 3.12 InterpreterID objects.
+    return [int(item[0] if isinstance(item, tuple) else item)
+            for item in found]
 
 
 _known: weakref.WeakValueDictionary[int, Interpreter] = (
@@ -348,7 +348,7 @@ class Interpreter:
                 raise TypeError(f"names must be str, not "
                                 f"{type(name).__name__}")
         what = [(f"value {k!r}", v) for k, v in names.items()]
-        _wait(backend._submit(_impl._EXEC, "",
+        _wait(backend._submit(_EXEC, "",
                               (tuple(names), tuple(names.values())), what,
                               fallback=True))
 
@@ -358,7 +358,7 @@ class Interpreter:
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, not {type(code).__name__}")
         backend = self._backend("run code in")
-        _wait(backend._submit(_impl._EXEC, code, None, (), fallback=True))
+        _wait(backend._submit(_EXEC, code, None, (), fallback=True))
 
     def call(self, callable: Callable[..., _T], /, *args: Any,
              **kwargs: Any) -> _T:
@@ -369,7 +369,7 @@ class Interpreter:
         backend = self._backend("call in")
         target = _impl._target_of(callable)
         payload, what = _impl._call_payload(target, args, kwargs)
-        result: _T = _wait(backend._submit(_impl._CALL, target, payload,
+        result: _T = _wait(backend._submit(_CALL, target, payload,
                                            what, fallback=True))
         return result
 
@@ -432,6 +432,7 @@ class Queue:
     _id: int
     _maxsize: int
     _handle: _Handle
+    _put: Callable[..., None]
 
     def __new__(cls, id: int, /) -> Queue:
         id = _check_id(id)
