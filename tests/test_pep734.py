@@ -156,7 +156,8 @@ def test_get_current_inside_and_pickling(interp):
         from tpshare import interpreters
         cur = interpreters.get_current()
         assert cur.id != 0 and interpreters.get_main().id == 0
-        assert cur.is_running()
+        assert cur.is_running() and cur.whence == "tpshare"
+        assert interpreters.get_main().whence == "runtime init"
     """))
     assert pickle.loads(pickle.dumps(interp)) is interp
     assert interp == interpreters.Interpreter(interp.id)

@@ -278,8 +278,8 @@ class Interpreter:
     @property
     def whence(self) -> str:
         """Where the interpreter was made: ``'tpshare'`` for those tpshare
-        made in this interpreter, ``'runtime init'`` for the main one,
-        else what CPython says (3.13) or ``'unknown'`` (3.12)."""
+        made, ``'runtime init'`` for the main one, else what CPython says
+        (3.13) or ``'unknown'`` (3.12)."""
         return self._whence
 
     def _backend(self, action: str) -> _impl.Interpreter:
