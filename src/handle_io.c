@@ -234,10 +234,18 @@ finally:
  */
 
 /* block/timeout as PEP 734 reads them: not blocking means no wait;
- * a negative timeout is a ValueError. */
+ * a negative timeout is a ValueError.  A float block is a TypeError: it
+ * is a timeout passed where queue.Queue-style code puts block (3.13's
+ * put(obj, timeout) order), and taken as "block" it would wait forever. */
 static int
 queue_timeout(PyObject *block, PyObject *timeout, int64_t *ns)
 {
+    if (block != NULL && PyFloat_Check(block)) {
+        PyErr_Format(PyExc_TypeError,
+                     "block must be a bool, not float (%R); pass the "
+                     "timeout by keyword: timeout=%R", block, block);
+        return -1;
+    }
     int b = block == NULL ? 1 : PyObject_IsTrue(block);
     if (b < 0) {
         return -1;

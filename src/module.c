@@ -59,6 +59,47 @@ finally:
     return rc;
 }
 
+/* The bases of tpshare.NotShareableError (a new reference, or NULL with
+ * an exception): tpshare.Error and TypeError, plus the running CPython's
+ * own NotShareableError when it has one (3.13's _interpreters), so that
+ * code written against CPython's interpreters catches tpshare's error
+ * too.  Found by import, not by version: a CPython without the module
+ * (3.12, or one built without subinterpreter support) just lacks it. */
+static PyObject *
+not_shareable_bases(PyObject *error)
+{
+    PyObject *cpython = NULL;
+    PyObject *mod = PyImport_ImportModule("_interpreters");
+    if (mod == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_ImportError)) {
+            return NULL;
+        }
+        PyErr_Clear();
+    }
+    else {
+        cpython = PyObject_GetAttrString(mod, "NotShareableError");
+        Py_DECREF(mod);
+        if (cpython == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                return NULL;
+            }
+            PyErr_Clear();
+        }
+        else if (!PyExceptionClass_Check(cpython)) {
+            Py_CLEAR(cpython);
+        }
+    }
+    PyObject *bases;
+    if (cpython == NULL) {
+        bases = PyTuple_Pack(2, error, PyExc_TypeError);
+    }
+    else {
+        bases = PyTuple_Pack(3, error, PyExc_TypeError, cpython);
+        Py_DECREF(cpython);
+    }
+    return bases;
+}
+
 static int
 module_exec(PyObject *module)
 {
@@ -76,7 +117,7 @@ module_exec(PyObject *module)
     {
         goto finally;
     }
-    bases = PyTuple_Pack(2, state->Error, PyExc_TypeError);
+    bases = not_shareable_bases(state->Error);
     if (bases == NULL) {
         goto finally;
     }

@@ -5,6 +5,10 @@ process-wide registry (the prototype of a ``tp_share`` slot).  See the
 README and docs/ for the design and the API.
 """
 
+# typing is not imported for this: a worker interpreter imports tpshare,
+# and type checkers read the name TYPE_CHECKING as true.
+TYPE_CHECKING = False
+
 __version__ = "0.1.0.dev0"
 
 # Needs nothing compiled: a build against tpshare.h works even where the
@@ -14,9 +18,9 @@ from ._include import get_include
 try:
     from . import _tpshare
 except ImportError as _exc:
-    _core_error = _exc
+    _core_error: ImportError | None = _exc
 
-    def __getattr__(name):
+    def __getattr__(name: str) -> object:
         """Every name but get_include needs the compiled core: raise its
         import error (the caught one, as the cause) when one is used."""
         if name.startswith("__"):
@@ -97,6 +101,7 @@ __all__ = [
 # on first use: a worker interpreter imports tpshare to serve jobs and
 # needs none of the owner side.
 _INTERPRETER_NAMES = frozenset({
+    "BrokenPool",
     "Interpreter",
     "InterpreterBusy",
     "InterpreterClosed",
@@ -104,24 +109,54 @@ _INTERPRETER_NAMES = frozenset({
     "RemoteError",
     "list_interpreters",
 })
+# The PEP 734 executor (concurrent.futures' InterpreterPoolExecutor, which
+# imports concurrent.futures) and the PEP 734 module.
+_EXECUTOR_NAMES = frozenset({"BrokenInterpreterPool",
+                             "InterpreterPoolExecutor"})
 
-if _core_error is None:
+if TYPE_CHECKING:
+    from . import interpreters as interpreters
+    from ._executor import (
+        BrokenInterpreterPool as BrokenInterpreterPool,
+        InterpreterPoolExecutor as InterpreterPoolExecutor,
+    )
+    from ._interpreters import (
+        BrokenPool as BrokenPool,
+        Interpreter as Interpreter,
+        InterpreterBusy as InterpreterBusy,
+        InterpreterClosed as InterpreterClosed,
+        Pool as Pool,
+        RemoteError as RemoteError,
+        list_interpreters as list_interpreters,
+    )
+elif _core_error is None:
 
     def __getattr__(name):
         if name in _INTERPRETER_NAMES:
-            from . import _interpreters
-            value = getattr(_interpreters, name)
-            globals()[name] = value
-            return value
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+            from . import _interpreters as module
+        elif name in _EXECUTOR_NAMES:
+            from . import _executor as module
+        elif name == "interpreters":
+            import importlib
+            return importlib.import_module(".interpreters", __name__)
+        else:
+            raise AttributeError(
+                f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(module, name)
+        globals()[name] = value
+        return value
 
     def __dir__():
-        return sorted(set(globals()) | _INTERPRETER_NAMES)
+        return sorted(set(globals()) | _INTERPRETER_NAMES | _EXECUTOR_NAMES
+                      | {"interpreters"})
 
 __all__ += [
+    "BrokenInterpreterPool",
+    "BrokenPool",
     "Interpreter",
     "InterpreterBusy",
     "InterpreterClosed",
+    "InterpreterPoolExecutor",
     "Pool",
     "RemoteError",
     "list_interpreters",

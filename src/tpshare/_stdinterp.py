@@ -15,7 +15,11 @@ depends on it.  Every interpreter made here is isolated (its own GIL).
 - ``MODULE``: the CPython module in use.
 """
 
+from __future__ import annotations
+
+import sys
 import textwrap
+from typing import Any
 
 __all__ = ["MODULE", "RunFailedError", "Subinterpreter", "create",
            "destroy", "list_all", "run"]
@@ -26,27 +30,32 @@ class RunFailedError(Exception):
     reports of the exception (a traceback on 3.13)."""
 
 
-try:  # 3.13
-    import _interpreters as MODULE
+# The module as Any: its API differs between the versions (and type
+# stubs know only 3.13's).
+MODULE: Any
+if sys.version_info >= (3, 13):
+    import _interpreters
+    MODULE = _interpreters
 
-    def create():
+    def create() -> Any:
         """A new isolated interpreter (own GIL); its ID."""
         return MODULE.create("isolated")
 
-    def run(iid, code):
+    def run(iid: Any, code: str) -> None:
         """Run code in interpreter iid's __main__ on this thread."""
         err = MODULE.exec(iid, code)
         if err is not None:
             raise RunFailedError(err.errdisplay or err.formatted)
 
-except ImportError:  # 3.12
-    import _xxsubinterpreters as MODULE
+else:
+    import _xxsubinterpreters  # type: ignore[import-not-found]
+    MODULE = _xxsubinterpreters
 
-    def create():
+    def create() -> Any:
         """A new isolated interpreter (own GIL); its ID."""
         return MODULE.create(isolated=True)
 
-    def run(iid, code):
+    def run(iid: Any, code: str) -> None:
         """Run code in interpreter iid's __main__ on this thread."""
         try:
             MODULE.run_string(iid, code)
@@ -62,20 +71,20 @@ class Subinterpreter:
     """An isolated interpreter that code runs in from the calling thread;
     use as a context manager (destroyed on exit)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.id = create()
 
-    def run(self, code):
+    def run(self, code: str) -> None:
         """Run source code (dedented) in the interpreter's __main__."""
         run(self.id, textwrap.dedent(code))
 
-    def close(self):
+    def close(self) -> None:
         if self.id is not None:
             destroy(self.id)
             self.id = None
 
-    def __enter__(self):
+    def __enter__(self) -> Subinterpreter:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()

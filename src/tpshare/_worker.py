@@ -9,8 +9,12 @@ replies ``(job id, status, payload, worker id)`` to its owner's results
 channel (see tpshare._interpreters for the protocol).
 """
 
+from __future__ import annotations
+
 import sys
 import threading
+import types
+from typing import Any
 
 from ._tpshare import (
     _EXIT_INTERRUPT_MESSAGE,
@@ -22,9 +26,23 @@ from ._tpshare import (
     share,
 )
 
-# Job kinds and reply statuses.
+# Job kinds and reply statuses.  A kind with _FALLBACK set comes from the
+# PEP 734 layer (tpshare.interpreters, InterpreterPoolExecutor): arguments
+# that could not be shared were pickled (their positions are listed after
+# the payload), and a result that cannot be shared is pickled back.
 _EXEC, _CALL, _MAP = 0, 1, 2
-_OK, _RAISED, _UNSHAREABLE = 0, 1, 2
+_FALLBACK = 4
+_OK, _RAISED, _UNSHAREABLE, _PICKLED, _BROKEN = 0, 1, 2, 3, 4
+
+# Job id of a _BROKEN reply: the worker's initializer raised, the worker
+# took no job and stopped.
+_NO_JOB = 0
+
+# True while a worker imports its owner's __main__ from its file: code at
+# the top level of a script without an `if __name__ == "__main__":` guard
+# runs then, and must not make interpreters (each would import the script
+# again).  tpshare._interpreters reads it.
+_importing_main = False
 
 # Code the C layer runs in a new interpreter: once at start, then the
 # worker loop (threaded) or one job per submission (thread=False).
@@ -33,23 +51,53 @@ _INIT = _MODULE + "._worker_init(%d)"
 _LOOP = _MODULE + "._worker_loop()"
 _SERVE_ONE = _MODULE + "._worker_serve_one()"
 
-_worker = None
+_worker: _Worker | None = None
+
+# What a job carries: (job id, kind, target, token), target being source
+# code or (module, qualified name); an initializer: (target, token,
+# pickled); a reply: (job id, status, payload, worker id).
+_Job = tuple[int, int, Any, "int | None"]
+_Init = tuple[tuple[str, str], "int | None", bool]
+_Reply = tuple[int, int, Any, int]
 
 
 class _Worker:
     """The state of a worker interpreter: its channels and how to run a
     job.  One per worker, made by _worker_init()."""
 
-    def __init__(self, work, results, main_name, main_file):
+    def __init__(self, work: Channel, results: Channel,
+                 main_name: str | None, main_file: str | None,
+                 init: _Init | None) -> None:
         self.work = work
         self.results = results
         self.main_name = main_name
         self.main_file = main_file
-        self.functions = {}
+        self.init = init
+        self.functions: dict[tuple[str, str], Any] = {}
         self.id = interpreter_id()
 
-    def loop(self):
+    def initialize(self) -> bool:
+        """Run the pool's initializer, if any, before the first job.  False
+        (after telling the owner, which breaks the pool) if it raised."""
+        if self.init is None:
+            return True
+        target, token, pickled = self.init
+        self.init = None
+        try:
+            func = self.function(*target)
+            args = () if token is None else _take(token)
+            if pickled:
+                args = self.unpickled(args)
+            func(*args)
+        except BaseException as exc:
+            self.send((_NO_JOB, _BROKEN, _describe(exc), self.id))
+            return False
+        return True
+
+    def loop(self) -> None:
         """Run jobs until the work channel is closed and empty."""
+        if not self.initialize():
+            return
         work = self.work
         while True:
             try:
@@ -68,7 +116,7 @@ class _Worker:
                     return
             msg = None
 
-    def serve_one(self):
+    def serve_one(self) -> None:
         """Run the next queued job, if any (thread=False)."""
         try:
             msg = self.work.recv(timeout=0)
@@ -76,9 +124,12 @@ class _Worker:
             return
         self.run(msg)
 
-    def run(self, msg):
+    def run(self, msg: _Job) -> None:
         job_id, kind, target, token = msg
         code = None
+        result: Any
+        fallback = kind & _FALLBACK
+        kind &= ~_FALLBACK
         try:
             if kind == _EXEC:
                 code = target
@@ -87,31 +138,72 @@ class _Worker:
             else:
                 func = self.function(*target)
                 if kind == _CALL:
-                    args, kwargs = _take_arguments(token)
+                    args, kwargs = self.arguments(token)
                     result = func(*args, **kwargs)
                 else:
+                    assert token is not None   # a chunk is never empty
                     chunk = _take(token)
                     result = tuple([func(*args) for args in chunk])
                     del chunk
         except BaseException as exc:
             reply = (job_id, _RAISED, _describe(exc, code), self.id)
         else:
-            reply = self.reply(job_id, kind, target, result)
+            reply = self.reply(job_id, kind, target, result, fallback)
             del result
         self.send(reply)
 
-    def exec(self, code, token):
+    def arguments(self, token: int | None
+                  ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """(args, kwargs) of a call; pickled ones unpickled."""
+        if token is None:
+            return (), {}
+        payload = _take(token)
+        args, kwnames, kwvalues = payload[:3]
+        if len(payload) > 3:
+            values = self.unpickled(args + kwvalues, payload[3])
+            args, kwvalues = values[:len(args)], values[len(args):]
+        return args, dict(zip(kwnames, kwvalues))
+
+    def unpickled(self, values: Any,
+                  pickled: tuple[int, ...] | None = None) -> Any:
+        """values (a tuple) with those at the positions `pickled` (all
+        when None) unpickled.  A class of the owner's __main__ is found in
+        its import here (see main_module)."""
+        import io
+        import pickle
+        worker = self
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:
+                if module == "__main__":
+                    return getattr(worker.main_module(), name)
+                return super().find_class(module, name)
+
+        def load(data: bytes) -> Any:
+            return Unpickler(io.BytesIO(data)).load()
+
+        if pickled is None:
+            return load(values)
+        values = list(values)
+        for i in pickled:
+            values[i] = load(values[i])
+        return tuple(values)
+
+    def exec(self, code: str, token: int | None) -> None:
         ns = sys.modules["__main__"].__dict__
         if token is not None:
-            names, values = _take(token)
+            payload = _take(token)
+            names, values = payload[:2]
+            if len(payload) > 2:
+                values = self.unpickled(values, payload[2])
             ns.update(zip(names, values))
-            del values
+            del values, payload
         if code.lstrip("\r\n")[:1] in (" ", "\t"):
             import textwrap
             code = textwrap.dedent(code)
         exec(compile(code, _EXEC_FILENAME, "exec"), ns)
 
-    def function(self, modname, qualname):
+    def function(self, modname: str, qualname: str) -> Any:
         key = (modname, qualname)
         func = self.functions.get(key)
         if func is None:
@@ -125,11 +217,12 @@ class _Worker:
             func = self.functions[key] = obj
         return func
 
-    def main_module(self):
+    def main_module(self) -> types.ModuleType:
         """The owner's __main__, imported here as multiprocessing's spawn
         does: by module name when it was run with -m, else from its file
         under the name __tpshare_main__ (so its `if __name__ ==
         '__main__':` block does not run)."""
+        global _importing_main
         mod = sys.modules.get("__tpshare_main__")
         if mod is not None:
             return mod
@@ -137,38 +230,57 @@ class _Worker:
             __import__(self.main_name)
             mod = sys.modules[self.main_name]
         elif self.main_file:
+            # The loader is chosen here, not by the file's suffix: a
+            # script need not end in .py.
+            import importlib.machinery
             import importlib.util
-            spec = importlib.util.spec_from_file_location(
+            loader = importlib.machinery.SourceFileLoader(
                 "__tpshare_main__", self.main_file)
+            spec = importlib.util.spec_from_loader(
+                "__tpshare_main__", loader, origin=self.main_file)
+            assert spec is not None   # a loader was given
             mod = importlib.util.module_from_spec(spec)
             sys.modules["__tpshare_main__"] = mod
+            _importing_main = True
             try:
-                spec.loader.exec_module(mod)
+                loader.exec_module(mod)
             except BaseException:
                 del sys.modules["__tpshare_main__"]
                 raise
+            finally:
+                _importing_main = False
         else:
             raise ImportError("the owner's __main__ has no file to import "
                               "functions from")
         sys.modules["__tpshare_main__"] = mod
         return mod
 
-    def reply(self, job_id, kind, target, result):
+    def reply(self, job_id: int, kind: int, target: Any, result: Any,
+              fallback: int = 0) -> _Reply:
         if result is None:
             return (job_id, _OK, None, self.id)
         try:
             token = share(result).detach()
         except BaseException as exc:
+            why = str(exc)
+            if fallback:
+                try:
+                    import pickle
+                    data = pickle.dumps(result)
+                except BaseException as pexc:
+                    why = f"{why}; and pickling it failed: {pexc}"
+                else:
+                    return (job_id, _PICKLED, share(data).detach(), self.id)
             what = "the code" if kind == _EXEC else f"{target[1]}()"
             return (job_id, _UNSHAREABLE,
-                    f"the result of {what} is not shareable: {exc}", self.id)
+                    f"the result of {what} is not shareable: {why}", self.id)
         return (job_id, _OK, token, self.id)
 
-    def send(self, reply):
+    def send(self, reply: _Reply) -> None:
         try:
             self.results.send(reply)
         except BaseException:
-            if reply[1] == _OK and reply[2] is not None:
+            if reply[1] in (_OK, _PICKLED) and reply[2] is not None:
                 _release_token(reply[2])
             if not self.results.closed:
                 raise
@@ -178,8 +290,11 @@ class _Worker:
 _EXEC_FILENAME = "<tpshare exec>"
 
 
-def _describe(exc, code=None):
-    """(type name, message, traceback text) of exc, all str."""
+def _describe(exc: BaseException, code: str | None = None
+              ) -> tuple[str, str, str, tuple[str, str, str], str]:
+    """(type name, message, traceback text, (type's __name__, __qualname__,
+    __module__), the exception's last line as traceback prints it) of exc,
+    all str."""
     tp = type(exc)
     mod = getattr(tp, "__module__", "builtins")
     if mod in ("builtins", "__main__"):
@@ -190,6 +305,13 @@ def _describe(exc, code=None):
         message = str(exc)
     except BaseException:
         message = "<unprintable message>"
+    info = (str(getattr(tp, "__name__", name)),
+            str(getattr(tp, "__qualname__", name)), str(mod))
+    try:
+        import traceback
+        only = "".join(traceback.format_exception_only(tp, exc)).rstrip()
+    except BaseException:
+        only = f"{name}: {message}" if message else name
     try:
         import linecache
         import traceback
@@ -204,39 +326,32 @@ def _describe(exc, code=None):
         text = "".join(traceback.format_exception(tp, exc, tb))
     except BaseException:
         text = ""
-    return (name, message, text)
+    return (name, message, text, info, only)
 
 
-def _take(token):
+def _take(token: int) -> Any:
     """The value detached under token, rebuilt here; the record is
     released."""
     with attach(token) as s:
         return s.rebuild()
 
 
-def _take_arguments(token):
-    if token is None:
-        return (), {}
-    args, kwnames, kwvalues = _take(token)
-    return args, dict(zip(kwnames, kwvalues))
-
-
-def _release_token(token):
+def _release_token(token: int) -> None:
     try:
         attach(token).release()
     except KeyError:
         pass
 
 
-def _worker_init(token):
+def _worker_init(token: int) -> None:
     """Run first in a new interpreter: set sys.path as the owner's and
     open the channels."""
     global _worker
-    work_id, results_id, path, main_name, main_file = _take(token)
+    work_id, results_id, path, main_name, main_file, init = _take(token)
     sys.path[:] = path
     sys.unraisablehook = _UnraisableHook(sys.unraisablehook)
     _worker = _Worker(Channel.from_id(work_id), Channel.from_id(results_id),
-                      main_name, main_file)
+                      main_name, main_file, init)
 
 
 class _UnraisableHook:
@@ -247,10 +362,10 @@ class _UnraisableHook:
     again until the worker stops, so it is not printed; everything else
     goes to the hook this one replaced."""
 
-    def __init__(self, previous):
+    def __init__(self, previous: Any) -> None:
         self.previous = previous
 
-    def __call__(self, unraisable):
+    def __call__(self, unraisable: Any) -> None:
         exc = unraisable.exc_value
         if (type(exc) is SystemExit
                 and exc.args == (_EXIT_INTERRUPT_MESSAGE,)):
@@ -258,14 +373,15 @@ class _UnraisableHook:
         self.previous(unraisable)
 
 
-def _worker_loop():
+def _worker_loop() -> None:
+    assert _worker is not None
     try:
         _worker.loop()
     finally:
         _forget_dummy_thread()
 
 
-def _forget_dummy_thread():
+def _forget_dummy_thread() -> None:
     """On 3.13 threading's main thread is the process's, so a worker's own
     thread is a threading._DummyThread in its interpreter once anything
     calls threading.current_thread() there.  The dummy is forgotten when
@@ -279,5 +395,6 @@ def _forget_dummy_thread():
         pass
 
 
-def _worker_serve_one():
+def _worker_serve_one() -> None:
+    assert _worker is not None
     _worker.serve_one()

@@ -24,15 +24,17 @@ The modules:
 - ``_remote``: the receiver's side, imported inside isolated
   interpreters, threads and child processes (standard library and
   tpshare only).
-- ``throughput``, ``latency``, ``release``, ``scaling``, ``memory``: the
-  experiments.
+- ``throughput``, ``latency``, ``release``, ``scaling``, ``memory``,
+  ``pep734``: the experiments (``pep734``: one pipeline written against
+  PEP 734's API, on ``tpshare.interpreters`` and on CPython's module).
 - ``plots``: the PNG figures (matplotlib, Agg backend).
 
 Importing this package imports nothing heavy: the subinterpreters import
 ``tpshare.bench._remote`` and must not pull in matplotlib.
 """
 
-EXPERIMENTS = ("throughput", "latency", "release", "scaling", "memory")
+EXPERIMENTS = ("throughput", "latency", "release", "scaling", "memory",
+               "pep734")
 
 
 def main(argv=None):

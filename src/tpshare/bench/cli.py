@@ -208,6 +208,9 @@ def _headline(doc):
                 for base in ("mp-queue", "faster-fifo") if base in small)
             out.append(f"between processes, 64 B, {ours}: "
                        f"{common.fmt_rate(rate)}; vs {parts}")
+    if "pep734" in ex and ex["pep734"]["ratio"] is not None:
+        out.append(f"PEP 734 pipeline: tpshare.interpreters vs CPython's "
+                   f"x{ex['pep734']['ratio']:.1f}")
     if "memory" in ex:
         pts = ex["memory"]["points"]
         for key in ("int/8", "bytes/64"):
@@ -258,6 +261,7 @@ def main(argv=None):
         "release": None,
         "scaling": None,
         "shm": None,
+        "pep734": None,
     }
 
     malloc = ("malloc: glibc defaults (--malloc-defaults)"
@@ -365,10 +369,11 @@ def header_text(doc, out=None):
 
 def _modules():
     """The experiments' modules by name (imported when first needed)."""
-    from . import latency, memory, release, scaling, shm, throughput
+    from . import (latency, memory, pep734, release, scaling, shm,
+                   throughput)
     return {"throughput": throughput, "latency": latency,
             "release": release, "scaling": scaling, "memory": memory,
-            "shm": shm}
+            "shm": shm, "pep734": pep734}
 
 
 def experiment_text(exp, res):
