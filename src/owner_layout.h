@@ -30,6 +30,7 @@ struct tps_interp {
     atomic_long queued;          /* see tps_interp_queued_add() */
     atomic_int rescan;           /* a record went back into a queue
                                     while the exit hook waits */
+    atomic_int unsettled;        /* an exit callback ran out of memory */
     /* The owner's side. */
     _Alignas(TPS_LINE) atomic_long exports;
     atomic_ulong drains;         /* drains that freed something */

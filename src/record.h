@@ -130,14 +130,22 @@ long tps_memo_tables(void);
 void tps_record_hold(TpShare_Record *rec, int64_t holder);
 void tps_record_unhold(TpShare_Record *rec, int64_t holder);
 
-/* A record goes into a channel or the token table, which takes over a
- * reference: counted in its owner's `queued` (owner-bound records only)
- * until the receiver that takes it out is done with it and calls
- * tps_record_queue_release() (which drops that reference too).
- * tps_record_queue_leave() undoes an enter whose record did not go in
+/* A record goes into the token table, which takes over a reference:
+ * counted in its owner's `queued` (owner-bound records only) until the
+ * receiver that takes it out is done with it and calls
+ * tps_record_table_release() (which drops that reference too).
+ * tps_record_table_leave() undoes an enter whose record did not go in
  * (the caller keeps its reference).  Any thread, no GIL needed. */
-void tps_record_queue_enter(TpShare_Record *rec);
-void tps_record_queue_leave(TpShare_Record *rec);
+void tps_record_table_enter(TpShare_Record *rec);
+void tps_record_table_leave(TpShare_Record *rec);
+void tps_record_table_release(TpShare_Record *rec);
+
+/* Records in a channel's ring are not counted: the owner's exit finds
+ * them there.  One a receiver took out is counted by the receiving
+ * thread (tps_reader_took, owner.h) until that thread is done with it
+ * and calls tps_record_queue_release() (which drops the ring's reference
+ * too; defined in owner_reading.c, where the count is).  No GIL
+ * needed. */
 void tps_record_queue_release(TpShare_Record *rec);
 
 /* A neutral record with the same value as `rec` (owner-bound, owned by

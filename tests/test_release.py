@@ -265,3 +265,66 @@ def test_token_detached_while_its_owner_exits_dies_with_it(sub):
     assert sid not in tpshare.stats()
     with pytest.raises(KeyError):
         tpshare.attach(tokens[0])
+
+
+# An item whose rebuild runs `code` in the receiver (through pickle): the
+# receiver is then reading the record of its tuple, whose other item is a
+# view of the sender's memory (large bytes are shared, not copied).
+SLOW_ITEM = """
+class Slow:
+    def __init__(self, code):
+        self.code = code
+    def __reduce__(self):
+        return (exec, (self.code,))
+"""
+
+
+def test_owner_exit_waits_for_receivers_still_reading_its_items():
+    """Owners exit while one receiver has taken their items out of a
+    channel and is still rebuilding them: more owners than a thread counts
+    in its own slots, so some are counted in their owners' state.  Every
+    exit waits until the receiver is done with its item: each owner is
+    still there when its item's bytes are read, and they read intact."""
+    r = run_child(
+        """
+        import threading
+        import tpshare
+        from support import Sub, _stdinterp
+
+        owners = 9
+        ch = tpshare.Channel(fallback="pickle")
+        subs = [Sub() for _ in range(owners)]
+        SIDS = [int(s.id) for s in subs]
+        STARTED = threading.Event()
+        LOG = []
+        for i, sub in enumerate(subs):
+            sub.put("ch", ch)
+            sub.run(SLOW_ITEM_CODE)
+            # The first item's rebuild lets the owners exit, then waits a
+            # while; each item then notes whether its owner is still
+            # there before its bytes (the owner's memory) are rebuilt.
+            code = ("STARTED.set(); import time; time.sleep(0.5)\\n"
+                    if i == 0 else "")
+            code += f"LOG.append(({i}, SIDS[{i}] in tpshare.stats()))"
+            sub.run(f"ch.send((Slow({code!r}), bytes([{i}]) * 100_000))")
+        assert ch.qsize() == owners
+
+        def destroy(sub):
+            STARTED.wait()
+            _stdinterp.destroy(sub.id)
+
+        threads = [threading.Thread(target=destroy, args=(s,)) for s in subs]
+        for t in threads:
+            t.start()
+        got = ch.recv_many(owners)
+        for t in threads:
+            t.join()
+        assert LOG == [(i, True) for i in range(owners)], LOG
+        assert [b for _, b in got] == [bytes([i]) * 100_000
+                                       for i in range(owners)]
+        assert not set(SIDS) & set(tpshare.stats())
+        print("OK")
+        """.replace("SLOW_ITEM_CODE", repr(SLOW_ITEM))
+    )
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
