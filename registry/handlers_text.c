@@ -1,15 +1,15 @@
 /* handlers_text.c - built-in handlers for str and bytes.
  *
- * str is always copied into the record (neutral): up to 16 bytes of
- * character data sit inline, longer strings in raw memory.  Every kind
- * round-trips exactly, lone surrogates and embedded NULs included,
+ * str and bytes below the share threshold are copied into the record
+ * (neutral): up to 16 bytes of character data sit inline, longer ones in
+ * memory of the record's (tps_small_alloc) or raw memory.  Every kind of
+ * str round-trips exactly, lone surrogates and embedded NULs included,
  * because the code units are copied as they are.
  *
- * bytes below the share threshold are copied the same way.  At or above
- * it the record keeps a reference to the sender's bytes object instead
- * (owner-bound, no copy at send) and the receiver makes its one copy
- * straight from the sender's memory, which cannot change because bytes
- * are immutable.  The threshold is process-wide and measured by
+ * At or above the threshold (in bytes of data, for both) the record keeps
+ * a reference to the sender's object instead (owner-bound, no copy at
+ * send) and the receiver makes its one copy straight from the sender's
+ * memory, which cannot change because str and bytes are immutable.  The threshold is process-wide and measured by
  * bench/bench_bytes_threshold.py; see docs/design.md.
  */
 #include "registry.h"
@@ -58,6 +58,16 @@ payload(const TpShare_Data *data)
 
 #define STR_ASCII 0x100u
 
+/* Whether n bytes of an immutable object's data are shared rather than
+ * copied.  Copied anyway when the copy must not depend on the sender (its
+ * items left queued when it exits: tps_record_neutral_copy). */
+static inline int
+shares(Py_ssize_t n)
+{
+    return n > INLINE_MAX && n >= TPS_BYTES_SHARE_MIN
+           && !tps_share_must_copy();
+}
+
 static int
 str_share(PyObject *obj, TpShare_Data *data)
 {
@@ -65,6 +75,11 @@ str_share(PyObject *obj, TpShare_Data *data)
     int kind = PyUnicode_KIND(obj);
     data->size = len;
     data->aux = (uint32_t)kind | (PyUnicode_IS_ASCII(obj) ? STR_ASCII : 0);
+    if (shares(len * kind)) {
+        data->obj = Py_NewRef(obj);
+        data->ptr = PyUnicode_DATA(obj);
+        return 0;
+    }
     return copy_in(data, PyUnicode_DATA(obj), len * kind);
 }
 
@@ -90,11 +105,7 @@ bytes_share(PyObject *obj, TpShare_Data *data)
 {
     Py_ssize_t len = PyBytes_GET_SIZE(obj);
     data->size = len;
-    /* Copied anyway when the copy must not depend on the sender (its
-     * items left queued when it exits: tps_record_neutral_copy). */
-    if (len > INLINE_MAX && len >= TPS_BYTES_SHARE_MIN
-        && !tps_share_must_copy())
-    {
+    if (shares(len)) {
         data->obj = Py_NewRef(obj);
         data->ptr = PyBytes_AS_STRING(obj);
         return 0;
@@ -119,7 +130,7 @@ bytes_free(TpShare_Data *data)
 
 static const TpShare_Hooks str_hooks = {
     TPSHARE_HOOKS_INIT, TPSHARE_COPIES | TPSHARE_IMMUTABLE, "builtins.str",
-    str_share, str_rebuild, NULL,
+    str_share, str_rebuild, bytes_free,
 };
 
 static const TpShare_Hooks bytes_hooks = {

@@ -108,9 +108,9 @@ typedef PyObject *(*tps_view_maker)(TpShare_Record *rec,
                                     const Py_buffer *src);
 void tps_export_set_view_maker(tps_view_maker fn);
 
-/* Bytes at least this long are shared owner-bound rather than copied
- * (registry/handlers_text.c); bench/bench_bytes_threshold.py measures
- * where sharing starts to win. */
+/* bytes, and str with at least this many bytes of character data, are
+ * shared owner-bound rather than copied (registry/handlers_text.c);
+ * bench/bench_bytes_threshold.py measures where sharing starts to win. */
 #define TPS_BYTES_SHARE_MIN ((Py_ssize_t)4 * 1024)
 
 #endif /* TPSHARE_REGISTRY_H */
