@@ -309,16 +309,15 @@ def test_owner_exit_waits_for_receivers_still_reading_its_items():
             sub.run(f"ch.send((Slow({code!r}), bytes([{i}]) * 100_000))")
         assert ch.qsize() == owners
 
-        def destroy(sub):
-            STARTED.wait()
+        got = []
+        t = threading.Thread(target=lambda: got.extend(ch.recv_many(owners)))
+        t.start()
+        STARTED.wait()
+        # From the thread that ran them (3.12 hangs destroying an
+        # interpreter from another thread): each waits for its item.
+        for sub in subs:
             _stdinterp.destroy(sub.id)
-
-        threads = [threading.Thread(target=destroy, args=(s,)) for s in subs]
-        for t in threads:
-            t.start()
-        got = ch.recv_many(owners)
-        for t in threads:
-            t.join()
+        t.join()
         assert LOG == [(i, True) for i in range(owners)], LOG
         assert [b for _, b in got] == [bytes([i]) * 100_000
                                        for i in range(owners)]
