@@ -663,6 +663,7 @@ tps_interps_atfork(tps_fork_phase phase)
             tls_interp.id = -1;
             tls_interp.st = NULL;
         }
+        tps_readers_atfork_child();
         pthread_mutex_unlock(&interps.mutex);
         break;
     }

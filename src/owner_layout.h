@@ -65,4 +65,9 @@ void tps_interp_run_exit_callbacks(int64_t id);
  * lookup finds it any more. */
 void tps_interp_unlist(tps_interp *st);
 
+/* In a fork child (owner.c's fork handler): the reading tables of the
+ * parent's other threads are cleared and free for new threads (one may
+ * have been busy at the fork), owner_reading.c. */
+void tps_readers_atfork_child(void);
+
 #endif /* TPSHARE_OWNER_LAYOUT_H */

@@ -34,7 +34,8 @@
  *
  * Tables are never freed: a thread's goes back to a free state at its
  * exit (a key's destructor) for the next new thread to take, and the
- * list of them is pushed to lock-free, so it is safe in a fork child.
+ * list of them is pushed to lock-free (no lock to lose in a fork).  In a
+ * fork child the tables of the parent's other threads are cleared.
  */
 #include "owner.h"
 #include "owner_layout.h"
@@ -65,7 +66,10 @@ static atomic_int exits_waiting;
 
 TPS_TLS tps_reader *tps_reader_tls;
 #define my_reader tps_reader_tls
-static TPS_TLS int my_reader_gone;    /* the thread is exiting */
+/* The thread is exiting, or its table could not be set up: it has none
+ * from then on (a table that appeared between taking a record out and
+ * releasing it would not know where the record was counted). */
+static TPS_TLS int my_reader_gone;
 static pthread_key_t reader_key;
 static int reader_key_ok;
 static pthread_once_t reader_once = PTHREAD_ONCE_INIT;
@@ -142,6 +146,7 @@ tps_reader_setup(void)
     if (my_reader != NULL || my_reader_gone) {
         return my_reader;
     }
+    my_reader_gone = 1;
     pthread_once(&reader_once, reader_key_create);
     if (!reader_key_ok) {
         return NULL;
@@ -154,6 +159,7 @@ tps_reader_setup(void)
         atomic_store(&r->in_use, 0);
         return NULL;
     }
+    my_reader_gone = 0;
     my_reader = r;
     return r;
 }
@@ -336,4 +342,21 @@ tps_reader_sum(int64_t owner)
         }
     }
     return sum;
+}
+
+void
+tps_readers_atfork_child(void)
+{
+    for (tps_reader *r = atomic_load(&all_readers); r != NULL; r = r->next) {
+        if (r == my_reader) {
+            continue;     /* the forking thread's: it is not reading */
+        }
+        for (int i = 0; i < READ_SLOTS; i++) {
+            atomic_store(&r->slots[i].count, 0);
+        }
+        r->overflow = 0;
+        atomic_store(&r->busy, 0);
+        atomic_store(&r->in_use, 0);
+    }
+    atomic_store(&exits_waiting, 0);
 }
