@@ -533,6 +533,8 @@ int
 tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
                    Py_ssize_t n)
 {
+    tps_untaking untaking = {{0}, {0}};
+
     assert(n > 0);
     tps_lock_acquire(&ch->lock);
     assert((uint64_t)n <= ch->received);   /* they were taken from here */
@@ -550,11 +552,12 @@ tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
         if (recs[i]->flags & TPS_REC_BOUND) {
             tps_interp_requeued(recs[i]->ownerst);
         }
-        tps_reader_untake(recs[i]);
+        tps_reader_untake(&untaking, recs[i]);
     }
     ch->received -= (uint64_t)n;
     tps_wlist_wake(&ch->receivers, (int)(n < INT32_MAX ? n : INT32_MAX));
     tps_lock_release(&ch->lock);
+    tps_reader_untaken(&untaking);
     return 0;
 }
 

@@ -71,11 +71,19 @@ tps_reader_self(void)
  * its owner-bound records are counted as being read until the thread
  * calls tps_record_queue_release() (record.h) on each, or
  * tps_reader_untake() when it puts one back into the ring (under the
- * lock, after it is there).  `r` may be NULL.  No GIL needed. */
+ * lock, after it is there) and tps_reader_untaken() once the lock is let
+ * go.  `r` may be NULL.  No GIL needed. */
 void tps_reader_taking(tps_reader *r);
 void tps_reader_took(tps_reader *r, TpShare_Record *const *recs,
                      Py_ssize_t n);
-void tps_reader_untake(TpShare_Record *rec);
+#define TPS_READ_SLOTS 6
+typedef struct {
+    long n[TPS_READ_SLOTS];      /* records to uncount per slot */
+    int64_t owner[TPS_READ_SLOTS];
+} tps_untaking;
+void tps_reader_untake(tps_untaking *u, TpShare_Record *rec);
+/* After the lock: what tps_reader_untake() left in `u` (zeroed before). */
+void tps_reader_untaken(tps_untaking *u);
 /* An exit begins (+1) or ends (-1) waiting on reading counts. */
 void tps_reader_exit_waits(int delta);
 /* Records of `owner` being read by any thread. */

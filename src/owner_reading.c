@@ -43,7 +43,7 @@
 
 #include <sched.h>
 
-#define READ_SLOTS 6
+#define READ_SLOTS TPS_READ_SLOTS
 
 typedef struct {
     _Atomic int64_t owner;       /* written by the thread at count 0 */
@@ -280,18 +280,38 @@ overflow_done(void)
 }
 
 void
-tps_reader_untake(TpShare_Record *rec)
+tps_reader_untake(tps_untaking *u, TpShare_Record *rec)
 {
     if (!(rec->flags & TPS_REC_BOUND)) {
         return;
     }
     read_slot *s = counted_in(rec->owner);
     if (s != NULL) {
-        uncount(s, rec->owner);
+        /* Uncounted once the lock is let go (tps_reader_untaken): its
+         * wake-up looks the owner up under the table of interpreters,
+         * which is not taken under a channel's lock. */
+        int i = (int)(s - my_reader->slots);
+        u->n[i]++;
+        u->owner[i] = rec->owner;
         return;
     }
+    /* The record (still in the ring, under its lock) holds its owner's
+     * state. */
     tps_interp_queued_add(rec->ownerst, -1);
     overflow_done();
+}
+
+void
+tps_reader_untaken(tps_untaking *u)
+{
+    if (my_reader == NULL) {
+        return;
+    }
+    for (int i = 0; i < TPS_READ_SLOTS; i++) {
+        for (long k = 0; k < u->n[i]; k++) {
+            uncount(&my_reader->slots[i], u->owner[i]);
+        }
+    }
 }
 
 /* Declared in record.h: records are released here, where they are

@@ -327,3 +327,41 @@ def test_owner_exit_waits_for_receivers_still_reading_its_items():
     )
     assert r.returncode == 0, r.stderr
     assert "OK" in r.stdout
+
+
+def test_items_a_receiver_puts_back_do_not_hold_their_owners_exit():
+    """recv_many() stops at an item it cannot rebuild and puts the
+    owner-bound items behind it back: they are no longer counted as being
+    read, so the owner's exit settles them (copies) instead of waiting,
+    and they arrive intact."""
+    r = run_child(
+        """
+        import tpshare
+        from support import Sub
+
+        ch = tpshare.Channel(fallback="pickle")
+        sub = Sub()
+        sub.put("ch", ch)
+        sub.run(SLOW_ITEM_CODE)
+        sub.run('''
+            ch.send(b'a' * 5000)
+            ch.send(Slow("raise ValueError('cannot')"))
+            ch.send(b'b' * 5000)
+            ch.send(('c' * 5000, b'd' * 5000))
+        ''')
+        assert ch.recv_many(10) == [b"a" * 5000]
+        try:
+            ch.recv_many(10)
+        except ValueError as e:
+            assert str(e) == "cannot"
+        else:
+            raise AssertionError("the item's error was not raised")
+        sid = int(sub.id)
+        sub.close()          # settles the two put back, without waiting
+        assert sid not in tpshare.stats()
+        assert ch.recv_many(10) == [b"b" * 5000, ("c" * 5000, b"d" * 5000)]
+        print("OK")
+        """.replace("SLOW_ITEM_CODE", repr(SLOW_ITEM)), timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
