@@ -280,7 +280,7 @@ typedef struct TpShare_CAPI {
      * fails; call it from a share hook. */
     int (*MustCopy)(void);
 
-    /* Small payload memory that lives as long as the record: `n` bytes
+    /* Payload memory that lives as long as the record: `n` bytes
      * (aligned for any type) for `data`, the TpShare_Data tpshare passed
      * to the running share hook.  On success it sets data->ptr to the
      * memory and returns it; tpshare frees it with the record and the
@@ -289,8 +289,9 @@ typedef struct TpShare_CAPI {
      * exception and `data` unchanged, when n is above
      * TPSHARE_DATA_ALLOC_MAX, when data->ptr is already set or when no
      * such memory is left: the hook then allocates with Malloc.  Faster
-     * than Malloc (no malloc call: a per-thread cache of blocks, or the
-     * cache line after the record). */
+     * than Malloc (no malloc call: a per-thread cache of blocks of size
+     * classes, or the cache line after the record), above all when the
+     * receiver, another thread, frees the record. */
     void *(*DataAlloc)(TpShare_Data *data, size_t n);
 
     /* Let instances of `type` (borrowed), registered with tpshare, cross
@@ -305,8 +306,8 @@ typedef struct TpShare_CAPI {
     int (*Bridge)(PyTypeObject *type);
 } TpShare_CAPI;
 
-/* The largest payload DataAlloc() serves. */
-#define TPSHARE_DATA_ALLOC_MAX 128
+/* The largest payload DataAlloc() serves (16 KiB). */
+#define TPSHARE_DATA_ALLOC_MAX 16384
 
 /* ---------------------------------------------------------------------
  * Importing the table.

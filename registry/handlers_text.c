@@ -1,16 +1,17 @@
 /* handlers_text.c - built-in handlers for str and bytes.
  *
- * str is always copied into the record (neutral): up to 16 bytes of
- * character data sit inline, longer strings in raw memory.  Every kind
- * round-trips exactly, lone surrogates and embedded NULs included,
+ * str and bytes below the share threshold are copied into the record
+ * (neutral): up to 16 bytes of character data sit inline, longer ones in
+ * memory of the record's (DataAlloc) or raw memory.  Every kind of
+ * str round-trips exactly, lone surrogates and embedded NULs included,
  * because the code units are copied as they are.
  *
- * bytes below the share threshold are copied the same way.  At or above
- * it the record keeps a reference to the sender's bytes object instead
- * (owner-bound, no copy at send) and the receiver makes its one copy
- * straight from the sender's memory, which cannot change because bytes
- * are immutable.  The threshold is process-wide and measured by
- * bench/bench_bytes_threshold.py; see docs/design.md.
+ * At or above the threshold (in bytes of data, for both) the record keeps
+ * a reference to the sender's object instead (owner-bound, no copy at
+ * send) and the receiver makes its one copy straight from the sender's
+ * memory, which cannot change because str and bytes are immutable.  The
+ * threshold is process-wide and measured by bench/bench_bytes_threshold.py;
+ * see docs/design.md.
  */
 #include "handlers.h"
 
@@ -20,8 +21,8 @@
 
 /* Copy n bytes into the record: inline when they fit (ptr stays NULL),
  * else into memory that comes and goes with the record (DataAlloc: the
- * line after it, or a small block; up to TPSHARE_DATA_ALLOC_MAX bytes)
- * or new raw memory.  Returns 0 or -1 with MemoryError. */
+ * line after it, or a block of a size class; up to TPSHARE_DATA_ALLOC_MAX
+ * bytes) or new raw memory.  Returns 0 or -1 with MemoryError. */
 static int
 copy_in(TpShare_Data *data, const void *src, Py_ssize_t n)
 {
@@ -56,6 +57,16 @@ payload(const TpShare_Data *data)
 
 #define STR_ASCII 0x100u
 
+/* Whether n bytes of an immutable object's data are shared rather than
+ * copied.  Copied anyway when the copy must not depend on the sender (its
+ * items left queued when it exits: tps_record_neutral_copy). */
+static inline int
+shares(Py_ssize_t n)
+{
+    return n > INLINE_MAX && n >= TPS_BYTES_SHARE_MIN
+           && !tps_handlers_api.MustCopy();
+}
+
 static int
 str_share(PyObject *obj, TpShare_Data *data)
 {
@@ -63,6 +74,11 @@ str_share(PyObject *obj, TpShare_Data *data)
     int kind = PyUnicode_KIND(obj);
     data->size = len;
     data->aux = (uint32_t)kind | (PyUnicode_IS_ASCII(obj) ? STR_ASCII : 0);
+    if (shares(len * kind)) {
+        data->obj = Py_NewRef(obj);
+        data->ptr = PyUnicode_DATA(obj);
+        return 0;
+    }
     return copy_in(data, PyUnicode_DATA(obj), len * kind);
 }
 
@@ -88,11 +104,7 @@ bytes_share(PyObject *obj, TpShare_Data *data)
 {
     Py_ssize_t len = PyBytes_GET_SIZE(obj);
     data->size = len;
-    /* Copied anyway when the copy must not depend on the sender (its
-     * items left queued when it exits). */
-    if (len > INLINE_MAX && len >= TPS_BYTES_SHARE_MIN
-        && !tps_handlers_api.MustCopy())
-    {
+    if (shares(len)) {
         data->obj = Py_NewRef(obj);
         data->ptr = PyBytes_AS_STRING(obj);
         return 0;
@@ -117,7 +129,7 @@ bytes_free(TpShare_Data *data)
 
 static const TpShare_Hooks str_hooks = {
     TPSHARE_HOOKS_INIT, TPSHARE_COPIES | TPSHARE_IMMUTABLE, "builtins.str",
-    str_share, str_rebuild, NULL,
+    str_share, str_rebuild, bytes_free,
 };
 
 static const TpShare_Hooks bytes_hooks = {

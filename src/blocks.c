@@ -1,7 +1,7 @@
-/* blocks.c - the cache-line block allocator behind records.
+/* blocks.c - the cache-line block allocator behind records and copies.
  *
- * Records and small payload copies take their memory here instead of
- * from malloc; blocks.h has the inline fast path (a slot of the calling
+ * Records and payload copies of up to 16 KiB take their memory here
+ * instead of from malloc; blocks.h has the inline fast path (a slot of the calling
  * thread's magazine) and this file the rest: magazine reloads, the
  * process-wide depots, the regions blocks are carved from, and the fork
  * handler of the depots' locks.
@@ -19,6 +19,10 @@
  *    receiver's full magazines go to the depot, and a sender whose
  *    magazines ran dry takes them.  A thread's magazines go back to the
  *    depot when it exits.
+ * The copy classes (129 bytes to 16 KiB) work the same way, with fewer
+ * blocks per magazine and fewer full magazines in the depot the larger
+ * the blocks (about 64 KiB a magazine and 4 MiB a depot), and a thread
+ * gets their magazines on its first block of the class.
  * The cache and its magazines are plain malloc memory, not Python's raw
  * allocator: a thread gives them back when it exits, possibly after the
  * interpreter it ran finished.
@@ -29,7 +33,9 @@
 #include <sys/mman.h>
 
 #define MAG TPS_BLOCK_MAG
-#define DEPOT_MAX 64         /* full magazines a depot keeps */
+#define DEPOT_MAX 64         /* magazines a depot keeps, at most */
+#define MAG_BYTES (64 << 10)         /* a copy class's magazine, about */
+#define DEPOT_BYTES (4 << 20)        /* its depot's full ones, about */
 #define AHEAD TPS_BLOCK_AHEAD
 #define REGION_SIZE (32 << 20)   /* address space per kind of block */
 
@@ -39,6 +45,8 @@ typedef tps_block_cache thread_cache;
 typedef struct {
     pthread_mutex_t mutex;
     size_t size;                /* of each block, whole lines */
+    int cap;                    /* blocks per magazine */
+    int max_full;               /* full magazines kept */
     magazine *full;             /* magazines holding blocks */
     magazine *empty;            /* spare magazines */
     int nfull, nempty;
@@ -52,10 +60,27 @@ typedef struct {
 enum { K_TWO = TPS_BLOCK_TWO, K_THREE = TPS_BLOCK_THREE,
        NKINDS = TPS_BLOCK_KINDS };
 
+#define CLAMP(x, lo, hi) ((x) < (lo) ? (lo) : (x) > (hi) ? (hi) : (x))
+#define KIND_CAP(k) ((k) < TPS_BLOCK_COPY_FIRST ? MAG \
+    : (int)CLAMP(MAG_BYTES / TPS_BLOCK_SIZE(k), 8, MAG))
+#define KIND_MAX_FULL(k) ((k) < TPS_BLOCK_COPY_FIRST ? DEPOT_MAX \
+    : (int)CLAMP(DEPOT_BYTES / (KIND_CAP(k) * TPS_BLOCK_SIZE(k)), 4, \
+                 DEPOT_MAX))
+#define DEPOT(k) {.mutex = PTHREAD_MUTEX_INITIALIZER, \
+                  .size = TPS_BLOCK_SIZE(k), .cap = KIND_CAP(k), \
+                  .max_full = KIND_MAX_FULL(k)}
+
 static depot depots[NKINDS] = {
-    {.mutex = PTHREAD_MUTEX_INITIALIZER, .size = TPS_BLOCK_SIZE(K_TWO)},
-    {.mutex = PTHREAD_MUTEX_INITIALIZER, .size = TPS_BLOCK_SIZE(K_THREE)},
+    DEPOT(0), DEPOT(1), DEPOT(2), DEPOT(3), DEPOT(4), DEPOT(5), DEPOT(6),
+    DEPOT(7), DEPOT(8), DEPOT(9), DEPOT(10), DEPOT(11), DEPOT(12),
+    DEPOT(13), DEPOT(14),
 };
+_Static_assert(NKINDS == 15, "one depot per kind");
+
+/* The magazine of a copy class a thread has not used yet: empty and full
+ * at once, so that both fast paths take the slow path, which gives the
+ * thread magazines of its own.  Never written. */
+static magazine no_magazine = {.n = 0, .cap = 0};
 
 TPS_TLS tps_block_cache *tps_block_cache_tls;
 #define my_cache tps_block_cache_tls
@@ -149,13 +174,13 @@ blocks_delete(depot *d, void **blocks, int n)
     atomic_fetch_sub_explicit(&d->live, n, memory_order_relaxed);
 }
 
-/* Push m on one of the depot's lists unless it holds DEPOT_MAX already;
+/* Push m on one of the depot's lists unless it holds `max` already;
  * whether it did. */
 static int
-depot_push(depot *d, magazine **list, int *count, magazine *m)
+depot_push(depot *d, magazine **list, int *count, int max, magazine *m)
 {
     pthread_mutex_lock(&d->mutex);
-    int room = *count < DEPOT_MAX;
+    int room = *count < max;
     if (room) {
         m->next = *list;
         *list = m;
@@ -185,12 +210,15 @@ depot_pop(depot *d, magazine **list, int *count)
 static void
 depot_give(depot *d, magazine *m)
 {
-    if (m->n > 0 && depot_push(d, &d->full, &d->nfull, m)) {
+    if (m == &no_magazine) {
+        return;
+    }
+    if (m->n > 0 && depot_push(d, &d->full, &d->nfull, d->max_full, m)) {
         return;
     }
     blocks_delete(d, m->blocks, m->n);
     m->n = 0;
-    if (!depot_push(d, &d->empty, &d->nempty, m)) {
+    if (!depot_push(d, &d->empty, &d->nempty, DEPOT_MAX, m)) {
         free(m);
     }
 }
@@ -211,6 +239,7 @@ depot_take_empty(depot *d)
         m = malloc(sizeof(magazine));
         if (m != NULL) {
             m->n = 0;
+            m->cap = d->cap;
         }
     }
     return m;
@@ -256,6 +285,10 @@ cache_setup(void)
         return NULL;
     }
     for (int k = 0; k < NKINDS; k++) {
+        if (k >= TPS_BLOCK_COPY_FIRST) {
+            tc->loaded[k] = tc->prev[k] = &no_magazine;
+            continue;
+        }
         tc->loaded[k] = depot_take_empty(&depots[k]);
         tc->prev[k] = depot_take_empty(&depots[k]);
         if (tc->loaded[k] == NULL || tc->prev[k] == NULL) {
@@ -269,12 +302,32 @@ cache_setup(void)
     return tc;
 
 error:
-    for (int k = 0; k < NKINDS; k++) {
+    for (int k = 0; k < TPS_BLOCK_COPY_FIRST; k++) {
         free(tc->loaded[k]);
         free(tc->prev[k]);
     }
     free(tc);
     return NULL;
+}
+
+/* The thread's first block of a copy class: its magazines of the class.
+ * Whether it has them (else blocks come from and go to memory). */
+static int
+first_of_kind(thread_cache *tc, int kind)
+{
+    depot *d = &depots[kind];
+    if (tc->loaded[kind] != &no_magazine) {
+        return 1;
+    }
+    magazine *m = depot_take_empty(d), *p = depot_take_empty(d);
+    if (m == NULL || p == NULL) {
+        free(m);
+        free(p);
+        return 0;
+    }
+    tc->loaded[kind] = m;
+    tc->prev[kind] = p;
+    return 1;
 }
 
 static inline thread_cache *
@@ -322,7 +375,7 @@ tps_block_alloc_slow(int kind)
 {
     depot *d = &depots[kind];
     thread_cache *tc = cache_get();
-    if (tc == NULL) {
+    if (tc == NULL || !first_of_kind(tc, kind)) {
         return block_from_memory(d);
     }
     magazine *m = tc->loaded[kind];
@@ -331,7 +384,8 @@ tps_block_alloc_slow(int kind)
         if (m == NULL) {
             return block_from_memory(d);
         }
-        fetch_ahead(m, d->size);
+        fetch_ahead(m, kind < TPS_BLOCK_COPY_FIRST ? d->size
+                                                   : 2 * TPS_LINE);
     }
     /* The loaded magazine holds blocks now: the fast path takes one. */
     return tps_block_alloc(kind);
@@ -344,12 +398,12 @@ tps_block_free_slow(int kind, void *b)
 {
     depot *d = &depots[kind];
     thread_cache *tc = cache_get();
-    if (tc == NULL) {
+    if (tc == NULL || !first_of_kind(tc, kind)) {
         blocks_delete(d, &b, 1);
         return;
     }
     magazine *m = tc->loaded[kind];
-    if (m->n == MAG) {
+    if (m->n == m->cap) {
         m = reload(tc, kind, 0);
         if (m == NULL) {
             blocks_delete(d, &b, 1);
@@ -388,6 +442,24 @@ tps_block_cached(long long *two, long long *three)
     }
     *two = n[K_TWO];
     *three = n[K_THREE];
+}
+
+void
+tps_block_copy_counts(long long *live, long long *cached)
+{
+    *live = *cached = 0;
+    for (int k = TPS_BLOCK_COPY_FIRST; k < NKINDS; k++) {
+        depot *d = &depots[k];
+        *live += atomic_load(&d->live);
+        pthread_mutex_lock(&d->mutex);
+        for (magazine *m = d->full; m != NULL; m = m->next) {
+            *cached += m->n;
+        }
+        pthread_mutex_unlock(&d->mutex);
+        if (my_cache != NULL) {
+            *cached += my_cache->loaded[k]->n + my_cache->prev[k]->n;
+        }
+    }
 }
 
 void

@@ -32,7 +32,7 @@ tps_capi_owner(const TpShare_Record *rec)
     return rec->owner;
 }
 
-_Static_assert(TPSHARE_DATA_ALLOC_MAX == TPS_SMALL_MAX,
-               "DataAlloc serves what a record's small block holds");
+_Static_assert(TPSHARE_DATA_ALLOC_MAX == TPS_COPY_MAX,
+               "DataAlloc serves what the largest copy class holds");
 
 const TpShare_CAPI tps_capi = TPS_CAPI_INIT;

@@ -144,7 +144,7 @@ release_all(tps_channel *ch)
 {
     size_t n = tps_ring_count(&ch->ring);
     for (size_t i = 0; i < n; i++) {
-        tps_record_queue_release(*tps_ring_at(&ch->ring, i));
+        tps_record_release(*tps_ring_at(&ch->ring, i));
     }
 }
 
@@ -289,12 +289,13 @@ closed_error(tps_channel *ch, int *rc)
  * keep waiting. */
 static int
 attempt(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
-        Py_ssize_t *got, int *rc)
+        Py_ssize_t *got, int *rc, tps_reader *r)
 {
     if (dir == RECEIVING) {
         if (atomic_load(&ch->ring.count) > 0) {
             atomic_store_explicit(&ch->cpu[RECEIVING], sched_getcpu(),
                                   memory_order_relaxed);
+            tps_reader_taking(r);
             *got = tps_ring_pop(&ch->ring, recs, n);
             ch->received += (uint64_t)*got;
             tps_channel_wake_senders(ch);
@@ -380,6 +381,17 @@ grace_after_park(drain_grace *g, tps_interp *st, int watching, int why)
     return !others && tps_interp_has_pending(st);
 }
 
+/* After a successful attempt, with the lock let go: a receiver counts
+ * what it took out (record_release.c). */
+static inline void
+attempt_done(direction dir, TpShare_Record **recs, Py_ssize_t *got,
+             int rc, tps_reader *r)
+{
+    if (dir == RECEIVING && rc == 0) {
+        tps_reader_took(r, recs, *got);
+    }
+}
+
 /* Send or receive, waiting up to timeout_ns (< 0: forever).  Called with
  * the GIL; released while waiting.  Returns 0 or a TPS_ERR_* code;
  * TPS_ERR_SIGNAL comes with the exception a signal handler raised. */
@@ -389,6 +401,7 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
 {
     int rc = 0;
     const int timed_out = dir == RECEIVING ? TPS_ERR_EMPTY : TPS_ERR_FULL;
+    tps_reader *r = dir == RECEIVING ? tps_reader_self() : NULL;
 
     assert(tps_thread_state() != NULL);   /* holds the GIL */
     assert(n > 0);
@@ -397,9 +410,10 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     if (tps_lock_acquire_for(&ch->lock, timeout_ns) < 0) {
         return timed_out;
     }
-    int done = attempt(ch, dir, recs, n, got, &rc);
+    int done = attempt(ch, dir, recs, n, got, &rc, r);
     tps_lock_release(&ch->lock);
     if (done) {
+        attempt_done(dir, recs, got, rc, r);
         return rc;
     }
     if (timeout_ns == 0) {
@@ -435,8 +449,9 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
             rc = timed_out;
             break;
         }
-        if (attempt(ch, dir, recs, n, got, &rc)) {
+        if (attempt(ch, dir, recs, n, got, &rc, r)) {
             tps_lock_release(&ch->lock);
+            attempt_done(dir, recs, got, rc, r);
             break;
         }
         if (deadline >= 0 && tps_now_ns() >= deadline) {
@@ -500,18 +515,10 @@ tps_channel_send(tps_channel *ch, TpShare_Record *const *recs, Py_ssize_t n,
                  int64_t timeout_ns)
 {
     Py_ssize_t unused;
-    /* Counted before a receiver can take them. */
-    for (Py_ssize_t i = 0; i < n; i++) {
-        tps_record_queue_enter(recs[i]);
-    }
-    int rc = transfer(ch, SENDING, (TpShare_Record **)recs, n, &unused,
-                      timeout_ns);
-    if (rc < 0) {
-        for (Py_ssize_t i = 0; i < n; i++) {
-            tps_record_queue_leave(recs[i]);
-        }
-    }
-    return rc;
+    /* Records in the ring are not counted: an owner's exit finds its
+     * own there (chanexit.c). */
+    return transfer(ch, SENDING, (TpShare_Record **)recs, n, &unused,
+                    timeout_ns);
 }
 
 int
@@ -526,6 +533,8 @@ int
 tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
                    Py_ssize_t n)
 {
+    tps_untaking untaking = {{0}, {0}};
+
     assert(n > 0);
     tps_lock_acquire(&ch->lock);
     assert((uint64_t)n <= ch->received);   /* they were taken from here */
@@ -535,17 +544,20 @@ tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
     }
     tps_ring_unpop(&ch->ring, recs, n);
     for (Py_ssize_t i = 0; i < n; i++) {
-        /* Still counted in their owners' `queued` (the receiver's count
-         * goes back with them); an owner whose exit already settled its
-         * items settles them again.  Under the lock: once it is released
-         * another receiver may take and free the record. */
+        /* An owner whose exit already settled its items settles them
+         * again; told before this thread stops counting the record as
+         * being read, so that the exit waits until it has.  Under the
+         * lock: once it is released another receiver may take and free
+         * the record. */
         if (recs[i]->flags & TPS_REC_BOUND) {
             tps_interp_requeued(recs[i]->ownerst);
         }
+        tps_reader_untake(&untaking, recs[i]);
     }
     ch->received -= (uint64_t)n;
     tps_wlist_wake(&ch->receivers, (int)(n < INT32_MAX ? n : INT32_MAX));
     tps_lock_release(&ch->lock);
+    tps_reader_untaken(&untaking);
     return 0;
 }
 

@@ -1,11 +1,12 @@
 /* chanexit.c - the channel side of an interpreter's exit: its
  * owner-bound items still queued are settled.
  *
- * An owner-bound record in a ring is counted in its owner's `queued` from
- * before it goes in until the receiver that takes it out is done reading
- * it, so an owner never ends while another interpreter reads its memory.
- * When an interpreter exits, its exit hook (owner.c; still alive, under
- * its GIL) calls tps_channels_forget_interp(), which settles the
+ * An owner-bound record in a ring is found there by its owner's exit; one
+ * a receiver took out is counted by the receiving thread until it is done
+ * reading it (owner_reading.c), so an owner never ends while another
+ * interpreter reads its memory.  When an interpreter exits, its exit hook
+ * (owner_exit.c; still alive, under its GIL) calls
+ * tps_channels_forget_interp(), which settles the
  * owner-bound items it sent that are still queued in any channel: each is
  * replaced, in its place in the ring, by a neutral copy when its value
  * cannot change (bytes, pickled items, tuples of them), else as the
@@ -25,6 +26,18 @@ void
 tps_channels_set_unbound_maker(tps_unbound_maker fn)
 {
     atomic_store_explicit(&unbound_maker, fn, memory_order_release);
+}
+
+/* Out of memory: the exit hook tries again a second later. */
+static void
+unsettled(void)
+{
+    tps_interp *st = tps_interp_current();
+    if (st == NULL) {
+        PyErr_Clear();    /* no state either: nothing more to do */
+        return;
+    }
+    tps_interp_unsettled(st);
 }
 
 /* One of them, and what takes its place. */
@@ -122,7 +135,8 @@ settle_items_of(tps_channel *ch, int64_t interp)
     }
     items = PyMem_RawCalloc(mine, sizeof(settling));
     if (items == NULL) {
-        return;  /* still counted: the exit hook tries again */
+        unsettled();
+        return;
     }
     /* Only a receiver that could not rebuild an item puts one of ours
      * back in the meantime, and that makes the exit hook settle again:
@@ -175,7 +189,7 @@ settle_items_of(tps_channel *ch, int64_t interp)
     /* The originals are freed here, in their owner. */
     for (size_t i = 0; i < n; i++) {
         if (items[i].applied) {
-            tps_record_queue_release(items[i].rec);   /* the ring's */
+            tps_record_release(items[i].rec);   /* the ring's */
         }
         else if (items[i].repl != NULL) {
             tps_record_release(items[i].repl);   /* taken meanwhile */
@@ -193,7 +207,8 @@ tps_channels_forget_interp(int64_t interp)
     size_t k;
     tps_channel **all = tps_channels_hold_all(&k);
     if (all == NULL) {
-        return;  /* still counted: the exit hook tries again */
+        unsettled();
+        return;
     }
     for (size_t i = 0; i < k; i++) {
         settle_items_of(all[i], interp);

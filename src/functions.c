@@ -171,6 +171,19 @@ mod_block_cached(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
     return Py_BuildValue("(LL)", two, three);
 }
 
+PyDoc_STRVAR(copy_block_counts_doc,
+"_copy_block_counts()\n--\n\n(live, cached): blocks of the copy classes "
+"(copies of 129 bytes to\n16 KiB) taken from memory and not given back, "
+"and of those the ones\ncached as _block_cached() counts (for tests).");
+
+static PyObject *
+mod_copy_block_counts(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
+{
+    long long live, cached;
+    tps_block_copy_counts(&live, &cached);
+    return Py_BuildValue("(LL)", live, cached);
+}
+
 PyDoc_STRVAR(memo_tables_doc,
 "_memo_tables()\n--\n\nThe tables of the per-thread identity memos "
 "(of sharing and\nrebuilding nested values) allocated in the process and "
@@ -271,6 +284,8 @@ PyMethodDef tps_module_methods[] = {
     {"_parked_drains", mod_parked_drains, METH_O, parked_drains_doc},
     {"_block_counts", mod_block_counts, METH_NOARGS, block_counts_doc},
     {"_block_cached", mod_block_cached, METH_NOARGS, block_cached_doc},
+    {"_copy_block_counts", mod_copy_block_counts, METH_NOARGS,
+     copy_block_counts_doc},
     {"_memo_tables", mod_memo_tables, METH_NOARGS, memo_tables_doc},
     {"_spin_window", mod_spin_window, METH_NOARGS, spin_window_doc},
     {NULL},

@@ -5,8 +5,9 @@
  * process-wide list keyed by interpreter ID (and a per-thread cache of the
  * last one used).  It holds the release list, the counters (owner-bound
  * records alive: `exports`; holders of them in other interpreters:
- * `remote`; of them in channels and the token table or on their way out
- * of one: `queued`; queued releases: `pending`), the threads of the
+ * `remote`; of them in the token table or on their way out of it, and
+ * those taken out of a channel that owner_reading.c could not count per
+ * thread: `queued`; queued releases: `pending`), the threads of the
  * interpreter parked in tpshare, and what its exit hook (owner_exit.c)
  * needs.
  *
@@ -208,9 +209,8 @@ tps_interp_export_add(tps_interp *st, long n)
     atomic_fetch_add_explicit(&st->exports, n, memory_order_relaxed);
 }
 
-/* Wake the exit hook if it waits. */
-static void
-wake_exit(tps_interp *st)
+void
+tps_interp_wake_exit(tps_interp *st)
 {
     pthread_mutex_lock(&st->mutex);
     if (atomic_load(&st->exiting)) {
@@ -229,7 +229,7 @@ waited_add(tps_interp *st, atomic_long *counter, long n)
     long now = atomic_fetch_add(counter, n) + n;
     assert(now >= 0);
     if (now == 0 && n < 0 && atomic_load(&st->exiting)) {
-        wake_exit(st);
+        tps_interp_wake_exit(st);
     }
 }
 
@@ -246,6 +246,12 @@ tps_interp_queued_add(tps_interp *st, long n)
 }
 
 void
+tps_interp_unsettled(tps_interp *st)
+{
+    atomic_store(&st->unsettled, 1);
+}
+
+void
 tps_interp_requeued(tps_interp *st)
 {
     /* The record is in its queue before this reads `exiting`; the exit
@@ -253,7 +259,7 @@ tps_interp_requeued(tps_interp *st)
      * finds the record, or this sees `exiting` and asks for another. */
     if (atomic_load(&st->exiting)) {
         atomic_store(&st->rescan, 1);
-        wake_exit(st);
+        tps_interp_wake_exit(st);
     }
 }
 
@@ -582,6 +588,18 @@ tps_interp_stop(int64_t id)
     return 0;
 }
 
+tps_interp *
+tps_interp_find(int64_t id)
+{
+    pthread_mutex_lock(&interps.mutex);
+    tps_interp *st = interp_find_locked(id);
+    if (st != NULL) {
+        tps_interp_incref(st);
+    }
+    pthread_mutex_unlock(&interps.mutex);
+    return st;
+}
+
 int
 tps_interp_is_stopping(tps_interp *st)
 {
@@ -645,6 +663,7 @@ tps_interps_atfork(tps_fork_phase phase)
             tls_interp.id = -1;
             tls_interp.st = NULL;
         }
+        tps_readers_atfork_child();
         pthread_mutex_unlock(&interps.mutex);
         break;
     }

@@ -34,16 +34,63 @@ void tps_interp_decref(tps_interp *st);
 void tps_interp_export_add(tps_interp *st, long n);
 void tps_interp_remote_add(tps_interp *st, long n);
 
-/* Owner-bound records of the interpreter that sit in a channel or in the
- * token table, or were taken out of one by a receiver that is not done
+/* Owner-bound records of the interpreter that sit in the token table, or
+ * were taken out of it (or out of a channel, by a thread that could not
+ * count them itself: owner_reading.c) by a receiver that is not done
  * with them yet: the owner's exit settles those still queued and waits
  * for the others, like for remote holders.  Counted before a record
- * enters a queue, so it is counted all the time another interpreter may
- * read it (tps_record_queue_enter / tps_record_queue_release). */
+ * enters the table, so it is counted all the time another interpreter
+ * may read it (tps_record_table_enter / tps_record_table_release). */
 void tps_interp_queued_add(tps_interp *st, long n);
 /* A record of the interpreter went (back) into a queue: if its exit is
  * waiting, it settles the queues again. */
 void tps_interp_requeued(tps_interp *st);
+
+/* The state of interpreter `id` with a reference the caller drops
+ * (tps_interp_decref), or NULL when it has none (or its exit is over).
+ * Any thread. */
+tps_interp *tps_interp_find(int64_t id);
+/* Wake the exit hook of `st` if it waits. */
+void tps_interp_wake_exit(tps_interp *st);
+
+/* Owner-bound records a receiver took out of a channel and is still
+ * reading, counted per receiving thread (owner_reading.c).  The calling
+ * thread's table (NULL: it has none, its records are counted in their
+ * owners' `queued`); any thread. */
+typedef struct tps_reader tps_reader;
+extern TPS_TLS tps_reader *tps_reader_tls;
+tps_reader *tps_reader_setup(void);
+static inline tps_reader *
+tps_reader_self(void)
+{
+    tps_reader *r = tps_reader_tls;
+    return r != NULL ? r : tps_reader_setup();
+}
+/* Under the channel's lock, before the pop: the thread is taking records
+ * out.  After the lock is let go, tps_reader_took() on what it took:
+ * its owner-bound records are counted as being read until the thread
+ * calls tps_record_queue_release() (record.h) on each, or
+ * tps_reader_untake() when it puts one back into the ring (under the
+ * lock, after it is there) and tps_reader_untaken() once the lock is let
+ * go.  `r` may be NULL.  No GIL needed. */
+void tps_reader_taking(tps_reader *r);
+void tps_reader_took(tps_reader *r, TpShare_Record *const *recs,
+                     Py_ssize_t n);
+#define TPS_READ_SLOTS 6
+typedef struct {
+    long n[TPS_READ_SLOTS];      /* records to uncount per slot */
+    int64_t owner[TPS_READ_SLOTS];
+} tps_untaking;
+void tps_reader_untake(tps_untaking *u, TpShare_Record *rec);
+/* After the lock: what tps_reader_untake() left in `u` (zeroed before). */
+void tps_reader_untaken(tps_untaking *u);
+/* An exit begins (+1) or ends (-1) waiting on reading counts. */
+void tps_reader_exit_waits(int delta);
+/* Records of `owner` being read by any thread. */
+long tps_reader_sum(int64_t owner);
+/* An exit callback could not settle everything (no memory): the exit of
+ * the current interpreter settles again later.  Needs its GIL. */
+void tps_interp_unsettled(tps_interp *st);
 
 /* Queue `rec` (whose refcount reached zero elsewhere) for freeing in its
  * owner.  Never fails; may run without any GIL; takes no lock unless a

@@ -38,10 +38,20 @@ monotonic(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Owner-bound records of `st` that other interpreters are reading out
+ * of queues: counted in `queued` (the token table) or per receiving
+ * thread (owner_reading.c). */
+static long
+being_read(tps_interp *st)
+{
+    return atomic_load(&st->queued) + tps_reader_sum(st->id);
+}
+
 static int
 must_wait(tps_interp *st)
 {
-    return atomic_load(&st->remote) > 0 || atomic_load(&st->queued) > 0;
+    return atomic_load(&st->remote) > 0 || being_read(st) > 0
+           || atomic_load(&st->unsettled);
 }
 
 /* Wait, with the GIL released, until no other interpreter holds records
@@ -57,6 +67,8 @@ wait_for_remote_holders(tps_interp *st)
     assert(tps_thread_state() != NULL);
     assert(atomic_load(&st->exiting));
     tps_interp_drain(st);
+    /* Counted in before the first sum (see owner_reading.c). */
+    tps_reader_exit_waits(1);
     while (must_wait(st)) {
         int timed_out = 0;
         Py_BEGIN_ALLOW_THREADS
@@ -78,11 +90,15 @@ wait_for_remote_holders(tps_interp *st)
         Py_END_ALLOW_THREADS
         tps_interp_drain(st);
         /* Queued records are settled again when one was put back, and
-         * once a second while some are counted: records never wait in a
-         * queue for an owner that is gone. */
-        if (atomic_exchange(&st->rescan, 0)
-            || (timed_out && atomic_load(&st->queued) > 0))
-        {
+         * once a second while some are counted or a settling ran out of
+         * memory: records never wait in a queue for an owner that is
+         * gone. */
+        int resettle = atomic_exchange(&st->rescan, 0);
+        if (timed_out) {
+            resettle |= atomic_exchange(&st->unsettled, 0);
+            resettle |= atomic_load(&st->queued) > 0;
+        }
+        if (resettle) {
             tps_interp_run_exit_callbacks(st->id);
             tps_interp_drain(st);
         }
@@ -94,11 +110,12 @@ wait_for_remote_holders(tps_interp *st)
                     "and are reading %ld item(s) it sent; waiting %.0f s "
                     "so far until they are released\n",
                     (long long)st->id, (long)atomic_load(&st->remote),
-                    (long)atomic_load(&st->queued), now - start);
+                    being_read(st), now - start);
             fflush(stderr);
             next_warning = now + 10.0;
         }
     }
+    tps_reader_exit_waits(-1);
 }
 
 void

@@ -30,6 +30,7 @@ struct tps_interp {
     atomic_long queued;          /* see tps_interp_queued_add() */
     atomic_int rescan;           /* a record went back into a queue
                                     while the exit hook waits */
+    atomic_int unsettled;        /* an exit callback ran out of memory */
     /* The owner's side. */
     _Alignas(TPS_LINE) atomic_long exports;
     atomic_ulong drains;         /* drains that freed something */
@@ -63,5 +64,10 @@ void tps_interp_run_exit_callbacks(int64_t id);
 /* Take `st` off the process-wide list and the calling thread's cache: no
  * lookup finds it any more. */
 void tps_interp_unlist(tps_interp *st);
+
+/* In a fork child (owner.c's fork handler): the reading tables of the
+ * parent's other threads are cleared and free for new threads (one may
+ * have been busy at the fork), owner_reading.c. */
+void tps_readers_atfork_child(void);
 
 #endif /* TPSHARE_OWNER_LAYOUT_H */

@@ -77,7 +77,8 @@ static TPS_TLS rebuild_ctx rctx;
  * one more line after the record for a payload of up to TPS_LINE bytes
  * (the copy of a 64-byte bytes or str), so the commonest small message is
  * one block of three adjacent lines.  Copies of up to TPS_SMALL_MAX bytes
- * take a two-line block of their own.
+ * take a two-line block of their own, larger ones up to TPS_COPY_MAX a
+ * block of their copy class.
  */
 #define REC_SPAN (2 * TPS_LINE)     /* the record itself */
 #define TAIL_MAX TPS_LINE           /* the payload line after it */
@@ -87,6 +88,7 @@ _Static_assert(TPS_BLOCK_SIZE(TPS_BLOCK_TWO) == REC_SPAN,
 _Static_assert(TPS_BLOCK_SIZE(TPS_BLOCK_THREE) == REC_SPAN + TAIL_MAX,
                "a record with its tail takes a three-line block");
 _Static_assert(TPS_SMALL_MAX == REC_SPAN, "small blocks are two lines");
+_Static_assert(TPS_BLOCK_KINDS <= 16, "a block kind fits the record's bits");
 
 void *
 tps_small_alloc(TpShare_Data *data, size_t n)
@@ -95,20 +97,21 @@ tps_small_alloc(TpShare_Data *data, size_t n)
     void *ptr;
     /* The record frees one block, the one at data->ptr: a second call, or
      * one after the hook set ptr itself, gets none. */
-    if (data->ptr != NULL) {
+    if (data->ptr != NULL || n > TPS_COPY_MAX) {
         return NULL;
     }
     if (n <= TAIL_MAX && (rec->flags & TPS_REC_LONG)) {
         rec->flags |= TPS_REC_TAIL;
         ptr = (char *)rec + REC_SPAN;
     }
-    else if (n <= TPS_SMALL_MAX
-             && (ptr = tps_block_alloc(TPS_BLOCK_TWO)) != NULL)
-    {
-        rec->flags |= TPS_REC_SMALL;
-    }
     else {
-        return NULL;
+        int kind = n <= TPS_SMALL_MAX ? TPS_BLOCK_TWO
+                                      : tps_block_copy_kind(n);
+        ptr = tps_block_alloc(kind);
+        if (ptr == NULL) {
+            return NULL;
+        }
+        rec->flags |= TPS_REC_SMALL | ((uint32_t)kind << TPS_REC_KIND_SHIFT);
     }
     data->ptr = ptr;
     return ptr;

@@ -21,7 +21,8 @@ typedef struct tps_identity tps_identity;
 #define TPS_REC_IMMUTABLE 0x4u  /* the whole value can never change and
                                    its rebuild holds nothing of the owner's:
                                    a receiver may keep it (identity) */
-#define TPS_REC_SMALL 0x8u   /* data.ptr is a small block (tps_small_alloc) */
+#define TPS_REC_SMALL 0x8u   /* data.ptr is a block (tps_small_alloc) of
+                                the kind in the bits below */
 #define TPS_REC_TAIL 0x10u   /* data.ptr is the line after the record */
 #define TPS_REC_LONG 0x20u   /* the record's block has that line */
 /* Bits 6-7: what the sender asked for the item if its interpreter exits
@@ -29,6 +30,9 @@ typedef struct tps_identity tps_identity;
  * channel's choice. */
 #define TPS_REC_UNBOUND_SHIFT 6
 #define TPS_REC_UNBOUND_MASK (0x3u << TPS_REC_UNBOUND_SHIFT)
+/* Bits 8-11: the block kind of data.ptr with TPS_REC_SMALL (blocks.h). */
+#define TPS_REC_KIND_SHIFT 8
+#define TPS_REC_KIND_MASK (0xfu << TPS_REC_KIND_SHIFT)
 
 /* PEP 734's unbounditems: what a channel delivers for an owner-bound item
  * whose owner exited before it was received and that could not be turned
@@ -62,12 +66,15 @@ struct TpShare_Record {
 /* Payload memory for share hooks (TpShare_CAPI.DataAlloc is this
  * function): n bytes for `data` of a record being shared, in the cache
  * line after the record when n <= 64 and its block has that line, else a
- * block of TPS_SMALL_MAX bytes from a per-thread cache (not malloc).
- * Sets data->ptr to it and returns it; NULL, data unchanged, when n is
- * larger (use PyMem_RawMalloc), data->ptr is set already or memory is
- * exhausted (no exception set).  The record frees the block itself;
- * the hooks' free sees data->ptr NULL. */
+ * block of TPS_SMALL_MAX bytes, or of the copy class that holds n up to
+ * TPS_COPY_MAX bytes, from a per-thread cache (not malloc: a copy is
+ * usually freed by another thread).  Sets data->ptr to it and returns
+ * it; NULL, data unchanged, when n is larger (use PyMem_RawMalloc),
+ * data->ptr is set already or memory is exhausted (no exception set).
+ * The record frees the block itself; the hooks' free sees data->ptr
+ * NULL. */
 #define TPS_SMALL_MAX 128
+#define TPS_COPY_MAX ((size_t)TPS_BLOCK_COPY_MAX)
 void *tps_small_alloc(TpShare_Data *data, size_t n);
 /* Share `obj` (borrowed) into a new record (one reference for the
  * caller).  NULL with an exception on failure; nothing kept. */
@@ -103,7 +110,8 @@ tps_record_dealloc(TpShare_Record *rec)
     /* Only a three-line block has the tail line. */
     assert(!(rec->flags & TPS_REC_TAIL) || (rec->flags & TPS_REC_LONG));
     if (rec->flags & TPS_REC_SMALL) {
-        tps_block_free(TPS_BLOCK_TWO, rec->data.ptr);
+        tps_block_free((int)((rec->flags & TPS_REC_KIND_MASK)
+                             >> TPS_REC_KIND_SHIFT), rec->data.ptr);
     }
     tps_block_free((rec->flags & TPS_REC_LONG) ? TPS_BLOCK_THREE
                                                : TPS_BLOCK_TWO, rec);
@@ -133,14 +141,22 @@ long tps_memo_tables(void);
 void tps_record_hold(TpShare_Record *rec, int64_t holder);
 void tps_record_unhold(TpShare_Record *rec, int64_t holder);
 
-/* A record goes into a channel or the token table, which takes over a
- * reference: counted in its owner's `queued` (owner-bound records only)
- * until the receiver that takes it out is done with it and calls
- * tps_record_queue_release() (which drops that reference too).
- * tps_record_queue_leave() undoes an enter whose record did not go in
+/* A record goes into the token table, which takes over a reference:
+ * counted in its owner's `queued` (owner-bound records only) until the
+ * receiver that takes it out is done with it and calls
+ * tps_record_table_release() (which drops that reference too).
+ * tps_record_table_leave() undoes an enter whose record did not go in
  * (the caller keeps its reference).  Any thread, no GIL needed. */
-void tps_record_queue_enter(TpShare_Record *rec);
-void tps_record_queue_leave(TpShare_Record *rec);
+void tps_record_table_enter(TpShare_Record *rec);
+void tps_record_table_leave(TpShare_Record *rec);
+void tps_record_table_release(TpShare_Record *rec);
+
+/* Records in a channel's ring are not counted: the owner's exit finds
+ * them there.  One a receiver took out is counted by the receiving
+ * thread (tps_reader_took, owner.h) until that thread is done with it
+ * and calls tps_record_queue_release() (which drops the ring's reference
+ * too; defined in owner_reading.c, where the count is).  No GIL
+ * needed. */
 void tps_record_queue_release(TpShare_Record *rec);
 
 /* A neutral record with the same value as `rec` (owner-bound, owned by

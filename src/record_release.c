@@ -6,8 +6,9 @@
  * once if the current interpreter is its owner, and otherwise pushed onto
  * the owner's release list (tps_interp_push_release(), owner.c), to be
  * freed under the owner's GIL by tps_record_free().  Holders in other
- * interpreters and records in queues are counted in the owner, whose exit
- * waits for them (owner_exit.c).
+ * interpreters and records in the token table are counted in the owner,
+ * records taken out of a channel by the thread reading them
+ * (owner_reading.c); the owner's exit waits for them (owner_exit.c).
  */
 #include "record.h"
 #include "blocks.h"
@@ -116,9 +117,9 @@ tps_record_release(TpShare_Record *rec)
     release(rec, 0);
 }
 
-/* A reference to `rec` is about to go into a queue. */
+/* A reference to `rec` is about to go into the token table. */
 void
-tps_record_queue_enter(TpShare_Record *rec)
+tps_record_table_enter(TpShare_Record *rec)
 {
     if (rec->flags & TPS_REC_BOUND) {
         tps_interp_queued_add(rec->ownerst, 1);
@@ -126,20 +127,17 @@ tps_record_queue_enter(TpShare_Record *rec)
 }
 
 void
-tps_record_queue_leave(TpShare_Record *rec)
+tps_record_table_leave(TpShare_Record *rec)
 {
     if (rec->flags & TPS_REC_BOUND) {
         tps_interp_queued_add(rec->ownerst, -1);
     }
 }
 
-void
-tps_record_queue_release(TpShare_Record *rec)
+/* Drop the reference of a record counted in its owner's `queued`. */
+static void
+release_queued(TpShare_Record *rec)
 {
-    if (!(rec->flags & TPS_REC_BOUND)) {
-        tps_record_release(rec);
-        return;
-    }
     /* Release first, so that when the owner's exit wait sees nothing
      * queued, the record is already on its release list. */
     tps_interp *st = rec->ownerst;
@@ -148,6 +146,16 @@ tps_record_queue_release(TpShare_Record *rec)
     release(rec, 1);
     tps_interp_queued_add(st, -1);
     tps_interp_decref(st);
+}
+
+void
+tps_record_table_release(TpShare_Record *rec)
+{
+    if (!(rec->flags & TPS_REC_BOUND)) {
+        tps_record_release(rec);
+        return;
+    }
+    release_queued(rec);
 }
 
 void

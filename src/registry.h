@@ -115,9 +115,9 @@ extern tps_entry *tps_buffer_writable_entry;
 typedef PyObject *(*tps_view_maker)(const TpShare_Data *data);
 void tps_export_set_view_maker(tps_view_maker fn);
 
-/* Bytes at least this long are shared owner-bound rather than copied
- * (registry/handlers_text.c); bench/bench_bytes_threshold.py measures
- * where sharing starts to win. */
+/* bytes, and str with at least this many bytes of character data, are
+ * shared owner-bound rather than copied (registry/handlers_text.c);
+ * bench/bench_bytes_threshold.py measures where sharing starts to win. */
 #define TPS_BYTES_SHARE_MIN ((Py_ssize_t)4 * 1024)
 
 #endif /* TPSHARE_REGISTRY_H */

@@ -52,7 +52,7 @@ static uint64_t forked_below;
 static uint64_t
 token_put(TpShare_Record *rec)
 {
-    tps_record_queue_enter(rec);
+    tps_record_table_enter(rec);
     pthread_mutex_lock(&tokens.mutex);
     uint64_t token = tokens.next_token++;
     int rc = ptrmap_set(&tokens.records, (void *)(uintptr_t)token, rec);
@@ -64,7 +64,7 @@ token_put(TpShare_Record *rec)
     }
     pthread_mutex_unlock(&tokens.mutex);
     if (rc < 0) {
-        tps_record_queue_leave(rec);
+        tps_record_table_leave(rec);
         tps_record_release(rec);
         PyErr_NoMemory();
         return 0;
@@ -107,7 +107,7 @@ tps_tokens_forget_interp(int64_t interp)
     pthread_mutex_unlock(&tokens.mutex);
     while (mine != NULL) {
         TpShare_Record *next = mine->next_release;
-        tps_record_queue_release(mine);
+        tps_record_table_release(mine);
         mine = next;
     }
 }
@@ -152,7 +152,7 @@ tps_attach(tps_module_state *state, int64_t token)
     /* The Shared holds the record before the table's count goes. */
     tps_record_incref(rec);
     PyObject *res = tps_shared_new(state, rec);
-    tps_record_queue_release(rec);
+    tps_record_table_release(rec);
     return res;
 }
 

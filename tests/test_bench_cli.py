@@ -538,3 +538,24 @@ def test_plots_keep_legends_off_the_data_and_one_colour_each(
     for label, seen in colours.items():
         assert len(seen) == 1, label
     assert set(colours["Channel"]) != set(colours["MemChannel"])
+
+
+def test_main_table_gives_the_channel_against_cpythons_queue_per_size():
+    from tpshare.bench import throughput
+    doc = synthetic_doc()
+    text = cli.render(doc)
+    # Every part of the table (it is split to fit 120 columns).
+    rates = text.split("Throughput, bytes payloads: messages/s")[1]
+    rates = rates.split("Bytes copied per second, bytes")[0].splitlines()
+    row = [line for line in rates
+           if line.startswith(throughput.MAIN_RATIO_LABEL)]
+    assert len(row) >= 2, rates
+    points = doc["experiments"]["throughput"]["points"]
+    want = [common.fmt_ratio(common.paired_ratio(
+                points[k]["channel"]["msgs_per_s"],
+                points[k]["cpython-queue"]["msgs_per_s"]))
+            for k in points if k.startswith("bytes/")
+            and "channel" in points[k] and "cpython-queue" in points[k]]
+    cells = [c.strip() for line in row for c in line.split(" | ")[1:]]
+    assert cells == want
+    assert max(len(x) for x in text.splitlines()) <= 120

@@ -228,3 +228,52 @@ def test_without_thread_keys_nothing_is_kept_per_thread():
     """)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK" in r.stdout
+
+
+def test_copies_up_to_16k_take_a_block_of_their_class_and_give_it_back():
+    """Every size around the copy classes' bounds (129 bytes to 4 KiB):
+    one block each while queued, the value intact when a thread receives
+    it, and every block back in the depots once that thread has ended."""
+    r = run_child(
+        """
+        import threading
+        import tpshare
+        from tpshare import _tpshare
+
+        def in_use():
+            live, cached = _tpshare._copy_block_counts()
+            return live - cached
+
+        bounds = [128, 16384]
+        for k in range(7):
+            bounds += [256 << k, 384 << k]
+        sizes = sorted({n + d for n in bounds for d in (-1, 0, 1)})
+        # str and bytes are copied below 4 KiB of data (shared above):
+        # wider str kinds reach the larger classes.
+        values = [("s%d" % n).ljust(n, "x") for n in sizes]
+        values += [("\u20ac%d" % n).ljust(n // 2, "x") for n in sizes]
+        values += [("b%d" % n).encode().ljust(n, b"y") for n in sizes]
+
+        def nbytes(v):
+            return len(v) * (2 if v[:1] == "\u20ac" else 1)
+
+        copied = [v for v in values if 128 < nbytes(v) < 4096]
+        assert len(copied) > 40
+        start = in_use()
+        for rnd in range(3):
+            ch = tpshare.Channel()
+            for v in values:
+                ch.send(v)
+            assert in_use() == start + len(copied), (rnd, in_use(), start)
+            got = []
+            t = threading.Thread(
+                target=lambda: got.extend(ch.recv() for _ in values))
+            t.start()
+            t.join()
+            assert got == values
+            assert in_use() == start, (rnd, in_use(), start)
+        print("OK")
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout

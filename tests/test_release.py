@@ -265,3 +265,103 @@ def test_token_detached_while_its_owner_exits_dies_with_it(sub):
     assert sid not in tpshare.stats()
     with pytest.raises(KeyError):
         tpshare.attach(tokens[0])
+
+
+# An item whose rebuild runs `code` in the receiver (through pickle): the
+# receiver is then reading the record of its tuple, whose other item is a
+# view of the sender's memory (large bytes are shared, not copied).
+SLOW_ITEM = """
+class Slow:
+    def __init__(self, code):
+        self.code = code
+    def __reduce__(self):
+        return (exec, (self.code,))
+"""
+
+
+def test_owner_exit_waits_for_receivers_still_reading_its_items():
+    """Owners exit while one receiver has taken their items out of a
+    channel and is still rebuilding them: more owners than a thread counts
+    in its own slots, so some are counted in their owners' state.  Every
+    exit waits until the receiver is done with its item: each owner is
+    still there when its item's bytes are read, and they read intact."""
+    r = run_child(
+        """
+        import threading
+        import tpshare
+        from support import Sub, _stdinterp
+
+        owners = 9
+        ch = tpshare.Channel(fallback="pickle")
+        subs = [Sub() for _ in range(owners)]
+        SIDS = [int(s.id) for s in subs]
+        STARTED = threading.Event()
+        LOG = []
+        for i, sub in enumerate(subs):
+            sub.put("ch", ch)
+            sub.run(SLOW_ITEM_CODE)
+            # The first item's rebuild lets the owners exit, then waits a
+            # while; each item then notes whether its owner is still
+            # there before its bytes (the owner's memory) are rebuilt.
+            code = ("STARTED.set(); import time; time.sleep(0.5)\\n"
+                    if i == 0 else "")
+            code += f"LOG.append(({i}, SIDS[{i}] in tpshare.stats()))"
+            sub.run(f"ch.send((Slow({code!r}), bytes([{i}]) * 100_000))")
+        assert ch.qsize() == owners
+
+        got = []
+        t = threading.Thread(target=lambda: got.extend(ch.recv_many(owners)))
+        t.start()
+        STARTED.wait()
+        # From the thread that ran them (3.12 hangs destroying an
+        # interpreter from another thread): each waits for its item.
+        for sub in subs:
+            _stdinterp.destroy(sub.id)
+        t.join()
+        assert LOG == [(i, True) for i in range(owners)], LOG
+        assert [b for _, b in got] == [bytes([i]) * 100_000
+                                       for i in range(owners)]
+        assert not set(SIDS) & set(tpshare.stats())
+        print("OK")
+        """.replace("SLOW_ITEM_CODE", repr(SLOW_ITEM))
+    )
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
+
+
+def test_items_a_receiver_puts_back_do_not_hold_their_owners_exit():
+    """recv_many() stops at an item it cannot rebuild and puts the
+    owner-bound items behind it back: they are no longer counted as being
+    read, so the owner's exit settles them (copies) instead of waiting,
+    and they arrive intact."""
+    r = run_child(
+        """
+        import tpshare
+        from support import Sub
+
+        ch = tpshare.Channel(fallback="pickle")
+        sub = Sub()
+        sub.put("ch", ch)
+        sub.run(SLOW_ITEM_CODE)
+        sub.run('''
+            ch.send(b'a' * 5000)
+            ch.send(Slow("raise ValueError('cannot')"))
+            ch.send(b'b' * 5000)
+            ch.send(('c' * 5000, b'd' * 5000))
+        ''')
+        assert ch.recv_many(10) == [b"a" * 5000]
+        try:
+            ch.recv_many(10)
+        except ValueError as e:
+            assert str(e) == "cannot"
+        else:
+            raise AssertionError("the item's error was not raised")
+        sid = int(sub.id)
+        sub.close()          # settles the two put back, without waiting
+        assert sid not in tpshare.stats()
+        assert ch.recv_many(10) == [b"b" * 5000, ("c" * 5000, b"d" * 5000)]
+        print("OK")
+        """.replace("SLOW_ITEM_CODE", repr(SLOW_ITEM)), timeout=60
+    )
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout

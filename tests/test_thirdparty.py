@@ -360,7 +360,8 @@ def test_share_item_errors_name_the_index_path(make, path):
 
 @pytest.mark.parametrize(
     "n, path", [(0, "inline"), (16, "inline"), (17, "block"), (64, "block"),
-                (128, "block"), (129, "ref"), (5000, "ref")],
+                (128, "block"), (129, "block"), (5000, "block"),
+                (16384, "block"), (16385, "ref"), (50000, "ref")],
 )
 def test_chunk_takes_the_way_its_size_allows(n, path):
     data = bytes(range(256)) * (n // 256) + bytes(range(n % 256))
@@ -415,12 +416,12 @@ def test_must_copy_keeps_an_immutable_value_of_an_exited_sender(xsub):
     ch = tpshare.Channel()
     xsub.put("ch", ch)
     before = ext.chunk_paths()
-    xsub.run("ch.send(ext.Chunk(b'kept' * 1000))")
+    xsub.run("ch.send(ext.Chunk(b'kept' * 5000))")
     assert ext.chunk_paths()["ref"] == before["ref"] + 1
     xsub.close()
     assert ext.chunk_paths()["copy"] == before["copy"] + 1
     got = ch.recv()
-    assert type(got) is ext.Chunk and got.bytes == b"kept" * 1000
+    assert type(got) is ext.Chunk and got.bytes == b"kept" * 5000
     assert ch.qsize() == 0
 
 
@@ -434,7 +435,7 @@ def test_a_chunk_that_ignores_must_copy_is_lost_with_its_sender():
         with Sub() as s:
             s.run("import tpshare_testext as ext")
             s.put("ch", ch)
-            s.run("ch.send(ext.Chunk(b'lost' * 1000)); ch.send('after')")
+            s.run("ch.send(ext.Chunk(b'lost' * 5000)); ch.send('after')")
     finally:
         ext.chunk_obey_must_copy(True)
     after = ext.chunk_paths()

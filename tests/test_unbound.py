@@ -21,8 +21,9 @@ def _counters_settled(sid):
 
 def test_immutable_items_arrive_whatever_their_size(sub):
     """bytes below and above the size from which they are shared rather
-    than copied, a tuple holding large bytes, a 10 KiB pickle and a str:
-    all arrive, in order, after their sender ended."""
+    than copied, a tuple holding large bytes, a 10 KiB pickle and a str
+    large enough to be shared: all arrive, in order, after their sender
+    ended."""
     ch = tpshare.Channel(fallback="pickle")
     sub.put("ch", ch)
     sub.run(
@@ -38,8 +39,8 @@ def test_immutable_items_arrive_whatever_their_size(sub):
     )
     sid = int(sub.id)
     # Owner-bound: the bytes of 4 KiB and more, the tuple and the bytes in
-    # it, the pickle.
-    assert tpshare.stats()[sid]["exports"] == 5
+    # it, the pickle, the str of 4 KiB and more.
+    assert tpshare.stats()[sid]["exports"] == 6
     sub.close()
     assert ch.stats()["dropped"] == 0
     assert ch.recv(timeout=0) == b"a" * 4095

@@ -9,7 +9,7 @@
  *   Vec      heap type, an immutable sequence of any objects; shares item
  *            i with ShareItem(item, i), so an error names "Vec[i]";
  *   Chunk    static type, immutable bytes; shares up to 16 bytes inline,
- *            up to TPSHARE_DATA_ALLOC_MAX in DataAlloc memory, more by
+ *            up to TPSHARE_DATA_ALLOC_MAX (16 KiB) in DataAlloc memory, more by
  *            reference to its bytes (owner-bound) unless MustCopy() says
  *            a private copy is needed, then in Malloc memory.  Static, so
  *            registered once for the process (by the module's exec, which

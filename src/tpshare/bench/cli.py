@@ -33,9 +33,9 @@ class Settings:
         self.quick = q
         self.sizes = [common.SIZES[s] for s in args.sizes] if args.sizes \
             else ([64, 64 << 10, 4 << 20] if q
-                  else [64, 256, 1 << 10, 4 << 10, 16 << 10, 64 << 10,
-                        256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20,
-                        256 << 20])
+                  else [64, 128, 256, 512, 1 << 10, 2 << 10, 4 << 10,
+                        8 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20,
+                        4 << 20, 16 << 20, 64 << 20, 256 << 20])
         self.sizes = sorted(set(self.sizes))
         # str payloads up to this size: 2048 distinct ones fit in 128 MiB
         # (see throughput.payloads); larger str only repeat what bytes

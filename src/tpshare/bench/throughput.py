@@ -389,6 +389,7 @@ def _close_quietly(session):
 # Report.
 
 REFS = ("memchannel", "channel")
+MAIN_RATIO_LABEL = "Channel / CPython queue"
 
 
 def ratios(res):
@@ -442,11 +443,17 @@ def report(res):
         rounds = res["repeat"]
         lines.append(f"\nThroughput, {kind} payloads: messages/s, median of "
                      f"{rounds} round{'s' if rounds != 1 else ''}")
-        lines.append(common.table(
-            ["contender"] + heads,
-            [[labels.get(n, n)] + [
-                cell(n, k, lambda r: common.fmt_rate(r["median_msgs_per_s"]))
-                for k in keys] for n in names]))
+        rows = [[labels.get(n, n)] + [
+            cell(n, k, lambda r: common.fmt_rate(r["median_msgs_per_s"]))
+            for k in keys] for n in names]
+        # The Channel against CPython's queue at each size, in the table
+        # itself (the paired ratio, as in the ratio tables below).
+        if "channel" in names and "cpython-queue" in names:
+            rows.append([MAIN_RATIO_LABEL] + [
+                common.fmt_ratio(rat.get(k, {}).get("channel", {})
+                                 .get("cpython-queue"))
+                for k in keys])
+        lines.append(common.table(["contender"] + heads, rows))
         copying = [n for n in names if kind != "int" and any(
             _copies(n, res["points"][k][n]) for k in keys
             if n in res["points"][k])]
