@@ -362,15 +362,92 @@ def test_channel_refuses_other_types():
     assert ch.qsize() == 0
 
 
-def test_registered_c_types_do_not_cross():
+def test_registered_c_types_without_the_flag_do_not_cross():
     import tpshare_testext as ext
     ch = shm.Channel(size=8192)
     with pytest.raises(tpshare.NotShareableError,
-                       match="tpshare_testext.Point"):
+                       match="tpshare_testext.Point.*SELF_CONTAINED"):
         ch.send(ext.Point(1, 2))
+    with pytest.raises(tpshare.NotShareableError,
+                       match="tpshare_testext.Matrix"):
+        ch.send(ext.Matrix(1, 1, [1.0]))
     with pytest.raises(tpshare.NotShareableError, match="Point"):
         ch.send((1, ext.Point(1, 2)))
     assert ch.qsize() == 0 and ch.stats()["sent"] == 0
+
+
+def test_self_contained_flag_is_listed():
+    import tpshare_testext as ext  # noqa: F401
+    flags = {name: f for name, _, f in tpshare.registered()}
+    assert "self_contained" in flags["tpshare_testext.Chunk"]
+    assert "self_contained" not in flags["tpshare_testext.Point"]
+
+
+def test_self_contained_type_crosses_to_another_process():
+    import tpshare_testext as ext
+    a, b = shm.Channel(size=1 << 20), shm.Channel(size=1 << 20)
+    ctx = mp.get_context("spawn")
+    p = ctx.Process(target=shm_peers.registered_echo, args=(a, b))
+    p.start()
+    try:
+        frees = ext.chunk_frees()[0]
+        # Inline (16 bytes or less) and DataAlloc memory (ptr, up to 128).
+        sent = [ext.Chunk(b"abc"), ext.Chunk(bytes(range(100))),
+                ext.Chunk(b"")]
+        for c in sent:
+            a.send(c)
+        a.send(None)
+        got = [b.recv(timeout=30) for _ in range(len(sent) + 1)]
+    finally:
+        p.join(30)
+    assert p.exitcode == 0
+    assert got[-1] is None
+    for c, r in zip(sent, got):
+        assert type(r) is ext.Chunk and r is not c and r.bytes == c.bytes
+    # The sender's data was freed at each send: 3 there, 3 back here.
+    assert ext.chunk_frees()[0] - frees == 3
+    assert used(a) == used(b) == 0
+
+
+def test_self_contained_promise_is_checked():
+    import tpshare_testext as ext
+    ch = shm.Channel(size=1 << 20)
+    # A Chunk over 128 bytes keeps a reference to the sender's bytes
+    # (data->obj): not self-contained after all, refused.
+    with pytest.raises(tpshare.NotShareableError, match="owner-bound"):
+        ch.send(ext.Chunk(b"x" * 1000))
+    assert ch.qsize() == 0 and used(ch) == 0
+
+
+def test_hostile_registered_item_is_an_error():
+    import marshal
+    import tpshare_testext as ext  # noqa: F401
+    ch = shm.Channel(size=1 << 20)
+    name = "tpshare_testext.Chunk"
+    z = bytes(16)
+    bad = [
+        (b"\xff\x00garbage", shm.CorruptSegmentError),
+        (marshal.dumps([1, 2]), shm.CorruptSegmentError),
+        (marshal.dumps((name, z, 5, 1, b"abc")), shm.CorruptSegmentError),
+        (marshal.dumps((name, b"short", 0, 0, None)),
+         shm.CorruptSegmentError),
+        (marshal.dumps((name, z, 0, 1 << 40, None)), shm.CorruptSegmentError),
+        (marshal.dumps(("no.Such" * 100, z, 0, 0, None)), LookupError),
+        # Chunk's own rebuild checks what tpshare cannot: size and aux.
+        (marshal.dumps((name, z, 1000, 0, None)), ValueError),
+        (marshal.dumps((name, z, 3, 1, None)), ValueError),
+        (marshal.dumps((name, z, 3, 99, b"abc")), ValueError),
+        # A registration without the flag does not rebuild foreign data.
+        (marshal.dumps(("tpshare_testext.Point", z, 0, 0, None)),
+         tpshare.NotShareableError),
+    ]
+    for payload, exc in bad:
+        shm.Segment.send(ch, payload, tag=3)
+        with pytest.raises(exc):
+            ch.recv(timeout=1)
+    shm.Segment.send(ch, marshal.dumps((name, z, 3, 1, b"abc")), tag=3)
+    assert ch.recv(timeout=1).bytes == b"abc"
+    assert ch.qsize() == 0 and used(ch) == 0
 
 
 def test_channel_pickle_opt_in_both_ends():
