@@ -966,4 +966,44 @@ def test_bench_experiment_runs_and_reports(monkeypatch):
     assert set(res["pingpong"]) == {"shm", "mp-pipe"}
     text = bench_shm.report(res)
     assert "shm.MemChannel" in text and "multiprocessing.Pipe" in text
+    assert "hand-off alone" in text
     assert max(len(line) for line in text.splitlines()) <= common.WIDTH
+
+
+def test_bench_plot_of_the_shm_experiment(tmp_path):
+    pytest.importorskip("matplotlib")
+    from tpshare.bench import plots
+    from tpshare.bench import shm as bench_shm
+
+    def rate(r):
+        return {"n": 10, "rates": [r], "median_msgs_per_s": r,
+                "median_bytes_per_s": r}
+    res = {"small": {k: rate(1e5 * (i + 1))
+                     for i, k in enumerate(bench_shm.SMALL_NAMES)},
+           "buffers": {str(s): {k: rate(1e4) for k in bench_shm.BUFFER_NAMES}
+                       for s in (4096, 1 << 20, 1 << 28)},
+           "pingpong": {k: {"n": 10, "median_ns": 9000}
+                        for k in bench_shm.PING_NAMES}}
+    doc = {"machine": {"python": "3.13.0", "cpu": "x", "cores": 2},
+           "quick": True, "experiments": {"shm": res}}
+    figs = {}
+
+    def keep(fig, plt, path):
+        figs[os.path.basename(path)] = fig
+        return path
+    saved = plots._save
+    plots._save = keep
+    try:
+        assert plots.draw_all(doc, str(tmp_path)) == [
+            str(tmp_path / "shm.png")]
+    finally:
+        plots._save = saved
+    fig = figs["shm.png"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    for ax in fig.axes:
+        assert legend.y1 <= ax.get_tightbbox(renderer).y0
+    lines = fig.axes[1].get_lines()
+    assert len(lines) == len(bench_shm.BUFFER_NAMES)
+    assert len({line.get_color() for line in lines}) == len(lines)

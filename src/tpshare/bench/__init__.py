@@ -25,14 +25,16 @@ The modules:
   interpreters, threads and child processes (standard library and
   tpshare only).
 - ``throughput``, ``latency``, ``release``, ``scaling``, ``memory``: the
-  experiments.
+  experiments; ``shm``: tpshare.shm between processes.
 - ``plots``: the PNG figures (matplotlib, Agg backend).
 
 Importing this package imports nothing heavy: the subinterpreters import
 ``tpshare.bench._remote`` and must not pull in matplotlib.
 """
 
-EXPERIMENTS = ("throughput", "latency", "release", "scaling", "memory")
+# The in-process experiments, then tpshare.shm between processes.
+EXPERIMENTS = ("throughput", "latency", "release", "scaling", "memory",
+               "shm")
 
 
 def main(argv=None):
