@@ -162,11 +162,12 @@ def _make(kind, size):
     """(transport for the child, the sender's send(n) loop)."""
     from tpshare import shm
     payload = bytes(size)
-    if kind == "shm-buffer":
-        ch = shm.MemChannel(maxsize=HANDOFF_DEPTH,
-                            size=HANDOFF_DEPTH * size + (1 << 20))
-    elif kind in SHM_KINDS:
-        ch = shm.MemChannel(size=max(64 << 20, min(16 * size, 4 << 30)))
+    if kind in SHM_KINDS:
+        if kind == "shm-buffer":
+            ch = shm.MemChannel(maxsize=HANDOFF_DEPTH,
+                                size=HANDOFF_DEPTH * size + (1 << 20))
+        else:
+            ch = shm.MemChannel(size=max(64 << 20, min(16 * size, 4 << 30)))
         if kind == "shm":
             def loop(n, send=ch.send):
                 for _ in range(n):
@@ -386,7 +387,7 @@ def report(res):
         ["contender", "n", "messages/s"] + [f"/ {LABELS[r]}" for r in refs],
         rows))
     lines.append("\nBuffers: messages/s (bytes/s) by size.  The segment "
-                 "buffer row is the hand-off alone (buffer(n), send, recv, "
+                 "buffer row is the hand-off alone\n(buffer(n), send, recv, "
                  "release: nothing writes the payload)")
     sizes = list(res["buffers"])
     kinds = [k for k in BUFFER_NAMES
