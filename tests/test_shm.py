@@ -1007,3 +1007,38 @@ def test_bench_plot_of_the_shm_experiment(tmp_path):
     lines = fig.axes[1].get_lines()
     assert len(lines) == len(bench_shm.BUFFER_NAMES)
     assert len({line.get_color() for line in lines}) == len(lines)
+
+
+def _address(buf):
+    import ctypes
+    c = ctypes.c_char.from_buffer(buf)
+    try:
+        return ctypes.addressof(c)
+    finally:
+        del c
+
+
+def test_large_freed_blocks_are_handed_out_again():
+    """A freed large block keeps its span for the next block of its size
+    (no bitmap work: the hand-off costs the same at every size); a
+    request the cache cannot serve gets the cached spans back."""
+    ch = shm.MemChannel(size=4 << 20)
+    a, b = ch.buffer(1 << 20), ch.buffer(1 << 20)
+    at_b = _address(b)
+    del b, a
+    assert used(ch) == 0
+    c = ch.buffer((1 << 20) - 100)      # the same granules: b's span
+    assert _address(c) == at_b and used(ch) == 1 << 20
+    del c
+    heap = ch.stats()["heap_bytes"]
+    whole = ch.buffer(heap)             # every span, cached ones too
+    assert used(ch) == heap
+    del whole
+    assert used(ch) == 0
+    # A received item's block comes back the same way.
+    buf = ch.buffer(1 << 20)
+    at = _address(buf)
+    t = ch.send(buf)
+    ch.recv(timeout=1).release()
+    assert t.released
+    assert _address(ch.buffer(1 << 20)) == at
