@@ -71,7 +71,7 @@
 /* Freed blocks of at least this many granules go to the header's cache
  * (below them the bitmap's words cost less than the cache's scan). */
 #define TPS_SHM_CACHE_MIN 64u
-#define TPS_SHM_NCACHE 16
+#define TPS_SHM_NCACHE 64
 
 typedef struct {
     uint32_t kind;

@@ -324,29 +324,27 @@ tps_shm_bits_set(uint64_t *bm, uint64_t from, uint64_t n, int on)
     }
 }
 
-/* Under the lock: whether cache entry k names a CACHED block; its index
- * and span then.  The header is the peers': every field is checked. */
-static int
-cache_entry(tps_shm_map *m, int k, uint32_t *idx, uint64_t *off,
-            uint64_t *len)
+/* Under the lock: the block cache entry k names while that block is
+ * CACHED, else UINT32_MAX (a free entry).  The header is the peers': a
+ * span is checked (tps_shm_block_check) before it is used. */
+static uint32_t
+cache_live(tps_shm_map *m, int k)
 {
     uint32_t i = m->hdr->cache[k];
     if (i >= m->nblocks
-            || tps_shm_block_check(m, i, TPS_SHM_CACHED, off, len) < 0) {
-        return 0;
+            || __atomic_load_n(&m->blocks[i].state, __ATOMIC_RELAXED)
+               != TPS_SHM_CACHED) {
+        return UINT32_MAX;
     }
-    *idx = i;
-    return 1;
+    return i;
 }
 
 /* Under the lock: a free entry of the cache, or -1. */
 static int
 cache_slot(tps_shm_map *m)
 {
-    uint32_t i;
-    uint64_t off, len;
     for (int k = 0; k < TPS_SHM_NCACHE; k++) {
-        if (!cache_entry(m, k, &i, &off, &len)) {
+        if (cache_live(m, k) == UINT32_MAX) {
             return k;
         }
     }
@@ -390,9 +388,12 @@ tps_shm_cache_flush(tps_shm_map *m)
     uint32_t i;
     uint64_t off, len;
     for (int k = 0; k < TPS_SHM_NCACHE; k++) {
-        if (cache_entry(m, k, &i, &off, &len)) {
-            tps_shm_bits_set(m->bitmap, off / TPS_SHM_GRANULE,
-                             tps_shm_granules(len), 0);
+        if ((i = cache_live(m, k)) != UINT32_MAX) {
+            /* A span a peer garbled is left to a repair's rebuild. */
+            if (tps_shm_block_check(m, i, TPS_SHM_CACHED, &off, &len) == 0) {
+                tps_shm_bits_set(m->bitmap, off / TPS_SHM_GRANULE,
+                                 tps_shm_granules(len), 0);
+            }
             __atomic_store_n(&m->blocks[i].state, TPS_SHM_FREE,
                              __ATOMIC_SEQ_CST);
         }
@@ -408,7 +409,11 @@ cache_take(tps_shm_map *m, uint64_t n, uint64_t len)
     uint32_t i;
     uint64_t off, clen;
     for (int k = 0; k < TPS_SHM_NCACHE; k++) {
-        if (cache_entry(m, k, &i, &off, &clen)
+        /* The size first (cheap), then the whole check. */
+        if ((i = cache_live(m, k)) != UINT32_MAX
+                && tps_shm_granules(m->blocks[i].len) == n
+                && tps_shm_block_check(m, i, TPS_SHM_CACHED, &off,
+                                       &clen) == 0
                 && tps_shm_granules(clen) == n) {
             m->hdr->cache[k] = UINT32_MAX;
             m->blocks[i].len = len;
