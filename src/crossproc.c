@@ -65,7 +65,7 @@ PyDoc_STRVAR(crossproc_share_doc,
 static PyObject *
 crossproc_share(PyObject *Py_UNUSED(module), PyObject *obj)
 {
-    PyObject *res = NULL, *payload = NULL;
+    PyObject *res = NULL, *payload = NULL, *inl = NULL;
     TpShare_Record *rec = tps_share(obj);
     const TpShare_Data *d;
     const char *name;
@@ -107,11 +107,15 @@ crossproc_share(PyObject *Py_UNUSED(module), PyObject *obj)
     if (payload == NULL) {
         goto finally;
     }
-    res = Py_BuildValue("(sy#nIO)", name,
-                        (const char *)d->inline_data.bytes,
-                        (Py_ssize_t)sizeof(d->inline_data), d->size,
-                        (unsigned int)d->aux, payload);
+    inl = PyBytes_FromStringAndSize((const char *)d->inline_data.bytes,
+                                    (Py_ssize_t)sizeof(d->inline_data));
+    if (inl == NULL) {
+        goto finally;
+    }
+    res = Py_BuildValue("(sOnIO)", name, inl, d->size, (unsigned int)d->aux,
+                        payload);
 finally:
+    Py_XDECREF(inl);
     Py_XDECREF(payload);
     tps_record_release(rec);
     return res;
@@ -126,20 +130,20 @@ PyDoc_STRVAR(crossproc_rebuild_doc,
 static PyObject *
 crossproc_rebuild(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    const char *name, *inl;
-    Py_ssize_t inl_len, size;
+    const char *name;
+    Py_ssize_t size;
     unsigned int aux;
-    PyObject *payload, *res = NULL;
+    PyObject *inl, *payload, *res = NULL;
     PyTypeObject *type = NULL;
     TpShare_Data d;
     tps_entry *e;
 
-    if (!PyArg_ParseTuple(args, "sy#nIO:_crossproc_rebuild", &name, &inl,
-                          &inl_len, &size, &aux, &payload)) {
+    if (!PyArg_ParseTuple(args, "sSnIO:_crossproc_rebuild", &name, &inl,
+                          &size, &aux, &payload)) {
         return NULL;
     }
     memset(&d, 0, sizeof(d));
-    if (inl_len != (Py_ssize_t)sizeof(d.inline_data)) {
+    if (PyBytes_GET_SIZE(inl) != (Py_ssize_t)sizeof(d.inline_data)) {
         PyErr_SetString(PyExc_ValueError, "inline data of a wrong length");
         return NULL;
     }
@@ -160,7 +164,8 @@ crossproc_rebuild(PyObject *Py_UNUSED(module), PyObject *args)
             "another process", name);
         goto finally;
     }
-    memcpy(d.inline_data.bytes, inl, sizeof(d.inline_data));
+    memcpy(d.inline_data.bytes, PyBytes_AS_STRING(inl),
+           sizeof(d.inline_data));
     d.size = size;
     d.aux = aux;
     /* The bytes object is this process's own copy: nobody else writes
