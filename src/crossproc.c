@@ -57,19 +57,28 @@ named_entry(const char *name)
 PyDoc_STRVAR(crossproc_share_doc,
 "_crossproc_share(obj, /)\n--\n\n"
 "(name, inline, size, aux, payload) of obj shared by its registration,\n"
-"for another process; NotShareableError unless the registration is\n"
-"TPSHARE_SELF_CONTAINED and the data keeps that promise.");
+"for another process, or None when its type has none; NotShareableError\n"
+"unless the registration is TPSHARE_SELF_CONTAINED and the data keeps\n"
+"that promise.");
 
-/* obj: borrowed.  Returns a new reference (a 5-tuple), or NULL with an
- * exception. */
+/* obj: borrowed.  Returns a new reference (a 5-tuple, or None), or NULL
+ * with an exception. */
 static PyObject *
 crossproc_share(PyObject *Py_UNUSED(module), PyObject *obj)
 {
     PyObject *res = NULL, *payload = NULL, *inl = NULL;
-    TpShare_Record *rec = tps_share(obj);
+    TpShare_Record *rec;
     const TpShare_Data *d;
     const char *name;
 
+    if (tps_registry_find(Py_TYPE(obj)) == NULL) {
+        /* Not registered: the caller says what else it can do. */
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    rec = tps_share(obj);
     if (rec == NULL) {
         return NULL;
     }

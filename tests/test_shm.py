@@ -359,6 +359,9 @@ def test_channel_refuses_other_types():
         assert isinstance(info.value, TypeError)
     with pytest.raises(tpshare.NotShareableError, match="builtins.list"):
         ch.send((1, (2, [3])))
+    with pytest.raises(tpshare.NotShareableError,
+                       match="builtins.set .*pickle=True"):
+        ch.send({1})
     assert ch.qsize() == 0
 
 

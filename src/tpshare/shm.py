@@ -212,14 +212,16 @@ class Channel(MemChannel):
             return obj, _TAG_BUFFER
         if type(obj) is not tuple:
             try:
-                # (name, inline, size, aux, payload), or NotShareableError
-                # for a registered type whose data cannot cross processes.
+                # (name, inline, size, aux, payload); None for a type with
+                # no registration; NotShareableError for a registered type
+                # whose data cannot cross processes.
                 parts = _tpshare._crossproc_share(obj)
             except _tpshare.NotShareableError:
                 if not self._pickle:
                     raise
             else:
-                return marshal.dumps(parts), _TAG_REGISTERED
+                if parts is not None:
+                    return marshal.dumps(parts), _TAG_REGISTERED
         if self._pickle:
             return _pickle.dumps(obj, protocol=5), _TAG_PICKLE
         bad = _offending(obj) or type(obj)
