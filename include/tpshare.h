@@ -152,6 +152,16 @@ typedef void (*TpShare_FreeFunc)(TpShare_Data *data);
                                      CPython's own interpreter machinery
                                      (its queues, channels, prepare_main)
                                      as tpshare records: see Bridge() */
+#define TPSHARE_SELF_CONTAINED 0x40u /* the data can cross processes
+                                     (tpshare.shm.Channel): the share hook
+                                     fills only inline_data, size, aux and
+                                     `ptr` pointing at `size` bytes that
+                                     hold no pointer, no reference and no
+                                     nested record; no obj, not
+                                     TPSHARE_DATA_OWNER_BOUND.  rebuild
+                                     then reads bytes another process
+                                     wrote: it checks every length and
+                                     offset it finds there */
 
 /* Growth rule: new fields are only ever added at the end, and a zero new
  * field means "as before".  `size` tells tpshare which fields the caller

@@ -22,6 +22,7 @@ flags_tuple(uint32_t flags)
         {TPSHARE_ANY_RESULT, "any_result"},
         {TPSHARE_IMMUTABLE, "immutable"},
         {TPSHARE_BRIDGE, "bridge"},
+        {TPSHARE_SELF_CONTAINED, "self_contained"},
     };
     PyObject *res = PyTuple_New(0);
     for (size_t i = 0; res != NULL && i < Py_ARRAY_LENGTH(names); i++) {

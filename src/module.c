@@ -158,7 +158,8 @@ module_exec(PyObject *module)
         || tps_channel_init_types(module, state) < 0
         || tps_xid_register_types(state) < 0
         || tps_interpreters_init(module) < 0
-        || tps_fork_init(module) < 0)
+        || tps_fork_init(module) < 0
+        || tps_crossproc_init(module) < 0)
     {
         goto finally;
     }

@@ -67,5 +67,8 @@ PyObject *tps_raise_error(tps_module_state *state, int code);
  * _interp_abandon, _interp_end and _interp_list, used by
  * tpshare/_interpreters.py, to `module` (borrowed).  0 or -1. */
 int tps_interpreters_init(PyObject *module);
+/* The private functions tpshare.shm.Channel uses for registered types
+ * (crossproc.c) added to `module` (borrowed).  0 or -1. */
+int tps_crossproc_init(PyObject *module);
 
 #endif /* TPSHARE_PYTYPES_H */

@@ -35,7 +35,7 @@
 #include <sys/types.h>
 
 #define TPS_SHM_MAGIC 0x314d485345525054ULL   /* "TPRESHM1" */
-#define TPS_SHM_VERSION 1u
+#define TPS_SHM_VERSION 2u
 #define TPS_SHM_GRANULE 256u
 #define TPS_SHM_INLINE 96u
 #define TPS_SHM_TOKEN 16
@@ -63,6 +63,15 @@
 #define TPS_SHM_OWNED 1u   /* allocated by pid, not queued yet */
 #define TPS_SHM_QUEUED 2u  /* referred to by a slot of the ring */
 #define TPS_SHM_HELD 3u    /* received: pid's views hold it */
+#define TPS_SHM_CACHED 4u  /* freed, its span kept (still set in the
+                              bitmap) for the next block of the same
+                              size: a large block is handed out again
+                              without touching the bitmap */
+
+/* Freed blocks of at least this many granules go to the header's cache
+ * (below them the bitmap's words cost less than the cache's scan). */
+#define TPS_SHM_CACHE_MIN 64u
+#define TPS_SHM_NCACHE 64
 
 typedef struct {
     uint32_t kind;
@@ -113,6 +122,9 @@ typedef struct {
                            a corrupt ring */
     int64_t last_sweep; /* CLOCK_MONOTONIC ns of the last reclaim sweep
                            made because the heap was full */
+    /* Indices of CACHED blocks; an entry is in use only while the
+     * block it names is CACHED (checked at each use). */
+    uint32_t cache[TPS_SHM_NCACHE];
     /* Atomics: futex words and counters read without the lock. */
     _Alignas(64) uint32_t items_seq;    /* bumped when an item is queued */
     uint32_t space_seq;                 /* bumped when room appears */
@@ -164,6 +176,7 @@ uint64_t tps_shm_own_start(void);
 int tps_shm_alloc(tps_shm_map *m, uint64_t len, uint32_t flags,
                   uint32_t *idx);
 void tps_shm_free_block(tps_shm_map *m, uint32_t idx);
+void tps_shm_cache_flush(tps_shm_map *m);
 int tps_shm_block_check(tps_shm_map *m, uint32_t idx, uint32_t state,
                         uint64_t *off, uint64_t *len);
 uint64_t tps_shm_queued(tps_shm_map *m);

@@ -175,7 +175,11 @@ tps_shm_repair(tps_shm_map *m)
     memset(m->bitmap, 0, (m->ngranules + 63) / 64 * 8);
     for (uint32_t i = 0; i < m->nblocks; i++) {
         uint32_t st = m->blocks[i].state;
-        if (st == TPS_SHM_FREE) {
+        if (st == TPS_SHM_CACHED) {
+            /* The bitmap is rebuilt without the cache's spans. */
+            m->blocks[i].state = TPS_SHM_FREE;
+        }
+        if (st == TPS_SHM_FREE || st == TPS_SHM_CACHED) {
             continue;
         }
         if ((st == TPS_SHM_QUEUED && !referred[i])

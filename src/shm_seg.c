@@ -159,6 +159,9 @@ tps_shm_init(tps_shm_map *m, char *base, size_t size, uint32_t maxsize,
     h->nblocks = nblocks;
     h->maxsize = maxsize;
     h->kind = kind;
+    for (int k = 0; k < TPS_SHM_NCACHE; k++) {
+        h->cache[k] = UINT32_MAX;
+    }
     /* Robust: a holder that dies makes the next locker repair.  Process-
      * shared: it lives in the segment, used by every process. */
     if (pthread_mutexattr_init(&attr) != 0) {
@@ -321,23 +324,103 @@ tps_shm_bits_set(uint64_t *bm, uint64_t from, uint64_t n, int on)
     }
 }
 
-/* Under the lock: give block idx's memory back and tell trackers. */
+/* Under the lock: the block cache entry k names while that block is
+ * CACHED, else UINT32_MAX (a free entry).  The header is the peers': a
+ * span is checked (tps_shm_block_check) before it is used. */
+static uint32_t
+cache_live(tps_shm_map *m, int k)
+{
+    uint32_t i = m->hdr->cache[k];
+    if (i >= m->nblocks
+            || __atomic_load_n(&m->blocks[i].state, __ATOMIC_RELAXED)
+               != TPS_SHM_CACHED) {
+        return UINT32_MAX;
+    }
+    return i;
+}
+
+/* Under the lock: a free entry of the cache, or -1. */
+static int
+cache_slot(tps_shm_map *m)
+{
+    for (int k = 0; k < TPS_SHM_NCACHE; k++) {
+        if (cache_live(m, k) == UINT32_MAX) {
+            return k;
+        }
+    }
+    return -1;
+}
+
+/* Under the lock: give block idx's memory back and tell trackers.  A
+ * large block keeps its span (and its pages: nothing is zeroed or given
+ * back to the kernel) for the next block of its size. */
 void
 tps_shm_free_block(tps_shm_map *m, uint32_t idx)
 {
     uint64_t off, len, n;
     tps_shm_header *h = m->hdr;
+    uint32_t state = TPS_SHM_FREE;
+    int k;
     if (idx >= m->nblocks) {
         return;
     }
     if (tps_shm_block_check(m, idx, TPS_SHM_FREE, &off, &len) == 0) {
         n = tps_shm_granules(len);
-        tps_shm_bits_set(m->bitmap, off / TPS_SHM_GRANULE, n, 0);
+        if (n >= TPS_SHM_CACHE_MIN && (k = cache_slot(m)) >= 0) {
+            h->cache[k] = idx;
+            state = TPS_SHM_CACHED;
+        }
+        else {
+            tps_shm_bits_set(m->bitmap, off / TPS_SHM_GRANULE, n, 0);
+        }
         h->used_granules = h->used_granules >= n ? h->used_granules - n : 0;
     }
     __atomic_fetch_add(&m->blocks[idx].gen, 1, __ATOMIC_SEQ_CST);
-    __atomic_store_n(&m->blocks[idx].state, TPS_SHM_FREE, __ATOMIC_SEQ_CST);
+    __atomic_store_n(&m->blocks[idx].state, state, __ATOMIC_SEQ_CST);
     m->blocks[idx].pid = 0;
+}
+
+/* Under the lock: give the spans of the cached blocks back to the
+ * bitmap (the heap or the block table ran out). */
+void
+tps_shm_cache_flush(tps_shm_map *m)
+{
+    uint32_t i;
+    uint64_t off, len;
+    for (int k = 0; k < TPS_SHM_NCACHE; k++) {
+        if ((i = cache_live(m, k)) != UINT32_MAX) {
+            /* A span a peer garbled is left to a repair's rebuild. */
+            if (tps_shm_block_check(m, i, TPS_SHM_CACHED, &off, &len) == 0) {
+                tps_shm_bits_set(m->bitmap, off / TPS_SHM_GRANULE,
+                                 tps_shm_granules(len), 0);
+            }
+            __atomic_store_n(&m->blocks[i].state, TPS_SHM_FREE,
+                             __ATOMIC_SEQ_CST);
+        }
+        m->hdr->cache[k] = UINT32_MAX;
+    }
+}
+
+/* Under the lock: take a cached block of n granules for len bytes, or
+ * return UINT32_MAX. */
+static uint32_t
+cache_take(tps_shm_map *m, uint64_t n, uint64_t len)
+{
+    uint32_t i;
+    uint64_t off, clen;
+    for (int k = 0; k < TPS_SHM_NCACHE; k++) {
+        /* The size first (cheap), then the whole check. */
+        if ((i = cache_live(m, k)) != UINT32_MAX
+                && tps_shm_granules(m->blocks[i].len) == n
+                && tps_shm_block_check(m, i, TPS_SHM_CACHED, &off,
+                                       &clen) == 0
+                && tps_shm_granules(clen) == n) {
+            m->hdr->cache[k] = UINT32_MAX;
+            m->blocks[i].len = len;
+            return i;
+        }
+    }
+    return UINT32_MAX;
 }
 
 /* The first run of n clear bits at or after `from`, or UINT64_MAX. */
@@ -382,6 +465,10 @@ alloc_once(tps_shm_map *m, uint64_t len, uint32_t flags, uint32_t *idx)
     if (n > m->ngranules) {
         return TPS_SHM_ENOSPACE;
     }
+    if (n >= TPS_SHM_CACHE_MIN
+            && (b = cache_take(m, n, len)) != UINT32_MAX) {
+        goto found;
+    }
     for (uint32_t k = 0; k < m->nblocks; k++) {
         uint32_t i = (uint32_t)(((uint64_t)start + k) % m->nblocks);
         if (m->blocks[i].state == TPS_SHM_FREE) {
@@ -397,10 +484,11 @@ alloc_once(tps_shm_map *m, uint64_t len, uint32_t flags, uint32_t *idx)
         return TPS_SHM_ENOSPACE;
     }
     tps_shm_bits_set(m->bitmap, at, n, 1);
-    h->used_granules += n;
     h->alloc_hint = (b + 1) % m->nblocks;
     m->blocks[b].off = at * TPS_SHM_GRANULE;
     m->blocks[b].len = len;
+found:
+    h->used_granules += n;
     m->blocks[b].flags = flags;
     m->blocks[b].pid = (int32_t)getpid();
     m->blocks[b].start = tps_shm_own_start();
@@ -419,6 +507,12 @@ tps_shm_alloc(tps_shm_map *m, uint64_t len, uint32_t flags, uint32_t *idx)
     if (len > m->heap_size) {
         return TPS_SHM_ENOSPACE;
     }
+    rc = alloc_once(m, len, flags, idx);
+    if (rc != TPS_SHM_ENOSPACE) {
+        return rc;
+    }
+    /* The cache's spans go back before anything else is tried. */
+    tps_shm_cache_flush(m);
     rc = alloc_once(m, len, flags, idx);
     if (rc != TPS_SHM_ENOSPACE) {
         return rc;

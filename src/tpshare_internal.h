@@ -45,7 +45,18 @@
  *                     the table and threads of workers.c), fork(), and
  *                     the handles and bridged types in CPython's own
  *                     cross-interpreter machinery (cpython_xid.c, the one
- *                     file on that private API).
+ *                     file on that private API), and the two private
+ *                     functions that carry TPSHARE_SELF_CONTAINED types
+ *                     between processes for tpshare.shm (crossproc.c).
+ *
+ * A separate extension module, tpshare._shm (tpshare.shm: channels
+ * between processes in a shared memfd segment), is built from
+ * src/shm_*.c with shm.h and shm_py.h (shm.h's top comment is its map:
+ * shm_seg.c layout, lock, allocator and ring; shm_repair.c dead peers
+ * and repair; shm_handle.c, shm_chan.c, shm_objs.c the Python types).
+ * It shares no code and no state with this core: it imports
+ * tpshare._tpshare for its exceptions, and the Python layer
+ * (src/tpshare/shm.py) calls crossproc.c for registered types.
  *
  * Process-wide state (file-scope, shared by every interpreter), the lock
  * that guards it, and whether it holds PyObject*:

@@ -91,3 +91,10 @@ def die_in_lock(ch, torn, ready):
     ch._die_in_lock(torn)
     ready.send(b"locked")
     time.sleep(60)
+
+
+def registered_echo(ch, out):
+    """values() in a process that registered the test extension's types:
+    what it receives is rebuilt by its own registration."""
+    import tpshare_testext  # noqa: F401 - registers Chunk
+    values(ch, out)

@@ -359,18 +359,98 @@ def test_channel_refuses_other_types():
         assert isinstance(info.value, TypeError)
     with pytest.raises(tpshare.NotShareableError, match="builtins.list"):
         ch.send((1, (2, [3])))
+    with pytest.raises(tpshare.NotShareableError,
+                       match="builtins.set .*pickle=True"):
+        ch.send({1})
     assert ch.qsize() == 0
 
 
-def test_registered_c_types_do_not_cross():
+def test_registered_c_types_without_the_flag_do_not_cross():
     import tpshare_testext as ext
     ch = shm.Channel(size=8192)
     with pytest.raises(tpshare.NotShareableError,
-                       match="tpshare_testext.Point"):
+                       match="tpshare_testext.Point.*SELF_CONTAINED"):
         ch.send(ext.Point(1, 2))
+    with pytest.raises(tpshare.NotShareableError,
+                       match="tpshare_testext.Matrix"):
+        ch.send(ext.Matrix(1, 1, [1.0]))
     with pytest.raises(tpshare.NotShareableError, match="Point"):
         ch.send((1, ext.Point(1, 2)))
     assert ch.qsize() == 0 and ch.stats()["sent"] == 0
+
+
+def test_self_contained_flag_is_listed():
+    import tpshare_testext as ext  # noqa: F401
+    flags = {name: f for name, _, f in tpshare.registered()}
+    assert "self_contained" in flags["tpshare_testext.Chunk"]
+    assert "self_contained" not in flags["tpshare_testext.Point"]
+
+
+def test_self_contained_type_crosses_to_another_process():
+    import tpshare_testext as ext
+    a, b = shm.Channel(size=1 << 20), shm.Channel(size=1 << 20)
+    ctx = mp.get_context("spawn")
+    p = ctx.Process(target=shm_peers.registered_echo, args=(a, b))
+    p.start()
+    try:
+        frees = ext.chunk_frees()[0]
+        # Inline (16 bytes or less) and DataAlloc memory (ptr, up to 128).
+        sent = [ext.Chunk(b"abc"), ext.Chunk(bytes(range(100))),
+                ext.Chunk(b"")]
+        for c in sent:
+            a.send(c)
+        a.send(None)
+        got = [b.recv(timeout=30) for _ in range(len(sent) + 1)]
+    finally:
+        p.join(30)
+    assert p.exitcode == 0
+    assert got[-1] is None
+    for c, r in zip(sent, got):
+        assert type(r) is ext.Chunk and r is not c and r.bytes == c.bytes
+    # The sender's data was freed at each send: 3 there, 3 back here.
+    assert ext.chunk_frees()[0] - frees == 3
+    assert used(a) == used(b) == 0
+
+
+def test_self_contained_promise_is_checked():
+    import tpshare_testext as ext
+    ch = shm.Channel(size=1 << 20)
+    # A Chunk over 128 bytes keeps a reference to the sender's bytes
+    # (data->obj): not self-contained after all, refused.
+    with pytest.raises(tpshare.NotShareableError, match="owner-bound"):
+        ch.send(ext.Chunk(b"x" * 1000))
+    assert ch.qsize() == 0 and used(ch) == 0
+
+
+def test_hostile_registered_item_is_an_error():
+    import marshal
+    import tpshare_testext as ext  # noqa: F401
+    ch = shm.Channel(size=1 << 20)
+    name = "tpshare_testext.Chunk"
+    z = bytes(16)
+    bad = [
+        (b"\xff\x00garbage", shm.CorruptSegmentError),
+        (marshal.dumps([1, 2]), shm.CorruptSegmentError),
+        (marshal.dumps((name, z, 5, 1, b"abc")), shm.CorruptSegmentError),
+        (marshal.dumps((name, b"short", 0, 0, None)),
+         shm.CorruptSegmentError),
+        (marshal.dumps((name, z, 0, 1 << 40, None)), shm.CorruptSegmentError),
+        (marshal.dumps(("no.Such" * 100, z, 0, 0, None)), LookupError),
+        # Chunk's own rebuild checks what tpshare cannot: size and aux.
+        (marshal.dumps((name, z, 1000, 0, None)), ValueError),
+        (marshal.dumps((name, z, 3, 1, None)), ValueError),
+        (marshal.dumps((name, z, 3, 99, b"abc")), ValueError),
+        # A registration without the flag does not rebuild foreign data.
+        (marshal.dumps(("tpshare_testext.Point", z, 0, 0, None)),
+         tpshare.NotShareableError),
+    ]
+    for payload, exc in bad:
+        shm.Segment.send(ch, payload, tag=3)
+        with pytest.raises(exc):
+            ch.recv(timeout=1)
+    shm.Segment.send(ch, marshal.dumps((name, z, 3, 1, b"abc")), tag=3)
+    assert ch.recv(timeout=1).bytes == b"abc"
+    assert ch.qsize() == 0 and used(ch) == 0
 
 
 def test_channel_pickle_opt_in_both_ends():
@@ -889,4 +969,79 @@ def test_bench_experiment_runs_and_reports(monkeypatch):
     assert set(res["pingpong"]) == {"shm", "mp-pipe"}
     text = bench_shm.report(res)
     assert "shm.MemChannel" in text and "multiprocessing.Pipe" in text
+    assert "hand-off alone" in text
     assert max(len(line) for line in text.splitlines()) <= common.WIDTH
+
+
+def test_bench_plot_of_the_shm_experiment(tmp_path):
+    pytest.importorskip("matplotlib")
+    from tpshare.bench import plots
+    from tpshare.bench import shm as bench_shm
+
+    def rate(r):
+        return {"n": 10, "rates": [r], "median_msgs_per_s": r,
+                "median_bytes_per_s": r}
+    res = {"small": {k: rate(1e5 * (i + 1))
+                     for i, k in enumerate(bench_shm.SMALL_NAMES)},
+           "buffers": {str(s): {k: rate(1e4) for k in bench_shm.BUFFER_NAMES}
+                       for s in (4096, 1 << 20, 1 << 28)},
+           "pingpong": {k: {"n": 10, "median_ns": 9000}
+                        for k in bench_shm.PING_NAMES}}
+    doc = {"machine": {"python": "3.13.0", "cpu": "x", "cores": 2},
+           "quick": True, "experiments": {"shm": res}}
+    figs = {}
+
+    def keep(fig, plt, path):
+        figs[os.path.basename(path)] = fig
+        return path
+    saved = plots._save
+    plots._save = keep
+    try:
+        assert plots.draw_all(doc, str(tmp_path)) == [
+            str(tmp_path / "shm.png")]
+    finally:
+        plots._save = saved
+    fig = figs["shm.png"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    for ax in fig.axes:
+        assert legend.y1 <= ax.get_tightbbox(renderer).y0
+    lines = fig.axes[1].get_lines()
+    assert len(lines) == len(bench_shm.BUFFER_NAMES)
+    assert len({line.get_color() for line in lines}) == len(lines)
+
+
+def _address(buf):
+    import ctypes
+    c = ctypes.c_char.from_buffer(buf)
+    try:
+        return ctypes.addressof(c)
+    finally:
+        del c
+
+
+def test_large_freed_blocks_are_handed_out_again():
+    """A freed large block keeps its span for the next block of its size
+    (no bitmap work: the hand-off costs the same at every size); a
+    request the cache cannot serve gets the cached spans back."""
+    ch = shm.MemChannel(size=4 << 20)
+    a, b = ch.buffer(1 << 20), ch.buffer(1 << 20)
+    at_b = _address(b)
+    del b, a
+    assert used(ch) == 0
+    c = ch.buffer((1 << 20) - 100)      # the same granules: b's span
+    assert _address(c) == at_b and used(ch) == 1 << 20
+    del c
+    heap = ch.stats()["heap_bytes"]
+    whole = ch.buffer(heap)             # every span, cached ones too
+    assert used(ch) == heap
+    del whole
+    assert used(ch) == 0
+    # A received item's block comes back the same way.
+    buf = ch.buffer(1 << 20)
+    at = _address(buf)
+    t = ch.send(buf)
+    ch.recv(timeout=1).release()
+    assert t.released
+    assert _address(ch.buffer(1 << 20)) == at

@@ -33,6 +33,7 @@ _KIND_OBJ = 2
 _TAG_BUFFER = 0
 _TAG_VALUE = 1
 _TAG_PICKLE = 2
+_TAG_REGISTERED = 3  # a type registered from C, TPSHARE_SELF_CONTAINED
 
 _VALUE_TYPES = frozenset({type(None), bool, int, float, complex, str, bytes})
 _MAX_DEPTH = 200
@@ -143,6 +144,29 @@ def _offending(obj, depth=0):
     return None if type(obj) in _VALUE_TYPES else type(obj)
 
 
+def _rebuild_registered(mv):
+    """The object another process sent as (name, inline, size, aux,
+    payload): each field checked (marshal reads only within mv's bytes
+    and makes private copies), then rebuilt by this interpreter's
+    registration of that name."""
+    try:
+        parts = marshal.loads(mv)
+    except (ValueError, EOFError, TypeError) as exc:
+        raise CorruptSegmentError(
+            "a registered type's data in the segment does not decode"
+        ) from exc
+    if (type(parts) is not tuple or len(parts) != 5
+            or type(parts[0]) is not str or type(parts[1]) is not bytes
+            or type(parts[2]) is not int or type(parts[3]) is not int
+            or (parts[4] is not None and type(parts[4]) is not bytes)
+            or len(parts[1]) != 16 or not 0 <= parts[3] < 1 << 32
+            or not -(1 << 63) <= parts[2] < 1 << 63
+            or (parts[4] is not None and len(parts[4]) != parts[2])):
+        raise CorruptSegmentError(
+            "a registered type's data in the segment is malformed")
+    return _tpshare._crossproc_rebuild(*parts)
+
+
 def _is_buffer(obj):
     if type(obj) is bytes:
         return False
@@ -186,6 +210,18 @@ class Channel(MemChannel):
             return marshal.dumps(obj), _TAG_VALUE
         if isinstance(obj, Buffer) or _is_buffer(obj):
             return obj, _TAG_BUFFER
+        if type(obj) is not tuple:
+            try:
+                # (name, inline, size, aux, payload); None for a type with
+                # no registration; NotShareableError for a registered type
+                # whose data cannot cross processes.
+                parts = _tpshare._crossproc_share(obj)
+            except _tpshare.NotShareableError:
+                if not self._pickle:
+                    raise
+            else:
+                if parts is not None:
+                    return marshal.dumps(parts), _TAG_REGISTERED
         if self._pickle:
             return _pickle.dumps(obj, protocol=5), _TAG_PICKLE
         bad = _offending(obj) or type(obj)
@@ -203,6 +239,8 @@ class Channel(MemChannel):
                 except (ValueError, EOFError, TypeError) as exc:
                     raise CorruptSegmentError(
                         "a value in the segment does not decode") from exc
+            if tag == _TAG_REGISTERED:
+                return _rebuild_registered(mv)
             if tag == _TAG_PICKLE:
                 if not self._pickle:
                     raise ValueError(

@@ -8,10 +8,12 @@
  *
  *   Vec      heap type, an immutable sequence of any objects; shares item
  *            i with ShareItem(item, i), so an error names "Vec[i]";
- *   Chunk    static type, immutable bytes; shares up to 16 bytes inline,
- *            up to TPSHARE_DATA_ALLOC_MAX (16 KiB) in DataAlloc memory, more by
- *            reference to its bytes (owner-bound) unless MustCopy() says
- *            a private copy is needed, then in Malloc memory.  Static, so
+ *   Chunk    static type, immutable bytes, TPSHARE_SELF_CONTAINED (it
+ *            crosses tpshare.shm when small); shares up to 16 bytes inline,
+ *            up to TPSHARE_DATA_ALLOC_MAX (16 KiB) in DataAlloc memory,
+ *            more by reference to its bytes (owner-bound) unless
+ *            MustCopy() says a private copy is needed, then in Malloc
+ *            memory.  Static, so
  *            registered once for the process (by the module's exec, which
  *            readies it with the other static types): an interpreter's
  *            exit hook re-shares its queued values after its modules, and
@@ -312,15 +314,25 @@ chunk_share(PyObject *obj, TpShare_Data *data)
 }
 
 /* rebuild: a Chunk of `type` (borrowed) over a copy of the bytes.
- * Returns a new reference. */
+ * Returns a new reference.  TPSHARE_SELF_CONTAINED: the data may come
+ * from another process (tpshare.shm), so aux and size are checked; tpshare
+ * guarantees that ptr, when set, holds `size` bytes. */
 static PyObject *
 chunk_rebuild(PyTypeObject *type, const TpShare_Data *data)
 {
     const void *src = data->aux == CHUNK_INLINE
                       ? (const void *)data->inline_data.bytes : data->ptr;
-    PyObject *bytes = PyBytes_FromStringAndSize(src, data->size);
-    PyObject *result;
+    PyObject *bytes, *result;
 
+    if (data->aux >= CHUNK_PATHS || data->size < 0
+        || (data->aux == CHUNK_INLINE
+            && data->size > (Py_ssize_t)sizeof(data->inline_data))
+        || (data->aux != CHUNK_INLINE && data->ptr == NULL))
+    {
+        PyErr_SetString(PyExc_ValueError, "Chunk: inconsistent data");
+        return NULL;
+    }
+    bytes = PyBytes_FromStringAndSize(src, data->size);
     if (bytes == NULL) {
         return NULL;
     }
@@ -369,7 +381,7 @@ PyTypeObject testext_ChunkType = {
 
 const TpShare_Hooks testext_chunk_hooks = {
     TPSHARE_HOOKS_INIT,
-    .flags = TPSHARE_COPIES | TPSHARE_IMMUTABLE,
+    .flags = TPSHARE_COPIES | TPSHARE_IMMUTABLE | TPSHARE_SELF_CONTAINED,
     .name = ITEMS_NAME("Chunk"),
     .share = chunk_share,
     .rebuild = chunk_rebuild,

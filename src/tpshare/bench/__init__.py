@@ -25,16 +25,18 @@ The modules:
   interpreters, threads and child processes (standard library and
   tpshare only).
 - ``throughput``, ``latency``, ``release``, ``scaling``, ``memory``,
-  ``pep734``: the experiments (``pep734``: one pipeline written against
-  PEP 734's API, on ``tpshare.interpreters`` and on CPython's module).
+  ``pep734``: the in-process experiments (``pep734``: one pipeline written
+  against PEP 734's API, on ``tpshare.interpreters`` and on CPython's
+  module); ``shm``: tpshare.shm between processes.
 - ``plots``: the PNG figures (matplotlib, Agg backend).
 
 Importing this package imports nothing heavy: the subinterpreters import
 ``tpshare.bench._remote`` and must not pull in matplotlib.
 """
 
+# The in-process experiments, then tpshare.shm between processes.
 EXPERIMENTS = ("throughput", "latency", "release", "scaling", "memory",
-               "pep734")
+               "pep734", "shm")
 
 
 def main(argv=None):

@@ -21,8 +21,8 @@ from . import EXPERIMENTS, common, contenders as cts, runner
 
 FORMAT_VERSION = 1
 
-# The in-process experiments, then tpshare.shm between processes.
-ALL_EXPERIMENTS = EXPERIMENTS + ("shm",)
+# Every experiment (tpshare.bench.EXPERIMENTS).
+ALL_EXPERIMENTS = EXPERIMENTS
 
 
 class Settings:

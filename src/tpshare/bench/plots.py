@@ -282,12 +282,94 @@ def memory(doc, res, path):
     return _save(fig, plt, path)
 
 
+# The shm experiment's contenders (between processes): tpshare.shm in
+# reds, solid; the baselines dashed.
+_SHM_STYLE = {
+    "shm": ("#d62728", "D"),
+    "shm-batch": ("#ff9896", "d"),
+    "shm-buffer": ("#800000", "P"),
+    "shm-copy": ("#e6194b", "o"),
+    "mp-queue": ("#2ca02c", "x"),
+    "mp-queue-batch": ("#98df8a", "2"),
+    "faster-fifo": ("#1f77b4", "s"),
+    "faster-fifo-batch": ("#17becf", "^"),
+    "shared_memory": ("#b8860b", "p"),
+    "mp-pipe": ("#000000", "h"),
+}
+
+
+def shm(doc, res, path):
+    """Between processes: 64-byte messages/s (bars), buffers' messages/s
+    against size (lines), ping-pong round trip (bars)."""
+    from . import shm as experiment
+    plt = _plt()
+    small, buffers, ping = res["small"], res["buffers"], res["pingpong"]
+    if not small and not buffers:
+        return None
+    fig, (a1, a2, a3) = plt.subplots(
+        1, 3, figsize=(15, 5), gridspec_kw={"width_ratios": [2, 3, 1.3]})
+
+    def style(kind):
+        col, marker = _SHM_STYLE.get(kind, ("#333333", "."))
+        return col, marker, kind.startswith("shm")
+
+    kinds = list(small)
+    for i, kind in enumerate(kinds):
+        col, _, ours = style(kind)
+        a1.bar(i, small[kind]["median_msgs_per_s"], color=col,
+               hatch=None if ours else "//", edgecolor="white",
+               label=experiment.LABELS.get(kind, kind))
+    a1.set_xticks(range(len(kinds)))
+    a1.set_xticklabels([experiment.LABELS.get(k, k) for k in kinds],
+                       rotation=30, ha="right", fontsize=7)
+    a1.set_yscale("log")
+    a1.set_ylabel("messages/s (log)")
+    a1.set_title(f"{experiment.SMALL}-byte messages", fontsize=9)
+    a1.grid(True, axis="y", which="both", alpha=0.3)
+    sizes = sorted(int(s) for s in buffers)
+    for kind in experiment.BUFFER_NAMES:
+        pts = [(s, buffers[str(s)][kind]["median_msgs_per_s"])
+               for s in sizes if kind in buffers[str(s)]]
+        if not pts:
+            continue
+        col, marker, ours = style(kind)
+        a2.plot([p[0] for p in pts], [p[1] for p in pts], color=col,
+                marker=marker, linestyle="-" if ours else "--",
+                linewidth=2.0 if ours else 1.4,
+                label=experiment.LABELS.get(kind, kind))
+    a2.set_xscale("log", base=2)
+    a2.set_yscale("log")
+    a2.set_xticks(sizes)
+    a2.set_xticklabels([_fmt_size(s) for s in sizes])
+    a2.set_xlabel("buffer size (segment buffer: the hand-off alone)")
+    a2.set_ylabel("messages/s (log)")
+    a2.set_title("Buffers", fontsize=9)
+    a2.grid(True, which="both", alpha=0.3)
+    pk = list(ping)
+    for i, kind in enumerate(pk):
+        col, _, ours = style(kind)
+        a3.bar(i, ping[kind]["median_ns"] / 1e3, color=col,
+               hatch=None if ours else "//", edgecolor="white")
+    a3.set_xticks(range(len(pk)))
+    a3.set_xticklabels([experiment.LABELS.get(k, k) for k in pk],
+                       rotation=30, ha="right", fontsize=7)
+    a3.set_ylabel("median round trip, us")
+    a3.set_title(f"Ping-pong, {experiment.PINGPONG} bytes", fontsize=9)
+    a3.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("Between processes (tpshare.shm)\n" + _subtitle(doc),
+                 fontsize=10)
+    fig.tight_layout()
+    _legend_below(fig, [a2], ncol=5)
+    return _save(fig, plt, path)
+
+
 DRAW = {
     "throughput": throughput,
     "latency": latency,
     "release": release,
     "scaling": scaling,
     "memory": memory,
+    "shm": shm,
 }
 
 
