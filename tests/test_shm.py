@@ -415,10 +415,10 @@ def test_self_contained_type_crosses_to_another_process():
 def test_self_contained_promise_is_checked():
     import tpshare_testext as ext
     ch = shm.Channel(size=1 << 20)
-    # A Chunk over 128 bytes keeps a reference to the sender's bytes
+    # A Chunk over 16 KiB keeps a reference to the sender's bytes
     # (data->obj): not self-contained after all, refused.
     with pytest.raises(tpshare.NotShareableError, match="owner-bound"):
-        ch.send(ext.Chunk(b"x" * 1000))
+        ch.send(ext.Chunk(b"x" * 20000))
     assert ch.qsize() == 0 and used(ch) == 0
 
 
