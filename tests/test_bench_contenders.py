@@ -7,6 +7,7 @@ one-line reason, never a crash.  Nothing here asserts on speed."""
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -50,14 +51,16 @@ def test_they_take_part_in_throughput_and_latency():
 
 def test_list_says_whether_each_is_available():
     text = cli.list_text()
+    # The table may be split in parts to fit the terminal (a long reason
+    # on 3.12): each part starts with the contender's name.
     rows = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.split("|")]
-        if len(cells) == 4:
-            rows[cells[0]] = cells
+        if len(cells) > 1 and cells[0] in contenders.BY_NAME:
+            rows.setdefault(cells[0], []).extend(cells[1:])
     for name in THIRD_PARTY:
         why = contenders.BY_NAME[name].unavailable()
-        _, side, available, used = rows[name]
+        side, available, used = rows[name]
         assert side == "baseline" and used == "throughput,latency"
         if why is None:
             assert available == "yes"
@@ -163,3 +166,39 @@ def test_backport_endpoints_carry_objects_both_ways():
     assert [far.recv() for _ in range(3)] == [b"ab", "cd", 2 ** 40]
     far.send(b"pong")
     assert near.recv() == b"pong"
+
+
+def test_copy_sweep_script_places_the_modes(tmp_path):
+    # bench/bench_copy_sweep.py: a tiny run (one size per octave, one
+    # round, short trials) writes every size and mode, the handler's step
+    # at its threshold and the crossovers it found (or None).
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "bench",
+                          "bench_copy_sweep.py")
+    out = tmp_path / "sweep.json"
+    proc = subprocess.run(
+        [sys.executable, script, "--quick", "--repeat", "1", "--seconds",
+         "0.002", "--per-octave", "1", "--json", str(out)],
+        capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads(out.read_text())
+    threshold = doc["params"]["threshold"]
+    sizes = [16 << i for i in range(13)]          # 16 B .. 64 KiB
+    by_kind = {"bytes": [], "str": []}
+    for r in doc["results"]:
+        by_kind[r["kind"]].append(r)
+    assert [r["size"] for r in by_kind["bytes"]] == sizes
+    assert [r["size"] for r in by_kind["str"]] == sizes
+    for r in by_kind["bytes"]:
+        assert set(r["median_msgs_per_s"]) == {"auto", "copy", "share"}
+        assert all(v > 0 for v in r["median_msgs_per_s"].values())
+        assert r["share_vs_copy"] > 0 and r["share_vs_auto"] > 0
+    for r in by_kind["str"]:
+        assert set(r["median_msgs_per_s"]) == {"auto"}
+    for kind in ("bytes", "str"):
+        step = doc["params"]["steps"][kind]
+        assert (step["below"], step["at"]) == (threshold - 1, threshold)
+        assert step["ratio"] > 0
+    for key in ("crossover_share_vs_copy",
+                "crossover_share_vs_auto_below_threshold"):
+        assert doc["params"][key] is None or doc["params"][key] in sizes
+    assert "the handler's own modes" in proc.stdout
