@@ -5,7 +5,6 @@ package imports they are timed side by side with the Channel (a tiny
 where it does not they are listed and reported as skipped with a
 one-line reason, never a crash.  Nothing here asserts on speed."""
 
-import importlib
 import json
 import os
 import subprocess
@@ -158,7 +157,7 @@ def test_backport_endpoints_carry_objects_both_ways():
     if not importable("backport-queue"):
         pytest.skip("the interpreters-pep-734 backport does not import here")
     from tpshare.bench import _remote
-    queues = importlib.import_module(contenders.BACKPORT_MOD)
+    queues = _remote.backport_queues()
     a, b = queues.create(4), queues.create(4)
     near = _remote.endpoint(("backport-queue", a.id, b.id))
     far = _remote.endpoint(("backport-queue", b.id, a.id))
@@ -202,3 +201,44 @@ def test_copy_sweep_script_places_the_modes(tmp_path):
                 "crossover_share_vs_auto_below_threshold"):
         assert doc["params"][key] is None or doc["params"][key] in sizes
     assert "the handler's own modes" in proc.stdout
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13),
+                    reason="3.12 has no CPython queue to break")
+def test_the_backport_leaves_cpythons_queues_shareable(tmp_path):
+    # Importing the backport's queues registers its classes with
+    # _interpqueues in place of CPython's own: CPython's Queue objects
+    # then no longer crossed interpreters (its pep734 experiment, and any
+    # test run after, failed).  Checked in a child process, both after the
+    # availability check and after a session whose far side imports the
+    # backport in its own interpreter.
+    if not importable("backport-queue"):
+        pytest.skip("the interpreters-pep-734 backport does not import here")
+    code = textwrap.dedent("""\
+        import test.support.interpreters as interpreters
+        from test.support.interpreters import queues
+        from tpshare.bench import contenders
+        q = queues.create(2)
+        c = contenders.BY_NAME["backport-queue"]
+        assert c.unavailable() is None
+        print(interpreters.is_shareable(q))
+        s = contenders.Session(c, 4, "auto")
+        try:
+            print(s.probe(b"12345678"))
+        finally:
+            s.close()
+        print(interpreters.is_shareable(q))
+        interp = interpreters.create()
+        # (3.13 rebuilds a queue only where its module was imported)
+        interp.exec("import test.support.interpreters.queues")
+        interp.prepare_main(q=q)
+        q.put(42)
+        interp.exec("q.put(q.get() + 1)")
+        print(q.get())
+        interp.close()
+        """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.split("\n")[:4] == [
+        "True", "('bytes', 8)", "True", "43"]

@@ -570,9 +570,27 @@ class BocpyMessages(Endpoint):
 
 def backport_queues():
     """The interpreters-pep-734 backport's queues module (imported as its
-    users do: ``interpreters_backport.interpreters.queues``)."""
+    users do: ``interpreters_backport.interpreters.queues``).
+
+    Importing it registers its Queue classes with ``_interpqueues`` in
+    place of those of CPython's own module (3.13's
+    ``test.support.interpreters.queues``), after which CPython's Queue
+    objects no longer cross interpreters in this interpreter.  The
+    benchmarks pass the backport's queues by ID, so CPython's
+    registration is put back when its module was loaded first (a module
+    loaded later registers itself)."""
+    name = "interpreters_backport.interpreters.queues"
+    queues = sys.modules.get(name)
+    if queues is not None:
+        return queues
     from interpreters_backport.interpreters import queues
 
+    std = sys.modules.get("test.support.interpreters.queues")
+    if std is not None:
+        import _interpqueues
+
+        _interpqueues._register_heap_types(std.Queue, std.QueueEmpty,
+                                           std.QueueFull)
     return queues
 
 

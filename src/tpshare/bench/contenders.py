@@ -40,7 +40,7 @@ class Contender:
 
     def __init__(self, name, label, family, where, kinds, *, ours=False,
                  options=(), needs=(), spin=None, identity=None, note="",
-                 max_size=None, zero_copy=False):
+                 max_size=None, zero_copy=False, load=None):
         self.name = name
         self.label = label
         self.family = family
@@ -54,6 +54,9 @@ class Contender:
         self.note = note
         self.max_size = max_size
         self.zero_copy = zero_copy
+        # What imports each need: importlib's, unless the module's import
+        # has side effects to undo (see _remote.backport_queues)
+        self.load = load or importlib.import_module
 
     def unavailable(self):
         """None if it can run here, else the reason (it is then reported
@@ -68,7 +71,7 @@ class Contender:
                 alts = need.split("|")
                 for mod in alts:
                     try:
-                        importlib.import_module(mod)
+                        self.load(mod)
                         break
                     except Exception:  # noqa: BLE001 - any failure: skip
                         # (a third-party package may fail to load with
@@ -176,6 +179,7 @@ ALL = [
                    f"{BOCPY_MAX} B (a trial queues n items)"),
     Contender("backport-queue", "PEP 734 backport (10 ms polls)",
               "backport-queue", "interp", KINDS, needs=[BACKPORT_MOD],
+              load=lambda mod: _remote.backport_queues(),
               note="interpreters-pep-734's Queue, create(maxsize) (items "
                    "pickled), blocking put()/get() as users call them: "
                    "they sleep 10 ms while the queue is full or empty"),
