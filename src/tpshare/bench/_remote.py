@@ -537,6 +537,90 @@ class SharedMemorySlots(Endpoint):
             self.shm = None
 
 
+class BocpyMessages(Endpoint):
+    """bocpy's tagged message queues (``bocpy.send(tag, obj)``,
+    ``bocpy.receive(tag)``), process-wide and reachable from every
+    interpreter by tag; each side sends on tag ``out`` and receives on
+    tag ``in``.  ``receive`` blocks until a message arrives and returns
+    ``(tag, contents)``; ``send`` never blocks (the queues are
+    unbounded).  Objects cross as cross-interpreter data."""
+
+    def __init__(self, out_tag, in_tag):
+        import bocpy
+
+        self.out, self.inp = out_tag, in_tag
+        self._send, self._receive = bocpy.send, bocpy.receive
+
+    def send(self, obj):
+        self._send(self.out, obj)
+
+    def recv(self):
+        return self._receive(self.inp)[1]
+
+    def send_n(self, objs, n):
+        send, tag = self._send, self.out
+        for obj in islice(cycle(objs), n):
+            send(tag, obj)
+
+    def recv_n(self, n):
+        receive, tag = self._receive, self.inp
+        for _ in repeat(None, n):
+            receive(tag)
+
+
+def backport_queues():
+    """The interpreters-pep-734 backport's queues module (imported as its
+    users do: ``interpreters_backport.interpreters.queues``).
+
+    Importing it registers its Queue classes with ``_interpqueues`` in
+    place of those of CPython's own module (3.13's
+    ``test.support.interpreters.queues``), after which CPython's Queue
+    objects no longer cross interpreters in this interpreter.  The
+    benchmarks pass the backport's queues by ID, so CPython's
+    registration is put back when its module was loaded first (a module
+    loaded later registers itself)."""
+    name = "interpreters_backport.interpreters.queues"
+    queues = sys.modules.get(name)
+    if queues is not None:
+        return queues
+    from interpreters_backport.interpreters import queues
+
+    std = sys.modules.get("test.support.interpreters.queues")
+    if std is not None:
+        import _interpqueues
+
+        _interpqueues._register_heap_types(std.Queue, std.QueueEmpty,
+                                           std.QueueFull)
+    return queues
+
+
+class BackportQueue(Endpoint):
+    """The interpreters-pep-734 backport's ``Queue`` (PEP 734's pure
+    Python layer over ``_interpqueues``), used as its users do: blocking
+    ``put()`` and ``get()``, which retry every 10 ms while the queue is
+    full or empty, with the default ``create(maxsize)`` (items pickled).
+    Queues are found by ID on either side."""
+
+    def __init__(self, out_qid, in_qid):
+        queues = backport_queues()
+        self.out = None if out_qid is None else queues.Queue(out_qid)
+        self.inp = None if in_qid is None else queues.Queue(in_qid)
+        if self.out is not None:
+            self.send = self.out.put
+        if self.inp is not None:
+            self.recv = self.inp.get
+
+    def send_n(self, objs, n):
+        put = self.out.put
+        for obj in islice(cycle(objs), n):
+            put(obj)
+
+    def recv_n(self, n):
+        get = self.recv
+        for _ in repeat(None, n):
+            get()
+
+
 FAMILIES = {
     "channel": TpshareChannel,
     "memchannel": TpshareMemChannel,
@@ -546,6 +630,8 @@ FAMILIES = {
     "threads": ThreadQueue,
     "mp-pipe": Pipe,
     "mp-shm": SharedMemorySlots,
+    "bocpy": BocpyMessages,
+    "backport-queue": BackportQueue,
 }
 
 

@@ -40,7 +40,7 @@ class Contender:
 
     def __init__(self, name, label, family, where, kinds, *, ours=False,
                  options=(), needs=(), spin=None, identity=None, note="",
-                 max_size=None, zero_copy=False):
+                 max_size=None, zero_copy=False, load=None):
         self.name = name
         self.label = label
         self.family = family
@@ -54,6 +54,9 @@ class Contender:
         self.note = note
         self.max_size = max_size
         self.zero_copy = zero_copy
+        # What imports each need: importlib's, unless the module's import
+        # has side effects to undo (see _remote.backport_queues)
+        self.load = load or importlib.import_module
 
     def unavailable(self):
         """None if it can run here, else the reason (it is then reported
@@ -68,9 +71,11 @@ class Contender:
                 alts = need.split("|")
                 for mod in alts:
                     try:
-                        importlib.import_module(mod)
+                        self.load(mod)
                         break
-                    except ImportError:
+                    except Exception:  # noqa: BLE001 - any failure: skip
+                        # (a third-party package may fail to load with
+                        # more than ImportError, e.g. a missing library)
                         pass
                 else:
                     return (f"{' / '.join(alts)} not available on Python "
@@ -82,6 +87,15 @@ class Contender:
 
 
 _CHANNEL_MOD = "_interpchannels|_xxinterpchannels"
+# Import name of the interpreters-pep-734 backport's queues (on 3.12 it
+# needs _interpqueues from another package, and is then skipped).
+BACKPORT_MOD = "interpreters_backport.interpreters.queues"
+# bocpy's queues have no bound: the largest payload timed through them
+# (a throughput trial queues up to its n items).
+BOCPY_MAX = 512
+# bocpy's tags of a session, main -> far and back; a session drains both
+# when it starts and when it ends (sessions of a contender never overlap).
+BOCPY_TAGS = ("tpshare-bench-out", "tpshare-bench-back")
 
 # The contenders, in the order tables and plots show them.
 ALL = [
@@ -157,6 +171,18 @@ ALL = [
     Contender("mp-shm", "mp shared_memory", "mp-shm", "process", ["bytes"],
               note="multiprocessing.shared_memory slots, one copy in, "
                    "zero-copy view out, (offset, size) through a pipe"),
+    Contender("bocpy", "bocpy send/receive", "bocpy", "interp", KINDS,
+              needs=["bocpy"], max_size=BOCPY_MAX,
+              note="bocpy.send(tag, x) / bocpy.receive(tag): process-wide "
+                   "tagged queues, blocking receive, cross-interpreter "
+                   "data; unbounded, so timed up to "
+                   f"{BOCPY_MAX} B (a trial queues n items)"),
+    Contender("backport-queue", "PEP 734 backport (10 ms polls)",
+              "backport-queue", "interp", KINDS, needs=[BACKPORT_MOD],
+              load=lambda mod: _remote.backport_queues(),
+              note="interpreters-pep-734's Queue, create(maxsize) (items "
+                   "pickled), blocking put()/get() as users call them: "
+                   "they sleep 10 ms while the queue is full or empty"),
 ]
 BY_NAME = {c.name: c for c in ALL}
 NAMES = tuple(BY_NAME)
@@ -165,11 +191,12 @@ THROUGHPUT = ("memchannel", "memchannel-pickle", "channel", "channel-view",
               "channel-batch", "channel-id",
               "tpshare-queue", "cpython-queue",
               "cpython-queue-mv", "cpython-queue-pickle", "cpython-channel",
-              "threads", "mp-pipe", "mp-shm")
+              "threads", "mp-pipe", "mp-shm", "bocpy", "backport-queue")
 LATENCY = ("channel", "channel-park", "channel-spin500", "memchannel",
            "tpshare-queue",
            "cpython-queue", "cpython-queue-poll", "cpython-channel",
-           "cpython-channel-poll", "threads", "mp-pipe")
+           "cpython-channel-poll", "threads", "mp-pipe", "bocpy",
+           "backport-queue")
 
 
 def split_available(names):
@@ -254,6 +281,19 @@ class Session:
             a, b = int(ids[0]), int(ids[1])
             self._cleanup += [lambda: ch.destroy(a), lambda: ch.destroy(b)]
             return (fam, a, b, *c.options), (fam, b, a, *c.options)
+        if fam == "bocpy":
+            import bocpy
+            out, back = BOCPY_TAGS
+            bocpy.drain([out, back])
+            self._cleanup.append(lambda: bocpy.drain([out, back]))
+            return (fam, out, back), (fam, back, out)
+        if fam == "backport-queue":
+            queues = _remote.backport_queues()
+            a, b = queues.create(cap), queues.create(cap)
+            # The Queue objects hold the queues; the far side binds its own
+            # by ID.
+            self._keep += [a, b]
+            return (fam, a.id, b.id), (fam, b.id, a.id)
         if fam == "threads":
             a, b = queue.Queue(cap), queue.Queue(cap)
             return (fam, a, b), (fam, b, a)

@@ -43,6 +43,8 @@ _STYLE = {
     "threads": ("#7f7f7f", "*"),
     "mp-pipe": ("#000000", "h"),
     "mp-shm": ("#b8860b", "p"),
+    "bocpy": ("#808000", "8"),
+    "backport-queue": ("#ffd8b1", "H"),
 }
 _LABEL = {c.name: c.label for c in cts.ALL}
 _OURS = {c.name for c in cts.ALL if c.ours}

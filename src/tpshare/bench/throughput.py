@@ -34,6 +34,8 @@ def copies_at_send(contender, kind, size):
     """Whether each queued item holds its own copy of the payload."""
     if contender.family == "cpython-queue":
         return contender.options[0] == "pickle"
+    if contender.family == "backport-queue":
+        return True                 # create(maxsize) pickles every item
     if contender.family in ("channel", "tpshare-queue"):
         if kind == "str":
             return True
