@@ -222,8 +222,12 @@ tps_chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
             break;
         }
         PyList_SET_ITEM(res, i, obj);
+        if (recs[i]->flags & TPS_REC_BOUND) {
+            /* Large copies are made here only out of a sender's object
+             * (smaller ones were made at send). */
+            copied += recv_many_copied(obj);
+        }
         tps_record_queue_release(recs[i]);
-        copied += recv_many_copied(obj);
         if (copied >= RECV_MANY_COPY_MAX) {
             /* The next call takes no more than this one returns; the rest
              * go back to the head of the channel (below). */
