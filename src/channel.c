@@ -90,6 +90,7 @@ tps_handle_wrap(PyTypeObject *type, tps_channel *ch)
     }
     self->ch = ch;
     self->pending = NULL;
+    self->many_hint = 0;
     /* The first live handle of a channel is the one a handle coming back
      * by id resolves to.  Without memory for the entry, it just is not
      * found: identity is lost, nothing else. */

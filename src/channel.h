@@ -32,6 +32,10 @@ typedef struct {
      * rebuilding the items before it (returned by that call): raised by
      * the next receive on this handle.  Strong reference, or NULL. */
     PyObject *pending;
+    /* How many items recv_many() takes out of the channel at most: the
+     * count its last call returned when that call's copies reached its
+     * limit (handle_io.c), doubled while calls fill it; 0: no limit. */
+    Py_ssize_t many_hint;
 } tps_handle;
 
 typedef enum { TPS_KIND_CHANNEL, TPS_KIND_MEM, TPS_KIND_QUEUE } tps_kind;

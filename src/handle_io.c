@@ -123,6 +123,33 @@ tps_chan_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     return tps_obj_recv(self, timeout);
 }
 
+/* The bytes one recv_many() call copies, at most (past the first item):
+ * the copies of a batch of large items, alive together in the list it
+ * returns, are new memory that misses the cache, and that malloc gives
+ * back to the system once the list goes (its trim threshold starts at
+ * 128 KiB), so that the next batch faults it in again; one item at a
+ * time reuses the same warm block.  Past this the call returns what it
+ * has rebuilt and puts the rest back (docs/design.md, "Performance
+ * decisions"). */
+#define RECV_MANY_COPY_MAX ((Py_ssize_t)256 << 10)
+
+/* The bytes rebuilt into `obj` (borrowed) as a copy, for the types that
+ * can be large copies: bytes, str, bytearray; 0 for the others. */
+static Py_ssize_t
+recv_many_copied(PyObject *obj)
+{
+    if (PyBytes_CheckExact(obj)) {
+        return PyBytes_GET_SIZE(obj);
+    }
+    if (PyUnicode_CheckExact(obj)) {
+        return PyUnicode_GET_LENGTH(obj) * PyUnicode_KIND(obj);
+    }
+    if (PyByteArray_CheckExact(obj)) {
+        return PyByteArray_GET_SIZE(obj);
+    }
+    return 0;
+}
+
 PyObject *
 tps_chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
                    PyObject *kwnames)
@@ -133,7 +160,7 @@ tps_chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     tps_kind k = tps_handle_kind(self, state);
     TpShare_Record **recs = NULL;
     PyObject *res = NULL;
-    Py_ssize_t got = 0, i = 0;
+    Py_ssize_t got = 0, i = 0, copied = 0;
     int64_t timeout;
 
     if (tps_parse_args("recv_many", args, nargs, kwnames, 1, 2, posnames,
@@ -156,6 +183,11 @@ tps_chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     }
     if (max > 1 << 16) {
         max = 1 << 16;
+    }
+    /* Items as large as the last ones take fewer than max. */
+    Py_ssize_t hint = ((tps_handle *)self)->many_hint;
+    if (hint > 0 && max > hint) {
+        max = hint;
     }
     recs = PyMem_RawMalloc((size_t)max * sizeof(TpShare_Record *));
     if (recs == NULL) {
@@ -190,7 +222,24 @@ tps_chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
             break;
         }
         PyList_SET_ITEM(res, i, obj);
+        if (recs[i]->flags & TPS_REC_BOUND) {
+            /* Large copies are made here only out of a sender's object
+             * (smaller ones were made at send). */
+            copied += recv_many_copied(obj);
+        }
         tps_record_queue_release(recs[i]);
+        if (copied >= RECV_MANY_COPY_MAX) {
+            /* The next call takes no more than this one returns; the rest
+             * go back to the head of the channel (below). */
+            i++;
+            ((tps_handle *)self)->many_hint = i;
+            Py_SET_SIZE(res, i);
+            goto finally;
+        }
+    }
+    if (i == got && hint > 0 && got == max) {
+        /* The items are smaller now: take more next time. */
+        ((tps_handle *)self)->many_hint = hint < (1 << 15) ? 2 * hint : 0;
     }
     if (i < got) {
         /* Item i failed to rebuild (its own error, or one that came while

@@ -340,6 +340,45 @@ def test_recv_many_returns_what_precedes_an_item_it_cannot_rebuild(rebuilds):
     assert ch.stats()["received"] == ch.stats()["sent"] == 12
 
 
+def test_recv_many_returns_fewer_large_copies_and_keeps_the_rest(sub):
+    """A batch of large items sent from another interpreter (shared, copied
+    on receive) comes out a few at a time: a call stops once its copies
+    reach 256 KiB, the rest stay queued in order; once the items are small
+    again the calls take whole batches again."""
+    ch = tpshare.Channel()
+    sub.put("ch", ch)
+    sub.run("ch.send_many([bytes([i]) * (200 << 10) for i in range(10)])")
+    calls = []
+    got = []
+    while len(got) < 10:
+        batch = ch.recv_many(10, timeout=5)
+        calls.append(len(batch))
+        got.extend(batch)
+    # Two copies of 200 KiB reach the limit: two items a call.
+    assert calls == [2, 2, 2, 2, 2]
+    assert got == [bytes([i]) * (200 << 10) for i in range(10)]
+    assert ch.qsize() == 0
+    del got, batch
+    assert exports() == 0
+    sub.run("ch.send_many(list(range(100)))")
+    got, calls = [], []
+    while len(got) < 100:
+        batch = ch.recv_many(100, timeout=5)
+        calls.append(len(batch))
+        got.extend(batch)
+    assert got == list(range(100))
+    # The limit on the count doubles while calls fill it...
+    assert calls == [2, 4, 8, 16, 32, 38]
+    sub.run("ch.send_many(list(range(100)))")
+    assert ch.recv_many(100, timeout=5) == list(range(64))
+    assert ch.recv_many(100, timeout=5) == list(range(64, 100))
+    # ...until it is no limit.
+    sub.run("ch.send_many(list(range(100)))")
+    assert ch.recv_many(100, timeout=5) == list(range(100))
+    assert ch.stats()["received"] == ch.stats()["sent"] == 310
+    sub.run("del ch")
+
+
 def test_recv_many_does_not_swallow_a_keyboard_interrupt(rebuilds):
     ch = tpshare.Channel(fallback="pickle")
     ch.send_many(["a", Poison("ki", KeyboardInterrupt), "b"])
