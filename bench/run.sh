@@ -13,7 +13,8 @@
 #          else python3.13, else python3)
 #
 # It creates .venv-<python version> in the checkout if needed (the one
-# tests/run.sh uses), installs matplotlib for the plots, builds tpshare
+# tests/run.sh uses), installs the bench extra of pyproject.toml
+# (matplotlib for the plots, the contenders' packages), builds tpshare
 # optimised into it (TPSHARE_DEBUG and TPSHARE_SANITIZE are ignored:
 # figures from such builds mean nothing) and runs the experiments from
 # the directory it was called in.
@@ -35,10 +36,20 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 "${pip[@]}" setuptools wheel
-if ! "${pip[@]}" "matplotlib>=3.8"; then
-    echo "bench/run.sh: could not install matplotlib: the run will" \
-        "print tables and write JSON, but no plots" >&2
-fi
+# The bench extra: matplotlib for the plots, and the contenders users
+# would pick instead.  One that cannot be installed is reported here and
+# skipped by the experiments with its reason.
+bench_extra=$("$venv/bin/python" -c '
+import tomllib
+with open("pyproject.toml", "rb") as f:
+    print("\n".join(tomllib.load(f)["project"]["optional-dependencies"]["bench"]))')
+mapfile -t bench_requirements <<<"$bench_extra"
+for req in "${bench_requirements[@]}"; do
+    if ! "${pip[@]}" "$req"; then
+        echo "bench/run.sh: could not install $req: the run goes on" \
+            "without it" >&2
+    fi
+done
 
 # Always rebuild, optimised: the C sources may have changed.
 rm -rf build
