@@ -12,8 +12,10 @@
  * for 3.13 this file declares the same layout and functions itself.
  * 3.14 renamed all of it (_PyXIData_t, _PyXIData_RegisterClass taking a
  * thread state and a {basic, fallback} pair of functions, the free
- * function's rules), so any other version stops the build here instead
- * of calling functions whose layout it does not know.
+ * function's rules), so on any other version this file registers nothing
+ * (tpshare's handles then do not cross CPython's machinery, and bridge()
+ * raises NotImplementedError) instead of calling functions whose layout
+ * it does not know.
  *
  * What it does:
  *   tps_xid_register_types()  registers the interpreter's Channel,
@@ -37,8 +39,27 @@
 #include "cpython_xid.h"
 
 #if PY_VERSION_HEX < 0x030C0000 || PY_VERSION_HEX >= 0x030E0000
-#error "cpython_xid.c was checked against CPython 3.12 and 3.13 only: 3.14 renamed the cross-interpreter data API (_PyXIData_t, _PyXIData_RegisterClass(tstate, cls, getdata pair)); port this file before building for another version"
-#endif
+/* A version this file was not checked on: tpshare builds and works, but
+ * its objects do not enter CPython's registry (CPython's machinery
+ * refuses them as it refuses any unregistered type) and bridge() says
+ * why. */
+int
+tps_xid_register_types(tps_module_state *Py_UNUSED(state))
+{
+    return 0;
+}
+
+int
+tps_xid_bridge(PyTypeObject *Py_UNUSED(type))
+{
+    PyErr_Format(PyExc_NotImplementedError,
+                 "bridging to CPython's cross-interpreter data is checked "
+                 "on CPython 3.12 and 3.13 only, not on %s",
+                 Py_GetVersion());
+    return -1;
+}
+
+#else   /* 3.12 and 3.13 */
 
 #if PY_VERSION_HEX >= 0x030D0000
 /* 3.13: the layout of struct _xid in internal/pycore_crossinterp.h. */
@@ -240,3 +261,5 @@ tps_xid_bridge(PyTypeObject *type)
     }
     return _PyCrossInterpreterData_RegisterClass(type, bridge_getdata);
 }
+
+#endif   /* 3.12 and 3.13 */
