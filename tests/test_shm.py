@@ -951,6 +951,7 @@ def test_bench_experiment_runs_and_reports(monkeypatch):
     # Few items and one buffer size: a smoke run of every contender.
     monkeypatch.setattr(bench_shm, "_count", lambda ctx, kind, size: 128)
     monkeypatch.setattr(bench_shm, "_buffer_sizes", lambda ctx: [8192])
+    monkeypatch.setattr(bench_shm, "_pipeline_count", lambda ctx, size: 64)
 
     class Ctx:
         quick = True
@@ -967,7 +968,14 @@ def test_bench_experiment_runs_and_reports(monkeypatch):
     else:
         assert res["small"]["faster-fifo"]["median_msgs_per_s"] > 0
     assert set(res["pingpong"]) == {"shm", "mp-pipe"}
+    # The same pipeline code between interpreters and between processes.
+    for size in bench_shm.CROSS_SIZES:
+        point = res["pipeline"][str(size)]
+        assert set(point) == {"interpreters", "processes"}
+        assert all(x["n"] == 64 and x["median_msgs_per_s"] > 0
+                   for x in point.values())
     text = bench_shm.report(res)
+    assert "same producer/consumer code" in text
     assert "shm.MemChannel" in text and "multiprocessing.Pipe" in text
     assert "hand-off alone" in text
     assert max(len(line) for line in text.splitlines()) <= common.WIDTH

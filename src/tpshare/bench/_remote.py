@@ -833,3 +833,20 @@ def serve_work_in_process(ctl_conn, res_conn):
     finally:
         ctl_conn.close()
         res_conn.close()
+
+
+def pipeline_consumer(inbox, outbox, n):
+    """The consumer of the same-code pipeline (bench.shm): one code for
+    MemChannels between interpreters and between processes.  Says it is
+    ready, takes n items in batches, copies each out (what a consumer
+    keeps) and releases it, says it is done."""
+    outbox.send(b"ready")
+    got = 0
+    total = 0
+    while got < n:
+        for mv in inbox.recv_many(256, timeout=60):
+            total += len(bytes(mv))
+            mv.release()
+            got += 1
+    outbox.send(b"done")
+    return total

@@ -20,7 +20,13 @@ to that word.  Three parts:
   made per message, its name sent through a Pipe, the receiver attaches
   and unlinks it);
 - ping-pong: 64 bytes there and back, MemChannel pair against
-  multiprocessing.Pipe; median and p99 of the round trip.
+  multiprocessing.Pipe; median and p99 of the round trip;
+- what crossing a process costs: one producer/consumer pipeline (the
+  consumer is tpshare.bench._remote.pipeline_consumer: it copies each
+  item out and releases it) run between two interpreters of this
+  process with tpshare.MemChannel (the consumer in a tpshare.Interpreter)
+  and between two processes with tpshare.shm.MemChannel (the consumer in
+  a spawned process): the same code, two channel classes.
 """
 
 import multiprocessing as mp
@@ -41,6 +47,9 @@ SMALL_NAMES = ("shm", "shm-batch", "mp-queue", "mp-queue-batch",
 BUFFER_NAMES = ("shm-buffer", "shm-copy", "mp-queue", "faster-fifo",
                 "shared_memory")
 PING_NAMES = ("shm", "mp-pipe")
+# The same-code pipeline: where its consumer runs, and the item sizes.
+CROSS_NAMES = ("interpreters", "processes")
+CROSS_SIZES = (64, 64 << 10, 1 << 20)
 LABELS = {
     "shm": "shm.MemChannel",
     "shm-batch": "shm.MemChannel send_many",
@@ -312,9 +321,60 @@ def _pingpong(ctx, kind):
     return common.summary(samples)
 
 
+def _pipeline_count(ctx, size):
+    """How many items one trial of the pipeline sends."""
+    if size <= SMALL:
+        return 20_000 if ctx.quick else 200_000
+    budget = (64 << 20) if ctx.quick else (1 << 30)
+    return max(16, min(20_000, budget // size))
+
+
+def _pipeline(ctx, where, size):
+    """Items/s of the same-code pipeline, its consumer in another
+    interpreter (tpshare.MemChannel) or another process
+    (tpshare.shm.MemChannel)."""
+    import tpshare
+    from tpshare import shm
+
+    from . import _remote
+    n = _pipeline_count(ctx, size)
+    payload = bytes(size)
+    rates = []
+    for _ in range(ctx.repeat):
+        if where == "interpreters":
+            inbox, outbox = tpshare.MemChannel(), tpshare.MemChannel()
+            worker = tpshare.Interpreter()
+            job = worker.call(_remote.pipeline_consumer, inbox, outbox, n)
+        else:
+            seg = max(64 << 20, min(64 * size, 1 << 30))
+            inbox, outbox = shm.MemChannel(size=seg), shm.MemChannel()
+            worker = mp.get_context("spawn").Process(
+                target=_remote.pipeline_consumer, args=(inbox, outbox, n),
+                daemon=True)
+            worker.start()
+        try:
+            outbox.recv(timeout=120).release()      # the consumer is up
+            t0 = time.perf_counter()
+            send = inbox.send
+            for _ in range(n):
+                send(payload)
+            outbox.recv(timeout=120).release()      # it has them all
+            rates.append(n / (time.perf_counter() - t0))
+        finally:
+            if where == "interpreters":
+                job.result(timeout=120)
+                worker.close()
+            else:
+                worker.join(60)
+                if worker.exitcode is None:
+                    worker.kill()
+    return {"n": n, "rates": rates,
+            "median_msgs_per_s": common.median(rates)}
+
+
 def steps(ctx, names=None):
     return (len(SMALL_NAMES) + len(BUFFER_NAMES) * len(_buffer_sizes(ctx))
-            + len(PING_NAMES))
+            + len(PING_NAMES) + len(CROSS_NAMES) * len(CROSS_SIZES))
 
 
 def _buffer_sizes(ctx):
@@ -361,8 +421,18 @@ def run(ctx, names=None):
         r = attempt(kind, _pingpong, ctx, kind)
         if r:
             ping[kind] = r
+    cross = {}
+    for size in CROSS_SIZES:
+        point = cross.setdefault(str(size), {})
+        for where in CROSS_NAMES:
+            ctx.progress.step(f"shm: pipeline {common.fmt_size(size)} "
+                              f"between {where}")
+            r = attempt(f"pipeline {where}", _pipeline, ctx, where, size)
+            if r:
+                point[where] = r
     return {"method": __doc__.strip(), "small": small, "buffers": buffers,
-            "pingpong": ping, "python": sys.version.split()[0],
+            "pingpong": ping, "pipeline": cross,
+            "python": sys.version.split()[0],
             "skipped": skipped, "errors": errors}
 
 
@@ -424,5 +494,21 @@ def report(res):
                 for k, x in ping.items()]
         lines.append(common.table(["contender", "n", "min", "median", "p90",
                                    "p99"], rows))
+    cross = res.get("pipeline") or {}
+    if cross:
+        lines.append("\nThe same producer/consumer code between two "
+                     "interpreters (tpshare.MemChannel)\nand between two "
+                     "processes (tpshare.shm.MemChannel): items/s")
+        rows = []
+        for s, pt in cross.items():
+            a = pt.get("interpreters", {}).get("median_msgs_per_s")
+            b = pt.get("processes", {}).get("median_msgs_per_s")
+            rows.append([common.fmt_size(int(s)),
+                         common.fmt_rate(a) if a else "n/a",
+                         common.fmt_rate(b) if b else "n/a",
+                         _ratio(a, b)])
+        lines.append(common.table(
+            ["size", "interpreters", "processes",
+             "interpreters / processes"], rows))
     lines += common.problems(res)
     return "\n".join(lines)
