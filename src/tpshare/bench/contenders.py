@@ -96,6 +96,10 @@ BOCPY_MAX = 512
 # bocpy's tags of a session, main -> far and back; a session drains both
 # when it starts and when it ends (sessions of a contender never overlap).
 BOCPY_TAGS = ("tpshare-bench-out", "tpshare-bench-back")
+# The backport is timed up to this payload: its items are pickled and its
+# receiver polls every 10 ms, so at 1 MiB a full run spent many minutes
+# and gigabytes on it with nothing more to learn.
+BACKPORT_MAX = 64 << 10
 
 # The contenders, in the order tables and plots show them.
 ALL = [
@@ -179,10 +183,12 @@ ALL = [
                    f"{BOCPY_MAX} B (a trial queues n items)"),
     Contender("backport-queue", "PEP 734 backport (10 ms polls)",
               "backport-queue", "interp", KINDS, needs=[BACKPORT_MOD],
+              max_size=BACKPORT_MAX,
               load=lambda mod: _remote.backport_queues(),
               note="interpreters-pep-734's Queue, create(maxsize) (items "
                    "pickled), blocking put()/get() as users call them: "
-                   "they sleep 10 ms while the queue is full or empty"),
+                   "they sleep 10 ms while the queue is full or empty; "
+                   "timed up to 64 KiB"),
 ]
 BY_NAME = {c.name: c for c in ALL}
 NAMES = tuple(BY_NAME)
