@@ -122,3 +122,17 @@ def run_child(code, timeout=120, env=None):
         env=full_env,
         cwd=os.path.dirname(os.path.abspath(__file__)),
     )
+
+
+def run_bench(args, tmp_path, prelude="", timeout=240):
+    """python -m tpshare.bench args in a child process whose working
+    directory is tmp_path (prelude runs first, in the child);
+    CompletedProcess."""
+    code = textwrap.dedent(f"""\
+        import sys
+        {prelude}
+        from tpshare.bench.cli import main
+        sys.exit(main({list(args)!r}))
+        """)
+    return subprocess.run([sys.executable, "-c", code], capture_output=True,
+                          text=True, timeout=timeout, cwd=tmp_path)

@@ -9,26 +9,15 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
+from support import run_bench
 
 from tpshare.bench import EXPERIMENTS, cli, common, contenders
 
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 
 
-def run_bench(args, tmp_path, prelude="", timeout=180):
-    """python -m tpshare.bench args in a child process (prelude runs
-    first, in the child); CompletedProcess."""
-    code = textwrap.dedent(f"""\
-        import sys
-        {prelude}
-        from tpshare.bench.cli import main
-        sys.exit(main({list(args)!r}))
-        """)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, timeout=timeout, cwd=tmp_path)
 
 
 @pytest.fixture(scope="module")

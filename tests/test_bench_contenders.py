@@ -12,6 +12,7 @@ import sys
 import textwrap
 
 import pytest
+from support import run_bench
 
 from tpshare.bench import cli, contenders
 
@@ -22,17 +23,6 @@ def importable(contender_name):
     return contenders.BY_NAME[contender_name].unavailable() is None
 
 
-def run_bench(args, tmp_path, prelude="", timeout=240):
-    """python -m tpshare.bench args in a child process (prelude runs
-    first, in the child); CompletedProcess."""
-    code = textwrap.dedent(f"""\
-        import sys
-        {prelude}
-        from tpshare.bench.cli import main
-        sys.exit(main({list(args)!r}))
-        """)
-    return subprocess.run([sys.executable, "-c", code], capture_output=True,
-                          text=True, timeout=timeout, cwd=tmp_path)
 
 
 def test_they_take_part_in_throughput_and_latency():

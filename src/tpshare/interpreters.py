@@ -227,7 +227,35 @@ def _check_id(id: object, what: str = "id") -> int:
     return int(id)
 
 
-class Interpreter:
+class _ById:
+    """What an object named by a process-wide ID is, as in CPython's
+    module: one object per ID in each interpreter, shown, compared,
+    hashed and pickled by that ID."""
+
+    _id: int
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._id})"
+
+    def __hash__(self) -> int:
+        return hash(self._id)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _ById) or not (
+                isinstance(other, type(self)) or isinstance(self, type(other))):
+            return NotImplemented
+        return self._id == other._id
+
+    def __reduce__(self) -> tuple[type[_ById], tuple[int]]:
+        return (type(self), (self._id,))
+
+    @property
+    def id(self) -> int:
+        """The process-wide ID."""
+        return self._id
+
+
+class Interpreter(_ById):
     """One interpreter of the process, by ID: ``Interpreter(id)`` is the
     same object for the same ID while it lives.  Those made by
     ``create()`` (or by ``tpshare.Interpreter`` in this interpreter) run
@@ -255,25 +283,6 @@ class Interpreter:
             self._whence = _whence_of(id)
             _known[id] = self
         return self
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._id})"
-
-    def __hash__(self) -> int:
-        return hash(self._id)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Interpreter):
-            return NotImplemented
-        return self._id == other._id
-
-    def __reduce__(self) -> tuple[type[Interpreter], tuple[int]]:
-        return (type(self), (self._id,))
-
-    @property
-    def id(self) -> int:
-        """The interpreter's process-wide ID."""
-        return self._id
 
     @property
     def whence(self) -> str:
@@ -423,7 +432,7 @@ _known_queues: weakref.WeakValueDictionary[int, Queue] = (
     weakref.WeakValueDictionary())
 
 
-class Queue:
+class Queue(_ById):
     """A queue between interpreters: ``Queue(id)`` is the live queue with
     that ID (QueueNotFoundError otherwise), the same object for the same
     ID while it lives here; ``create_queue()`` makes one.  Items cross as
@@ -461,25 +470,6 @@ class Queue:
         self._put = handle.put
         _known_queues[self._id] = self
         return self
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self._id})"
-
-    def __hash__(self) -> int:
-        return hash(self._id)
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Queue):
-            return NotImplemented
-        return self._id == other._id
-
-    def __reduce__(self) -> tuple[type[Queue], tuple[int]]:
-        return (type(self), (self._id,))
-
-    @property
-    def id(self) -> int:
-        """The queue's process-wide ID."""
-        return self._id
 
     @property
     def maxsize(self) -> int:
