@@ -87,3 +87,12 @@ def test_type_stubs_match_the_module():
     assert not missing
     public = {n for n in dir(tpshare._tpshare) if not n.startswith("_")}
     assert public <= names | {"ABI_VERSION"}, public - names
+
+
+def test_lazy_interpreter_names_are_the_owner_sides():
+    """tpshare lists the owner side's names without importing it (a
+    worker never needs it): the list is the module's __all__."""
+    from tpshare import _interpreters
+    assert tpshare._INTERPRETER_NAMES == frozenset(_interpreters.__all__)
+    for name in _interpreters.__all__:
+        assert getattr(tpshare, name) is getattr(_interpreters, name)
