@@ -60,10 +60,22 @@ payload(const TpShare_Data *data)
 /* Whether n bytes of an immutable object's data are shared rather than
  * copied.  Copied anyway when the copy must not depend on the sender (its
  * items left queued when it exits: tps_record_neutral_copy). */
+/* Exported (default visibility) for the benchmarks' probe alone: see
+ * registry.h. */
+__attribute__((visibility("default")))
+_Atomic Py_ssize_t tps_bytes_share_min = TPS_BYTES_SHARE_MIN;
+
+/* Payloads that fit inline are copied at the production threshold, so
+ * shares() needs no test against INLINE_MAX; when the probe lowers the
+ * threshold, even those are shared, as it asked. */
+_Static_assert(TPS_BYTES_SHARE_MIN > INLINE_MAX,
+               "payloads that fit inline are copied in production");
+
 static inline int
 shares(Py_ssize_t n)
 {
-    return n > INLINE_MAX && n >= TPS_BYTES_SHARE_MIN
+    return n >= atomic_load_explicit(&tps_bytes_share_min,
+                                     memory_order_relaxed)
            && !tps_handlers_api.MustCopy();
 }
 

@@ -117,7 +117,17 @@ void tps_export_set_view_maker(tps_view_maker fn);
 
 /* bytes, and str with at least this many bytes of character data, are
  * shared owner-bound rather than copied (registry/handlers_text.c);
- * bench/bench_bytes_threshold.py measures where sharing starts to win. */
+ * bench/bench_bytes_threshold.py and bench/bench_copy_sweep.py measure
+ * where sharing starts to win. */
 #define TPS_BYTES_SHARE_MIN ((Py_ssize_t)4 * 1024)
+
+/* The threshold the handlers read: TPS_BYTES_SHARE_MIN, always, in
+ * production.  A variable rather than the constant only so that the
+ * benchmarks' probe extension (tpshare.bench._probes) can force either
+ * mode at any size, to measure the handler's own copy against its own
+ * share; it reaches the variable by its exported symbol (dlsym), as
+ * nothing in tpshare._tpshare offers a way to change it.  Read relaxed:
+ * one load in place of an immediate. */
+extern _Atomic Py_ssize_t tps_bytes_share_min;
 
 #endif /* TPSHARE_REGISTRY_H */
