@@ -225,6 +225,8 @@ def main():
                         "--quick)")
     p.add_argument("--per-octave", type=int, default=None,
                    help="sizes per doubling (default 4; 2 with --quick)")
+    p.add_argument("--min-size", type=int, default=16,
+                   help="smallest size in bytes (default 16)")
     p.add_argument("--max-size", type=int, default=64 << 10,
                    help="largest size in bytes (default 64 KiB)")
     p.add_argument("--kinds", nargs="+", choices=KINDS,
@@ -250,7 +252,8 @@ def main():
     rx = Receiver()
     try:
         for kind in args.kinds:
-            for size in sizes(per_octave, hi=args.max_size):
+            for size in sizes(per_octave, lo=args.min_size,
+                              hi=args.max_size):
                 results.append(measure(rx, kind, size, seconds, repeat,
                                        threshold))
     finally:

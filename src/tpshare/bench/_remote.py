@@ -543,7 +543,16 @@ class BocpyMessages(Endpoint):
     interpreter by tag; each side sends on tag ``out`` and receives on
     tag ``in``.  ``receive`` blocks until a message arrives and returns
     ``(tag, contents)``; ``send`` never blocks (the queues are
-    unbounded).  Objects cross as cross-interpreter data."""
+    unbounded).  Objects cross as cross-interpreter data.
+
+    This is bocpy's messaging as its documentation shows it, and the
+    fastest way it offers: ``receive(tag)`` without a timeout spins
+    briefly and then parks on a condition variable (with a timeout it
+    would sleep with backoff instead), and ``set_tags()`` only fixes
+    which of its 16 queues a tag uses.  Every ``send`` releases the GIL
+    and yields the CPU (one sched_yield system call per message, seen
+    with strace), so its rate depends on the machine's load far more
+    than a channel's: see docs/benchmarks.md."""
 
     def __init__(self, out_tag, in_tag):
         import bocpy
