@@ -1,14 +1,14 @@
-"""The benchmarks' probes that are not floors: the switch of the bytes
-and str handlers' share threshold (tpshare.bench._probes._share_min), the
-bare-copy floor, and bench/bench_copy_sweep.py that uses them."""
+"""Probes of the benchmarks' own extension that the copy sweep and the
+16 KiB comparison use: the switch of the bytes and str handlers' share
+threshold (tpshare.bench._probes._share_min) and the bare-copy floor
+(_copy_floor).  bench/bench_copy_sweep.py itself is run by
+test_bench_contenders.py."""
 import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def run_py(code, timeout=120):
@@ -98,24 +98,3 @@ def test_copy_floor_gives_a_time_per_message():
         assert 0 < ns < 1e7
     with pytest.raises(ValueError):
         _probes._copy_floor(0, 10, 1)
-
-
-def test_copy_sweep_times_the_handlers_modes(tmp_path):
-    """A tiny sweep runs every mode and leaves the threshold as it was."""
-    out = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "bench", "bench_copy_sweep.py"),
-         "--quick", "--repeat", "1", "--seconds", "0.002",
-         "--per-octave", "1", "--max-size", "8192", "--json",
-         str(tmp_path / "s.json")],
-        capture_output=True, text=True, timeout=240, cwd=tmp_path)
-    assert out.returncode == 0, out.stdout + out.stderr
-    import json
-    doc = json.loads((tmp_path / "s.json").read_text())
-    rows = doc["results"]
-    assert {r["kind"] for r in rows} == {"bytes", "str"}
-    assert [r["size"] for r in rows if r["kind"] == "bytes"] == [
-        16 << i for i in range(10)]
-    for r in rows:
-        assert set(r["median_msgs_per_s"]) == {"auto", "copy", "share"}
-        assert all(v > 0 for v in r["median_msgs_per_s"].values())
-    assert "bytes, the handler's share against its copy" in out.stdout
