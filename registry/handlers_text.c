@@ -60,10 +60,12 @@ payload(const TpShare_Data *data)
 /* Whether n bytes of an immutable object's data are shared rather than
  * copied.  Copied anyway when the copy must not depend on the sender (its
  * items left queued when it exits: tps_record_neutral_copy). */
-/* Exported (default visibility) for the benchmarks' probe alone: see
- * registry.h. */
-__attribute__((visibility("default")))
+/* Hidden like every internal, so the handlers read it straight (one
+ * load, no trip through the GOT); the benchmarks' probe finds it through
+ * the one exported symbol, its address: see registry.h. */
 _Atomic Py_ssize_t tps_bytes_share_min = TPS_BYTES_SHARE_MIN;
+__attribute__((visibility("default")))
+_Atomic Py_ssize_t *const tps_bytes_share_min_addr = &tps_bytes_share_min;
 
 /* Payloads that fit inline are copied at the production threshold, so
  * shares() needs no test against INLINE_MAX; when the probe lowers the

@@ -125,9 +125,10 @@ void tps_export_set_view_maker(tps_view_maker fn);
  * production.  A variable rather than the constant only so that the
  * benchmarks' probe extension (tpshare.bench._probes) can force either
  * mode at any size, to measure the handler's own copy against its own
- * share; it reaches the variable by its exported symbol (dlsym), as
- * nothing in tpshare._tpshare offers a way to change it.  Read relaxed:
- * one load in place of an immediate. */
+ * share; it finds the variable through tps_bytes_share_min_addr, the
+ * one symbol the library exports for it (dlsym), as nothing in
+ * tpshare._tpshare offers a way to change it.  Read relaxed: one load
+ * in place of an immediate. */
 extern _Atomic Py_ssize_t tps_bytes_share_min;
 
 #endif /* TPSHARE_REGISTRY_H */

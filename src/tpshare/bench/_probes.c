@@ -21,8 +21,9 @@
  * threshold the bytes and str handlers of tpshare._tpshare read (see
  * src/registry.h), so that bench/bench_copy_sweep.py can time the
  * handler's own copy and share modes at every size.  It reaches the
- * variable by its symbol in the loaded _tpshare library (dlsym), as the
- * production module offers no way to change it.
+ * variable through the address _tpshare exports for it
+ * (tps_bytes_share_min_addr, found with dlsym in the loaded library), as
+ * the production module offers no way to change it.
  */
 #define _GNU_SOURCE
 #include <Python.h>
@@ -497,14 +498,16 @@ find_share_min(void)
     /* Already loaded by the import: RTLD_NOLOAD only takes a reference
      * to it, which is kept (the library is never unloaded anyway). */
     void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+    _Atomic Py_ssize_t *const *addr = NULL;
     if (lib != NULL) {
-        var = dlsym(lib, "tps_bytes_share_min");
+        addr = dlsym(lib, "tps_bytes_share_min_addr");
     }
-    if (var == NULL) {
+    if (addr == NULL || *addr == NULL) {
         PyErr_Format(PyExc_RuntimeError,
-                     "tps_bytes_share_min not found in %s", path);
+                     "tps_bytes_share_min_addr not found in %s", path);
         goto finally;
     }
+    var = *addr;
     atomic_store(&share_min_var, var);
 finally:
     Py_XDECREF(file);
