@@ -286,10 +286,13 @@ closed_error(tps_channel *ch, int *rc)
 }
 
 /* One attempt with the lock held.  Returns 1 when done (*rc set), 0 to
- * keep waiting. */
+ * keep waiting.  *handoff is set when a send posted a parked receiver
+ * that runs in an interpreter other than `interp` (tps_handoff() once
+ * the lock is let go). */
 static int
 attempt(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
-        Py_ssize_t *got, int *rc, tps_reader *r)
+        Py_ssize_t *got, int *rc, tps_reader *r, int64_t interp,
+        int *handoff)
 {
     if (dir == RECEIVING) {
         if (atomic_load(&ch->ring.count) > 0) {
@@ -319,7 +322,9 @@ attempt(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
                               memory_order_relaxed);
         tps_ring_push(&ch->ring, recs, n);
         ch->sent += (uint64_t)n;
-        tps_wlist_wake(&ch->receivers, (int)(n < INT32_MAX ? n : INT32_MAX));
+        tps_wlist_wake_from(&ch->receivers,
+                            (int)(n < INT32_MAX ? n : INT32_MAX), interp,
+                            handoff);
         *rc = 0;
         return 1;
     }
@@ -402,6 +407,9 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     int rc = 0;
     const int timed_out = dir == RECEIVING ? TPS_ERR_EMPTY : TPS_ERR_FULL;
     tps_reader *r = dir == RECEIVING ? tps_reader_self() : NULL;
+    /* This thread's interpreter, as its parked peers name theirs. */
+    int64_t interp = PyInterpreterState_GetID(PyInterpreterState_Get());
+    int handoff = 0;
 
     assert(tps_thread_state() != NULL);   /* holds the GIL */
     assert(n > 0);
@@ -410,9 +418,12 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     if (tps_lock_acquire_for(&ch->lock, timeout_ns) < 0) {
         return timed_out;
     }
-    int done = attempt(ch, dir, recs, n, got, &rc, r);
+    int done = attempt(ch, dir, recs, n, got, &rc, r, interp, &handoff);
     tps_lock_release(&ch->lock);
     if (done) {
+        if (handoff) {
+            tps_handoff();
+        }
         attempt_done(dir, recs, got, rc, r);
         return rc;
     }
@@ -431,7 +442,8 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     }
     int64_t now = tps_now_ns();
     int64_t deadline = timeout_ns < 0 ? -1 : now + timeout_ns;
-    tps_wnode node = {.waiter = w}, inode = {.waiter = w};
+    tps_wnode node = {.waiter = w, .interp = interp};
+    tps_wnode inode = {.waiter = w, .interp = interp};
     tps_wlist *list = dir == RECEIVING ? &ch->receivers : &ch->senders;
 
     PyThreadState *ts = PyEval_SaveThread();
@@ -449,8 +461,11 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
             rc = timed_out;
             break;
         }
-        if (attempt(ch, dir, recs, n, got, &rc, r)) {
+        if (attempt(ch, dir, recs, n, got, &rc, r, interp, &handoff)) {
             tps_lock_release(&ch->lock);
+            if (handoff) {
+                tps_handoff();
+            }
             attempt_done(dir, recs, got, rc, r);
             break;
         }

@@ -8,9 +8,15 @@
  *                           end in);
  *   _line_round_trip(n)     one cache line bounced between two threads
  *                           pinned to two CPUs (what every hand-over
- *                           between two interpreters pays at least once).
+ *                           between two interpreters pays at least once);
+ *   _sem_new(), _sem_post(slot, stamp), _sem_wait(slot, timeout),
+ *   _sem_free(slot)         a bare semaphore that Python code in two
+ *                           interpreters posts and waits on: the floor of
+ *                           a wake-up between interpreters at the Python
+ *                           level (both GILs, the calls, no channel).
  *
- * Both run without the GIL and leave the calling thread as it was.
+ * The first two run without the GIL and leave the calling thread as it
+ * was; the semaphores wait without the GIL.
  */
 #define _GNU_SOURCE
 #include <Python.h>
@@ -280,11 +286,174 @@ probes_line_round_trip(PyObject *Py_UNUSED(module), PyObject *arg)
     return PyFloat_FromDouble(ns);
 }
 
+/* ---------------------------------------------------------------------
+ * Semaphores for Python code in two interpreters.  A few process-wide
+ * slots named by index (a module's state is per interpreter; the slots
+ * are what both interpreters find).
+ */
+
+#define PROBE_SEMS 8
+
+static struct {
+    sem_t sem;
+    atomic_llong stamp;          /* the poster's value, read by the waiter */
+    atomic_int used;
+} probe_sems[PROBE_SEMS];
+
+/* The index in `arg` (borrowed) of a slot in use, else -1 with an
+ * exception. */
+static int
+probe_sem_slot(PyObject *arg)
+{
+    long i = PyLong_AsLong(arg);
+    if (i == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (i < 0 || i >= PROBE_SEMS || !atomic_load(&probe_sems[i].used)) {
+        PyErr_SetString(PyExc_ValueError, "not a semaphore slot in use");
+        return -1;
+    }
+    return (int)i;
+}
+
+PyDoc_STRVAR(sem_new_doc,
+"_sem_new(/)\n--\n\n"
+"A new semaphore at 0: its slot number, which any interpreter of the\n"
+"process may pass to _sem_post() and _sem_wait() until _sem_free().");
+
+/* New reference to an int, or NULL. */
+static PyObject *
+probes_sem_new(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
+{
+    for (int i = 0; i < PROBE_SEMS; i++) {
+        int free_slot = 0;
+        if (atomic_compare_exchange_strong(&probe_sems[i].used,
+                                           &free_slot, 1))
+        {
+            if (sem_init(&probe_sems[i].sem, 0, 0) != 0) {
+                atomic_store(&probe_sems[i].used, 0);
+                return PyErr_SetFromErrno(PyExc_OSError);
+            }
+            atomic_store(&probe_sems[i].stamp, 0);
+            return PyLong_FromLong(i);
+        }
+    }
+    PyErr_SetString(PyExc_RuntimeError, "every semaphore slot is in use");
+    return NULL;
+}
+
+PyDoc_STRVAR(sem_free_doc,
+"_sem_free(slot, /)\n--\n\n"
+"Destroy the semaphore in slot (no thread may be waiting on it).");
+
+/* arg: borrowed.  New reference to None, or NULL. */
+static PyObject *
+probes_sem_free(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    int i = probe_sem_slot(arg);
+    if (i < 0) {
+        return NULL;
+    }
+    sem_destroy(&probe_sems[i].sem);
+    atomic_store(&probe_sems[i].used, 0);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(sem_post_doc,
+"_sem_post(slot, stamp, /)\n--\n\n"
+"Store the int stamp and post the semaphore in slot, then yield the CPU\n"
+"(the hand-over tpshare's channels make after waking a parked\n"
+"receiver).");
+
+/* args: borrowed.  New reference to None, or NULL. */
+static PyObject *
+probes_sem_post(PyObject *Py_UNUSED(module), PyObject *const *args,
+                Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_sem_post(slot, stamp)");
+        return NULL;
+    }
+    int i = probe_sem_slot(args[0]);
+    if (i < 0) {
+        return NULL;
+    }
+    long long stamp = PyLong_AsLongLong(args[1]);
+    if (stamp == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    atomic_store(&probe_sems[i].stamp, stamp);
+    sem_post(&probe_sems[i].sem);
+    sched_yield();
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(sem_wait_doc,
+"_sem_wait(slot, timeout, /)\n--\n\n"
+"Wait without the GIL until the semaphore in slot is posted: the stamp\n"
+"stored with the post.  TimeoutError after timeout seconds; signal\n"
+"handlers run while waiting.");
+
+/* args: borrowed.  New reference to an int, or NULL. */
+static PyObject *
+probes_sem_wait(PyObject *Py_UNUSED(module), PyObject *const *args,
+                Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_sem_wait(slot, timeout)");
+        return NULL;
+    }
+    int i = probe_sem_slot(args[0]);
+    if (i < 0) {
+        return NULL;
+    }
+    double timeout = PyFloat_AsDouble(args[1]);
+    if (timeout == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!(timeout >= 0 && timeout <= 3600)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be 0..3600 s");
+        return NULL;
+    }
+    int64_t deadline = probe_now_ns() + (int64_t)(timeout * 1e9);
+    struct timespec ts = {
+        .tv_sec = (time_t)(deadline / 1000000000),
+        .tv_nsec = (long)(deadline % 1000000000),
+    };
+    for (;;) {
+        int rc, err;
+        Py_BEGIN_ALLOW_THREADS
+        rc = sem_clockwait(&probe_sems[i].sem, CLOCK_MONOTONIC, &ts);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (rc == 0) {
+            return PyLong_FromLongLong(atomic_load(&probe_sems[i].stamp));
+        }
+        if (err == ETIMEDOUT) {
+            PyErr_SetString(PyExc_TimeoutError, "semaphore not posted");
+            return NULL;
+        }
+        if (err != EINTR) {
+            errno = err;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return NULL;
+        }
+    }
+}
+
 static PyMethodDef probes_methods[] = {
     {"_wake_floor", _PyCFunction_CAST(probes_wake_floor), METH_FASTCALL,
      wake_floor_doc},
     {"_line_round_trip", probes_line_round_trip, METH_O,
      line_round_trip_doc},
+    {"_sem_new", probes_sem_new, METH_NOARGS, sem_new_doc},
+    {"_sem_free", probes_sem_free, METH_O, sem_free_doc},
+    {"_sem_post", _PyCFunction_CAST(probes_sem_post), METH_FASTCALL,
+     sem_post_doc},
+    {"_sem_wait", _PyCFunction_CAST(probes_sem_wait), METH_FASTCALL,
+     sem_wait_doc},
     {NULL},
 };
 
@@ -298,7 +467,8 @@ static struct PyModuleDef probes_module = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "tpshare.bench._probes",
     .m_doc = "The machine's floors for tpshare's benchmarks: a parked "
-             "thread's wake-up and a cache line's round trip.",
+             "thread's wake-up, a cache line's round trip and a bare "
+             "semaphore between interpreters.",
     .m_size = 0,
     .m_methods = probes_methods,
     .m_slots = probes_slots,
