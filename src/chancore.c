@@ -285,13 +285,22 @@ closed_error(tps_channel *ch, int *rc)
     return closed != OPEN;
 }
 
+/* The ID of the calling thread's interpreter (GIL held): what its
+ * parked peers compare theirs with (tps_wnode.interp). */
+static inline int64_t
+self_interp(void)
+{
+    return PyInterpreterState_GetID(PyInterpreterState_Get());
+}
+
 /* One attempt with the lock held.  Returns 1 when done (*rc set), 0 to
  * keep waiting.  *handoff is set when a send posted a parked receiver
- * that runs in an interpreter other than `interp` (tps_handoff() once
- * the lock is let go). */
+ * that runs in an interpreter other than the caller's, *interp (< 0:
+ * not looked up yet, and the caller holds its GIL), for tps_handoff()
+ * once the lock is let go. */
 static int
 attempt(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
-        Py_ssize_t *got, int *rc, tps_reader *r, int64_t interp,
+        Py_ssize_t *got, int *rc, tps_reader *r, int64_t *interp,
         int *handoff)
 {
     if (dir == RECEIVING) {
@@ -322,9 +331,15 @@ attempt(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
                               memory_order_relaxed);
         tps_ring_push(&ch->ring, recs, n);
         ch->sent += (uint64_t)n;
-        tps_wlist_wake_from(&ch->receivers,
-                            (int)(n < INT32_MAX ? n : INT32_MAX), interp,
-                            handoff);
+        if (ch->receivers.count > 0) {
+            /* Looked up only here: most sends find no one parked. */
+            if (*interp < 0) {
+                *interp = self_interp();
+            }
+            tps_wlist_wake_from(&ch->receivers,
+                                (int)(n < INT32_MAX ? n : INT32_MAX),
+                                *interp, handoff);
+        }
         *rc = 0;
         return 1;
     }
@@ -407,8 +422,7 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     int rc = 0;
     const int timed_out = dir == RECEIVING ? TPS_ERR_EMPTY : TPS_ERR_FULL;
     tps_reader *r = dir == RECEIVING ? tps_reader_self() : NULL;
-    /* This thread's interpreter, as its parked peers name theirs. */
-    int64_t interp = PyInterpreterState_GetID(PyInterpreterState_Get());
+    int64_t interp = -1;         /* self_interp(), once needed */
     int handoff = 0;
 
     assert(tps_thread_state() != NULL);   /* holds the GIL */
@@ -418,7 +432,7 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     if (tps_lock_acquire_for(&ch->lock, timeout_ns) < 0) {
         return timed_out;
     }
-    int done = attempt(ch, dir, recs, n, got, &rc, r, interp, &handoff);
+    int done = attempt(ch, dir, recs, n, got, &rc, r, &interp, &handoff);
     tps_lock_release(&ch->lock);
     if (done) {
         if (handoff) {
@@ -442,6 +456,9 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     }
     int64_t now = tps_now_ns();
     int64_t deadline = timeout_ns < 0 ? -1 : now + timeout_ns;
+    if (interp < 0) {
+        interp = self_interp();  /* before the GIL goes */
+    }
     tps_wnode node = {.waiter = w, .interp = interp};
     tps_wnode inode = {.waiter = w, .interp = interp};
     tps_wlist *list = dir == RECEIVING ? &ch->receivers : &ch->senders;
@@ -461,7 +478,7 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
             rc = timed_out;
             break;
         }
-        if (attempt(ch, dir, recs, n, got, &rc, r, interp, &handoff)) {
+        if (attempt(ch, dir, recs, n, got, &rc, r, &interp, &handoff)) {
             tps_lock_release(&ch->lock);
             if (handoff) {
                 tps_handoff();
