@@ -14,6 +14,9 @@
  * drained: by another thread of the interpreter if one is running
  * and drains them within a grace period, else by the parked thread.  A
  * signal ends the park so Ctrl-C is handled promptly in the main thread.
+ * A send that posted a parked receiver of another interpreter yields its
+ * CPU once the lock is let go (tps_handoff(), waiter.h), so that the
+ * receiver the kernel woke on the sender's CPU runs at once.
  * Blocked senders resume only once the ring has drained below a
  * low-water mark (maxsize - maxsize/8): without that hysteresis both
  * sides fall into lock-step on a full ring.

@@ -3,7 +3,8 @@
  * A waiter is a per-thread semaphore that a blocked thread puts on one or
  * more wait lists (a channel's receivers or senders, its interpreter's
  * release waiters) before it parks.  Whoever makes progress possible takes
- * waiters off a list and posts them, under that list's lock.  A woken
+ * waiters off a list and posts them, under that list's lock (and may
+ * then yield its CPU to them, tps_handoff() below).  A woken
  * thread takes itself off every list, under each lock, before it returns,
  * so nothing touches a waiter after its wait ended; an extra post is only
  * a spurious wake-up, and every caller re-checks its condition in a loop.
@@ -39,8 +40,9 @@ typedef struct tps_waiter tps_waiter;
 
 /* A node on one wait list; a waiter has one node per list it can be on.
  * `interp`: the ID of the interpreter whose GIL the parked thread takes
- * back once woken (0 when no one cares), for the waker's hand-over
- * (tps_handoff()). */
+ * back once woken, for the waker's hand-over (tps_handoff()); read only
+ * by tps_wlist_wake_from() callers that pass `elsewhere`, so lists
+ * woken otherwise may leave it at 0. */
 typedef struct tps_wnode {
     struct tps_wnode *prev, *next;
     tps_waiter *waiter;
