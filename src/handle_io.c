@@ -5,6 +5,7 @@
  * layer (objlayer.c); the method tables are in channel.c.
  */
 #include "channel.h"
+#include "item.h"
 
 PyObject *
 tps_chan_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -85,7 +86,9 @@ tps_chan_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         if (recs[made] == NULL) {
             goto finally;
         }
-        recs[made]->flags |= unbound << TPS_REC_UNBOUND_SHIFT;
+        if (!tps_item_is_imm(recs[made])) {
+            recs[made]->flags |= unbound << TPS_REC_UNBOUND_SHIFT;
+        }
     }
     int rc = tps_channel_send(((tps_handle *)self)->ch, recs, n, timeout);
     if (rc < 0) {
@@ -96,7 +99,7 @@ tps_chan_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
 
 finally:
     for (Py_ssize_t i = 0; i < made; i++) {
-        tps_record_release(recs[i]);
+        tps_item_release(recs[i]);
     }
     PyMem_RawFree(recs);
     Py_DECREF(seq);
@@ -148,6 +151,21 @@ recv_many_copied(PyObject *obj)
         return PyByteArray_GET_SIZE(obj);
     }
     return 0;
+}
+
+/* Start fetching what rebuilding item `it` reads first: its record, or
+ * its compact block (an immediate int or constant has nothing). */
+static inline void
+prefetch_item(TpShare_Record *it)
+{
+    if (!tps_item_is_imm(it)) {
+        tps_prefetch(it, sizeof(TpShare_Record));
+        return;
+    }
+    tps_compact *c = tps_item_compact(it);
+    if (c != NULL) {
+        tps_prefetch(c, sizeof(tps_compact) + 1);
+    }
 }
 
 PyObject *
@@ -208,13 +226,15 @@ tps_chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
      * fetch two records ahead, and the payload of the next one (its
      * record's lines were fetched an iteration ago). */
     for (i = 0; i < got && i < 2; i++) {
-        tps_prefetch(recs[i], sizeof(TpShare_Record));
+        prefetch_item(recs[i]);
     }
     for (i = 0; i < got; i++) {
         if (i + 2 < got) {
-            tps_prefetch(recs[i + 2], sizeof(TpShare_Record));
+            prefetch_item(recs[i + 2]);
         }
-        if (i + 1 < got && recs[i + 1]->data.ptr != NULL) {
+        if (i + 1 < got && !tps_item_is_imm(recs[i + 1])
+            && recs[i + 1]->data.ptr != NULL)
+        {
             tps_prefetch(recs[i + 1]->data.ptr, 1);
         }
         PyObject *obj = tps_obj_rebuild(k, state, recs[i]);
@@ -222,12 +242,12 @@ tps_chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
             break;
         }
         PyList_SET_ITEM(res, i, obj);
-        if (recs[i]->flags & TPS_REC_BOUND) {
+        if (tps_item_is_bound(recs[i])) {
             /* Large copies are made here only out of a sender's object
              * (smaller ones were made at send). */
             copied += recv_many_copied(obj);
         }
-        tps_record_queue_release(recs[i]);
+        tps_item_queue_release(recs[i]);
         if (copied >= RECV_MANY_COPY_MAX) {
             /* The next call takes no more than this one returns; the rest
              * go back to the head of the channel (below). */
@@ -249,7 +269,7 @@ tps_chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
          * are none.  The items behind it were not rebuilt: they go back
          * to the head of the channel (below). */
         assert(PyErr_Occurred());
-        tps_record_queue_release(recs[i]);
+        tps_item_queue_release(recs[i]);
         if (i > 0) {
             tps_handle *c = (tps_handle *)self;
             PyObject *exc = PyErr_GetRaisedException();
@@ -271,7 +291,7 @@ finally:
     if (i < got && tps_channel_unrecv(ch, recs + i, got - i) < 0) {
         /* Out of memory to grow the ring: they cannot be kept. */
         for (Py_ssize_t j = i; j < got; j++) {
-            tps_record_queue_release(recs[j]);
+            tps_item_queue_release(recs[j]);
         }
     }
     PyMem_RawFree(recs);

@@ -8,6 +8,7 @@
  * the channel core (chancore.c); handle_io.c calls them.
  */
 #include "channel.h"
+#include "item.h"
 
 /* A record of pickle.dumps(obj), marked as a pickled copy, or NULL. */
 static TpShare_Record *
@@ -51,6 +52,14 @@ tps_obj_record(PyObject *self, tps_kind k, tps_module_state *state,
                                             : tps_buffer_entry);
     }
     unsigned int flags = tps_channel_flags(ch);
+    if (!(flags & TPS_CHAN_IDENTITY)) {
+        /* Small ints, None, True, False, short bytes and str: an item in
+         * the ring's slot, no record (item.h). */
+        TpShare_Record *it = tps_imm_make(obj);
+        if (it != NULL) {
+            return it;
+        }
+    }
     /* With identity on, every immutable object of the message, at any
      * depth, is tagged with its serial. */
     TpShare_Record *rec = tps_share_in(
@@ -76,11 +85,15 @@ tps_obj_record(PyObject *self, tps_kind k, tps_module_state *state,
     return rec;
 }
 
-/* The received object for `rec` (borrowed).  New reference or NULL. */
+/* The received object for `rec` (borrowed; a record or an immediate
+ * item).  New reference or NULL. */
 PyObject *
 tps_obj_rebuild(tps_kind k, tps_module_state *state, TpShare_Record *rec)
 {
     PyObject *obj;
+    if (tps_item_is_imm(rec)) {
+        return tps_imm_rebuild(rec);
+    }
     /* Records tagged by a channel with identity on (at any depth) are
      * looked up in this interpreter's identity table first. */
     obj = tps_rebuild_with_identity(rec, state->identity);
@@ -114,7 +127,10 @@ tps_obj_send(PyObject *self, PyObject *obj, int64_t timeout, int writable,
     if (rec == NULL) {
         return NULL;
     }
-    rec->flags |= unbound << TPS_REC_UNBOUND_SHIFT;
+    if (!tps_item_is_imm(rec)) {
+        /* An immediate item is neutral: no policy applies to it. */
+        rec->flags |= unbound << TPS_REC_UNBOUND_SHIFT;
+    }
     if (k == TPS_KIND_MEM) {
         tps_tracker *t = tps_tracker_new(st);
         if (t == NULL) {
@@ -139,7 +155,7 @@ tps_obj_send(PyObject *self, PyObject *obj, int64_t timeout, int writable,
 error:
     /* Nothing was queued: the record (and any export) go now. */
     Py_XDECREF(tracker);
-    tps_record_release(rec);
+    tps_item_release(rec);
     return NULL;
 }
 
@@ -165,6 +181,6 @@ tps_obj_recv(PyObject *self, int64_t timeout)
      * standard library's queues: one that cannot be rebuilt here raises
      * once, and never blocks those behind it. */
     PyObject *obj = tps_obj_rebuild(tps_handle_kind(self, state), state, rec);
-    tps_record_queue_release(rec);
+    tps_item_queue_release(rec);
     return obj;
 }
