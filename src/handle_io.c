@@ -80,15 +80,19 @@ tps_chan_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         goto finally;
     }
     PyObject **items = PySequence_Fast_ITEMS(seq);
+    int imm = tps_obj_immediates(self, k);
     for (made = 0; made < n; made++) {
-        recs[made] = tps_obj_record(self, k, state, items[made], 0,
-                                 tps_interp_id(st));
-        if (recs[made] == NULL) {
-            goto finally;
+        /* An immediate item when it can be (neutral: no policy). */
+        TpShare_Record *it = imm ? tps_imm_make(items[made]) : NULL;
+        if (it == NULL) {
+            it = tps_obj_record(self, k, state, items[made], 0,
+                                tps_interp_id(st));
+            if (it == NULL) {
+                goto finally;
+            }
+            it->flags |= unbound << TPS_REC_UNBOUND_SHIFT;
         }
-        if (!tps_item_is_imm(recs[made])) {
-            recs[made]->flags |= unbound << TPS_REC_UNBOUND_SHIFT;
-        }
+        recs[made] = it;
     }
     int rc = tps_channel_send(((tps_handle *)self)->ch, recs, n, timeout);
     if (rc < 0) {
@@ -237,7 +241,8 @@ tps_chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         {
             tps_prefetch(recs[i + 1]->data.ptr, 1);
         }
-        PyObject *obj = tps_obj_rebuild(k, state, recs[i]);
+        PyObject *obj = tps_item_is_imm(recs[i]) ? tps_imm_rebuild(recs[i])
+                        : tps_obj_rebuild(k, state, recs[i]);
         if (obj == NULL) {
             break;
         }

@@ -46,6 +46,11 @@ tps_imm_make(PyObject *obj)
 {
     PyTypeObject *tp = Py_TYPE(obj);
     if (tp == &PyLong_Type) {
+        if (PyUnstable_Long_IsCompact((PyLongObject *)obj)) {
+            /* One digit and a sign: the common case, read directly. */
+            Py_ssize_t v = PyUnstable_Long_CompactValue((PyLongObject *)obj);
+            return word_item(((uintptr_t)v << 1) | TPS_IMM_TAG_INT);
+        }
         int overflow;
         long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
         if (overflow || v > IMM_INT_MAX || v < IMM_INT_MIN) {

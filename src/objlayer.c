@@ -28,6 +28,15 @@ pickled_record(PyObject *obj)
     return rec;
 }
 
+int
+tps_obj_immediates(PyObject *self, tps_kind k)
+{
+    /* Identity needs a record's serial; MemChannel carries buffers. */
+    return k != TPS_KIND_MEM
+           && !(tps_channel_flags(((tps_handle *)self)->ch)
+                & TPS_CHAN_IDENTITY);
+}
+
 /* The record for one object sent through `self` by interpreter `owner`
  * (the current one), or NULL. */
 TpShare_Record *
@@ -52,14 +61,6 @@ tps_obj_record(PyObject *self, tps_kind k, tps_module_state *state,
                                             : tps_buffer_entry);
     }
     unsigned int flags = tps_channel_flags(ch);
-    if (!(flags & TPS_CHAN_IDENTITY)) {
-        /* Small ints, None, True, False, short bytes and str: an item in
-         * the ring's slot, no record (item.h). */
-        TpShare_Record *it = tps_imm_make(obj);
-        if (it != NULL) {
-            return it;
-        }
-    }
     /* With identity on, every immutable object of the message, at any
      * depth, is tagged with its serial. */
     TpShare_Record *rec = tps_share_in(
@@ -122,13 +123,16 @@ tps_obj_send(PyObject *self, PyObject *obj, int64_t timeout, int writable,
     if (st == NULL) {
         return NULL;
     }
-    TpShare_Record *rec = tps_obj_record(self, k, state, obj, writable,
-                                      tps_interp_id(st));
+    /* Small ints, None, True, False, short bytes and str: an item in the
+     * ring's slot, no record (item.h); neutral, so no policy applies. */
+    TpShare_Record *rec = tps_obj_immediates(self, k) ? tps_imm_make(obj)
+                                                      : NULL;
     if (rec == NULL) {
-        return NULL;
-    }
-    if (!tps_item_is_imm(rec)) {
-        /* An immediate item is neutral: no policy applies to it. */
+        rec = tps_obj_record(self, k, state, obj, writable,
+                             tps_interp_id(st));
+        if (rec == NULL) {
+            return NULL;
+        }
         rec->flags |= unbound << TPS_REC_UNBOUND_SHIFT;
     }
     if (k == TPS_KIND_MEM) {
