@@ -2,7 +2,7 @@
  * objects at send and objects from them at receive.
  *
  * Only exact types qualify (a subclass keeps its type through a record):
- * int of 63 bits, None, True, False, and bytes and str of up to
+ * int of 63 bits, None, True, False, float, and bytes and str of up to
  * TPS_COMPACT_MAX bytes of payload.  Their values cannot change and hold
  * nothing of the sender's, so the receiver's copy is made from the slot
  * alone; the object layer (objlayer.c, handle_io.c) uses them only in
@@ -82,6 +82,11 @@ tps_imm_make(PyObject *obj)
                    : TPS_COMPACT_UCS4;
         return compact_item(what, PyUnicode_DATA(obj), n, nbytes);
     }
+    if (tp == &PyFloat_Type) {
+        /* Its bits as they are: -0.0 and NaN payloads come back. */
+        double d = PyFloat_AS_DOUBLE(obj);
+        return compact_item(TPS_COMPACT_FLOAT, &d, 1, sizeof(d));
+    }
     int c = obj == Py_None ? TPS_IMM_NONE
             : obj == Py_False ? TPS_IMM_FALSE
             : obj == Py_True ? TPS_IMM_TRUE : -1;
@@ -124,6 +129,11 @@ tps_imm_rebuild(const TpShare_Record *it)
     if (c != NULL) {
         if (c->what == TPS_COMPACT_BYTES) {
             return PyBytes_FromStringAndSize(c->data, (Py_ssize_t)c->len);
+        }
+        if (c->what == TPS_COMPACT_FLOAT) {
+            double d;
+            memcpy(&d, c->data, sizeof(d));
+            return PyFloat_FromDouble(d);
         }
         return compact_str(c);
     }

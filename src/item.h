@@ -3,9 +3,9 @@
  *
  * A Channel (or Queue) with identity off stores the commonest small
  * values without a record: an exact int of 63 bits, None, True and False
- * in the slot's word itself, and a short exact bytes or str in a compact
- * block (an 8-byte header and the payload, from a small block class of
- * blocks.h) that the slot points to.  Such an item belongs to no
+ * in the slot's word itself, and an exact float or a short exact bytes or
+ * str in a compact block (an 8-byte header and the payload, from a small
+ * block class of blocks.h) that the slot points to.  Such an item belongs to no
  * interpreter: it is neutral, never owner-bound, never settled at an
  * owner's exit and never counted as being read.  A record is at least
  * 8-aligned, so the three low bits of the word tell them apart:
@@ -45,17 +45,19 @@
 #define TPS_COMPACT_LATIN1 2    /* str of kind 1 with one >= 128 */
 #define TPS_COMPACT_UCS2 3
 #define TPS_COMPACT_UCS4 4
+#define TPS_COMPACT_FLOAT 5     /* a double (len 1) */
 
 /* The payload a compact block takes at most: with its header, the
  * largest small block class (128 bytes). */
 #define TPS_COMPACT_MAX 120
 
 typedef struct {
-    uint32_t len;                /* bytes: bytes; str: characters */
+    uint32_t len;                /* bytes: bytes; str: characters;
+                                    float: 1 */
     uint8_t what;                /* TPS_COMPACT_* */
     uint8_t block_kind;          /* its block's kind (blocks.h) */
     uint16_t unused;
-    char data[];                 /* len bytes, or len characters */
+    char data[];                 /* len bytes, len characters, a double */
 } tps_compact;
 
 _Static_assert(sizeof(tps_compact) == 8, "a compact header is one word");

@@ -1,9 +1,11 @@
 """Immediate items: in a Channel or Queue with identity off, exact ints of
 63 bits, None, True and False travel in the ring's slot itself, and
-exact bytes and str of up to 120 bytes of payload in a compact block of
-a small class, with no record.  Every value comes back equal, of its
+exact floats, bytes and str of up to 120 bytes of payload in a compact
+block of a small class, with no record.  Every value comes back equal, of its
 exact type and (for str) of the same kind, at every boundary of the
 encoding, through every path of the channel."""
+
+import struct
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -33,13 +35,21 @@ TEXTS = [
     "\U0001f600" * (LIMIT // 4 + 1), "a\U0001f600",
 ]
 
-VALUES = INTS + TEXTS + [None, True, False]
+FLOATS = [0.0, -0.0, 1.5, -1e308, 5e-324, float("inf"), float("-inf"),
+          float("nan")]
+
+VALUES = INTS + TEXTS + FLOATS + [None, True, False]
 
 
 def same(a, b):
     """Equal, of the exact same type, and for str of the same kind (str
     equality compares kinds first; isascii() reads the ASCII flag)."""
-    if type(a) is not type(b) or a != b:
+    if type(a) is not type(b):
+        return False
+    if type(a) is float:
+        # Bit for bit: -0.0 keeps its sign, NaN its payload.
+        return struct.pack("<d", a) == struct.pack("<d", b)
+    if a != b:
         return False
     if type(a) is str:
         return a.isascii() == b.isascii()
@@ -95,14 +105,16 @@ def test_immediates_take_no_record_and_compact_blocks_fit_their_class():
     records, small = records_in_use(), small_in_use()
     ch.send_many([7, -(2**62), None, True, False] * 200)
     assert records_in_use() == records          # no record at all
-    ch.send_many([b"x" * 64] * 100 + ["s" * LIMIT] * 100)
+    assert small_in_use() == small              # nor a block
+    ch.send_many([b"x" * 64] * 100 + ["s" * LIMIT] * 100 + [-0.5] * 100)
     assert records_in_use() == records
-    assert small_in_use() == small + 200
+    assert small_in_use() == small + 300
     ch.send(2**62)                              # past the limit: a record
     ch.send(b"y" * (LIMIT + 1))
     assert records_in_use() != records
-    assert ch.recv_many(2000) == ([7, -(2**62), None, True, False] * 200
+    assert ch.recv_many(3000) == ([7, -(2**62), None, True, False] * 200
                                   + [b"x" * 64] * 100 + ["s" * LIMIT] * 100
+                                  + [-0.5] * 100
                                   + [2**62, b"y" * (LIMIT + 1)])
     assert small_in_use() == small
     assert records_in_use() == records
@@ -120,10 +132,14 @@ class Str(str):
     pass
 
 
+class Float(float):
+    pass
+
+
 def test_subclasses_and_identity_channels_keep_records():
     ch = tpshare.Channel(fallback="pickle")
     records = records_in_use()
-    for v in (Int(5), Bytes(b"ab"), Str("cd")):
+    for v in (Int(5), Bytes(b"ab"), Str("cd"), Float(0.5)):
         ch.send(v)
         assert records_in_use() != records
         got = ch.recv()
@@ -263,7 +279,7 @@ values = st.one_of(
     st.binary(max_size=LIMIT + 8),
     st.text(max_size=LIMIT // 2),
     st.text(alphabet=st.characters(min_codepoint=0x10000), max_size=LIMIT // 4 + 2),
-    st.floats(allow_nan=False),
+    st.floats(),
     st.tuples(st.integers(), st.text(max_size=4)),
 )
 
