@@ -1,5 +1,7 @@
 /* objlayer.c - the object layer of the channel handles: what goes in
- * and what comes out.  An object sent becomes a share record (through the
+ * and what comes out.  An object sent becomes an immediate item when it
+ * is a small value and the channel a Channel or Queue with identity off
+ * (item.h, immediate.c), else a share record (through the
  * registry for Channel and Queue, with the pickle fallback when the
  * channel has one; a buffer export for MemChannel, with a Tracker); a
  * record received becomes an object of the receiving interpreter
@@ -123,8 +125,9 @@ tps_obj_send(PyObject *self, PyObject *obj, int64_t timeout, int writable,
     if (st == NULL) {
         return NULL;
     }
-    /* Small ints, None, True, False, short bytes and str: an item in the
-     * ring's slot, no record (item.h); neutral, so no policy applies. */
+    /* Ints of 63 bits, None, True, False, floats, short bytes and str: an
+     * item in the ring's slot, no record (item.h); neutral, so no policy
+     * applies. */
     TpShare_Record *rec = tps_obj_immediates(self, k) ? tps_imm_make(obj)
                                                       : NULL;
     if (rec == NULL) {
