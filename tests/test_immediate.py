@@ -189,6 +189,8 @@ def test_close_and_destroy_with_immediates_queued_give_blocks_back():
     ch.close()
     assert ch.recv_many(5) == [b"b" * 40, "s" * 8, 1, None, "\u20ac" * 50]
     assert small_in_use() == small + 147
+    stats = ch.stats()
+    assert (stats["sent"], stats["received"], stats["dropped"]) == (250, 5, 0)
     del ch                                      # the rest is freed
     assert small_in_use() == small
 
