@@ -48,6 +48,7 @@
 #include "chancore.h"
 #include "chancore_layout.h"
 #include "fork.h"
+#include "item.h"
 #include "owner.h"
 #include "ptrmap.h"
 #include "record.h"
@@ -147,7 +148,7 @@ release_all(tps_channel *ch)
 {
     size_t n = tps_ring_count(&ch->ring);
     for (size_t i = 0; i < n; i++) {
-        tps_record_release(*tps_ring_at(&ch->ring, i));
+        tps_item_release(*tps_ring_at(&ch->ring, i));
     }
 }
 
@@ -584,7 +585,7 @@ tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
          * being read, so that the exit waits until it has.  Under the
          * lock: once it is released another receiver may take and free
          * the record. */
-        if (recs[i]->flags & TPS_REC_BOUND) {
+        if (tps_item_is_bound(recs[i])) {
             tps_interp_requeued(recs[i]->ownerst);
         }
         tps_reader_untake(&untaking, recs[i]);
