@@ -85,7 +85,9 @@ setup(
         # tpshare internals, so kept out of the production extension.
         Extension(
             "tpshare.bench._probes",
-            sources=["src/tpshare/bench/_probes.c"],
+            sources=["src/tpshare/bench/_probes.c",
+                     "src/tpshare/bench/_probes_copy.c"],
+            depends=["src/tpshare/bench/_probes.h"],
             extra_compile_args=compile_args,
             extra_link_args=link_args,
         ),

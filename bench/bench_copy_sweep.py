@@ -12,6 +12,10 @@ share: the handler forced to share owner-bound at every size (the record
        holds the sender's object; the receiver copies once out of it and
        the record goes home to the sender to be released).
 
+bytes and str of up to 120 bytes of payload cross a channel as immediate
+items (a compact block, made without the handler), so the three modes are
+the same path there; the table marks those rows.
+
 The modes are forced with tpshare.bench._probes._share_min(), which sets
 the threshold the handlers read (process-wide; restored after each
 trial); every size and mode is checked to give the mode asked for
@@ -75,6 +79,9 @@ def serve(ctl_id, res_id, data_id):
 """
 
 MODES = ("auto", "copy", "share")
+# The payload of the channels' immediate items at most (src/item.h,
+# TPS_COMPACT_MAX): up to it the handler is not used, whatever the mode.
+COMPACT_MAX = 120
 KINDS = ("bytes", "str")
 
 
@@ -269,7 +276,9 @@ def main():
             if r["kind"] != kind:
                 continue
             med = r["median_msgs_per_s"]
-            row = [common.fmt_size(r["size"])]
+            # Every payload is ASCII: size is its bytes of payload.
+            row = [common.fmt_size(r["size"])
+                   + (" (immediate)" if r["size"] <= COMPACT_MAX else "")]
             row += [common.fmt_rate(med[m]) for m in MODES]
             row.append(fmt_ratio(r["share_vs_copy"]))
             rows.append(row)

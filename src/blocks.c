@@ -23,6 +23,11 @@
  * blocks per magazine and fewer full magazines in the depot the larger
  * the blocks (about 64 KiB a magazine and 4 MiB a depot), and a thread
  * gets their magazines on its first block of the class.
+ * The small classes (32 to 128 bytes, compact blocks of queued immediate
+ * items) are the exception to whole lines: 16-aligned, two or more to a
+ * line, since they are made to sit queued, where their size is the memory
+ * a queued item takes; they too come in magazines of a thread's own from
+ * its first block of the class.
  * The cache and its magazines are plain malloc memory, not Python's raw
  * allocator: a thread gives them back when it exits, possibly after the
  * interpreter it ran finished.
@@ -73,9 +78,9 @@ enum { K_TWO = TPS_BLOCK_TWO, K_THREE = TPS_BLOCK_THREE,
 static depot depots[NKINDS] = {
     DEPOT(0), DEPOT(1), DEPOT(2), DEPOT(3), DEPOT(4), DEPOT(5), DEPOT(6),
     DEPOT(7), DEPOT(8), DEPOT(9), DEPOT(10), DEPOT(11), DEPOT(12),
-    DEPOT(13), DEPOT(14),
+    DEPOT(13), DEPOT(14), DEPOT(15), DEPOT(16), DEPOT(17), DEPOT(18),
 };
-_Static_assert(NKINDS == 15, "one depot per kind");
+_Static_assert(NKINDS == 19, "one depot per kind");
 
 /* The magazine of a copy class a thread has not used yet: empty and full
  * at once, so that both fast paths take the slow path, which gives the
@@ -142,7 +147,10 @@ block_from_memory(depot *d)
     pthread_mutex_lock(&d->mutex);
     void *p = region_take(d);
     pthread_mutex_unlock(&d->mutex);
-    if (p == NULL && posix_memalign(&p, TPS_LINE, d->size) != 0) {
+    /* A small class needs 16 bytes of alignment only: malloc's own, which
+     * costs 16 bytes more per block where a line's costs about 130. */
+    size_t align = d - depots >= TPS_BLOCK_SMALL_FIRST ? 16 : TPS_LINE;
+    if (p == NULL && posix_memalign(&p, align, d->size) != 0) {
         return NULL;
     }
     atomic_fetch_add_explicit(&d->live, 1, memory_order_relaxed);
@@ -384,8 +392,9 @@ tps_block_alloc_slow(int kind)
         if (m == NULL) {
             return block_from_memory(d);
         }
-        fetch_ahead(m, kind < TPS_BLOCK_COPY_FIRST ? d->size
-                                                   : 2 * TPS_LINE);
+        fetch_ahead(m, kind < TPS_BLOCK_COPY_FIRST
+                       || kind >= TPS_BLOCK_SMALL_FIRST ? d->size
+                                                        : 2 * TPS_LINE);
     }
     /* The loaded magazine holds blocks now: the fast path takes one. */
     return tps_block_alloc(kind);
@@ -444,11 +453,12 @@ tps_block_cached(long long *two, long long *three)
     *three = n[K_THREE];
 }
 
-void
-tps_block_copy_counts(long long *live, long long *cached)
+/* Live and cached blocks of the kinds first..end-1. */
+static void
+kinds_counts(int first, int end, long long *live, long long *cached)
 {
     *live = *cached = 0;
-    for (int k = TPS_BLOCK_COPY_FIRST; k < NKINDS; k++) {
+    for (int k = first; k < end; k++) {
         depot *d = &depots[k];
         *live += atomic_load(&d->live);
         pthread_mutex_lock(&d->mutex);
@@ -460,6 +470,18 @@ tps_block_copy_counts(long long *live, long long *cached)
             *cached += my_cache->loaded[k]->n + my_cache->prev[k]->n;
         }
     }
+}
+
+void
+tps_block_copy_counts(long long *live, long long *cached)
+{
+    kinds_counts(TPS_BLOCK_COPY_FIRST, TPS_BLOCK_SMALL_FIRST, live, cached);
+}
+
+void
+tps_block_small_counts(long long *live, long long *cached)
+{
+    kinds_counts(TPS_BLOCK_SMALL_FIRST, NKINDS, live, cached);
 }
 
 void

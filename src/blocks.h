@@ -32,19 +32,29 @@
 #endif
 
 /* The kinds: two lines (a record; a small copy), three (a record with a
- * payload line after it), and the copy classes: copies of 129 bytes to
+ * payload line after it), the copy classes: copies of 129 bytes to
  * 16 KiB, in classes of 4 or 6 lines times a power of two (256, 384,
  * 512, 768 bytes... 12 KiB, 16 KiB), so that a copy wastes at most a
- * third of its block. */
+ * third of its block; and the small classes of 32, 48, 80 and 128 bytes,
+ * 16-aligned and not whole lines: the compact blocks of a channel's
+ * immediate items (item.h), which live queued, where memory per item
+ * counts more than a line shared by two blocks. */
 #define TPS_BLOCK_TWO 0
 #define TPS_BLOCK_THREE 1
 #define TPS_BLOCK_COPY_FIRST 2
-#define TPS_BLOCK_KINDS 15
+#define TPS_BLOCK_SMALL_FIRST 15
+#define TPS_BLOCK_KINDS 19
 #define TPS_BLOCK_COPY_MAX ((size_t)16 * 1024)
+#define TPS_BLOCK_SMALL_SIZE(kind) \
+    ((kind) == TPS_BLOCK_SMALL_FIRST ? (size_t)32 \
+     : (kind) == TPS_BLOCK_SMALL_FIRST + 1 ? (size_t)48 \
+     : (kind) == TPS_BLOCK_SMALL_FIRST + 2 ? (size_t)80 : (size_t)128)
 #define TPS_BLOCK_SIZE(kind) \
-    ((kind) < TPS_BLOCK_COPY_FIRST ? ((size_t)(kind) + 2) * TPS_LINE \
+    ((kind) >= TPS_BLOCK_SMALL_FIRST ? TPS_BLOCK_SMALL_SIZE(kind) \
+     : (kind) < TPS_BLOCK_COPY_FIRST ? ((size_t)(kind) + 2) * TPS_LINE \
      : ((size_t)((kind) % 2 ? 6 : 4) * TPS_LINE) \
        << (((kind) - TPS_BLOCK_COPY_FIRST) / 2))
+#define TPS_BLOCK_SMALL_MAX ((size_t)128)
 
 #define TPS_BLOCK_MAG 128    /* blocks per magazine, at most */
 #define TPS_BLOCK_AHEAD 4    /* blocks fetched ahead of their allocation */
@@ -68,10 +78,18 @@ tps_block_copy_kind(size_t n)
     int b = 63 - __builtin_clzll((unsigned long long)n - 1);
     int kind = b < 8 ? TPS_BLOCK_COPY_FIRST
                : n <= ((size_t)3 << (b - 1)) ? 2 * b - 13 : 2 * b - 12;
-    assert(kind < TPS_BLOCK_KINDS && TPS_BLOCK_SIZE(kind) >= n
+    assert(kind < TPS_BLOCK_SMALL_FIRST && TPS_BLOCK_SIZE(kind) >= n
            && (kind == TPS_BLOCK_COPY_FIRST
                || TPS_BLOCK_SIZE(kind - 1) < n));
     return kind;
+}
+
+/* The small class that holds n bytes (n <= TPS_BLOCK_SMALL_MAX). */
+static inline int
+tps_block_small_kind(size_t n)
+{
+    assert(n <= TPS_BLOCK_SMALL_MAX);
+    return TPS_BLOCK_SMALL_FIRST + (n > 32) + (n > 48) + (n > 80);
 }
 
 /* A thread's two magazines per kind (Bonwick's scheme: a thread that
@@ -108,6 +126,7 @@ tps_block_alloc(int kind)
          * first lines only for a copy: the copy streams the rest). */
         tps_prefetch_for_write(m->blocks[m->n - TPS_BLOCK_AHEAD],
                                kind < TPS_BLOCK_COPY_FIRST
+                               || kind >= TPS_BLOCK_SMALL_FIRST
                                ? TPS_BLOCK_SIZE(kind) : 2 * TPS_LINE);
     }
     return b;
@@ -136,5 +155,7 @@ void tps_block_counts(long long *two, long long *three);
 void tps_block_cached(long long *two, long long *three);
 /* The same for the copy classes together, for tests. */
 void tps_block_copy_counts(long long *live, long long *cached);
+/* The same for the small classes together, for tests. */
+void tps_block_small_counts(long long *live, long long *cached);
 
 #endif /* TPSHARE_BLOCKS_H */

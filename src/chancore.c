@@ -14,6 +14,9 @@
  * drained: by another thread of the interpreter if one is running
  * and drains them within a grace period, else by the parked thread.  A
  * signal ends the park so Ctrl-C is handled promptly in the main thread.
+ * A send that posted a parked receiver of another interpreter yields its
+ * CPU once the lock is let go (tps_handoff(), waiter.h), so that the
+ * receiver the kernel woke on the sender's CPU runs at once.
  * Blocked senders resume only once the ring has drained below a
  * low-water mark (maxsize - maxsize/8): without that hysteresis both
  * sides fall into lock-step on a full ring.
@@ -45,6 +48,7 @@
 #include "chancore.h"
 #include "chancore_layout.h"
 #include "fork.h"
+#include "item.h"
 #include "owner.h"
 #include "ptrmap.h"
 #include "record.h"
@@ -144,7 +148,7 @@ release_all(tps_channel *ch)
 {
     size_t n = tps_ring_count(&ch->ring);
     for (size_t i = 0; i < n; i++) {
-        tps_record_release(*tps_ring_at(&ch->ring, i));
+        tps_item_release(*tps_ring_at(&ch->ring, i));
     }
 }
 
@@ -285,11 +289,23 @@ closed_error(tps_channel *ch, int *rc)
     return closed != OPEN;
 }
 
+/* The ID of the calling thread's interpreter (GIL held): what its
+ * parked peers compare theirs with (tps_wnode.interp). */
+static inline int64_t
+self_interp(void)
+{
+    return PyInterpreterState_GetID(PyInterpreterState_Get());
+}
+
 /* One attempt with the lock held.  Returns 1 when done (*rc set), 0 to
- * keep waiting. */
+ * keep waiting.  *handoff is set when a send posted a parked receiver
+ * that runs in an interpreter other than the caller's, *interp (< 0:
+ * not looked up yet, and the caller holds its GIL), for tps_handoff()
+ * once the lock is let go. */
 static int
 attempt(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
-        Py_ssize_t *got, int *rc, tps_reader *r)
+        Py_ssize_t *got, int *rc, tps_reader *r, int64_t *interp,
+        int *handoff)
 {
     if (dir == RECEIVING) {
         if (atomic_load(&ch->ring.count) > 0) {
@@ -319,7 +335,15 @@ attempt(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
                               memory_order_relaxed);
         tps_ring_push(&ch->ring, recs, n);
         ch->sent += (uint64_t)n;
-        tps_wlist_wake(&ch->receivers, (int)(n < INT32_MAX ? n : INT32_MAX));
+        if (ch->receivers.count > 0) {
+            /* Looked up only here: most sends find no one parked. */
+            if (*interp < 0) {
+                *interp = self_interp();
+            }
+            tps_wlist_wake_from(&ch->receivers,
+                                (int)(n < INT32_MAX ? n : INT32_MAX),
+                                *interp, handoff);
+        }
         *rc = 0;
         return 1;
     }
@@ -402,6 +426,8 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     int rc = 0;
     const int timed_out = dir == RECEIVING ? TPS_ERR_EMPTY : TPS_ERR_FULL;
     tps_reader *r = dir == RECEIVING ? tps_reader_self() : NULL;
+    int64_t interp = -1;         /* self_interp(), once needed */
+    int handoff = 0;
 
     assert(tps_thread_state() != NULL);   /* holds the GIL */
     assert(n > 0);
@@ -410,9 +436,12 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     if (tps_lock_acquire_for(&ch->lock, timeout_ns) < 0) {
         return timed_out;
     }
-    int done = attempt(ch, dir, recs, n, got, &rc, r);
+    int done = attempt(ch, dir, recs, n, got, &rc, r, &interp, &handoff);
     tps_lock_release(&ch->lock);
     if (done) {
+        if (handoff) {
+            tps_handoff();
+        }
         attempt_done(dir, recs, got, rc, r);
         return rc;
     }
@@ -431,7 +460,11 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
     }
     int64_t now = tps_now_ns();
     int64_t deadline = timeout_ns < 0 ? -1 : now + timeout_ns;
-    tps_wnode node = {.waiter = w}, inode = {.waiter = w};
+    if (interp < 0) {
+        interp = self_interp();  /* before the GIL goes */
+    }
+    tps_wnode node = {.waiter = w, .interp = interp};
+    tps_wnode inode = {.waiter = w, .interp = interp};
     tps_wlist *list = dir == RECEIVING ? &ch->receivers : &ch->senders;
 
     PyThreadState *ts = PyEval_SaveThread();
@@ -449,8 +482,11 @@ transfer(tps_channel *ch, direction dir, TpShare_Record **recs, Py_ssize_t n,
             rc = timed_out;
             break;
         }
-        if (attempt(ch, dir, recs, n, got, &rc, r)) {
+        if (attempt(ch, dir, recs, n, got, &rc, r, &interp, &handoff)) {
             tps_lock_release(&ch->lock);
+            if (handoff) {
+                tps_handoff();
+            }
             attempt_done(dir, recs, got, rc, r);
             break;
         }
@@ -549,7 +585,7 @@ tps_channel_unrecv(tps_channel *ch, TpShare_Record *const *recs,
          * being read, so that the exit waits until it has.  Under the
          * lock: once it is released another receiver may take and free
          * the record. */
-        if (recs[i]->flags & TPS_REC_BOUND) {
+        if (tps_item_is_bound(recs[i])) {
             tps_interp_requeued(recs[i]->ownerst);
         }
         tps_reader_untake(&untaking, recs[i]);

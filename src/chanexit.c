@@ -16,6 +16,7 @@
  */
 #include "chancore.h"
 #include "chancore_layout.h"
+#include "item.h"
 #include "ptrmap.h"
 #include "record.h"
 
@@ -50,7 +51,8 @@ typedef struct {
 static inline int
 is_of(const TpShare_Record *rec, int64_t interp)
 {
-    return (rec->flags & TPS_REC_BOUND) && rec->owner == interp;
+    /* Immediate items are neutral: never an interpreter's. */
+    return tps_item_is_bound(rec) && rec->owner == interp;
 }
 
 /* The settling of `rec` among the n in `items` (through `where` when it

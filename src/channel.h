@@ -94,12 +94,17 @@ int tps_parse_unbound(tps_module_state *state, PyObject *arg,
 int tps_unbound_init(PyObject *module, tps_module_state *state);
 
 /* objlayer.c */
+/* Whether what is sent through handle `self` (borrowed) of kind k may be
+ * immediate items (item.h): a Channel or Queue with identity off. */
+int tps_obj_immediates(PyObject *self, tps_kind k);
 /* The record for `obj` (borrowed) sent through handle `self` (borrowed)
- * by interpreter `owner` (the current one), or NULL. */
+ * by interpreter `owner` (the current one), or NULL.  Never an immediate
+ * item: senders try tps_imm_make() first where tps_obj_immediates(). */
 TpShare_Record *tps_obj_record(PyObject *self, tps_kind k,
                                tps_module_state *state, PyObject *obj,
                                int writable, int64_t owner);
-/* The received object for `rec` (borrowed).  New reference or NULL. */
+/* The received object for `rec` (borrowed; a record or an immediate
+ * item).  New reference or NULL. */
 PyObject *tps_obj_rebuild(tps_kind k, tps_module_state *state,
                           TpShare_Record *rec);
 /* Send `obj` (borrowed) through `self`: new reference to None, or a

@@ -184,6 +184,20 @@ mod_copy_block_counts(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
     return Py_BuildValue("(LL)", live, cached);
 }
 
+PyDoc_STRVAR(small_block_counts_doc,
+"_small_block_counts()\n--\n\n(live, cached): blocks of the small classes "
+"(compact blocks of\nqueued immediate items) taken from memory and not "
+"given back, and of\nthose the ones cached as _block_cached() counts "
+"(for tests).");
+
+static PyObject *
+mod_small_block_counts(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ig))
+{
+    long long live, cached;
+    tps_block_small_counts(&live, &cached);
+    return Py_BuildValue("(LL)", live, cached);
+}
+
 PyDoc_STRVAR(memo_tables_doc,
 "_memo_tables()\n--\n\nThe tables of the per-thread identity memos "
 "(of sharing and\nrebuilding nested values) allocated in the process and "
@@ -286,6 +300,8 @@ PyMethodDef tps_module_methods[] = {
     {"_block_cached", mod_block_cached, METH_NOARGS, block_cached_doc},
     {"_copy_block_counts", mod_copy_block_counts, METH_NOARGS,
      copy_block_counts_doc},
+    {"_small_block_counts", mod_small_block_counts, METH_NOARGS,
+     small_block_counts_doc},
     {"_memo_tables", mod_memo_tables, METH_NOARGS, memo_tables_doc},
     {"_spin_window", mod_spin_window, METH_NOARGS, spin_window_doc},
     {NULL},

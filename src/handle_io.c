@@ -5,6 +5,7 @@
  * layer (objlayer.c); the method tables are in channel.c.
  */
 #include "channel.h"
+#include "item.h"
 
 PyObject *
 tps_chan_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
@@ -79,13 +80,19 @@ tps_chan_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         goto finally;
     }
     PyObject **items = PySequence_Fast_ITEMS(seq);
+    int imm = tps_obj_immediates(self, k);
     for (made = 0; made < n; made++) {
-        recs[made] = tps_obj_record(self, k, state, items[made], 0,
-                                 tps_interp_id(st));
-        if (recs[made] == NULL) {
-            goto finally;
+        /* An immediate item when it can be (neutral: no policy). */
+        TpShare_Record *it = imm ? tps_imm_make(items[made]) : NULL;
+        if (it == NULL) {
+            it = tps_obj_record(self, k, state, items[made], 0,
+                                tps_interp_id(st));
+            if (it == NULL) {
+                goto finally;
+            }
+            it->flags |= unbound << TPS_REC_UNBOUND_SHIFT;
         }
-        recs[made]->flags |= unbound << TPS_REC_UNBOUND_SHIFT;
+        recs[made] = it;
     }
     int rc = tps_channel_send(((tps_handle *)self)->ch, recs, n, timeout);
     if (rc < 0) {
@@ -96,7 +103,7 @@ tps_chan_send_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
 
 finally:
     for (Py_ssize_t i = 0; i < made; i++) {
-        tps_record_release(recs[i]);
+        tps_item_release(recs[i]);
     }
     PyMem_RawFree(recs);
     Py_DECREF(seq);
@@ -148,6 +155,21 @@ recv_many_copied(PyObject *obj)
         return PyByteArray_GET_SIZE(obj);
     }
     return 0;
+}
+
+/* Start fetching what rebuilding item `it` reads first: its record, or
+ * its compact block (an immediate int or constant has nothing). */
+static inline void
+prefetch_item(TpShare_Record *it)
+{
+    if (!tps_item_is_imm(it)) {
+        tps_prefetch(it, sizeof(TpShare_Record));
+        return;
+    }
+    tps_compact *c = tps_item_compact(it);
+    if (c != NULL) {
+        tps_prefetch(c, sizeof(tps_compact) + 1);
+    }
 }
 
 PyObject *
@@ -208,26 +230,29 @@ tps_chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
      * fetch two records ahead, and the payload of the next one (its
      * record's lines were fetched an iteration ago). */
     for (i = 0; i < got && i < 2; i++) {
-        tps_prefetch(recs[i], sizeof(TpShare_Record));
+        prefetch_item(recs[i]);
     }
     for (i = 0; i < got; i++) {
         if (i + 2 < got) {
-            tps_prefetch(recs[i + 2], sizeof(TpShare_Record));
+            prefetch_item(recs[i + 2]);
         }
-        if (i + 1 < got && recs[i + 1]->data.ptr != NULL) {
+        if (i + 1 < got && !tps_item_is_imm(recs[i + 1])
+            && recs[i + 1]->data.ptr != NULL)
+        {
             tps_prefetch(recs[i + 1]->data.ptr, 1);
         }
-        PyObject *obj = tps_obj_rebuild(k, state, recs[i]);
+        PyObject *obj = tps_item_is_imm(recs[i]) ? tps_imm_rebuild(recs[i])
+                        : tps_obj_rebuild(k, state, recs[i]);
         if (obj == NULL) {
             break;
         }
         PyList_SET_ITEM(res, i, obj);
-        if (recs[i]->flags & TPS_REC_BOUND) {
+        if (tps_item_is_bound(recs[i])) {
             /* Large copies are made here only out of a sender's object
              * (smaller ones were made at send). */
             copied += recv_many_copied(obj);
         }
-        tps_record_queue_release(recs[i]);
+        tps_item_queue_release(recs[i]);
         if (copied >= RECV_MANY_COPY_MAX) {
             /* The next call takes no more than this one returns; the rest
              * go back to the head of the channel (below). */
@@ -249,7 +274,7 @@ tps_chan_recv_many(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
          * are none.  The items behind it were not rebuilt: they go back
          * to the head of the channel (below). */
         assert(PyErr_Occurred());
-        tps_record_queue_release(recs[i]);
+        tps_item_queue_release(recs[i]);
         if (i > 0) {
             tps_handle *c = (tps_handle *)self;
             PyObject *exc = PyErr_GetRaisedException();
@@ -271,7 +296,7 @@ finally:
     if (i < got && tps_channel_unrecv(ch, recs + i, got - i) < 0) {
         /* Out of memory to grow the ring: they cannot be kept. */
         for (Py_ssize_t j = i; j < got; j++) {
-            tps_record_queue_release(recs[j]);
+            tps_item_queue_release(recs[j]);
         }
     }
     PyMem_RawFree(recs);

@@ -1,5 +1,7 @@
 /* objlayer.c - the object layer of the channel handles: what goes in
- * and what comes out.  An object sent becomes a share record (through the
+ * and what comes out.  An object sent becomes an immediate item when it
+ * is a small value and the channel a Channel or Queue with identity off
+ * (item.h, immediate.c), else a share record (through the
  * registry for Channel and Queue, with the pickle fallback when the
  * channel has one; a buffer export for MemChannel, with a Tracker); a
  * record received becomes an object of the receiving interpreter
@@ -8,6 +10,7 @@
  * the channel core (chancore.c); handle_io.c calls them.
  */
 #include "channel.h"
+#include "item.h"
 
 /* A record of pickle.dumps(obj), marked as a pickled copy, or NULL. */
 static TpShare_Record *
@@ -25,6 +28,15 @@ pickled_record(PyObject *obj)
     TpShare_Record *rec = tps_share_with(raw, tps_pickle_entry);
     Py_DECREF(raw);
     return rec;
+}
+
+int
+tps_obj_immediates(PyObject *self, tps_kind k)
+{
+    /* Identity needs a record's serial; MemChannel carries buffers. */
+    return k != TPS_KIND_MEM
+           && !(tps_channel_flags(((tps_handle *)self)->ch)
+                & TPS_CHAN_IDENTITY);
 }
 
 /* The record for one object sent through `self` by interpreter `owner`
@@ -76,11 +88,15 @@ tps_obj_record(PyObject *self, tps_kind k, tps_module_state *state,
     return rec;
 }
 
-/* The received object for `rec` (borrowed).  New reference or NULL. */
+/* The received object for `rec` (borrowed; a record or an immediate
+ * item).  New reference or NULL. */
 PyObject *
 tps_obj_rebuild(tps_kind k, tps_module_state *state, TpShare_Record *rec)
 {
     PyObject *obj;
+    if (tps_item_is_imm(rec)) {
+        return tps_imm_rebuild(rec);
+    }
     /* Records tagged by a channel with identity on (at any depth) are
      * looked up in this interpreter's identity table first. */
     obj = tps_rebuild_with_identity(rec, state->identity);
@@ -109,12 +125,19 @@ tps_obj_send(PyObject *self, PyObject *obj, int64_t timeout, int writable,
     if (st == NULL) {
         return NULL;
     }
-    TpShare_Record *rec = tps_obj_record(self, k, state, obj, writable,
-                                      tps_interp_id(st));
+    /* Ints of 63 bits, None, True, False, floats, short bytes and str: an
+     * item in the ring's slot, no record (item.h); neutral, so no policy
+     * applies. */
+    TpShare_Record *rec = tps_obj_immediates(self, k) ? tps_imm_make(obj)
+                                                      : NULL;
     if (rec == NULL) {
-        return NULL;
+        rec = tps_obj_record(self, k, state, obj, writable,
+                             tps_interp_id(st));
+        if (rec == NULL) {
+            return NULL;
+        }
+        rec->flags |= unbound << TPS_REC_UNBOUND_SHIFT;
     }
-    rec->flags |= unbound << TPS_REC_UNBOUND_SHIFT;
     if (k == TPS_KIND_MEM) {
         tps_tracker *t = tps_tracker_new(st);
         if (t == NULL) {
@@ -139,7 +162,7 @@ tps_obj_send(PyObject *self, PyObject *obj, int64_t timeout, int writable,
 error:
     /* Nothing was queued: the record (and any export) go now. */
     Py_XDECREF(tracker);
-    tps_record_release(rec);
+    tps_item_release(rec);
     return NULL;
 }
 
@@ -165,6 +188,6 @@ tps_obj_recv(PyObject *self, int64_t timeout)
      * standard library's queues: one that cannot be rebuilt here raises
      * once, and never blocks those behind it. */
     PyObject *obj = tps_obj_rebuild(tps_handle_kind(self, state), state, rec);
-    tps_record_queue_release(rec);
+    tps_item_queue_release(rec);
     return obj;
 }

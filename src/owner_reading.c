@@ -37,6 +37,7 @@
  * list of them is pushed to lock-free (no lock to lose in a fork).  In a
  * fork child the tables of the parent's other threads are cleared.
  */
+#include "item.h"
 #include "owner.h"
 #include "owner_layout.h"
 #include "record.h"
@@ -213,7 +214,7 @@ tps_reader_took(tps_reader *r, TpShare_Record *const *recs, Py_ssize_t n)
 {
     assert(r == NULL || r == my_reader);
     for (Py_ssize_t i = 0; i < n; i++) {
-        if (recs[i]->flags & TPS_REC_BOUND) {
+        if (tps_item_is_bound(recs[i])) {
             count_one(r, recs[i]->owner, recs[i]->ownerst);
         }
     }
@@ -282,7 +283,7 @@ overflow_done(void)
 void
 tps_reader_untake(tps_untaking *u, TpShare_Record *rec)
 {
-    if (!(rec->flags & TPS_REC_BOUND)) {
+    if (!tps_item_is_bound(rec)) {
         return;
     }
     read_slot *s = counted_in(rec->owner);

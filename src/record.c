@@ -88,7 +88,8 @@ _Static_assert(TPS_BLOCK_SIZE(TPS_BLOCK_TWO) == REC_SPAN,
 _Static_assert(TPS_BLOCK_SIZE(TPS_BLOCK_THREE) == REC_SPAN + TAIL_MAX,
                "a record with its tail takes a three-line block");
 _Static_assert(TPS_SMALL_MAX == REC_SPAN, "small blocks are two lines");
-_Static_assert(TPS_BLOCK_KINDS <= 16, "a block kind fits the record's bits");
+_Static_assert(TPS_BLOCK_SMALL_FIRST <= 16,
+               "a record's block kind (never a small one) fits its bits");
 
 void *
 tps_small_alloc(TpShare_Data *data, size_t n)

@@ -2,7 +2,8 @@
  *
  * A power-of-two array of record pointers with a head and a count.  The
  * ring holds the references of the records in it but never looks inside
- * them.  Every operation runs under the lock of the channel that owns
+ * them; a slot may also hold an immediate item (item.h), a tagged word
+ * the ring moves as it moves a record pointer.  Every operation runs under the lock of the channel that owns
  * the ring (chancore.c), except reading the count, which a spinner does
  * lock-free.  The operations of every send and receive are inline here;
  * growing the ring and the rarer edits are in ring.c.

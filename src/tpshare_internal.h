@@ -34,12 +34,15 @@
  *                     chanexit.c, ring.c), release trackers (told of a
  *                     freed record through a hook they install); an
  *                     exiting sender's items become markers made by a
- *                     hook that unbound.c installs;
+ *                     hook that unbound.c installs; item.h: a ring slot
+ *                     holds a record or an immediate item (small values
+ *                     with no record, made and rebuilt by immediate.c);
  *   pytypes.h, module_state.h, fork.h, channel.h, module.h   the
  *                     Python-visible types and functions: the module
  *                     (module.c, functions.c), channel handles
  *                     (channel.c, handle_io.c, handle_share.c, args.c),
- *                     the object layer (objlayer.c), unbound-item markers
+ *                     the object layer (objlayer.c, immediate.c),
+ *                     unbound-item markers
  *                     (unbound.c), shared.c, view.c, buffer_type.c,
  *                     interpreters made by tpshare (interpreter.c, on
  *                     the table and threads of workers.c), fork(), and

@@ -3,7 +3,8 @@
  * A waiter is a per-thread semaphore that a blocked thread puts on one or
  * more wait lists (a channel's receivers or senders, its interpreter's
  * release waiters) before it parks.  Whoever makes progress possible takes
- * waiters off a list and posts them, under that list's lock.  A woken
+ * waiters off a list and posts them, under that list's lock (and may
+ * then yield its CPU to them, tps_handoff() below).  A woken
  * thread takes itself off every list, under each lock, before it returns,
  * so nothing touches a waiter after its wait ended; an extra post is only
  * a spurious wake-up, and every caller re-checks its condition in a loop.
@@ -37,10 +38,15 @@
 
 typedef struct tps_waiter tps_waiter;
 
-/* A node on one wait list; a waiter has one node per list it can be on. */
+/* A node on one wait list; a waiter has one node per list it can be on.
+ * `interp`: the ID of the interpreter whose GIL the parked thread takes
+ * back once woken, for the waker's hand-over (tps_handoff()); read only
+ * by tps_wlist_wake_from() callers that pass `elsewhere`, so lists
+ * woken otherwise may leave it at 0. */
 typedef struct tps_wnode {
     struct tps_wnode *prev, *next;
     tps_waiter *waiter;
+    int64_t interp;
     int linked;
 } tps_wnode;
 
@@ -89,18 +95,29 @@ tps_wlist_remove(tps_wlist *l, tps_wnode *n)
     }
 }
 
-/* Wake up to `n` waiters, oldest first (lock held).  Returns how many. */
+/* Wake up to `n` waiters, oldest first (lock held).  Returns how many;
+ * *elsewhere (if not NULL) is set to whether one of them runs in an
+ * interpreter other than `interp` once woken. */
 static inline int
-tps_wlist_wake(tps_wlist *l, int n)
+tps_wlist_wake_from(tps_wlist *l, int n, int64_t interp, int *elsewhere)
 {
     int woken = 0;
     while (woken < n && l->count > 0) {
         tps_wnode *w = l->head.next;
         tps_wlist_remove(l, w);
+        if (elsewhere != NULL && w->interp != interp) {
+            *elsewhere = 1;
+        }
         sem_post(&w->waiter->sem);
         woken++;
     }
     return woken;
+}
+
+static inline int
+tps_wlist_wake(tps_wlist *l, int n)
+{
+    return tps_wlist_wake_from(l, n, 0, NULL);
 }
 
 static inline int
@@ -197,6 +214,23 @@ tps_spin(int (*ready)(void *), void *arg, int64_t until_ns,
             }
         }
     }
+}
+
+/* After posting a parked thread, with no lock held: let it run now.
+ * The kernel tends to wake a thread on its waker's CPU (always so when
+ * the other CPUs are busy), and a woken thread does not preempt its
+ * waker there: it waits until the waker blocks or its time slice ends.
+ * A sender that goes on after its send (back to Python, then into a
+ * sleep that arms a timer, or to its own next recv) keeps its receiver
+ * waiting that long; yielding hands the CPU over at once.  With nothing
+ * else to run on this CPU (the woken thread went to another CPU) the
+ * yield returns at once.  Only for a thread that takes another
+ * interpreter's GIL: one that needs the caller's own GIL would run only
+ * to block on it.  docs/design-performance.md has the measurements. */
+static inline void
+tps_handoff(void)
+{
+    sched_yield();
 }
 
 /* Results of tps_waiter_park(). */

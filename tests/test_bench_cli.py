@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from support import run_bench
+from support import Sub, run_bench
 
 from tpshare.bench import EXPERIMENTS, cli, common, contenders
 
@@ -265,7 +265,7 @@ def test_latency_reports_parked_wake_ups_beside_the_floor(tmp_path):
     with open(tmp_path / "results.json", encoding="utf-8") as f:
         res = json.load(f)["experiments"]["latency"]
     wake = res["wake"]
-    assert set(wake) == {"floor", "channel", "threads"}
+    assert set(wake) == {"floor", "pyfloor", "channel", "threads"}
     for name, x in wake.items():
         assert x["n"] == 100                       # --quick
         assert 0 < x["min_ns"] <= x["median_ns"] <= x["p99_ns"] <= x["max_ns"]
@@ -279,6 +279,51 @@ def test_latency_reports_parked_wake_ups_beside_the_floor(tmp_path):
     assert "Median / p99 of each round" in proc.stdout
     assert "Parked wake-up" in proc.stdout
     assert "machine floor" in proc.stdout
+    assert "Python-level floor" in proc.stdout
+
+
+def test_sem_probe_wakes_python_in_another_interpreter():
+    """The Python-level floor's semaphores: a stamp posted here is what a
+    waiter in an isolated interpreter gets back (it echoes it on a second
+    semaphore); slots are checked."""
+    from tpshare.bench import _probes
+    there, back = _probes._sem_new(), _probes._sem_new()
+    try:
+        assert there != back
+        with pytest.raises(TimeoutError):
+            _probes._sem_wait(there, 0.01)
+        with Sub() as sub:
+            sub.run(f"""
+                import threading
+                from tpshare.bench import _probes
+                def echo():
+                    for _ in range(3):
+                        _probes._sem_post({back},
+                                          _probes._sem_wait({there}, 60.0))
+                t = threading.Thread(target=echo)
+                t.start()
+            """)
+            for stamp in (5, -7, 2**62):
+                _probes._sem_post(there, stamp)
+                assert _probes._sem_wait(back, 60.0) == stamp
+            sub.run("t.join(60)")
+            assert sub.eval("t.is_alive()") == "False"
+    finally:
+        _probes._sem_free(there)
+        _probes._sem_free(back)
+    for bad in (there, -1, 8, "0"):
+        with pytest.raises((ValueError, TypeError)):
+            _probes._sem_post(bad, 0)
+    with pytest.raises(ValueError):
+        _probes._sem_free(back)
+    slot = _probes._sem_new()
+    try:
+        with pytest.raises(ValueError):
+            _probes._sem_wait(slot, -1.0)
+        with pytest.raises(TypeError):
+            _probes._sem_post(slot)
+    finally:
+        _probes._sem_free(slot)
 
 
 # ---------------------------------------------------------------------------

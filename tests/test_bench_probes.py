@@ -72,13 +72,13 @@ def test_share_min_reaches_subinterpreters_through_a_channel():
         ch = tpshare.Channel()
         sub = _stdinterp.Subinterpreter()
         sub.run(f"import tpshare; ch = tpshare.Channel.from_id({ch.id})")
-        payload = bytes(range(100))
+        payload = bytes(range(200))   # above the immediate items
         for mode, value in (("copy", sys.maxsize), ("share", 0)):
             _probes._share_min(value)
             before = sys.getrefcount(payload)
             ch.send(payload)
             held = sys.getrefcount(payload) - before
-            sub.run("got = ch.recv(); assert got == bytes(range(100)); "
+            sub.run("got = ch.recv(); assert got == bytes(range(200)); "
                     "del got")
             tpshare.drain()
             print(mode, held, sys.getrefcount(payload) - before)

@@ -97,6 +97,40 @@ def test_recv_really_blocks_until_a_send():
     assert ch.stats()["sends_parked"] == 0
 
 
+def test_one_send_wakes_parked_receivers_of_two_interpreters():
+    """A send that posts parked receivers of its own interpreter and of
+    another (the second is handed the sender's CPU) delivers one item to
+    each; a later send finds no one parked and wakes no one."""
+    from support import Sub
+    ch = tpshare.Channel()
+    got = []
+    with Sub() as sub:
+        sub.run(f"""
+            import threading
+            ch = tpshare.Channel.from_id({ch.id})
+            got = []
+            t = threading.Thread(target=lambda: got.append(ch.recv(timeout=60)))
+            t.start()
+        """)
+        here = threading.Thread(target=lambda: got.append(ch.recv(timeout=60)))
+        here.start()
+        deadline = time.monotonic() + 60
+        while ch.stats()["recvs_parked"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ch.stats()["recvs_parked"] >= 2
+        ch.send_many(["a", "b"])
+        here.join(60)
+        sub.run("t.join(60)")
+        there = sub.eval("got")
+    assert sorted(got + eval(there)) == ["a", "b"]
+    assert len(got) == 1
+    parked = ch.stats()["recvs_parked"]
+    ch.send("c")
+    assert ch.recv(timeout=0) == "c"
+    st = ch.stats()
+    assert (st["sent"], st["received"], st["recvs_parked"]) == (3, 3, parked)
+
+
 def test_send_blocks_while_full_then_resumes():
     ch = tpshare.Channel(maxsize=2)
     ch.send(1)

@@ -297,9 +297,11 @@ def test_exiting_threads_give_their_cached_blocks_back():
         import tpshare
         from tpshare import _tpshare
 
-        ch = tpshare.Channel()
-        # 100 bytes: a two-line record and a two-line copy; 64: one
-        # three-line block.
+        # Identity on: every item a record.  100 bytes: a two-line record
+        # and a two-line copy; 64: one three-line block.
+        ch = tpshare.Channel(identity=True)
+        # Identity off: the same items are immediate, in small blocks.
+        imm = tpshare.Channel()
         batch = [b"%0100d" % i for i in range(150)]
         batch += [b"%064d" % i for i in range(150)]
 
@@ -307,6 +309,8 @@ def test_exiting_threads_give_their_cached_blocks_back():
             for _ in range(3):
                 ch.send_many(batch)
                 assert ch.recv_many(300) == batch
+                imm.send_many(batch)
+                assert imm.recv_many(300) == batch
 
         def threads(n):
             for _ in range(n):
@@ -320,10 +324,12 @@ def test_exiting_threads_give_their_cached_blocks_back():
         assert ch.recv_many(300) == batch
         threads(5)
         base = _tpshare._block_counts()
+        small = _tpshare._small_block_counts()[0]
         threads(100)
         after = _tpshare._block_counts()
         print(base, after)
         # Each thread keeps two magazines of 128 blocks of each kind.
         assert after[0] - base[0] < 1000 and after[1] - base[1] < 1000
+        assert _tpshare._small_block_counts()[0] - small < 1000
     """)
     assert r.returncode == 0, r.stderr

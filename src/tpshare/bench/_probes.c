@@ -13,22 +13,24 @@
  *                           one CPU to another: the receiver's malloc,
  *                           memcpy out of the sender's payload and free
  *                           (what a copied message costs at least, with
- *                           no Python and no channel).
+ *                           no Python and no channel; _probes_copy.c);
+ *   _sem_new(), _sem_post(slot, stamp), _sem_wait(slot, timeout),
+ *   _sem_free(slot)         a bare semaphore that Python code in two
+ *                           interpreters posts and waits on: the floor of
+ *                           a wake-up between interpreters at the Python
+ *                           level (both GILs, the calls, no channel).
  *
- * These run without the GIL and leave the calling thread as it was.
+ * The first three run without the GIL and leave the calling thread as
+ * it was; the semaphores wait without the GIL.
  *
  * One probe is not a measurement but a switch: _share_min(value) sets the
  * threshold the bytes and str handlers of tpshare._tpshare read (see
- * src/registry.h), so that bench/bench_copy_sweep.py can time the
- * handler's own copy and share modes at every size.  It reaches the
- * variable through the address _tpshare exports for it
- * (tps_bytes_share_min_addr, found with dlsym in the loaded library), as
- * the production module offers no way to change it.
+ * src/registry.h and _probes_copy.c), so that bench/bench_copy_sweep.py
+ * can time the handler's own copy and share modes at every size.
  */
 #define _GNU_SOURCE
-#include <Python.h>
+#include "_probes.h"
 
-#include <dlfcn.h>
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
@@ -295,261 +297,160 @@ probes_line_round_trip(PyObject *Py_UNUSED(module), PyObject *arg)
 }
 
 /* ---------------------------------------------------------------------
- * One bare copy per message between two CPUs: the sender hands indexes
- * of pre-made payloads (cycling through a pool, as the benchmarks do)
- * over a single-producer ring; the receiver, on another CPU, mallocs
- * size bytes, copies the payload in and frees the copy.
+ * Semaphores for Python code in two interpreters.  A few process-wide
+ * slots named by index (a module's state is per interpreter; the slots
+ * are what both interpreters find).
  */
 
-#define COPY_RING 64            /* slots of the hand-over ring */
+#define PROBE_SEMS 8
 
-typedef struct {
-    _Alignas(PROBE_LINE) atomic_long head;      /* written by the sender */
-    _Alignas(PROBE_LINE) atomic_long tail;      /* written by the receiver */
-    _Alignas(PROBE_LINE) long slot[COPY_RING];
-    char **pool;
-    long npool;
-    size_t size;
-    long n;
-    atomic_int abort;
-    int cpu[2];
-    int64_t ns;
-    unsigned long check;        /* sum of copied bytes, so none is elided */
-} copy_floor_state;
+static struct {
+    sem_t sem;
+    atomic_llong stamp;          /* the poster's value, read by the waiter */
+    atomic_int used;
+} probe_sems[PROBE_SEMS];
 
-typedef struct {
-    copy_floor_state *c;
-    int side;
-} copy_side;
-
-static void *
-copy_floor_side(void *arg)
+/* The index in `arg` (borrowed) of a slot in use, else -1 with an
+ * exception. */
+static int
+probe_sem_slot(PyObject *arg)
 {
-    copy_floor_state *c = ((copy_side *)arg)->c;
-    int side = ((copy_side *)arg)->side;
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(c->cpu[side], &set);
-    (void)pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-    if (side == 0) {
-        int64_t t0 = probe_now_ns();
-        for (long i = 0; i < c->n; i++) {
-            while (i - atomic_load_explicit(&c->tail, memory_order_acquire)
-                   >= COPY_RING)
-            {
-                probe_relax();
-            }
-            c->slot[i % COPY_RING] = i % c->npool;
-            atomic_store_explicit(&c->head, i + 1, memory_order_release);
-        }
-        while (atomic_load_explicit(&c->tail, memory_order_acquire) < c->n) {
-            probe_relax();
-        }
-        c->ns = probe_now_ns() - t0;
-        return NULL;
+    long i = PyLong_AsLong(arg);
+    if (i == -1 && PyErr_Occurred()) {
+        return -1;
     }
-    unsigned long check = 0;
-    for (long i = 0; i < c->n; i++) {
-        while (atomic_load_explicit(&c->head, memory_order_acquire) <= i) {
-            if (atomic_load_explicit(&c->abort, memory_order_relaxed)) {
-                return NULL;
-            }
-            probe_relax();
-        }
-        const char *src = c->pool[c->slot[i % COPY_RING]];
-        char *dst = malloc(c->size);
-        if (dst != NULL) {
-            memcpy(dst, src, c->size);
-            check += (unsigned char)dst[c->size - 1];
-            free(dst);
-        }
-        atomic_store_explicit(&c->tail, i + 1, memory_order_release);
+    if (i < 0 || i >= PROBE_SEMS || !atomic_load(&probe_sems[i].used)) {
+        PyErr_SetString(PyExc_ValueError, "not a semaphore slot in use");
+        return -1;
     }
-    c->check = check;
+    return (int)i;
+}
+
+PyDoc_STRVAR(sem_new_doc,
+"_sem_new(/)\n--\n\n"
+"A new semaphore at 0: its slot number, which any interpreter of the\n"
+"process may pass to _sem_post() and _sem_wait() until _sem_free().");
+
+/* New reference to an int, or NULL. */
+static PyObject *
+probes_sem_new(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(unused))
+{
+    for (int i = 0; i < PROBE_SEMS; i++) {
+        int free_slot = 0;
+        if (atomic_compare_exchange_strong(&probe_sems[i].used,
+                                           &free_slot, 1))
+        {
+            if (sem_init(&probe_sems[i].sem, 0, 0) != 0) {
+                atomic_store(&probe_sems[i].used, 0);
+                return PyErr_SetFromErrno(PyExc_OSError);
+            }
+            atomic_store(&probe_sems[i].stamp, 0);
+            return PyLong_FromLong(i);
+        }
+    }
+    PyErr_SetString(PyExc_RuntimeError, "every semaphore slot is in use");
     return NULL;
 }
 
-PyDoc_STRVAR(copy_floor_doc,
-"_copy_floor(size, n, pool, /)\n--\n\n"
-"ns per message of n messages handed from one pinned thread to another\n"
-"(on the first two CPUs this thread may run on), the receiver making one\n"
-"bare copy of each: malloc(size), memcpy out of one of `pool` payloads\n"
-"the sender made beforehand (cycled through, as the benchmarks do),\n"
-"free.  The floor of a copied message of that size with no Python and\n"
-"no channel; None with fewer than two CPUs.  Runs without the GIL.");
+PyDoc_STRVAR(sem_free_doc,
+"_sem_free(slot, /)\n--\n\n"
+"Destroy the semaphore in slot (no thread may be waiting on it).");
 
-/* args: borrowed.  New reference to a float or None, or NULL. */
+/* arg: borrowed.  New reference to None, or NULL. */
 static PyObject *
-probes_copy_floor(PyObject *Py_UNUSED(module), PyObject *const *args,
-                  Py_ssize_t nargs)
+probes_sem_free(PyObject *Py_UNUSED(module), PyObject *arg)
 {
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "_copy_floor(size, n, pool)");
+    int i = probe_sem_slot(arg);
+    if (i < 0) {
         return NULL;
     }
-    Py_ssize_t size = PyLong_AsSsize_t(args[0]);
-    long n = PyLong_AsLong(args[1]);
-    long npool = PyLong_AsLong(args[2]);
-    if (PyErr_Occurred()) {
-        return NULL;
-    }
-    if (size < 1 || size > (64 << 20) || n < 1 || n > 100000000
-        || npool < 1 || npool > 4096)
-    {
-        PyErr_SetString(PyExc_ValueError,
-                        "size 1..64 MiB, n 1..100000000, pool 1..4096");
-        return NULL;
-    }
-    cpu_set_t set;
-    if (sched_getaffinity(0, sizeof(set), &set) != 0) {
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    PyObject *res = NULL;
-    copy_floor_state *c = NULL;
-    if (posix_memalign((void **)&c, PROBE_LINE, sizeof(*c)) != 0) {
-        return PyErr_NoMemory();
-    }
-    memset(c, 0, sizeof(*c));
-    int found = 0;
-    for (int k = 0; k < CPU_SETSIZE && found < 2; k++) {
-        if (CPU_ISSET(k, &set)) {
-            c->cpu[found++] = k;
-        }
-    }
-    if (found < 2) {
-        res = Py_NewRef(Py_None);
-        goto finally;
-    }
-    c->pool = calloc((size_t)npool, sizeof(char *));
-    if (c->pool == NULL) {
-        PyErr_NoMemory();
-        goto finally;
-    }
-    for (long k = 0; k < npool; k++) {
-        c->pool[k] = malloc((size_t)size);
-        if (c->pool[k] == NULL) {
-            PyErr_NoMemory();
-            goto finally;
-        }
-        memset(c->pool[k], (int)(k & 0xff), (size_t)size);
-    }
-    c->npool = npool;
-    c->size = (size_t)size;
-    c->n = n;
-    copy_side sides[2] = {{c, 0}, {c, 1}};
-    pthread_t th[2];
-    int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = pthread_create(&th[1], NULL, copy_floor_side, &sides[1]);
-    if (rc == 0) {
-        rc = pthread_create(&th[0], NULL, copy_floor_side, &sides[0]);
-        if (rc != 0) {
-            atomic_store(&c->abort, 1);
-        }
-        else {
-            pthread_join(th[0], NULL);
-        }
-        pthread_join(th[1], NULL);
-    }
-    Py_END_ALLOW_THREADS
-    if (rc != 0) {
-        errno = rc;
-        PyErr_SetFromErrno(PyExc_OSError);
-        goto finally;
-    }
-    res = PyFloat_FromDouble((double)c->ns / (double)n);
-finally:
-    if (c->pool != NULL) {
-        for (long k = 0; k < npool; k++) {
-            free(c->pool[k]);
-        }
-        free(c->pool);
-    }
-    free(c);
-    return res;
+    sem_destroy(&probe_sems[i].sem);
+    atomic_store(&probe_sems[i].used, 0);
+    Py_RETURN_NONE;
 }
 
-/* ---------------------------------------------------------------------
- * The handlers' share threshold, forced (see the top comment).
- */
+PyDoc_STRVAR(sem_post_doc,
+"_sem_post(slot, stamp, /)\n--\n\n"
+"Store the int stamp and post the semaphore in slot, then yield the CPU\n"
+"(the hand-over tpshare's channels make after waking a parked\n"
+"receiver).");
 
-/* The variable in the loaded tpshare._tpshare, found once: process-wide,
- * like the library itself, so one pointer serves every interpreter. */
-static _Atomic(_Atomic Py_ssize_t *) share_min_var = NULL;
-
-/* New reference: none.  The variable, or NULL with an exception. */
-static _Atomic Py_ssize_t *
-find_share_min(void)
+/* args: borrowed.  New reference to None, or NULL. */
+static PyObject *
+probes_sem_post(PyObject *Py_UNUSED(module), PyObject *const *args,
+                Py_ssize_t nargs)
 {
-    _Atomic Py_ssize_t *var = atomic_load(&share_min_var);
-    if (var != NULL) {
-        return var;
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_sem_post(slot, stamp)");
+        return NULL;
     }
-    PyObject *mod = NULL, *file = NULL;
-    mod = PyImport_ImportModule("tpshare._tpshare");
-    if (mod == NULL) {
-        goto finally;
+    int i = probe_sem_slot(args[0]);
+    if (i < 0) {
+        return NULL;
     }
-    file = PyObject_GetAttrString(mod, "__file__");
-    const char *path = file != NULL ? PyUnicode_AsUTF8(file) : NULL;
-    if (path == NULL) {
-        goto finally;
+    long long stamp = PyLong_AsLongLong(args[1]);
+    if (stamp == -1 && PyErr_Occurred()) {
+        return NULL;
     }
-    /* Already loaded by the import: RTLD_NOLOAD only takes a reference
-     * to it, which is kept (the library is never unloaded anyway). */
-    void *lib = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
-    _Atomic Py_ssize_t *const *addr = NULL;
-    if (lib != NULL) {
-        addr = dlsym(lib, "tps_bytes_share_min_addr");
-    }
-    if (addr == NULL || *addr == NULL) {
-        PyErr_Format(PyExc_RuntimeError,
-                     "tps_bytes_share_min_addr not found in %s", path);
-        goto finally;
-    }
-    var = *addr;
-    atomic_store(&share_min_var, var);
-finally:
-    Py_XDECREF(file);
-    Py_XDECREF(mod);
-    return var;
+    atomic_store(&probe_sems[i].stamp, stamp);
+    sem_post(&probe_sems[i].sem);
+    sched_yield();
+    Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(share_min_doc,
-"_share_min(value=None, /)\n--\n\n"
-"The size (bytes of data) from which tpshare's bytes and str handlers\n"
-"share owner-bound instead of copying.  With a value, sets it for the\n"
-"whole process and returns the previous one: 0 shares at every size,\n"
-"sys.maxsize copies at every size, tpshare._tpshare._bytes_threshold()\n"
-"restores the production setting.  For benchmarks only: set it while no\n"
-"send is in flight.");
+PyDoc_STRVAR(sem_wait_doc,
+"_sem_wait(slot, timeout, /)\n--\n\n"
+"Wait without the GIL until the semaphore in slot is posted: the stamp\n"
+"stored with the post.  TimeoutError after timeout seconds; signal\n"
+"handlers run while waiting.");
 
 /* args: borrowed.  New reference to an int, or NULL. */
 static PyObject *
-probes_share_min(PyObject *Py_UNUSED(module), PyObject *const *args,
-                 Py_ssize_t nargs)
+probes_sem_wait(PyObject *Py_UNUSED(module), PyObject *const *args,
+                Py_ssize_t nargs)
 {
-    if (nargs > 1) {
-        PyErr_SetString(PyExc_TypeError, "_share_min(value=None)");
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_sem_wait(slot, timeout)");
         return NULL;
     }
-    Py_ssize_t value = -1;
-    if (nargs == 1 && args[0] != Py_None) {
-        value = PyLong_AsSsize_t(args[0]);
-        if (value == -1 && PyErr_Occurred()) {
-            return NULL;
-        }
-        if (value < 0) {
-            PyErr_SetString(PyExc_ValueError, "value must be >= 0");
-            return NULL;
-        }
-    }
-    _Atomic Py_ssize_t *var = find_share_min();
-    if (var == NULL) {
+    int i = probe_sem_slot(args[0]);
+    if (i < 0) {
         return NULL;
     }
-    Py_ssize_t old = value < 0 ? atomic_load(var) : atomic_exchange(var, value);
-    return PyLong_FromSsize_t(old);
+    double timeout = PyFloat_AsDouble(args[1]);
+    if (timeout == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (!(timeout >= 0 && timeout <= 3600)) {
+        PyErr_SetString(PyExc_ValueError, "timeout must be 0..3600 s");
+        return NULL;
+    }
+    int64_t deadline = probe_now_ns() + (int64_t)(timeout * 1e9);
+    struct timespec ts = {
+        .tv_sec = (time_t)(deadline / 1000000000),
+        .tv_nsec = (long)(deadline % 1000000000),
+    };
+    for (;;) {
+        int rc, err;
+        Py_BEGIN_ALLOW_THREADS
+        rc = sem_clockwait(&probe_sems[i].sem, CLOCK_MONOTONIC, &ts);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        if (rc == 0) {
+            return PyLong_FromLongLong(atomic_load(&probe_sems[i].stamp));
+        }
+        if (err == ETIMEDOUT) {
+            PyErr_SetString(PyExc_TimeoutError, "semaphore not posted");
+            return NULL;
+        }
+        if (err != EINTR) {
+            errno = err;
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        if (PyErr_CheckSignals() < 0) {
+            return NULL;
+        }
+    }
 }
 
 static PyMethodDef probes_methods[] = {
@@ -557,10 +458,16 @@ static PyMethodDef probes_methods[] = {
      wake_floor_doc},
     {"_line_round_trip", probes_line_round_trip, METH_O,
      line_round_trip_doc},
-    {"_copy_floor", _PyCFunction_CAST(probes_copy_floor), METH_FASTCALL,
-     copy_floor_doc},
-    {"_share_min", _PyCFunction_CAST(probes_share_min), METH_FASTCALL,
-     share_min_doc},
+    {"_copy_floor", _PyCFunction_CAST(tps_probe_copy_floor),
+     METH_FASTCALL, tps_probe_copy_floor_doc},
+    {"_share_min", _PyCFunction_CAST(tps_probe_share_min), METH_FASTCALL,
+     tps_probe_share_min_doc},
+    {"_sem_new", probes_sem_new, METH_NOARGS, sem_new_doc},
+    {"_sem_free", probes_sem_free, METH_O, sem_free_doc},
+    {"_sem_post", _PyCFunction_CAST(probes_sem_post), METH_FASTCALL,
+     sem_post_doc},
+    {"_sem_wait", _PyCFunction_CAST(probes_sem_wait), METH_FASTCALL,
+     sem_wait_doc},
     {NULL},
 };
 
@@ -574,9 +481,9 @@ static struct PyModuleDef probes_module = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "tpshare.bench._probes",
     .m_doc = "The machine's floors for tpshare's benchmarks (a parked "
-             "thread's wake-up, a cache line's round trip, a bare copy "
-             "per message) and the switch of the handlers' share "
-             "threshold.",
+             "thread's wake-up, a cache line's round trip, a bare "
+             "semaphore between interpreters, a bare copy per message) "
+             "and the switch of the handlers' share threshold.",
     .m_size = 0,
     .m_methods = probes_methods,
     .m_slots = probes_slots,

@@ -678,6 +678,9 @@ def serve(ctl, res, spec):
                          sender's perf_counter_ns() (8 bytes, native
                          order) and take the clock at once; answer the
                          n differences (ns) as a tuple
+    ("semwake", slot, n) the same through the bare semaphore in slot
+                         (tpshare.bench._probes), without the endpoint:
+                         the Python-level floor of a wake-up
 
     ctl and res are tpshare Channels or multiprocessing connections.
     """
@@ -709,6 +712,8 @@ def serve(ctl, res, spec):
                 res.send(0)
             elif op == "wake":
                 res.send(_wakes(ep, cmd[1]))
+            elif op == "semwake":
+                res.send(_sem_wakes(cmd[1], cmd[2]))
             else:
                 raise ValueError(f"unknown command {op!r}")
     finally:
@@ -743,6 +748,21 @@ def _wakes(ep, n):
             t = clock_ns()
             out[i] = t - unpack("q", obj)[0]
             consume(obj)
+    finally:
+        gc.enable()
+    return tuple(out)
+
+
+def _sem_wakes(slot, n):
+    """_wakes() through a bare semaphore: the stamp comes with the post."""
+    from . import _probes
+    wait = _probes._sem_wait
+    out = [0] * n
+    gc.disable()
+    try:
+        for i in range(n):
+            stamp = wait(slot, 60.0)
+            out[i] = clock_ns() - stamp
     finally:
         gc.enable()
     return tuple(out)

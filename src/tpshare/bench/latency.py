@@ -19,8 +19,16 @@ than tpshare's longest spin window, so the far side has parked), sends
 its ``perf_counter_ns()`` in the message, and the far side takes the
 clock as soon as it has the item.  Beside it, the machine's floor in the
 same run: a bare POSIX semaphore posted to a parked thread, the same
-pause, no Python (``tpshare.bench._probes._wake_floor``).
+pause, no Python (``tpshare.bench._probes._wake_floor``; its poster
+parks at once, so the woken thread never waits for the CPU); and the
+Python-level floor: the same loops as the Channel's, in the same two
+interpreters, with a bare semaphore in place of the channel (the stamp
+stored beside it, the poster yielding its CPU after the post as a
+Channel's send does after waking a parked receiver;
+``tpshare.bench._probes._sem_post`` / ``_sem_wait``).
 """
+
+import time
 
 from . import _remote, common, contenders as cts
 
@@ -40,7 +48,26 @@ def _polls(c):
 def steps(ctx, names):
     active = cts.split_available(names)[0]
     return (len(active) * (ctx.repeat + 1)
-            + sum(c.name in WAKE for c in active) + 1)
+            + sum(c.name in WAKE for c in active) + 1
+            + any(c.name == "channel" for c in active))
+
+
+def _py_floor(s, n, pause):
+    """n one-way wake-ups through a bare semaphore, from this thread to
+    the far side of session s (an isolated interpreter): its loop and
+    this one are the Channel's, with the semaphore for the channel."""
+    from . import _probes
+    slot = _probes._sem_new()
+    s.command(("semwake", slot, n))
+    post, clock, sleep = _probes._sem_post, time.perf_counter_ns, time.sleep
+    for _ in range(n):
+        sleep(pause)
+        post(slot, clock())
+    out = list(s.reply())
+    # Freed only once the far side is done with it (after a failure the
+    # slot stays in use: the far side may still wait on it).
+    _probes._sem_free(slot)
+    return out
 
 
 def _wake_phase(ctx, sessions):
@@ -51,6 +78,10 @@ def _wake_phase(ctx, sessions):
     from . import _probes
     ctx.progress.step("latency: wake-up floor")
     out["floor"] = common.summary(sorted(_probes._wake_floor(n, WAKE_PAUSE)))
+    if "channel" in sessions:
+        ctx.progress.step("latency: Python-level wake-up floor")
+        out["pyfloor"] = common.summary(sorted(
+            _py_floor(sessions["channel"], n, WAKE_PAUSE)))
     for name in WAKE:
         s = sessions.get(name)
         if s is None:
@@ -136,6 +167,10 @@ def run(ctx, names):
 
 
 REFS = ("channel", "memchannel")
+WAKE_LABELS = {
+    "floor": "bare semaphore, two threads (machine floor)",
+    "pyfloor": "bare semaphore, Python, two interpreters",
+}
 
 
 def report(res):
@@ -195,17 +230,24 @@ def report(res):
             f"the item, after it waited "
             f"{common.fmt_ns(res['wake_pause_s'] * 1e9)} (parked)"))
         rows = []
-        floor = wake.get("floor")
+        floors = [wake.get("floor"), wake.get("pyfloor")]
         for name, x in wake.items():
-            label = ("bare semaphore, two threads (machine floor)"
-                     if name == "floor" else labels.get(name, name))
+            label = WAKE_LABELS.get(name) or labels.get(name, name)
             row = [label, str(x["n"])]
             row += [common.fmt_ns(x[k]) for k in
                     ("min_ns", "median_ns", "p90_ns", "p99_ns")]
-            row.append(common.fmt_ratio(x["median_ns"] / floor["median_ns"])
-                       if floor else "")
+            row += [common.fmt_ratio(x["median_ns"] / f["median_ns"])
+                    if f else "" for f in floors]
             rows.append(row)
         lines.append(common.table(["contender", "n", "min", "median", "p90",
-                                   "p99", "median / floor"], rows))
+                                   "p99", "/ floor", "/ Python floor"],
+                                  rows))
+        if floors[1]:
+            lines.append(common.wrap(
+                "Medians over the machine floor's and over the Python-level "
+                "floor's.  The Python-level floor: the Channel's two loops "
+                "with a bare semaphore for the channel (both GILs, the "
+                "calls, the clock in Python); what the Channel adds is its "
+                "row over this one."))
     lines += common.problems(res)
     return "\n".join(lines)
