@@ -19,6 +19,11 @@ tps_chan_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     int writable = 0;
     unsigned int unbound;
 
+    if (nargs == 1 && kwnames == NULL) {
+        /* send(obj), the common call: no timeout, the channel's policy
+         * (what the parse below gives for it, without its calls). */
+        return tps_obj_send(self, args[0], -1, 0, 0);
+    }
     if (tps_parse_args("send", args, nargs, kwnames, 1, 1, posnames, pos,
                        kwlist, kw) < 0
         || tps_parse_timeout(kw[0], &timeout) < 0
@@ -121,6 +126,9 @@ tps_chan_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     PyObject *pos[1] = {NULL};
     int64_t timeout;
 
+    if (nargs == 0 && kwnames == NULL) {
+        return tps_obj_recv(self, -1);   /* recv(): waits forever */
+    }
     if (tps_parse_args("recv", args, nargs, kwnames, 0, 1, posnames, pos,
                        NULL, NULL) < 0
         || tps_parse_timeout(pos[0], &timeout) < 0)
