@@ -117,8 +117,10 @@ PyObject *
 tps_obj_send(PyObject *self, PyObject *obj, int64_t timeout, int writable,
              unsigned int unbound)
 {
-    tps_module_state *state = tps_handle_state(self);
-    tps_kind k = tps_handle_kind(self, state);
+    /* The module state is looked up only when needed: an immediate
+     * item's send has no use for it. */
+    tps_module_state *state = NULL;
+    tps_kind k = (tps_kind)((tps_handle *)self)->kind;
     PyObject *tracker = NULL;
 
     tps_interp *st = tps_enter();
@@ -131,6 +133,7 @@ tps_obj_send(PyObject *self, PyObject *obj, int64_t timeout, int writable,
     TpShare_Record *rec = tps_obj_immediates(self, k) ? tps_imm_make(obj)
                                                       : NULL;
     if (rec == NULL) {
+        state = tps_handle_state(self);
         rec = tps_obj_record(self, k, state, obj, writable,
                              tps_interp_id(st));
         if (rec == NULL) {
@@ -144,6 +147,7 @@ tps_obj_send(PyObject *self, PyObject *obj, int64_t timeout, int writable,
             goto error;
         }
         rec->tracker = t;   /* the record's reference */
+        assert(state != NULL);   /* a MemChannel sends no immediates */
         tracker = tps_tracker_wrap(state, t);
         if (tracker == NULL) {
             goto error;
@@ -151,7 +155,7 @@ tps_obj_send(PyObject *self, PyObject *obj, int64_t timeout, int writable,
     }
     int rc = tps_channel_send(((tps_handle *)self)->ch, &rec, 1, timeout);
     if (rc < 0) {
-        tps_handle_raise(self, state, rc);
+        tps_handle_raise(self, tps_handle_state(self), rc);
         goto error;
     }
     if (tracker != NULL) {
@@ -197,8 +201,8 @@ tps_obj_recv(PyObject *self, int64_t timeout)
         obj = tps_imm_rebuild(rec);
     }
     else {
-        tps_module_state *state = tps_handle_state(self);
-        obj = tps_obj_rebuild(tps_handle_kind(self, state), state, rec);
+        obj = tps_obj_rebuild((tps_kind)((tps_handle *)self)->kind,
+                              tps_handle_state(self), rec);
     }
     tps_item_queue_release(rec);
     return obj;
