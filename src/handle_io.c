@@ -367,6 +367,10 @@ tps_queue_put(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     PyObject *pos[3] = {NULL, NULL, NULL}, *kw[1] = {NULL};
     int64_t timeout;
     unsigned int unbound;
+    if (nargs == 1 && kwnames == NULL) {
+        /* put(obj): blocking, no timeout, the queue's policy. */
+        return tps_obj_send(self, args[0], -1, 0, 0);
+    }
     if (tps_parse_args("put", args, nargs, kwnames, 1, 3, posnames, pos,
                        kwlist, kw) < 0
         || queue_timeout(pos[1], pos[2], &timeout) < 0
@@ -384,6 +388,9 @@ tps_queue_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     static const char *const posnames[] = {"block", "timeout", NULL};
     PyObject *pos[2] = {NULL, NULL};
     int64_t timeout;
+    if (nargs == 0 && kwnames == NULL) {
+        return tps_obj_recv(self, -1);   /* get(): blocking, no timeout */
+    }
     if (tps_parse_args("get", args, nargs, kwnames, 0, 2, posnames, pos,
                        NULL, NULL) < 0
         || queue_timeout(pos[0], pos[1], &timeout) < 0)
