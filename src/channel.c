@@ -91,10 +91,12 @@ tps_handle_wrap(PyTypeObject *type, tps_channel *ch)
     self->ch = ch;
     self->pending = NULL;
     self->many_hint = 0;
+    tps_module_state *state = PyType_GetModuleState(type);
+    self->kind = (int)tps_handle_kind((PyObject *)self, state);
     /* The first live handle of a channel is the one a handle coming back
      * by id resolves to.  Without memory for the entry, it just is not
      * found: identity is lost, nothing else. */
-    ptrmap *cache = handle_cache_of(PyType_GetModuleState(type), type);
+    ptrmap *cache = handle_cache_of(state, type);
     int found;
     (void)ptrmap_get(cache, ch, &found);
     if (!found) {

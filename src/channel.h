@@ -36,6 +36,10 @@ typedef struct {
      * count its last call returned when that call's copies reached its
      * limit (handle_io.c), doubled while calls fill it; 0: no limit. */
     Py_ssize_t many_hint;
+    /* Its tps_kind (below), as tps_handle_kind() tells it: set at
+     * creation, so that a send or receive that needs no module state
+     * does not look the state up to learn it. */
+    int kind;
 } tps_handle;
 
 typedef enum { TPS_KIND_CHANNEL, TPS_KIND_MEM, TPS_KIND_QUEUE } tps_kind;

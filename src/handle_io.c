@@ -7,9 +7,10 @@
 #include "channel.h"
 #include "item.h"
 
-PyObject *
-tps_chan_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
-              PyObject *kwnames)
+/* send() with arguments other than the object alone: parsed. */
+static Py_NO_INLINE PyObject *
+chan_send_parsed(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames)
 {
     static const char *const posnames[] = {"obj", NULL};
     static const char *const kwlist[] = {"timeout", "writable",
@@ -37,6 +38,19 @@ tps_chan_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         }
     }
     return tps_obj_send(self, pos[0], timeout, writable, unbound);
+}
+
+PyObject *
+tps_chan_send(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+              PyObject *kwnames)
+{
+    if (nargs == 1 && kwnames == NULL) {
+        /* send(obj), the common call: no timeout, the channel's policy
+         * (what the parse gives for it, without its calls; out of line,
+         * so that this call does not set up the parse's frame). */
+        return tps_obj_send(self, args[0], -1, 0, 0);
+    }
+    return chan_send_parsed(self, args, nargs, kwnames);
 }
 
 PyObject *
@@ -113,9 +127,10 @@ finally:
     Py_RETURN_NONE;
 }
 
-PyObject *
-tps_chan_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
-              PyObject *kwnames)
+/* recv() with a timeout: parsed. */
+static Py_NO_INLINE PyObject *
+chan_recv_parsed(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+                 PyObject *kwnames)
 {
     static const char *const posnames[] = {"timeout", NULL};
     PyObject *pos[1] = {NULL};
@@ -128,6 +143,16 @@ tps_chan_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     return tps_obj_recv(self, timeout);
+}
+
+PyObject *
+tps_chan_recv(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
+              PyObject *kwnames)
+{
+    if (nargs == 0 && kwnames == NULL) {
+        return tps_obj_recv(self, -1);   /* recv(): waits forever */
+    }
+    return chan_recv_parsed(self, args, nargs, kwnames);
 }
 
 /* The bytes one recv_many() call copies, at most (past the first item):
@@ -342,6 +367,10 @@ tps_queue_put(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     PyObject *pos[3] = {NULL, NULL, NULL}, *kw[1] = {NULL};
     int64_t timeout;
     unsigned int unbound;
+    if (nargs == 1 && kwnames == NULL) {
+        /* put(obj): blocking, no timeout, the queue's policy. */
+        return tps_obj_send(self, args[0], -1, 0, 0);
+    }
     if (tps_parse_args("put", args, nargs, kwnames, 1, 3, posnames, pos,
                        kwlist, kw) < 0
         || queue_timeout(pos[1], pos[2], &timeout) < 0
@@ -359,6 +388,9 @@ tps_queue_get(PyObject *self, PyObject *const *args, Py_ssize_t nargs,
     static const char *const posnames[] = {"block", "timeout", NULL};
     PyObject *pos[2] = {NULL, NULL};
     int64_t timeout;
+    if (nargs == 0 && kwnames == NULL) {
+        return tps_obj_recv(self, -1);   /* get(): blocking, no timeout */
+    }
     if (tps_parse_args("get", args, nargs, kwnames, 0, 2, posnames, pos,
                        NULL, NULL) < 0
         || queue_timeout(pos[0], pos[1], &timeout) < 0)

@@ -213,9 +213,17 @@ void
 tps_reader_took(tps_reader *r, TpShare_Record *const *recs, Py_ssize_t n)
 {
     assert(r == NULL || r == my_reader);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (tps_item_is_bound(recs[i])) {
-            count_one(r, recs[i]->owner, recs[i]->ownerst);
+    if (n == 1) {
+        /* recv(): one item, without the loop's set-up. */
+        if (tps_item_is_bound(recs[0])) {
+            count_one(r, recs[0]->owner, recs[0]->ownerst);
+        }
+    }
+    else {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (tps_item_is_bound(recs[i])) {
+                count_one(r, recs[i]->owner, recs[i]->ownerst);
+            }
         }
     }
     if (r != NULL) {
