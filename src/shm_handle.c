@@ -449,6 +449,8 @@ static PyMethodDef seg_methods[] = {
      METH_FASTCALL | METH_KEYWORDS, NULL},
     {"recv_many", (PyCFunction)(void (*)(void))tps_shm_recv_many,
      METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_recv_values", (PyCFunction)(void (*)(void))tps_shm_recv_values,
+     METH_FASTCALL, NULL},
     {"buffer", (PyCFunction)(void (*)(void))seg_buffer,
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"close", (PyCFunction)seg_close, METH_NOARGS, NULL},

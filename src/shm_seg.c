@@ -502,7 +502,7 @@ found:
 int
 tps_shm_alloc(tps_shm_map *m, uint64_t len, uint32_t flags, uint32_t *idx)
 {
-    int rc;
+    int rc, full;
     int64_t now, last;
     if (len > m->heap_size) {
         return TPS_SHM_ENOSPACE;
@@ -511,11 +511,20 @@ tps_shm_alloc(tps_shm_map *m, uint64_t len, uint32_t flags, uint32_t *idx)
     if (rc != TPS_SHM_ENOSPACE) {
         return rc;
     }
-    /* The cache's spans go back before anything else is tried. */
-    tps_shm_cache_flush(m);
-    rc = alloc_once(m, len, flags, idx);
-    if (rc != TPS_SHM_ENOSPACE) {
-        return rc;
+    /* When the blocks in use leave no room, neither the cache's spans
+     * nor a scan of the bitmap can help: a sender waiting on a full
+     * heap would otherwise scan the whole bitmap (its length grows with
+     * the heap) and lose the cache at every try.  The count is the
+     * peers' to write: the sweep below looks for itself anyway. */
+    full = m->hdr->used_granules > m->ngranules
+           || tps_shm_granules(len) > m->ngranules - m->hdr->used_granules;
+    if (!full) {
+        /* The cache's spans go back before anything else is tried. */
+        tps_shm_cache_flush(m);
+        rc = alloc_once(m, len, flags, idx);
+        if (rc != TPS_SHM_ENOSPACE) {
+            return rc;
+        }
     }
     /* A sweep asks the kernel about every holder: when a busy sender
      * keeps the heap full, sweep at most every SWEEP_NS (a value from
@@ -526,7 +535,8 @@ tps_shm_alloc(tps_shm_map *m, uint64_t len, uint32_t flags, uint32_t *idx)
         return rc;
     }
     m->hdr->last_sweep = now;
-    if (tps_shm_reclaim(m) > 0) {
+    if (tps_shm_reclaim(m) > 0 || full) {
+        tps_shm_cache_flush(m);
         rc = alloc_once(m, len, flags, idx);
     }
     return rc;
