@@ -137,9 +137,9 @@ tps_shm_alloc_wait(ShmChan *c, uint64_t len, uint32_t flags, int64_t deadline,
 }
 
 /* Make *p ready to queue obj.  *budget (NULL: no limit) is the heap a
- * batch has left, in granules: an item that needs a block beyond it
- * raises ValueError at once, since the batch's own blocks would wait
- * for each other forever. */
+ * batch has left for copies, in granules: a copy that needs a block
+ * beyond it raises ValueError at once, since the batch's own blocks
+ * would wait for each other forever. */
 static int
 take_budget(ShmChan *c, uint64_t *budget, uint64_t len)
 {
@@ -179,9 +179,6 @@ prep(ShmChan *c, PyObject *obj, uint32_t tag, int writable, int64_t deadline,
                             ? "this segment buffer was sent already"
                             : "this segment buffer belongs to another "
                               "process");
-            return -1;
-        }
-        if (budget && take_budget(c, budget, (uint64_t)sb->len) < 0) {
             return -1;
         }
         p->sb = sb;
@@ -489,6 +486,15 @@ tps_shm_send_many(ShmChan *c, PyObject *const *args, Py_ssize_t nargs,
     if (items == NULL) {
         PyErr_NoMemory();
         goto finally;
+    }
+    /* The batch's buffers hold their blocks already: what is left of
+     * the heap is for its copies. */
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *o = PySequence_Fast_GET_ITEM(seq, j);
+        if (Py_IS_TYPE(o, tps_shm_state(c->module)->BufferType)) {
+            uint64_t g = tps_shm_granules((uint64_t)((ShmMem *)o)->len);
+            budget = budget > g ? budget - g : 0;
+        }
     }
     for (; done < n; done++) {
         PyObject *o = PySequence_Fast_GET_ITEM(seq, done);

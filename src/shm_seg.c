@@ -514,8 +514,8 @@ tps_shm_alloc(tps_shm_map *m, uint64_t len, uint32_t flags, uint32_t *idx)
     /* When the blocks in use leave no room, neither the cache's spans
      * nor a scan of the bitmap can help: a sender waiting on a full
      * heap would otherwise scan the whole bitmap (its length grows with
-     * the heap) and lose the cache at every try.  The count is the
-     * peers' to write: the sweep below looks for itself anyway. */
+     * the heap) and lose the cache at every try.  (A repair recounts
+     * used_granules from the block table.) */
     full = m->hdr->used_granules > m->ngranules
            || tps_shm_granules(len) > m->ngranules - m->hdr->used_granules;
     if (!full) {
@@ -535,7 +535,7 @@ tps_shm_alloc(tps_shm_map *m, uint64_t len, uint32_t flags, uint32_t *idx)
         return rc;
     }
     m->hdr->last_sweep = now;
-    if (tps_shm_reclaim(m) > 0 || full) {
+    if (tps_shm_reclaim(m) > 0) {
         tps_shm_cache_flush(m);
         rc = alloc_once(m, len, flags, idx);
     }
