@@ -185,7 +185,7 @@ seg_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (c == NULL) {
         goto error;
     }
-    rc = create ? tps_shm_init(&c->map, base, (size_t)total,
+    rc = create ? tps_shm_init(&c->map, base, (size_t)total, (uint64_t)size,
                                (uint32_t)maxsize, kind, token.buf)
                 : tps_shm_attach(&c->map, base, (size_t)total, token.buf);
     if (rc < 0) {

@@ -1198,7 +1198,8 @@ def test_full_heap_keeps_the_cached_spans():
     ch = shm.MemChannel(size=4 << 20)
     heap = ch.stats()["heap_bytes"]
     blocks = [ch.buffer(1 << 20) for _ in range(heap >> 20)]
-    rest = ch.buffer(heap & ((1 << 20) - 1))
+    tail = heap & ((1 << 20) - 1)
+    rest = ch.buffer(tail) if tail else None
     assert used(ch) == heap
     at_b = _address(blocks[1])
     del blocks[1]                   # cached
@@ -1207,3 +1208,19 @@ def test_full_heap_keeps_the_cached_spans():
     del blocks[0]                   # cached too
     assert _address(ch.buffer(1 << 20)) == at_b
     del rest
+
+
+@pytest.mark.parametrize("maxsize", [0, 64])
+def test_heap_holds_the_size_asked_for(maxsize):
+    """size= is payload space: the tables come on top (they were sized
+    for the whole segment, so the heap came out short of size)."""
+    for size in (4096, 233472, 1 << 20, (64 << 20) + 12345):
+        ch = shm.MemChannel(maxsize=maxsize, size=size)
+        heap = ch.stats()["heap_bytes"]
+        assert size <= heap < size + 4096 + shm.GRANULE
+        assert ch.capacity == (maxsize or min(max(size // 1024, 256),
+                                              65536))
+        whole = ch.buffer(size)
+        assert used(ch) >= size
+        del whole
+        ch.close()
