@@ -156,8 +156,8 @@ typedef struct {
 
 /* Layout and attach (shm_seg.c). */
 int tps_shm_layout_size(uint64_t size, uint32_t maxsize, uint64_t *total);
-int tps_shm_init(tps_shm_map *m, char *base, size_t size, uint32_t maxsize,
-                 uint32_t kind, const uint8_t *token);
+int tps_shm_init(tps_shm_map *m, char *base, size_t size, uint64_t payload,
+                 uint32_t maxsize, uint32_t kind, const uint8_t *token);
 int tps_shm_attach(tps_shm_map *m, char *base, size_t size,
                    const uint8_t *token);
 

@@ -136,9 +136,27 @@ tps_shm_alloc_wait(ShmChan *c, uint64_t len, uint32_t flags, int64_t deadline,
     }
 }
 
+/* Make *p ready to queue obj.  *budget (NULL: no limit) is the heap a
+ * batch has left for copies, in granules: a copy that needs a block
+ * beyond it raises ValueError at once, since the batch's own blocks
+ * would wait for each other forever. */
+static int
+take_budget(ShmChan *c, uint64_t *budget, uint64_t len)
+{
+    uint64_t need = tps_shm_granules(len);
+    if (need > *budget) {
+        PyErr_Format(PyExc_ValueError, "the batch's blocks never fit the "
+                     "segment's %llu bytes all at once",
+                     (unsigned long long)c->map.heap_size);
+        return -1;
+    }
+    *budget -= need;
+    return 0;
+}
+
 static int
 prep(ShmChan *c, PyObject *obj, uint32_t tag, int writable, int64_t deadline,
-     prep_t *p)
+     uint64_t *budget, prep_t *p)
 {
     shm_state *st = tps_shm_state(c->module);
     Py_buffer view;
@@ -180,7 +198,9 @@ prep(ShmChan *c, PyObject *obj, uint32_t tag, int writable, int64_t deadline,
         rc = PyBuffer_ToContiguous(p->slot.data, &view, view.len, 'C');
         goto finally;
     }
-    if (tps_shm_alloc_wait(c, len, p->slot.flags, deadline, &idx) < 0) {
+    if ((budget && take_budget(c, budget, len) < 0)
+            || tps_shm_alloc_wait(c, len, p->slot.flags, deadline,
+                                  &idx) < 0) {
         goto finally;
     }
     /* Ours (OWNED by this pid) until pushed: no one else touches it. */
@@ -271,7 +291,8 @@ commit(ShmChan *c, prep_t *items, Py_ssize_t n, int64_t deadline)
 
 static int
 parse_send_kw(PyObject *kwnames, PyObject *const *kwargs, PyObject **timeout,
-              int *writable, uint32_t *tag, PyObject **tags)
+              int *writable, uint32_t *tag, PyObject **tags,
+              PyObject **encode)
 {
     Py_ssize_t n = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -295,6 +316,10 @@ parse_send_kw(PyObject *kwnames, PyObject *const *kwargs, PyObject **timeout,
         }
         else if (tags && PyUnicode_CompareWithASCIIString(k, "tags") == 0) {
             *tags = kwargs[i];
+        }
+        else if (encode
+                 && PyUnicode_CompareWithASCIIString(k, "encode") == 0) {
+            *encode = kwargs[i];
         }
         else {
             PyErr_Format(PyExc_TypeError, "unexpected keyword argument %R",
@@ -350,11 +375,11 @@ tps_shm_send(ShmChan *c, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     }
     if (parse_send_kw(kwnames, args + nargs, &timeout, &writable, &tag,
-                      NULL) < 0
+                      NULL, NULL) < 0
             || tps_shm_deadline(timeout, &deadline) < 0) {
         return NULL;
     }
-    if (prep(c, args[0], tag, writable, deadline, &p) < 0) {
+    if (prep(c, args[0], tag, writable, deadline, NULL, &p) < 0) {
         return NULL;
     }
     if (commit(c, &p, 1, deadline) < 0) {
@@ -364,27 +389,77 @@ tps_shm_send(ShmChan *c, PyObject *const *args, Py_ssize_t nargs,
     return trackers_for(c, &p, 1, 0);
 }
 
-/* send_many(items, *, timeout=None, writable=False, tag=0, tags=None)
- * -> [Tracker]: all or nothing, under one lock acquisition.  tags, a
- * sequence as long as items, gives each item's tag. */
+/* One item of send_many(..., encode=f): a small value written into the
+ * slot here, else f(obj) -> (payload, tag) made ready as send() would. */
+static int
+prep_encoded(ShmChan *c, PyObject *obj, PyObject *encode, int writable,
+             int64_t deadline, uint64_t *budget, prep_t *p)
+{
+    PyObject *pair;
+    unsigned long t;
+    size_t n = tps_shm_value_encode(obj, p->slot.data, TPS_SHM_INLINE);
+    int rc = -1;
+    if (n) {
+        memset(&p->slot, 0, offsetof(tps_shm_slot, data));
+        p->sb = NULL;
+        p->copied = 0;
+        p->slot.kind = TPS_SHM_SLOT_INLINE;
+        p->slot.len = n;
+        p->slot.tag = 1;    /* a value: tpshare/shm.py's _TAG_VALUE */
+        p->slot.pid = (int32_t)c->pid;
+        p->slot.flags = writable ? TPS_SHM_WRITABLE : 0;
+        return 0;
+    }
+    pair = PyObject_CallOneArg(encode, obj);
+    if (pair == NULL) {
+        return -1;
+    }
+    if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
+        PyErr_SetString(PyExc_TypeError, "encode() returns (payload, tag)");
+        goto finally;
+    }
+    t = PyLong_AsUnsignedLong(PyTuple_GET_ITEM(pair, 1));
+    if (t == (unsigned long)-1 && PyErr_Occurred()) {
+        goto finally;
+    }
+    rc = prep(c, PyTuple_GET_ITEM(pair, 0), (uint32_t)t, writable, deadline,
+              budget, p);
+finally:
+    Py_DECREF(pair);
+    return rc;
+}
+
+/* send_many(items, *, timeout=None, writable=False, tag=0, tags=None,
+ * encode=None) -> [Tracker]: all or nothing, under one lock
+ * acquisition.  tags, a sequence as long as items, gives each item's
+ * tag; encode (tpshare.shm.Channel's) makes each item a value: small
+ * ones here, the rest by encode(item) -> (payload, tag). */
 PyObject *
 tps_shm_send_many(ShmChan *c, PyObject *const *args, Py_ssize_t nargs,
                PyObject *kwnames)
 {
     PyObject *timeout = NULL, *seq = NULL, *res = NULL, *tags = NULL;
-    PyObject *tagseq = NULL;
+    PyObject *tagseq = NULL, *encode = NULL;
     int writable = 0;
     uint32_t tag = 0;
     int64_t deadline;
     prep_t *items = NULL;
-    Py_ssize_t n, done = 0;
+    Py_ssize_t n, done = 0, nsb = 0;
+    uint64_t budget = c->map.ngranules;
     if (nargs != 1) {
         PyErr_SetString(PyExc_TypeError, "send_many() takes one sequence");
         return NULL;
     }
     if (parse_send_kw(kwnames, args + nargs, &timeout, &writable, &tag,
-                      &tags) < 0
+                      &tags, &encode) < 0
             || tps_shm_deadline(timeout, &deadline) < 0) {
+        return NULL;
+    }
+    if (encode == Py_None) {
+        encode = NULL;
+    }
+    if (encode != NULL && tags != NULL && tags != Py_None) {
+        PyErr_SetString(PyExc_TypeError, "encode gives the tags");
         return NULL;
     }
     seq = PySequence_Fast(args[0], "send_many() takes a sequence");
@@ -412,9 +487,19 @@ tps_shm_send_many(ShmChan *c, PyObject *const *args, Py_ssize_t nargs,
         PyErr_NoMemory();
         goto finally;
     }
+    /* The batch's buffers hold their blocks already: what is left of
+     * the heap is for its copies. */
+    for (Py_ssize_t j = 0; j < n; j++) {
+        PyObject *o = PySequence_Fast_GET_ITEM(seq, j);
+        if (Py_IS_TYPE(o, tps_shm_state(c->module)->BufferType)) {
+            uint64_t g = tps_shm_granules((uint64_t)((ShmMem *)o)->len);
+            budget = budget > g ? budget - g : 0;
+        }
+    }
     for (; done < n; done++) {
         PyObject *o = PySequence_Fast_GET_ITEM(seq, done);
-        for (Py_ssize_t j = 0; j < done; j++) {
+        int rc;
+        for (Py_ssize_t j = 0; nsb && j < done; j++) {
             if (items[j].sb && (PyObject *)items[j].sb == o) {
                 PyErr_SetString(PyExc_ValueError, "a segment buffer "
                                 "appears twice");
@@ -429,9 +514,14 @@ tps_shm_send_many(ShmChan *c, PyObject *const *args, Py_ssize_t nargs,
             }
             tag = (uint32_t)t;
         }
-        if (prep(c, o, tag, writable, deadline, &items[done]) < 0) {
+        rc = encode ? prep_encoded(c, o, encode, writable, deadline, &budget,
+                                   &items[done])
+                    : prep(c, o, tag, writable, deadline, &budget,
+                           &items[done]);
+        if (rc < 0) {
             goto finally;
         }
+        nsb += items[done].sb != NULL;
     }
     if (n && commit(c, items, n, deadline) < 0) {
         goto finally;
@@ -450,8 +540,8 @@ finally:
 
 /* The object for a taken slot: a memoryview (of a copy for an inline
  * item, of the segment for a block).  Frees the block on failure. */
-static PyObject *
-take(ShmChan *c, const tps_shm_slot *s)
+PyObject *
+tps_shm_take(ShmChan *c, const tps_shm_slot *s)
 {
     shm_state *st = tps_shm_state(c->module);
     PyObject *mem, *mv;
@@ -480,8 +570,9 @@ take(ShmChan *c, const tps_shm_slot *s)
 }
 
 /* Take up to max items, waiting for the first until deadline. */
-static Py_ssize_t
-take_slots(ShmChan *c, tps_shm_slot *out, Py_ssize_t max, int64_t deadline)
+Py_ssize_t
+tps_shm_take_slots(ShmChan *c, tps_shm_slot *out, Py_ssize_t max,
+                   int64_t deadline)
 {
     tps_shm_header *h = c->map.hdr;
     shm_state *st = tps_shm_state(c->module);
@@ -542,10 +633,10 @@ recv_common(ShmChan *c, PyObject *const *args, Py_ssize_t nargs,
         timeout = args[0];
     }
     if (tps_shm_deadline(timeout, &deadline) < 0
-            || take_slots(c, &s, 1, deadline) < 0) {
+            || tps_shm_take_slots(c, &s, 1, deadline) < 0) {
         return NULL;
     }
-    mv = take(c, &s);
+    mv = tps_shm_take(c, &s);
     if (mv == NULL || !tagged) {
         return mv;
     }
@@ -566,58 +657,4 @@ tps_shm_recv_tagged(ShmChan *c, PyObject *const *args, Py_ssize_t nargs,
                  PyObject *kwnames)
 {
     return recv_common(c, args, nargs, kwnames, 1);
-}
-
-/* recv_many(max, timeout=None, *, tagged=False) -> list */
-PyObject *
-tps_shm_recv_many(ShmChan *c, PyObject *args, PyObject *kwds)
-{
-    static char *kwlist[] = {"max", "timeout", "tagged", NULL};
-    Py_ssize_t max, got;
-    PyObject *timeout = Py_None, *list = NULL;
-    int tagged = 0;
-    int64_t deadline;
-    tps_shm_slot *slots;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|O$p:recv_many", kwlist,
-                                     &max, &timeout, &tagged)
-            || tps_shm_deadline(timeout, &deadline) < 0) {
-        return NULL;
-    }
-    if (max < 1) {
-        PyErr_SetString(PyExc_ValueError, "max must be at least 1");
-        return NULL;
-    }
-    if ((uint64_t)max > c->map.nslots) {
-        max = (Py_ssize_t)c->map.nslots;
-    }
-    slots = PyMem_Malloc(sizeof(tps_shm_slot) * (size_t)max);
-    if (slots == NULL) {
-        return PyErr_NoMemory();
-    }
-    got = take_slots(c, slots, max, deadline);
-    if (got < 0) {
-        goto finally;
-    }
-    list = PyList_New(got);
-    for (Py_ssize_t i = 0; i < got; i++) {
-        PyObject *mv = list ? take(c, &slots[i]) : NULL;
-        if (mv != NULL && tagged) {
-            mv = Py_BuildValue("(IN)", slots[i].tag, mv);
-        }
-        if (mv == NULL) {
-            /* Give back the blocks of the items not made. */
-            for (Py_ssize_t j = list ? i + 1 : i; j < got; j++) {
-                if (slots[j].kind == TPS_SHM_SLOT_BLOCK) {
-                    tps_shm_release_block(c, slots[j].block, slots[j].gen,
-                                          TPS_SHM_HELD);
-                }
-            }
-            Py_CLEAR(list);
-            break;
-        }
-        PyList_SET_ITEM(list, i, mv);
-    }
-finally:
-    PyMem_Free(slots);
-    return list;
 }

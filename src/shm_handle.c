@@ -185,7 +185,7 @@ seg_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     if (c == NULL) {
         goto error;
     }
-    rc = create ? tps_shm_init(&c->map, base, (size_t)total,
+    rc = create ? tps_shm_init(&c->map, base, (size_t)total, (uint64_t)size,
                                (uint32_t)maxsize, kind, token.buf)
                 : tps_shm_attach(&c->map, base, (size_t)total, token.buf);
     if (rc < 0) {
@@ -449,6 +449,8 @@ static PyMethodDef seg_methods[] = {
      METH_FASTCALL | METH_KEYWORDS, NULL},
     {"recv_many", (PyCFunction)(void (*)(void))tps_shm_recv_many,
      METH_VARARGS | METH_KEYWORDS, NULL},
+    {"_recv_values", (PyCFunction)(void (*)(void))tps_shm_recv_values,
+     METH_FASTCALL, NULL},
     {"buffer", (PyCFunction)(void (*)(void))seg_buffer,
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"close", (PyCFunction)seg_close, METH_NOARGS, NULL},

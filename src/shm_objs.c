@@ -163,7 +163,11 @@ PyObject *
 tps_shm_tracker_new(ShmChan *c, uint32_t block, uint32_t gen, int released)
 {
     shm_state *st = tps_shm_state(c->module);
-    ShmTracker *t = PyObject_New(ShmTracker, st->TrackerType);
+    ShmTracker *t;
+    if (released && st->released != NULL) {
+        return Py_NewRef(st->released);
+    }
+    t = PyObject_New(ShmTracker, st->TrackerType);
     if (t == NULL) {
         return NULL;
     }
@@ -287,6 +291,20 @@ add_type(PyObject *module, PyType_Spec *spec, PyObject *base,
     return PyModule_AddObjectRef(module, strrchr(spec->name, '.') + 1, t);
 }
 
+/* New reference: a tracker released from the start (it never changes,
+ * so every copy sent shares it). */
+static PyObject *
+make_released(shm_state *st)
+{
+    ShmTracker *t = PyObject_New(ShmTracker, st->TrackerType);
+    if (t != NULL) {
+        t->chan = NULL;
+        t->block = 0;
+        t->gen = 0;
+    }
+    return (PyObject *)t;
+}
+
 static int
 shm_exec(PyObject *module)
 {
@@ -315,6 +333,7 @@ shm_exec(PyObject *module)
             || add_type(module, &view_spec, NULL, &st->ViewType) < 0
             || add_type(module, &buffer_spec, NULL, &st->BufferType) < 0
             || add_type(module, &tracker_spec, NULL, &st->TrackerType) < 0
+            || (st->released = make_released(st)) == NULL
             || PyModule_AddIntConstant(module, "INLINE", TPS_SHM_INLINE) < 0
             || PyModule_AddIntConstant(module, "GRANULE",
                                        TPS_SHM_GRANULE) < 0) {
@@ -339,6 +358,7 @@ shm_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->ChannelEmpty);
     Py_VISIT(st->ChannelFull);
     Py_VISIT(st->CorruptSegmentError);
+    Py_VISIT(st->released);
     return 0;
 }
 
@@ -354,6 +374,7 @@ shm_clear(PyObject *module)
     Py_CLEAR(st->ChannelEmpty);
     Py_CLEAR(st->ChannelFull);
     Py_CLEAR(st->CorruptSegmentError);
+    Py_CLEAR(st->released);
     return 0;
 }
 

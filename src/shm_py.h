@@ -24,6 +24,9 @@ typedef struct {
     PyObject *ChannelEmpty;
     PyObject *ChannelFull;
     PyObject *CorruptSegmentError;
+    /* The tracker of every copy: released from the start, so one
+     * object serves them all. */
+    PyObject *released;
 } shm_state;
 
 /* A handle: one mapping of a segment in this process. */
@@ -85,5 +88,13 @@ PyObject *tps_shm_recv(ShmChan *c, PyObject *const *args, Py_ssize_t nargs,
 PyObject *tps_shm_recv_tagged(ShmChan *c, PyObject *const *args,
                               Py_ssize_t nargs, PyObject *kwnames);
 PyObject *tps_shm_recv_many(ShmChan *c, PyObject *args, PyObject *kwds);
+Py_ssize_t tps_shm_take_slots(ShmChan *c, tps_shm_slot *out, Py_ssize_t max,
+                              int64_t deadline);
+PyObject *tps_shm_take(ShmChan *c, const tps_shm_slot *s);
+
+/* tpshare.shm.Channel's values in C (shm_batch.c). */
+size_t tps_shm_value_encode(PyObject *obj, uint8_t *dst, size_t cap);
+PyObject *tps_shm_recv_values(ShmChan *c, PyObject *const *args,
+                              Py_ssize_t nargs);
 
 #endif /* TPSHARE_SHM_PY_H */

@@ -122,10 +122,10 @@ fill_map(tps_shm_map *m, char *base, size_t size, const seg_layout *l,
 }
 
 /* Lay out a fresh (zeroed) segment of `size` bytes, which
- * tps_shm_layout_size() gave. */
+ * tps_shm_layout_size(payload, maxsize) gave. */
 int
-tps_shm_init(tps_shm_map *m, char *base, size_t size, uint32_t maxsize,
-             uint32_t kind, const uint8_t *token)
+tps_shm_init(tps_shm_map *m, char *base, size_t size, uint64_t payload,
+             uint32_t maxsize, uint32_t kind, const uint8_t *token)
 {
     uint32_t nslots, nblocks;
     uint64_t ngranules;
@@ -134,8 +134,10 @@ tps_shm_init(tps_shm_map *m, char *base, size_t size, uint32_t maxsize,
     tps_shm_header *h = (tps_shm_header *)base;
     int rc = TPS_SHM_ESYS;
 
-    /* The heap is what is left after the tables. */
-    counts_for(size, maxsize, &nslots, &nblocks, &ngranules);
+    /* The tables of tps_shm_layout_size(), so that the heap, what is
+     * left after them, holds at least the payload asked for (tables
+     * sized for the whole segment would take some of it). */
+    counts_for(payload, maxsize, &nslots, &nblocks, &ngranules);
     if (compute_layout(nslots, nblocks, ngranules, &l) < 0
             || l.heap_off >= size) {
         return TPS_SHM_ENOSPACE;
@@ -502,20 +504,31 @@ found:
 int
 tps_shm_alloc(tps_shm_map *m, uint64_t len, uint32_t flags, uint32_t *idx)
 {
-    int rc;
+    int rc, full;
     int64_t now, last;
     if (len > m->heap_size) {
         return TPS_SHM_ENOSPACE;
     }
-    rc = alloc_once(m, len, flags, idx);
-    if (rc != TPS_SHM_ENOSPACE) {
-        return rc;
-    }
-    /* The cache's spans go back before anything else is tried. */
-    tps_shm_cache_flush(m);
-    rc = alloc_once(m, len, flags, idx);
-    if (rc != TPS_SHM_ENOSPACE) {
-        return rc;
+    /* When the blocks in use leave no room (cached spans are free
+     * room, so none of them fits either), neither the cache nor a scan
+     * of the bitmap can help: a sender waiting on a full heap would
+     * otherwise scan the whole bitmap, whose length grows with the
+     * heap, and lose the cache at every try.  (A repair recounts
+     * used_granules from the block table.) */
+    full = m->hdr->used_granules > m->ngranules
+           || tps_shm_granules(len) > m->ngranules - m->hdr->used_granules;
+    rc = TPS_SHM_ENOSPACE;
+    if (!full) {
+        rc = alloc_once(m, len, flags, idx);
+        if (rc != TPS_SHM_ENOSPACE) {
+            return rc;
+        }
+        /* The cache's spans go back before anything else is tried. */
+        tps_shm_cache_flush(m);
+        rc = alloc_once(m, len, flags, idx);
+        if (rc != TPS_SHM_ENOSPACE) {
+            return rc;
+        }
     }
     /* A sweep asks the kernel about every holder: when a busy sender
      * keeps the heap full, sweep at most every SWEEP_NS (a value from
@@ -527,6 +540,7 @@ tps_shm_alloc(tps_shm_map *m, uint64_t len, uint32_t flags, uint32_t *idx)
     }
     m->hdr->last_sweep = now;
     if (tps_shm_reclaim(m) > 0) {
+        tps_shm_cache_flush(m);
         rc = alloc_once(m, len, flags, idx);
     }
     return rc;

@@ -98,3 +98,14 @@ def registered_echo(ch, out):
     what it receives is rebuilt by its own registration."""
     import tpshare_testext  # noqa: F401 - registers Chunk
     values(ch, out)
+
+
+def batches(ch, ready):
+    """Send batches of ten items (nine ints, then a 300-byte bytes that
+    takes a block) until killed: item i of batch k is k * 10 + i."""
+    ready.send(b"go")
+    k = 0
+    while True:
+        ch.send_many([k * 10 + i for i in range(9)] + [bytes(300)],
+                     timeout=30)
+        k += 1

@@ -1053,3 +1053,174 @@ def test_large_freed_blocks_are_handed_out_again():
     ch.recv(timeout=1).release()
     assert t.released
     assert _address(ch.buffer(1 << 20)) == at
+
+
+# -- batches of values ------------------------------------------------------
+
+BATCH_VALUES = [
+    None, True, False, 0, 1, -1, 2**31 - 1, -2**31, 2**31, -2**31 - 1,
+    2**100, 0.0, -0.0, 1.5, float("inf"), float("-inf"), b"", b"x" * 91,
+    b"y" * 92, "", "plain", "\u00e9t\u00e9 \u2603", "\U0001f600" * 22,
+    "z" * 92, "\ud800 lone", (1, "a", b"b"), (), 1j, bytearray(b"buf"),
+]
+
+
+def _same(a, b):
+    if isinstance(a, float) and math.isnan(a):
+        return isinstance(b, float) and math.isnan(b)
+    if isinstance(a, bytearray):
+        return bytes(b) == a
+    return type(a) is type(b) and a == b and (
+        not isinstance(a, float) or math.copysign(1, a) == math.copysign(1, b))
+
+
+def test_channel_batch_values_come_back_as_sent():
+    """send_many() writes small values in C and recv_many() reads them
+    in C: each comes back as itself, and either end may use the one-item
+    calls (their Python encoder and decoder read the same data)."""
+    ch = shm.Channel(size=1 << 20)
+    items = BATCH_VALUES + [float("nan")]
+    trackers = ch.send_many(items)
+    assert len(trackers) == len(items) and all(t.released for t in trackers)
+    got = ch.recv_many(len(items), timeout=1)
+    assert len(got) == len(items)
+    assert all(_same(a, b) for a, b in zip(items, got)), (items, got)
+    ch.send_many(items)
+    one = [ch.recv(timeout=1) for _ in items]
+    assert all(_same(a, b) for a, b in zip(items, one))
+    for obj in items:
+        ch.send(obj)
+    got = ch.recv_many(len(items), timeout=1)
+    assert all(_same(a, b) for a, b in zip(items, got))
+    assert used(ch) == 0 and ch.qsize() == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.booleans(), st.integers(),
+                          st.floats(allow_nan=False), st.binary(),
+                          st.text()), max_size=20))
+def test_channel_batch_values_property(items):
+    ch = shm.Channel(size=1 << 20)
+    try:
+        ch.send_many(items)
+        got = ch.recv_many(100, timeout=1) if items else []
+        assert all(_same(a, b) for a, b in zip(items, got))
+        assert len(got) == len(items)
+    finally:
+        ch.close()
+
+
+def test_channel_batch_with_an_item_that_fails_queues_nothing():
+    ch = shm.Channel(size=1 << 20)
+    with pytest.raises(tpshare.NotShareableError):
+        ch.send_many([1, b"x" * 300, "two", object(), 3])
+    assert ch.qsize() == 0 and used(ch) == 0
+    ch.send_many([1, b"x" * 300])
+    assert ch.recv_many(10, timeout=1) == [1, b"x" * 300]
+    assert used(ch) == 0
+
+
+def test_batch_larger_than_the_ring_or_the_heap():
+    ch = shm.Channel(maxsize=4, size=1 << 20)
+    with pytest.raises(ValueError, match="never fit"):
+        ch.send_many(range(5))
+    assert ch.qsize() == 0
+    # Blocks that never fit the heap together: refused at once (a batch
+    # waited for room only its own blocks took, until the timeout or, by
+    # default, forever).
+    mc = shm.MemChannel(size=64 << 10)
+    heap = mc.stats()["heap_bytes"]
+    t0 = time.monotonic()
+    with pytest.raises(ValueError, match="never fit"):
+        mc.send_many([bytes(heap // 2 + 256), bytes(heap // 2 + 256)],
+                     timeout=20)
+    assert time.monotonic() - t0 < 10
+    assert used(mc) == 0 and mc.qsize() == 0
+    buf = mc.buffer(heap // 2 + 256)
+    with pytest.raises(ValueError, match="never fit"):
+        mc.send_many([bytes(heap // 2 + 256), buf], timeout=20)
+    assert not buf.sent and used(mc) == heap // 2 + 256
+    mc.send_many([buf, bytes(1000)])
+    assert [len(m) for m in mc.recv_many(5, timeout=1)] == [
+        heap // 2 + 256, 1000]
+    assert used(mc) == 0
+
+
+def test_recv_many_timeout_and_wakeup():
+    import threading
+    ch = shm.Channel(size=1 << 20)
+    with pytest.raises(tpshare.ChannelEmpty):
+        ch.recv_many(10, timeout=0.05)
+    later = threading.Timer(0.05, ch.send_many, ([7, "eight", b"nine"],))
+    later.start()
+    try:
+        assert ch.recv_many(10, timeout=30) == [7, "eight", b"nine"]
+    finally:
+        later.join()
+
+
+def test_sender_killed_between_batches_leaves_whole_batches():
+    ctx = mp.get_context("fork")
+    ch = shm.Channel(maxsize=64, size=1 << 20)
+    ready = shm.MemChannel(size=8192)
+    p = ctx.Process(target=shm_peers.batches, args=(ch, ready))
+    p.start()
+    got = []
+    try:
+        ready.recv(timeout=60).release()
+        while len(got) < 500:
+            got += ch.recv_many(64, timeout=30)
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.join(60)
+    # Whatever the kill interrupted, the channel holds whole batches.
+    while True:
+        try:
+            got += ch.recv_many(64, timeout=0)
+        except tpshare.ChannelEmpty:
+            break
+    assert len(got) % 10 == 0
+    ints = [x for x in got if type(x) is int]
+    assert ints == [k * 10 + i for k in range(len(got) // 10)
+                    for i in range(9)]
+    assert got[9::10] == [bytes(300)] * (len(got) // 10)
+    del got
+    ch.reclaim()
+    assert used(ch) == 0 and ch.qsize() == 0
+    ch.send_many([1, bytes(300)])
+    assert ch.recv_many(5, timeout=1) == [1, bytes(300)]
+
+
+def test_full_heap_keeps_the_cached_spans():
+    """A send that finds the heap full waits without giving the cached
+    spans back (nor scanning the bitmap): the next block of a cached
+    size gets the cached span."""
+    ch = shm.MemChannel(size=4 << 20)
+    heap = ch.stats()["heap_bytes"]
+    blocks = [ch.buffer(1 << 20) for _ in range(heap >> 20)]
+    tail = heap & ((1 << 20) - 1)
+    rest = ch.buffer(tail) if tail else None
+    assert used(ch) == heap
+    at_b = _address(blocks[1])
+    del blocks[1]                   # cached
+    with pytest.raises(tpshare.ChannelFull):
+        ch.buffer(2 << 20, timeout=0)
+    del blocks[0]                   # cached too
+    assert _address(ch.buffer(1 << 20)) == at_b
+    del rest
+
+
+@pytest.mark.parametrize("maxsize", [0, 64])
+def test_heap_holds_the_size_asked_for(maxsize):
+    """size= is payload space: the tables come on top (they were sized
+    for the whole segment, so the heap came out short of size)."""
+    for size in (4096, 233472, 1 << 20, (64 << 20) + 12345):
+        ch = shm.MemChannel(maxsize=maxsize, size=size)
+        heap = ch.stats()["heap_bytes"]
+        assert size <= heap < size + 4096 + shm.GRANULE
+        assert ch.capacity == (maxsize or min(max(size // 1024, 256),
+                                              65536))
+        whole = ch.buffer(size)
+        assert used(ch) >= size
+        del whole
+        ch.close()

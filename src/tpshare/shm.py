@@ -257,10 +257,9 @@ class Channel(MemChannel):
                             writable=writable, tag=tag)
 
     def send_many(self, items, *, timeout=None, writable=False):
-        encoded = [self._encode(obj) for obj in items]
-        return Segment.send_many(self, [p for p, _ in encoded],
-                                 timeout=timeout, writable=writable,
-                                 tags=[t for _, t in encoded])
+        # Small values are marshalled in C; _encode() makes the rest.
+        return Segment.send_many(self, items, timeout=timeout,
+                                 writable=writable, encode=self._encode)
 
     def _take_pending(self, max):
         """Up to max items kept by an earlier recv_many(), or raise the
@@ -287,7 +286,14 @@ class Channel(MemChannel):
         come next (in-process, they go back to the channel)."""
         got = self._take_pending(max)
         if got is None:
-            got = Segment.recv_many(self, max, timeout, tagged=True)
+            # Small values are decoded in C; _decode() does the rest.
+            out, exc, rest = self._recv_values(max, timeout, self._decode)
+            if exc is not None:
+                self._pending = (([exc] if out else []) + rest
+                                 + (getattr(self, "_pending", None) or []))
+                if not out:
+                    raise exc
+            return out
         out = []
         for i, (tag, mv) in enumerate(got):
             try:

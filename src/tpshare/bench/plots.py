@@ -289,6 +289,7 @@ def memory(doc, res, path):
 _SHM_STYLE = {
     "shm": ("#d62728", "D"),
     "shm-batch": ("#ff9896", "d"),
+    "shm-chan-batch": ("#c0392b", "v"),
     "shm-buffer": ("#800000", "P"),
     "shm-copy": ("#e6194b", "o"),
     "mp-queue": ("#2ca02c", "x"),

@@ -7,18 +7,25 @@ to that word.  Three parts:
 
 - small messages (64-byte bytes), one at a time and in batches of 64:
   tpshare.shm.MemChannel (send / send_many, the receiver takes views with
-  recv_many), multiprocessing.Queue (put, or put of a list of 64), and
-  faster-fifo's Queue (put / put_many, get_many) when it is installed;
+  recv_many), tpshare.shm.Channel in batches (send_many / recv_many:
+  bytes objects out, as the baselines give), multiprocessing.Queue (put,
+  or put of a list of 64), and faster-fifo's Queue (put / put_many,
+  get_many) when it is installed.  Every contender sends distinct bytes
+  objects (a pool of 2048, cycled), one per item of a batch too: a list
+  of 64 references to one object would be pickled once;
 - buffers of 4 KiB and up: a segment buffer handed over (ch.buffer(n),
   send, the receiver's view released: the hand-off alone, nobody writes
   or reads the payload, so the cost does not grow with the size; the
-  channel holds HANDOFF_DEPTH items in flight at every size, in a
-  segment big enough for them, which a memfd backs only where written),
-  the same size copied into the segment (send of a bytes object), multiprocessing.Queue and
-  faster-fifo (pickled through a pipe or their ring), and the hand-off a
-  program writes by hand with multiprocessing.shared_memory (a segment
-  made per message, its name sent through a Pipe, the receiver attaches
-  and unlinks it);
+  channel holds HANDOFF_DEPTH items in flight at every size, in a heap
+  of exactly that many buffers, which a memfd backs only where written;
+  every size has its channel and child from the start, and the sizes
+  take turns, in a different order each round, so that the machine's
+  noise falls on every size alike: the best and the median of the
+  rounds are reported), the same size copied into the segment (send of
+  a bytes object), multiprocessing.Queue and faster-fifo (pickled
+  through a pipe or their ring), and the hand-off a program writes by
+  hand with multiprocessing.shared_memory (a segment made per message,
+  its name sent through a Pipe, the receiver attaches and unlinks it);
 - ping-pong: 64 bytes there and back, MemChannel pair against
   multiprocessing.Pipe; median and p99 of the round trip;
 - what crossing a process costs: one producer/consumer pipeline (the
@@ -29,6 +36,7 @@ to that word.  Three parts:
   a spawned process): the same code, two channel classes.
 """
 
+import itertools
 import multiprocessing as mp
 import sys
 import time
@@ -41,9 +49,12 @@ PINGPONG = 64
 # Segment buffers in flight (the channel's maxsize) in the hand-off,
 # the same at every size.
 HANDOFF_DEPTH = 64
-SHM_KINDS = ("shm", "shm-batch", "shm-buffer", "shm-copy")
-SMALL_NAMES = ("shm", "shm-batch", "mp-queue", "mp-queue-batch",
-               "faster-fifo", "faster-fifo-batch")
+# Rounds of the hand-off (every size once per round).
+HANDOFF_ROUNDS = 9
+HANDOFF_ROUNDS_QUICK = 5
+SHM_KINDS = ("shm", "shm-batch", "shm-chan-batch", "shm-buffer", "shm-copy")
+SMALL_NAMES = ("shm", "shm-batch", "shm-chan-batch", "mp-queue",
+               "mp-queue-batch", "faster-fifo", "faster-fifo-batch")
 BUFFER_NAMES = ("shm-buffer", "shm-copy", "mp-queue", "faster-fifo",
                 "shared_memory")
 PING_NAMES = ("shm", "mp-pipe")
@@ -53,6 +64,7 @@ CROSS_SIZES = (64, 64 << 10, 1 << 20)
 LABELS = {
     "shm": "shm.MemChannel",
     "shm-batch": "shm.MemChannel send_many",
+    "shm-chan-batch": "shm.Channel send_many",
     "shm-buffer": "shm segment buffer",
     "shm-copy": "shm.MemChannel copy",
     "mp-queue": "multiprocessing.Queue",
@@ -167,25 +179,43 @@ class _Peer:
             self.proc.kill()
 
 
+def _payloads(size):
+    """What the sender cycles through: distinct objects for small
+    messages (so a batch is BATCH objects, never BATCH references to
+    one), one zeroed object for buffers."""
+    if size <= SMALL:
+        from . import _remote
+        return _remote.distinct_bytes(size)
+    return [bytes(size)]
+
+
+def _batches(pool):
+    return [pool[i:i + BATCH] for i in range(0, len(pool), BATCH)]
+
+
 def _make(kind, size):
     """(transport for the child, the sender's send(n) loop)."""
     from tpshare import shm
-    payload = bytes(size)
+    pool = _payloads(size)
+    payload = pool[0]
+    cycle, islice = itertools.cycle, itertools.islice
     if kind in SHM_KINDS:
         if kind == "shm-buffer":
+            # Exactly HANDOFF_DEPTH buffers fit: as many in flight at
+            # every size.
             ch = shm.MemChannel(maxsize=HANDOFF_DEPTH,
-                                size=HANDOFF_DEPTH * size + (1 << 20))
+                                size=HANDOFF_DEPTH * size)
+        elif kind == "shm-chan-batch":
+            ch = shm.Channel(size=64 << 20)
         else:
             ch = shm.MemChannel(size=max(64 << 20, min(16 * size, 4 << 30)))
         if kind == "shm":
             def loop(n, send=ch.send):
-                for _ in range(n):
-                    send(payload)
-        elif kind == "shm-batch":
-            batch = [payload] * BATCH
-
+                for obj in islice(cycle(pool), n):
+                    send(obj)
+        elif kind in ("shm-batch", "shm-chan-batch"):
             def loop(n, send_many=ch.send_many):
-                for _ in range(n // BATCH):
+                for batch in islice(cycle(_batches(pool)), n // BATCH):
                     send_many(batch)
         elif kind == "shm-buffer":
             def loop(n, send=ch.send, buffer=ch.buffer):
@@ -200,13 +230,11 @@ def _make(kind, size):
         q = mp.get_context("spawn").Queue()
         if kind == "mp-queue":
             def loop(n, put=q.put):
-                for _ in range(n):
-                    put(payload)
+                for obj in islice(cycle(pool), n):
+                    put(obj)
         else:
-            batch = [payload] * BATCH
-
             def loop(n, put=q.put):
-                for _ in range(n // BATCH):
+                for batch in islice(cycle(_batches(pool)), n // BATCH):
                     put(batch)
         return q, loop
     if kind in ("faster-fifo", "faster-fifo-batch"):
@@ -214,13 +242,11 @@ def _make(kind, size):
         q = ff.Queue(max_size_bytes=max(8 << 20, 4 * size + (1 << 20)))
         if kind == "faster-fifo":
             def loop(n, put=q.put):
-                for _ in range(n):
-                    put(payload, timeout=60)
+                for obj in islice(cycle(pool), n):
+                    put(obj, timeout=60)
         else:
-            batch = [payload] * BATCH
-
             def loop(n, put_many=q.put_many):
-                for _ in range(n // BATCH):
+                for batch in islice(cycle(_batches(pool)), n // BATCH):
                     put_many(batch, timeout=60)
         return q, loop
     if kind == "shared_memory":
@@ -285,6 +311,50 @@ def _rate(ctx, kind, size):
     return {"n": n, "rates": rates, "median_msgs_per_s":
             common.median(rates),
             "median_bytes_per_s": common.median(rates) * size}
+
+
+def _handoff(ctx, sizes, on_size=None):
+    """The segment buffer hand-off at every size, the sizes interleaved:
+    each has its channel and child up (and warm) before the first timed
+    round; round r times them in a rotated order, reversed every other
+    round.  {size: result} with the rates of every round."""
+    n = _count(ctx, "shm-buffer", sizes[0])
+    rounds = HANDOFF_ROUNDS_QUICK if ctx.quick else HANDOFF_ROUNDS
+    rounds = max(rounds, ctx.repeat)
+    peers, loops, rates = [], [], {s: [] for s in sizes}
+    try:
+        for size in sizes:
+            far, loop = _make("shm-buffer", size)
+            peers.append((_Peer("shm-buffer", far), far))
+            loops.append(loop)
+            peers[-1][0].start("drain", 2 * BATCH)
+            loop(2 * BATCH)         # warm-up: every block made once
+            peers[-1][0].wait()
+        for r in range(rounds):
+            order = list(range(len(sizes)))
+            order = order[r % len(order):] + order[:r % len(order)]
+            if r % 2:
+                order.reverse()
+            for i in order:
+                peer = peers[i][0]
+                peer.start("drain", n)
+                t0 = time.perf_counter()
+                loops[i](n)
+                peer.wait()
+                rates[sizes[i]].append(n / (time.perf_counter() - t0))
+            if on_size is not None:
+                on_size(r)
+    finally:
+        for peer, far in peers:
+            peer.close()
+            far.close()
+    out = {}
+    for size in sizes:
+        med = common.median(rates[size])
+        out[size] = {"n": n, "rates": rates[size], "median_msgs_per_s": med,
+                     "best_msgs_per_s": max(rates[size]),
+                     "median_bytes_per_s": med * size}
+    return out
 
 
 def _pingpong(ctx, kind):
@@ -373,7 +443,8 @@ def _pipeline(ctx, where, size):
 
 
 def steps(ctx, names=None):
-    return (len(SMALL_NAMES) + len(BUFFER_NAMES) * len(_buffer_sizes(ctx))
+    return (len(SMALL_NAMES) + (len(BUFFER_NAMES) - 1)
+            * len(_buffer_sizes(ctx)) + 1
             + len(PING_NAMES) + len(CROSS_NAMES) * len(CROSS_SIZES))
 
 
@@ -404,9 +475,16 @@ def run(ctx, names=None):
         r = attempt(kind, _rate, ctx, kind, SMALL)
         if r:
             small[kind] = r
-    for size in _buffer_sizes(ctx):
+    sizes = _buffer_sizes(ctx)
+    ctx.progress.step("shm: segment buffer hand-off, sizes interleaved")
+    handoff = attempt("shm-buffer", _handoff, ctx, sizes) or {}
+    for size in sizes:
         point = buffers.setdefault(str(size), {})
+        if size in handoff:
+            point["shm-buffer"] = handoff[size]
         for kind in BUFFER_NAMES:
+            if kind == "shm-buffer":
+                continue
             ctx.progress.step(f"shm: {common.fmt_size(size)} {kind}")
             if kind == "faster-fifo" and size > (64 << 20):
                 skipped[f"faster-fifo {common.fmt_size(size)}"] = (
@@ -442,6 +520,29 @@ def _ratio(a, b):
     return common.fmt_ratio(a / b)
 
 
+def _handoff_report(buffers):
+    """The hand-off's rounds by size, and how flat its rate is."""
+    pts = [(int(s), pt["shm-buffer"]) for s, pt in buffers.items()
+           if "shm-buffer" in pt]
+    if not pts:
+        return []
+    meds = [x["median_msgs_per_s"] for _, x in pts]
+    mid = common.median(meds)
+    rows = [[common.fmt_size(s), str(len(x["rates"])), str(x["n"]),
+             common.fmt_rate(x.get("best_msgs_per_s", max(x["rates"]))),
+             common.fmt_rate(x["median_msgs_per_s"]),
+             f"{x['median_msgs_per_s'] / mid:.2f}"] for s, x in pts]
+    return [
+        "\nSegment buffer hand-off alone: buffer(n), send, recv in the "
+        "child, release; nothing\ntouches the payload.  The sizes take "
+        "turns in each round (a different order each\nround); hand-offs/s "
+        "per round",
+        common.table(["size", "rounds", "n/round", "best", "median",
+                      "median / median of sizes"], rows),
+        f"spread of the medians (largest / smallest): "
+        f"{max(meds) / min(meds):.2f}"]
+
+
 def report(res):
     lines = ["\nBetween processes (tpshare.shm): 64-byte messages, main "
              "process -> a child process"]
@@ -473,6 +574,7 @@ def report(res):
         rows.append(row)
     lines.append(common.table(
         ["contender"] + [common.fmt_size(int(s)) for s in sizes], rows))
+    lines += _handoff_report(res["buffers"])
     rows = []
     for s in sizes:
         pt = res["buffers"][s]
