@@ -459,6 +459,7 @@ static PyMethodDef seg_methods[] = {
     {"full", (PyCFunction)seg_full, METH_NOARGS, NULL},
     {"stats", (PyCFunction)seg_stats, METH_NOARGS, NULL},
     {"reclaim", (PyCFunction)seg_reclaim, METH_NOARGS, NULL},
+    {"_loads", (PyCFunction)tps_shm_loads, METH_O, NULL},
     {"_layout", (PyCFunction)seg_layout, METH_NOARGS, NULL},
     {"_die_in_lock", (PyCFunction)seg_die_in_lock, METH_O, NULL},
     {NULL},

@@ -92,6 +92,9 @@ Py_ssize_t tps_shm_take_slots(ShmChan *c, tps_shm_slot *out, Py_ssize_t max,
                               int64_t deadline);
 PyObject *tps_shm_take(ShmChan *c, const tps_shm_slot *s);
 
+/* Marshal data from a segment, checked, then loaded (shm_marshal.c).
+ * `arg` borrowed; new reference or NULL with an exception. */
+PyObject *tps_shm_loads(ShmChan *c, PyObject *arg);
 /* tpshare.shm.Channel's values in C (shm_batch.c). */
 size_t tps_shm_value_encode(PyObject *obj, uint8_t *dst, size_t cap);
 PyObject *tps_shm_recv_values(ShmChan *c, PyObject *const *args,

@@ -10,6 +10,7 @@ import os
 import pickle
 import signal
 import struct
+import sys
 import time
 
 import pytest
@@ -450,6 +451,47 @@ def test_hostile_registered_item_is_an_error():
             ch.recv(timeout=1)
     shm.Segment.send(ch, marshal.dumps((name, z, 3, 1, b"abc")), tag=3)
     assert ch.recv(timeout=1).bytes == b"abc"
+    assert ch.qsize() == 0 and used(ch) == 0
+
+
+def test_hostile_value_kinds_are_refused_before_marshal():
+    """A peer may write any marshal data as a value; the receiver loads
+    only the kinds a Channel sends (a code object is never built)."""
+    import marshal
+    ch = shm.Channel(size=1 << 20)
+    code = compile("1 + 1", "<peer>", "eval")
+    deep = b")\x01" * 3000 + b")\x00"      # 3001 nested tuples
+    bad = [
+        marshal.dumps(code),
+        marshal.dumps((1, code)),
+        marshal.dumps([1, 2]),
+        marshal.dumps({1: 2}),
+        marshal.dumps({1, 2}),
+        marshal.dumps(frozenset({1})),
+        marshal.dumps(...),
+        marshal.dumps(StopIteration),
+        marshal.dumps((1, 2)) + b"N",          # trailing bytes
+        b"(" + (1 << 30).to_bytes(4, "little") + b"N",   # a lying count
+        b"s" + (100).to_bytes(4, "little") + b"abc",     # a lying length
+        b"l" + (0x80000000).to_bytes(4, "little"),       # INT32_MIN digits
+        deep,                                   # deeper than marshal allows
+        b"",
+    ]
+    for payload in bad:
+        shm.Segment.send(ch, payload, tag=1)
+        with pytest.raises(shm.CorruptSegmentError):
+            ch.recv(timeout=1)
+    # The same through a batch: the bad item is an error in its place.
+    shm.Segment.send(ch, marshal.dumps(7), tag=1)
+    shm.Segment.send(ch, marshal.dumps(code), tag=1)
+    assert ch.recv_many(5, timeout=1) == [7]
+    with pytest.raises(shm.CorruptSegmentError):
+        ch.recv_many(5, timeout=1)
+    good = [(1 << 200, -(1 << 70), 2.5j, "é" * 3, sys.intern("k"), "k"),
+            ("ab", "ab", "ab"), (), -1, True, None, b"", "x" * 5000]
+    for value in good:
+        shm.Segment.send(ch, marshal.dumps(value), tag=1)
+        assert ch.recv(timeout=1) == value
     assert ch.qsize() == 0 and used(ch) == 0
 
 

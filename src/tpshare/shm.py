@@ -144,17 +144,13 @@ def _offending(obj, depth=0):
     return None if type(obj) in _VALUE_TYPES else type(obj)
 
 
-def _rebuild_registered(mv):
+def _rebuild_registered(ch, mv):
     """The object another process sent as (name, inline, size, aux,
-    payload): each field checked (marshal reads only within mv's bytes
-    and makes private copies), then rebuilt by this interpreter's
-    registration of that name."""
-    try:
-        parts = marshal.loads(mv)
-    except (ValueError, EOFError, TypeError) as exc:
-        raise CorruptSegmentError(
-            "a registered type's data in the segment does not decode"
-        ) from exc
+    payload): each field checked (Segment._loads accepts only the value
+    kinds a Channel sends, reads a private copy and makes private
+    objects), then rebuilt by this interpreter's registration of that
+    name."""
+    parts = ch._loads(mv)
     if (type(parts) is not tuple or len(parts) != 5
             or type(parts[0]) is not str or type(parts[1]) is not bytes
             or type(parts[2]) is not int or type(parts[3]) is not int
@@ -234,13 +230,11 @@ class Channel(MemChannel):
             return mv
         try:
             if tag == _TAG_VALUE:
-                try:
-                    return marshal.loads(mv)
-                except (ValueError, EOFError, TypeError) as exc:
-                    raise CorruptSegmentError(
-                        "a value in the segment does not decode") from exc
+                # Never marshal.loads() on segment data: a hostile peer
+                # could write a code object (or any marshal type) there.
+                return self._loads(mv)
             if tag == _TAG_REGISTERED:
-                return _rebuild_registered(mv)
+                return _rebuild_registered(self, mv)
             if tag == _TAG_PICKLE:
                 if not self._pickle:
                     raise ValueError(
