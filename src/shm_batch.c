@@ -182,6 +182,50 @@ decode_slot(ShmChan *c, const tps_shm_slot *s, PyObject *decode)
     return res;
 }
 
+/* Give back the blocks of taken slots [from, to) not made into
+ * objects. */
+static void
+give_back_slots(ShmChan *c, const tps_shm_slot *slots, Py_ssize_t from,
+                Py_ssize_t to)
+{
+    for (Py_ssize_t i = from; i < to; i++) {
+        if (slots[i].kind == TPS_SHM_SLOT_BLOCK) {
+            tps_shm_release_block(c, slots[i].block, slots[i].gen,
+                                  TPS_SHM_HELD);
+        }
+    }
+}
+
+/* Take up to max (at least 1; at most the ring's size) slots, waiting
+ * for the first until deadline, into *out (PyMem_Malloc'd, the caller
+ * frees it).  How many, or -1 with an exception and *out NULL. */
+static Py_ssize_t
+take_batch(ShmChan *c, Py_ssize_t max, int64_t deadline, tps_shm_slot **out)
+{
+    Py_ssize_t got;
+    tps_shm_slot *slots;
+    *out = NULL;
+    if (max < 1) {
+        PyErr_SetString(PyExc_ValueError, "max must be at least 1");
+        return -1;
+    }
+    if ((uint64_t)max > c->map.nslots) {
+        max = (Py_ssize_t)c->map.nslots;
+    }
+    slots = PyMem_Malloc(sizeof(tps_shm_slot) * (size_t)max);
+    if (slots == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    got = tps_shm_take_slots(c, slots, max, deadline);
+    if (got < 0) {
+        PyMem_Free(slots);
+        return -1;
+    }
+    *out = slots;
+    return got;
+}
+
 /* _recv_values(max, timeout, decode) -> (items, error, rest)
  *
  * Up to max items, waiting for the first until the timeout, decoded.
@@ -205,20 +249,9 @@ tps_shm_recv_values(ShmChan *c, PyObject *const *args, Py_ssize_t nargs)
             || tps_shm_deadline(args[1], &deadline) < 0) {
         return NULL;
     }
-    if (max < 1) {
-        PyErr_SetString(PyExc_ValueError, "max must be at least 1");
-        return NULL;
-    }
-    if ((uint64_t)max > c->map.nslots) {
-        max = (Py_ssize_t)c->map.nslots;
-    }
-    slots = PyMem_Malloc(sizeof(tps_shm_slot) * (size_t)max);
-    if (slots == NULL) {
-        return PyErr_NoMemory();
-    }
-    got = tps_shm_take_slots(c, slots, max, deadline);
+    got = take_batch(c, max, deadline, &slots);
     if (got < 0) {
-        goto finally;
+        return NULL;
     }
     items = PyList_New(got);
     rest = PyList_New(0);
@@ -259,13 +292,7 @@ tps_shm_recv_values(ShmChan *c, PyObject *const *args, Py_ssize_t nargs)
 fail_rest:
     i = j;
 give_back:
-    /* Give back the blocks of the items not made into objects. */
-    for (; i < got; i++) {
-        if (slots[i].kind == TPS_SHM_SLOT_BLOCK) {
-            tps_shm_release_block(c, slots[i].block, slots[i].gen,
-                                  TPS_SHM_HELD);
-        }
-    }
+    give_back_slots(c, slots, i, got);
 finally:
     PyMem_Free(slots);
     Py_XDECREF(items);
@@ -289,20 +316,9 @@ tps_shm_recv_many(ShmChan *c, PyObject *args, PyObject *kwds)
             || tps_shm_deadline(timeout, &deadline) < 0) {
         return NULL;
     }
-    if (max < 1) {
-        PyErr_SetString(PyExc_ValueError, "max must be at least 1");
-        return NULL;
-    }
-    if ((uint64_t)max > c->map.nslots) {
-        max = (Py_ssize_t)c->map.nslots;
-    }
-    slots = PyMem_Malloc(sizeof(tps_shm_slot) * (size_t)max);
-    if (slots == NULL) {
-        return PyErr_NoMemory();
-    }
-    got = tps_shm_take_slots(c, slots, max, deadline);
+    got = take_batch(c, max, deadline, &slots);
     if (got < 0) {
-        goto finally;
+        return NULL;
     }
     list = PyList_New(got);
     for (Py_ssize_t i = 0; i < got; i++) {
@@ -311,19 +327,12 @@ tps_shm_recv_many(ShmChan *c, PyObject *args, PyObject *kwds)
             mv = Py_BuildValue("(IN)", slots[i].tag, mv);
         }
         if (mv == NULL) {
-            /* Give back the blocks of the items not made. */
-            for (Py_ssize_t j = list ? i + 1 : i; j < got; j++) {
-                if (slots[j].kind == TPS_SHM_SLOT_BLOCK) {
-                    tps_shm_release_block(c, slots[j].block, slots[j].gen,
-                                          TPS_SHM_HELD);
-                }
-            }
+            give_back_slots(c, slots, list ? i + 1 : i, got);
             Py_CLEAR(list);
             break;
         }
         PyList_SET_ITEM(list, i, mv);
     }
-finally:
     PyMem_Free(slots);
     return list;
 }
