@@ -118,8 +118,8 @@ void tps_export_set_view_maker(tps_view_maker fn);
 /* bytes, and str with at least this many bytes of character data, are
  * shared owner-bound rather than copied (registry/handlers_text.c);
  * bench/bench_bytes_threshold.py and bench/bench_copy_sweep.py measure
- * where sharing starts to win. */
-#define TPS_BYTES_SHARE_MIN ((Py_ssize_t)4 * 1024)
+ * where sharing starts to win (docs/design-copies.md: 2.4-3.4 KiB). */
+#define TPS_BYTES_SHARE_MIN ((Py_ssize_t)3 * 1024)
 
 /* The threshold the handlers read: TPS_BYTES_SHARE_MIN, always, in
  * production.  A variable rather than the constant only so that the

@@ -273,7 +273,7 @@ def test_without_thread_keys_nothing_is_kept_per_thread():
 
 
 def test_copies_up_to_16k_take_a_block_of_their_class_and_give_it_back():
-    """Every size around the copy classes' bounds (129 bytes to 4 KiB):
+    """Every size around the copy classes' bounds (129 bytes up to the share threshold):
     one block each while queued, the value intact when a thread receives
     it, and every block back in the depots once that thread has ended."""
     r = run_child(
@@ -291,7 +291,8 @@ def test_copies_up_to_16k_take_a_block_of_their_class_and_give_it_back():
         for k in range(7):
             bounds += [256 << k, 384 << k]
         sizes = sorted({n + d for n in bounds for d in (-1, 0, 1)})
-        # str and bytes are copied below 4 KiB of data (shared above):
+        # str and bytes are copied below the share threshold (3 KiB of
+        # data; shared from it):
         # wider str kinds reach the larger classes.
         values = [("s%d" % n).ljust(n, "x") for n in sizes]
         values += [("\u20ac%d" % n).ljust(n // 2, "x") for n in sizes]
@@ -300,7 +301,8 @@ def test_copies_up_to_16k_take_a_block_of_their_class_and_give_it_back():
         def nbytes(v):
             return len(v) * (2 if v[:1] == "\u20ac" else 1)
 
-        copied = [v for v in values if 128 < nbytes(v) < 4096]
+        copied = [v for v in values
+                  if 128 < nbytes(v) < tpshare._tpshare._bytes_threshold()]
         assert len(copied) > 40
         start = in_use()
         for rnd in range(3):

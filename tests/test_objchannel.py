@@ -14,6 +14,9 @@ import tpshare
 import tpshare_testext as ext
 from strategies import same, values
 
+# bytes and str from this many bytes of data are shared, not copied.
+SHARE_MIN = tpshare._tpshare._bytes_threshold()
+
 
 @pytest.fixture
 def echo(shared_sub):
@@ -422,10 +425,11 @@ def test_an_error_left_on_a_dropped_handle_is_reported(rebuilds, monkeypatch):
 # --- Identity at the bytes threshold, and at any depth of a message. ---
 
 
-@pytest.mark.parametrize("n", [4095, 4096, 64 * 1024 - 1])
+@pytest.mark.parametrize("n", [SHARE_MIN - 1, SHARE_MIN, 64 * 1024 - 1])
 def test_identity_holds_for_bytes_below_64_kib(sub, n):
-    """Copied (below 4 KiB) or shared owner-bound (from 4 KiB), the same
-    bytes object arrives as one object, alone or inside tuples."""
+    """Copied (below the share threshold) or shared owner-bound (from
+    it), the same bytes object arrives as one object, alone or inside
+    tuples."""
     ch = tpshare.Channel(identity=True)
     sub.put("ch", ch)
     b = bytes(range(256)) * (n // 256) + b"z" * (n % 256)

@@ -24,12 +24,13 @@ def test_immutable_items_arrive_whatever_their_size(sub):
     than copied, a tuple holding large bytes, a 10 KiB pickle and a str
     large enough to be shared: all arrive, in order, after their sender
     ended."""
+    assert tpshare._tpshare._bytes_threshold() == 3072
     ch = tpshare.Channel(fallback="pickle")
     sub.put("ch", ch)
     sub.run(
         """
-        ch.send(b'a' * 4095)
-        ch.send(b'b' * 4096)
+        ch.send(b'a' * 3071)
+        ch.send(b'b' * 3072)
         ch.send(bytes(range(256)) * 4096)
         ch.send(('tuple', b'c' * 8192, 7))
         ch.send({'pickled': 'p' * 10240})
@@ -38,13 +39,13 @@ def test_immutable_items_arrive_whatever_their_size(sub):
         """
     )
     sid = int(sub.id)
-    # Owner-bound: the bytes of 4 KiB and more, the tuple and the bytes in
-    # it, the pickle, the str of 4 KiB and more.
+    # Owner-bound: the bytes of 3 KiB (the share threshold) and more, the
+    # tuple and the bytes in it, the pickle, the str of 3 KiB and more.
     assert tpshare.stats()[sid]["exports"] == 6
     sub.close()
     assert ch.stats()["dropped"] == 0
-    assert ch.recv(timeout=0) == b"a" * 4095
-    assert ch.recv(timeout=0) == b"b" * 4096
+    assert ch.recv(timeout=0) == b"a" * 3071
+    assert ch.recv(timeout=0) == b"b" * 3072
     assert ch.recv(timeout=0) == bytes(range(256)) * 4096
     assert ch.recv(timeout=0) == ("tuple", b"c" * 8192, 7)
     assert ch.recv(timeout=0) == {"pickled": "p" * 10240}

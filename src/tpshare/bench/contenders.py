@@ -112,7 +112,7 @@ ALL = [
               note="objects over the minimal design: send(pickle.dumps(x)), "
                    "pickle.loads(view) then view.release()"),
     Contender("channel", "Channel", "channel", "interp", KINDS, ours=True,
-              note="objects: bytes >= 4 KiB shared, copied once on "
+              note="objects: bytes >= 3 KiB shared, copied once on "
                    "receive; smaller values copied at send"),
     Contender("channel-view", "Channel (memoryview)", "channel", "interp",
               ["bytes"], ours=True, options=("view",), zero_copy=True,
