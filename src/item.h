@@ -78,6 +78,16 @@ tps_item_compact(const TpShare_Record *it)
            ? (tps_compact *)(w - TPS_IMM_TAG_COMPACT) : NULL;
 }
 
+/* Free the compact block of an immediate item, if it has one. */
+static inline void
+tps_imm_free(TpShare_Record *it)
+{
+    tps_compact *c = tps_item_compact(it);
+    if (c != NULL) {
+        tps_block_free(c->block_kind, c);
+    }
+}
+
 /* Release a record of a ring, or free an immediate item's block.  Any
  * thread, no GIL needed (as tps_record_release for a neutral record). */
 static inline void
@@ -87,10 +97,7 @@ tps_item_release(TpShare_Record *it)
         tps_record_release(it);
         return;
     }
-    tps_compact *c = tps_item_compact(it);
-    if (c != NULL) {
-        tps_block_free(c->block_kind, c);
-    }
+    tps_imm_free(it);
 }
 
 /* tps_record_queue_release() for an item a receiver took out of a ring
@@ -102,10 +109,7 @@ tps_item_queue_release(TpShare_Record *it)
         tps_record_queue_release(it);
         return;
     }
-    tps_compact *c = tps_item_compact(it);
-    if (c != NULL) {
-        tps_block_free(c->block_kind, c);
-    }
+    tps_imm_free(it);
 }
 
 /* Whether `it` is an owner-bound record (an immediate item never is). */

@@ -16,16 +16,6 @@
 
 #include <string.h>
 
-/* marshal's type codes (Python/marshal.c), and its flag for a value
- * that later data may refer back to. */
-#define M_NONE 'N'
-#define M_TRUE 'T'
-#define M_FALSE 'F'
-#define M_INT 'i'
-#define M_BINARY_FLOAT 'g'
-#define M_STRING 's'
-#define M_UNICODE 'u'
-#define M_FLAG_REF 0x80
 #define M_HEADER 5      /* a type code and a 32-bit length */
 
 #define TAG_VALUE 1u    /* tpshare/shm.py: _TAG_VALUE */
@@ -37,13 +27,6 @@ put_le32(uint8_t *p, uint32_t v)
     p[1] = (uint8_t)(v >> 8);
     p[2] = (uint8_t)(v >> 16);
     p[3] = (uint8_t)(v >> 24);
-}
-
-static uint32_t
-get_le32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16
-           | (uint32_t)p[3] << 24;
 }
 
 static size_t
@@ -122,7 +105,7 @@ value_decode(const uint8_t *p, size_t n)
     case M_FALSE:
         return n == 1 ? Py_NewRef(Py_False) : NULL;
     case M_INT:
-        return n == 5 ? PyLong_FromLong((int32_t)get_le32(p + 1)) : NULL;
+        return n == 5 ? PyLong_FromLong((int32_t)tps_shm_get_le32(p + 1)) : NULL;
     case M_BINARY_FLOAT:
         if (n != 9) {
             return NULL;
@@ -136,13 +119,13 @@ value_decode(const uint8_t *p, size_t n)
             return PyFloat_FromDouble(d);
         }
     case M_STRING:
-        if (n < M_HEADER || get_le32(p + 1) != n - M_HEADER) {
+        if (n < M_HEADER || tps_shm_get_le32(p + 1) != n - M_HEADER) {
             return NULL;
         }
         return PyBytes_FromStringAndSize((const char *)p + M_HEADER,
                                          (Py_ssize_t)(n - M_HEADER));
     case M_UNICODE:
-        if (n < M_HEADER || get_le32(p + 1) != n - M_HEADER) {
+        if (n < M_HEADER || tps_shm_get_le32(p + 1) != n - M_HEADER) {
             return NULL;
         }
         v = PyUnicode_DecodeUTF8((const char *)p + M_HEADER,

@@ -18,25 +18,6 @@
 #include <marshal.h>
 #include <string.h>
 
-/* marshal's type codes (Python/marshal.c) this reader accepts. */
-#define MC_NONE 'N'
-#define MC_FALSE 'F'
-#define MC_TRUE 'T'
-#define MC_INT 'i'
-#define MC_LONG 'l'
-#define MC_BINARY_FLOAT 'g'
-#define MC_BINARY_COMPLEX 'y'
-#define MC_STRING 's'
-#define MC_INTERNED 't'
-#define MC_REF 'r'
-#define MC_TUPLE '('
-#define MC_SMALL_TUPLE ')'
-#define MC_UNICODE 'u'
-#define MC_ASCII 'a'
-#define MC_ASCII_INTERNED 'A'
-#define MC_SHORT_ASCII 'z'
-#define MC_SHORT_ASCII_INTERNED 'Z'
-#define MC_FLAG_REF 0x80
 /* marshal's own limit on nesting (MAX_MARSHAL_STACK_DEPTH). */
 #define MC_MAX_DEPTH 2000
 
@@ -66,8 +47,7 @@ mc_le32(mc_reader *r, int32_t *out)
     if (mc_take(r, 4, &p) < 0) {
         return -1;
     }
-    *out = (int32_t)((uint32_t)p[0] | (uint32_t)p[1] << 8
-                     | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24);
+    *out = (int32_t)tps_shm_get_le32(p);
     return 0;
 }
 
@@ -91,45 +71,45 @@ mc_value(mc_reader *r, int depth)
     if (depth > MC_MAX_DEPTH || mc_take(r, 1, &code) < 0) {
         return -1;
     }
-    switch (*code & ~MC_FLAG_REF) {
-    case MC_NONE:
-    case MC_FALSE:
-    case MC_TRUE:
+    switch (*code & ~M_FLAG_REF) {
+    case M_NONE:
+    case M_FALSE:
+    case M_TRUE:
         return 0;
-    case MC_INT:
-    case MC_REF:
+    case M_INT:
+    case M_REF:
         return mc_take(r, 4, NULL);
-    case MC_BINARY_FLOAT:
+    case M_BINARY_FLOAT:
         return mc_take(r, 8, NULL);
-    case MC_BINARY_COMPLEX:
+    case M_BINARY_COMPLEX:
         return mc_take(r, 16, NULL);
-    case MC_LONG:
+    case M_LONG:
         /* A signed count of 15-bit digits, two bytes each. */
         if (mc_le32(r, &n) < 0 || n == INT32_MIN) {
             return -1;
         }
         return mc_skip(r, n < 0 ? -(int64_t)n : n, 2);
-    case MC_STRING:
-    case MC_INTERNED:
-    case MC_UNICODE:
-    case MC_ASCII:
-    case MC_ASCII_INTERNED:
+    case M_STRING:
+    case M_INTERNED:
+    case M_UNICODE:
+    case M_ASCII:
+    case M_ASCII_INTERNED:
         if (mc_le32(r, &n) < 0) {
             return -1;
         }
         return mc_skip(r, n, 1);
-    case MC_SHORT_ASCII:
-    case MC_SHORT_ASCII_INTERNED: {
+    case M_SHORT_ASCII:
+    case M_SHORT_ASCII_INTERNED: {
         const uint8_t *len;
         if (mc_take(r, 1, &len) < 0) {
             return -1;
         }
         return mc_skip(r, *len, 1);
     }
-    case MC_TUPLE:
-    case MC_SMALL_TUPLE: {
+    case M_TUPLE:
+    case M_SMALL_TUPLE: {
         int64_t items;
-        if ((*code & ~MC_FLAG_REF) == MC_SMALL_TUPLE) {
+        if ((*code & ~M_FLAG_REF) == M_SMALL_TUPLE) {
             const uint8_t *len;
             if (mc_take(r, 1, &len) < 0) {
                 return -1;

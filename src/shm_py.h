@@ -100,4 +100,34 @@ size_t tps_shm_value_encode(PyObject *obj, uint8_t *dst, size_t cap);
 PyObject *tps_shm_recv_values(ShmChan *c, PyObject *const *args,
                               Py_ssize_t nargs);
 
+/* marshal's type codes (Python/marshal.c) that shm.Channel's values use,
+ * and its flag for a value that later data may refer back to: written
+ * and read in C by shm_batch.c, checked by shm_marshal.c. */
+#define M_NONE 'N'
+#define M_FALSE 'F'
+#define M_TRUE 'T'
+#define M_INT 'i'
+#define M_LONG 'l'
+#define M_BINARY_FLOAT 'g'
+#define M_BINARY_COMPLEX 'y'
+#define M_STRING 's'
+#define M_INTERNED 't'
+#define M_REF 'r'
+#define M_TUPLE '('
+#define M_SMALL_TUPLE ')'
+#define M_UNICODE 'u'
+#define M_ASCII 'a'
+#define M_ASCII_INTERNED 'A'
+#define M_SHORT_ASCII 'z'
+#define M_SHORT_ASCII_INTERNED 'Z'
+#define M_FLAG_REF 0x80
+
+/* marshal's 32-bit little-endian integers. */
+static inline uint32_t
+tps_shm_get_le32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16
+           | (uint32_t)p[3] << 24;
+}
+
 #endif /* TPSHARE_SHM_PY_H */
