@@ -79,8 +79,9 @@ static depot depots[NKINDS] = {
     DEPOT(0), DEPOT(1), DEPOT(2), DEPOT(3), DEPOT(4), DEPOT(5), DEPOT(6),
     DEPOT(7), DEPOT(8), DEPOT(9), DEPOT(10), DEPOT(11), DEPOT(12),
     DEPOT(13), DEPOT(14), DEPOT(15), DEPOT(16), DEPOT(17), DEPOT(18),
+    DEPOT(19),
 };
-_Static_assert(NKINDS == 19, "one depot per kind");
+_Static_assert(NKINDS == 20, "one depot per kind");
 
 /* The magazine of a copy class a thread has not used yet: empty and full
  * at once, so that both fast paths take the slow path, which gives the

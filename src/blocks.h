@@ -35,20 +35,22 @@
  * payload line after it), the copy classes: copies of 129 bytes to
  * 16 KiB, in classes of 4 or 6 lines times a power of two (256, 384,
  * 512, 768 bytes... 12 KiB, 16 KiB), so that a copy wastes at most a
- * third of its block; and the small classes of 32, 48, 80 and 128 bytes,
- * 16-aligned and not whole lines: the compact blocks of a channel's
- * immediate items (item.h), which live queued, where memory per item
+ * third of its block; and the small classes of 32, 48, 80, 96 and 128
+ * bytes, 16-aligned and not whole lines: the compact blocks of a
+ * channel's immediate items (item.h) and the short records of shared
+ * bytes and str (record.h), which live queued, where memory per item
  * counts more than a line shared by two blocks. */
 #define TPS_BLOCK_TWO 0
 #define TPS_BLOCK_THREE 1
 #define TPS_BLOCK_COPY_FIRST 2
 #define TPS_BLOCK_SMALL_FIRST 15
-#define TPS_BLOCK_KINDS 19
+#define TPS_BLOCK_KINDS 20
 #define TPS_BLOCK_COPY_MAX ((size_t)16 * 1024)
 #define TPS_BLOCK_SMALL_SIZE(kind) \
     ((kind) == TPS_BLOCK_SMALL_FIRST ? (size_t)32 \
      : (kind) == TPS_BLOCK_SMALL_FIRST + 1 ? (size_t)48 \
-     : (kind) == TPS_BLOCK_SMALL_FIRST + 2 ? (size_t)80 : (size_t)128)
+     : (kind) == TPS_BLOCK_SMALL_FIRST + 2 ? (size_t)80 \
+     : (kind) == TPS_BLOCK_SMALL_FIRST + 3 ? (size_t)96 : (size_t)128)
 #define TPS_BLOCK_SIZE(kind) \
     ((kind) >= TPS_BLOCK_SMALL_FIRST ? TPS_BLOCK_SMALL_SIZE(kind) \
      : (kind) < TPS_BLOCK_COPY_FIRST ? ((size_t)(kind) + 2) * TPS_LINE \
@@ -89,7 +91,7 @@ static inline int
 tps_block_small_kind(size_t n)
 {
     assert(n <= TPS_BLOCK_SMALL_MAX);
-    return TPS_BLOCK_SMALL_FIRST + (n > 32) + (n > 48) + (n > 80);
+    return TPS_BLOCK_SMALL_FIRST + (n > 32) + (n > 48) + (n > 80) + (n > 96);
 }
 
 /* A thread's two magazines per kind (Bonwick's scheme: a thread that

@@ -173,7 +173,8 @@ int
 tps_identity_tag(tps_identity *id, TpShare_Record *rec, PyObject *obj)
 {
     assert(tps_thread_state() != NULL);
-    assert(rec->serial == 0 && (rec->flags & TPS_REC_IMMUTABLE));
+    assert(!(rec->flags & TPS_REC_SHORT) && rec->serial == 0
+           && (rec->flags & TPS_REC_IMMUTABLE));
     int found;
     void *serial = ptrmap_get(&id->sent, obj, &found);
     if (!found) {

@@ -146,6 +146,8 @@ tps_obj_send(PyObject *self, PyObject *obj, int64_t timeout, int writable,
         if (t == NULL) {
             goto error;
         }
+        /* A MemChannel's records are never short (record.h). */
+        assert(!(rec->flags & TPS_REC_SHORT));
         rec->tracker = t;   /* the record's reference */
         assert(state != NULL);   /* a MemChannel sends no immediates */
         tracker = tps_tracker_wrap(state, t);

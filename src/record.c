@@ -67,6 +67,10 @@ typedef struct {
 static TPS_TLS share_ctx sctx;
 static TPS_TLS rebuild_ctx rctx;
 
+/* Set while tps_record_neutral_copy() shares: hooks that could keep a
+ * reference to the sender's object copy instead. */
+static TPS_TLS int must_copy;
+
 /* Nesting deeper than this raises RecursionError (C stack safety). */
 #define MAX_DEPTH 2000
 
@@ -88,6 +92,11 @@ _Static_assert(TPS_BLOCK_SIZE(TPS_BLOCK_TWO) == REC_SPAN,
 _Static_assert(TPS_BLOCK_SIZE(TPS_BLOCK_THREE) == REC_SPAN + TAIL_MAX,
                "a record with its tail takes a three-line block");
 _Static_assert(TPS_SMALL_MAX == REC_SPAN, "small blocks are two lines");
+_Static_assert(TPS_BLOCK_SIZE(TPS_BLOCK_SHORT) == TPS_REC_SHORT_SIZE,
+               "a short record takes a small block of its size");
+_Static_assert(TPS_REC_SHORT_SIZE % 16 == 0
+               && offsetof(TpShare_Record, data) % 8 == 0,
+               "a short record keeps its fields aligned");
 _Static_assert(TPS_BLOCK_SMALL_FIRST <= 16,
                "a record's block kind (never a small one) fits its bits");
 
@@ -118,11 +127,15 @@ tps_small_alloc(TpShare_Data *data, size_t n)
     return ptr;
 }
 
-/* Whether sharing `obj` (borrowed) copies 17 to 64 bytes (a str or bytes
- * the built-in handlers copy): its record then gets the line after it to
- * hold them.  Other records take two lines. */
+/* The block a record for `obj` (borrowed) takes.  Three lines when
+ * sharing it copies 17 to 64 bytes (a str or bytes the built-in handlers
+ * copy): the line after the record holds them.  A short record (96
+ * bytes) when the handlers share the object itself (a str or bytes of
+ * tps_bytes_share_min bytes or more, no copy forced) and the message
+ * needs no serials (no identity).  Two lines otherwise.  Only a kind:
+ * whatever the hook then does works with any of the three. */
 static inline int
-wants_tail(PyObject *obj)
+record_kind_for(PyObject *obj)
 {
     Py_ssize_t n;
     if (PyBytes_CheckExact(obj)) {
@@ -132,10 +145,19 @@ wants_tail(PyObject *obj)
         n = PyUnicode_GET_LENGTH(obj) * PyUnicode_KIND(obj);
     }
     else {
-        return 0;
+        return TPS_BLOCK_TWO;
     }
-    return n > (Py_ssize_t)sizeof(((TpShare_Data *)0)->inline_data)
-           && n <= TAIL_MAX;
+    if (n > (Py_ssize_t)sizeof(((TpShare_Data *)0)->inline_data)
+        && n <= TAIL_MAX)
+    {
+        return TPS_BLOCK_THREE;
+    }
+    if (n >= atomic_load_explicit(&tps_bytes_share_min, memory_order_relaxed)
+        && !must_copy && sctx.identity == NULL)
+    {
+        return TPS_BLOCK_SHORT;
+    }
+    return TPS_BLOCK_TWO;
 }
 
 /* Memos keep their table between messages unless it grew large. */
@@ -346,20 +368,26 @@ hook_left_an_exception(const char *which, const char *name)
     PyErr_SetRaisedException(cur);       /* steals cur */
 }
 
+/* A record in a block of `kind` (TPS_BLOCK_TWO, _THREE or _SHORT). */
 static TpShare_Record *
-record_alloc(tps_entry *entry, int64_t owner, int tail)
+record_alloc(tps_entry *entry, int64_t owner, int kind)
 {
-    TpShare_Record *rec = tps_block_alloc(tail ? TPS_BLOCK_THREE
-                                               : TPS_BLOCK_TWO);
+    TpShare_Record *rec = tps_block_alloc(kind);
     if (rec == NULL) {
         PyErr_NoMemory();
         return NULL;
     }
-    *rec = (TpShare_Record){0};
+    if (kind == TPS_BLOCK_SHORT) {
+        memset(rec, 0, TPS_REC_SHORT_SIZE);
+        rec->flags = TPS_REC_SHORT;
+    }
+    else {
+        *rec = (TpShare_Record){0};
+        rec->flags = kind == TPS_BLOCK_THREE ? TPS_REC_LONG : 0;
+    }
     atomic_init(&rec->refcnt, 1);
     rec->owner = owner;
     rec->entry = entry;
-    rec->flags = tail ? TPS_REC_LONG : 0;
     tps_entry_incref(entry);
     return rec;
 }
@@ -442,7 +470,8 @@ share_entry(PyObject *obj, tps_entry *entry, int64_t owner, tps_identity *id)
     if (top_level) {
         sctx.owner = owner >= 0 ? owner : tps_current_interp_id();
     }
-    rec = record_alloc(entry, sctx.owner, looked_up && wants_tail(obj));
+    rec = record_alloc(entry, sctx.owner,
+                       looked_up ? record_kind_for(obj) : TPS_BLOCK_TWO);
     if (rec == NULL) {
         goto finally;
     }
@@ -550,7 +579,7 @@ tps_rebuild(TpShare_Record *rec)
             return Py_NewRef(res);
         }
     }
-    if (rec->serial != 0 && rctx.identity != NULL) {
+    if (rctx.identity != NULL && tps_record_serial(rec) != 0) {
         /* Sent before (in this message or an earlier one, at any depth):
          * the object rebuilt then, while this interpreter holds it. */
         res = tps_identity_lookup(rctx.identity, rec);
@@ -594,7 +623,7 @@ tps_rebuild(TpShare_Record *rec)
         Py_CLEAR(res);
         goto finally;
     }
-    if (rec->serial != 0 && rctx.identity != NULL) {
+    if (rctx.identity != NULL && tps_record_serial(rec) != 0) {
         tps_identity_remember(rctx.identity, rec, res);
     }
     if (!top_level && (rec->flags & TPS_REC_DUP)
@@ -625,10 +654,6 @@ tps_rebuild_with_identity(TpShare_Record *rec, tps_identity *id)
 /* ---------------------------------------------------------------------
  * Neutral copies at the owner's exit.
  */
-
-/* Set while tps_record_neutral_copy() shares: hooks that could keep a
- * reference to the sender's object copy instead. */
-static TPS_TLS int must_copy;
 
 int
 tps_share_must_copy(void)
@@ -672,8 +697,10 @@ tps_record_neutral_copy(TpShare_Record *rec)
         tps_record_release(copy);
         copy = NULL;
     }
-    if (copy != NULL) {
-        /* The same object as before for a receiver that tracks identity. */
+    if (copy != NULL && tps_record_serial(rec) != 0) {
+        /* The same object as before for a receiver that tracks identity
+         * (the copy is not short: it copies). */
+        assert(!(copy->flags & TPS_REC_SHORT));
         copy->serial = rec->serial;
         copy->origin = rec->origin;
     }

@@ -25,6 +25,8 @@ typedef struct tps_identity tps_identity;
                                 the kind in the bits below */
 #define TPS_REC_TAIL 0x10u   /* data.ptr is the line after the record */
 #define TPS_REC_LONG 0x20u   /* the record's block has that line */
+#define TPS_REC_SHORT 0x1000u  /* the record is short: see
+                                  TPS_REC_SHORT_SIZE */
 /* Bits 6-7: what the sender asked for the item if its interpreter exits
  * before it is received and it cannot be copied (TPS_UNBOUND_*); 0: the
  * channel's choice. */
@@ -53,6 +55,9 @@ struct TpShare_Record {
     tps_entry *entry;
     /* Link in the owner's release list while queued there. */
     TpShare_Record *next_release;
+    TpShare_Data data;
+    /* A short record (TPS_REC_SHORT) ends here: the fields below exist
+     * only in a record of two or three lines. */
     /* Held; told when the record is freed (MemChannel.send's tracker). */
     struct tps_tracker *tracker;
     /* Identity across messages (identity.c): nonzero serial of the
@@ -60,8 +65,22 @@ struct TpShare_Record {
      * through a channel with identity on), and the sender's id() of it. */
     uint64_t serial;
     uintptr_t origin;
-    TpShare_Data data;
 };
+
+/* A short record: no tracker, no identity.  Shared bytes and str (the
+ * sender's object itself, sent through a channel with identity off) take
+ * one, a small block of 96 bytes where a record takes two lines (128):
+ * the one record kind that lives queued by the thousands with nothing in
+ * its payload lines. */
+#define TPS_REC_SHORT_SIZE offsetof(TpShare_Record, tracker)
+#define TPS_BLOCK_SHORT (TPS_BLOCK_SMALL_FIRST + 3)
+
+/* The serial of `rec` (0: none; a short record never has one). */
+static inline uint64_t
+tps_record_serial(const TpShare_Record *rec)
+{
+    return (rec->flags & TPS_REC_SHORT) ? 0 : rec->serial;
+}
 
 /* Payload memory for share hooks (TpShare_CAPI.DataAlloc is this
  * function): n bytes for `data` of a record being shared, in the cache
@@ -114,7 +133,8 @@ tps_record_dealloc(TpShare_Record *rec)
                              >> TPS_REC_KIND_SHIFT), rec->data.ptr);
     }
     tps_block_free((rec->flags & TPS_REC_LONG) ? TPS_BLOCK_THREE
-                                               : TPS_BLOCK_TWO, rec);
+                   : (rec->flags & TPS_REC_SHORT) ? TPS_BLOCK_SHORT
+                   : TPS_BLOCK_TWO, rec);
 }
 
 /* Free a record whose refcount is zero, in the current interpreter (the

@@ -56,7 +56,7 @@ tps_record_free(TpShare_Record *rec)
         PyMem_RawFree(rec->data.ptr);
     }
     Py_XDECREF(rec->data.obj);
-    if (rec->tracker != NULL) {
+    if (!(rec->flags & TPS_REC_SHORT) && rec->tracker != NULL) {
         tps_record_freed_fn told = atomic_load_explicit(
             &record_freed, memory_order_acquire);
         /* Installed before the first tracker was made (tracker.c). */

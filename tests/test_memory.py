@@ -328,3 +328,78 @@ def test_copies_up_to_16k_take_a_block_of_their_class_and_give_it_back():
     )
     assert r.returncode == 0, r.stderr
     assert "OK" in r.stdout
+
+
+def test_shared_bytes_and_str_take_a_short_record():
+    """A bytes or str the handlers share (the sender's object itself)
+    takes a short record, one small block of 96 bytes and no two-line
+    block, in a Channel with identity off; with identity on (serials) it
+    takes a record of two lines, and below the share threshold the copy
+    takes its own block.  Values and the sender's references come back
+    whole; a tuple's shared items are short too."""
+    r = run_child(
+        """
+        import sys
+        import tpshare
+        from tpshare import _tpshare
+
+        def small():
+            live, cached = _tpshare._small_block_counts()
+            return live - cached
+
+        def two():
+            return _tpshare._block_counts()[0] - _tpshare._block_cached()[0]
+
+        thr = _tpshare._bytes_threshold()
+        shared = [b"b" * thr, b"c" * (64 << 10), "s" * thr,
+                  "\\u20ac" * (thr // 2), "\\U0001f600" * (thr // 4)]
+        def counts():
+            return [sys.getrefcount(x) for x in shared]
+
+        refs = counts()
+        N = 200
+        for identity in (False, True):
+            ch = tpshare.Channel(identity=identity)
+            s0, t0 = small(), two()
+            for _ in range(N):
+                for v in shared:
+                    ch.send(v)
+            del v
+            if identity:
+                assert small() == s0, (small(), s0)
+                assert two() == t0 + N * len(shared), (two(), t0)
+            else:
+                assert small() == s0 + N * len(shared), (small(), s0)
+                assert two() == t0, (two(), t0)
+            # The records hold the sender's objects (identity one more
+            # reference to each it remembers: not the 64 KiB one).
+            now = [c - r for c, r in zip(counts(), refs)]
+            assert now == ([N + 1, N, N + 1, N + 1, N + 1] if identity
+                           else [N] * len(shared)), (identity, now)
+            got = [ch.recv() for _ in range(N * len(shared))]
+            assert got == shared * N
+            if identity:
+                assert got[0] is got[len(shared)]
+            del got
+            assert (small(), two()) == (s0, t0)
+            now = [c - r for c, r in zip(counts(), refs)]
+            assert now == ([1, 0, 1, 1, 1] if identity else [0] * 5), now
+
+        # Below the threshold: copied, no short record (a copy block).
+        ch = tpshare.Channel()
+        s0, t0 = small(), two()
+        ch.send(b"x" * (thr - 1))
+        assert (small(), two()) == (s0, t0 + 1)
+        assert ch.recv() == b"x" * (thr - 1)
+        # A tuple: two-line records for it and its 1-character str, short
+        # ones for its shared items.
+        item = ("t", b"y" * thr, "z" * thr)
+        ch.send(item)
+        assert (small(), two()) == (s0 + 2, t0 + 2), (small(), two())
+        assert ch.recv() == item
+        assert (small(), two()) == (s0, t0)
+        print("OK")
+        """
+    )
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout
