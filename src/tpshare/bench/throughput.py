@@ -15,7 +15,7 @@ trial lasts about the target time; contenders are timed in alternating
 order within each round, and the median over rounds is reported.
 
 Queues hold at most 1000 items.  Where each queued item holds a copy of
-the payload (CPython's pickle mode; str, and bytes below the share
+the payload (CPython's pickle mode; bytes and str below the share
 threshold, through tpshare's Channel and Queue) the bound is lowered so
 that at most 256 MiB of copies are queued (at least 2 items); transports
 that queue references or exports keep 1000 at every size.  Pipes buffer
@@ -37,9 +37,8 @@ def copies_at_send(contender, kind, size):
     if contender.family == "backport-queue":
         return True                 # create(maxsize) pickles every item
     if contender.family in ("channel", "tpshare-queue"):
-        if kind == "str":
-            return True
-        if kind == "bytes":
+        if kind in ("bytes", "str"):
+            # The payloads' str are ASCII: size characters, size bytes.
             from tpshare import _tpshare
             threshold = getattr(_tpshare, "_bytes_threshold", None)
             return threshold is None or size < threshold()
