@@ -56,6 +56,10 @@
 
 typedef enum { SENDING, RECEIVING } direction;
 
+_Static_assert(offsetof(tps_channel, received) + sizeof(uint64_t)
+               <= offsetof(tps_channel, lock) + TPS_LINE,
+               "what every operation writes is on the lock's line");
+
 /* Values of `closed`.  FORKED: this is a child process and the channel
  * was created before the fork (see tps_channels_atfork). */
 enum { OPEN = 0, CLOSED = 1, FORKED = 2 };

@@ -24,15 +24,19 @@ struct tps_channel {
     int64_t spin_ns;             /* < 0: adaptive (waiter.h) */
     unsigned int flags;          /* TPS_CHAN_*, fixed at creation */
     atomic_int closed;           /* OPEN, CLOSED or FORKED (chancore.c) */
-    /* Written by both sides on every operation. */
+    /* Written by both sides on every operation: one line, so that an
+     * operation moves one line between the two sides' CPUs (the
+     * counters had a line of their own, which moved too). */
     _Alignas(TPS_LINE) tps_lock lock;  /* guards everything below */
-    tps_ring ring;               /* its count is read lock-free */
     /* The CPU each side last completed an operation on, read lock-free
      * by the other side's spinner (waiter.h). */
     atomic_int cpu[2];
-    tps_wlist receivers;
+    tps_ring ring;               /* its count is read lock-free */
+    uint64_t sent, received;
+    /* Read on every operation, written when a side parks or wakes. */
+    _Alignas(TPS_LINE) tps_wlist receivers;
     tps_wlist senders;
-    uint64_t sent, received, dropped;
+    uint64_t dropped;
     uint64_t parked[2];          /* waits that parked, per direction */
 };
 
