@@ -593,3 +593,35 @@ def test_main_table_gives_the_channel_against_cpythons_queue_per_size():
     cells = [c.strip() for line in row for c in line.split(" | ")[1:]]
     assert cells == want
     assert max(len(x) for x in text.splitlines()) <= 120
+
+
+class _SlowStartSession:
+    """A transport whose every trial pays a fixed start-up (a wake-up)
+    besides its cost per item; records the trial lengths asked for."""
+
+    def __init__(self, start_s, per_item_s):
+        self.start_s, self.per_item_s, self.asked = start_s, per_item_s, []
+
+    def trial(self, data, n):
+        self.asked.append(n)
+        return self.start_s + n * self.per_item_s
+
+
+def test_calibration_does_not_rest_on_one_wake_up():
+    """A 64 MiB buffer through a zero-copy transport: 1 ms to start a
+    trial, 0.5 us per message.  Calibrated from a single-message trial,
+    the trials were ~100 messages, mostly start-up (the rate looked half
+    of what it is); the warm-up now grows until a trial lasts an eighth
+    of the target, and the trial length it returns makes the start-up a
+    small part of a trial."""
+    from tpshare.bench import throughput
+
+    class Ctx:
+        min_n, max_n = 2, 300_000
+
+    s = _SlowStartSession(1e-3, 0.5e-6)
+    n = throughput.calibrate(Ctx, s, [b"x"], 64 << 20, 0.1)
+    assert s.asked[0] == 1 and s.asked == sorted(s.asked)
+    assert s.trial(None, s.asked[-1]) >= 0.1 / 8
+    # The per-message estimate is within 10% of the true 0.5 us.
+    assert 0.1 / 0.55e-6 <= n <= 0.1 / 0.5e-6
