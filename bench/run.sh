@@ -7,8 +7,7 @@
 # (--help lists the experiments, sizes and contenders).  Results go to
 # ./results/<timestamp>/ (results.json, summary.txt and PNG plots) unless
 # --out is given; the tables are printed as the run goes.  A full run
-# takes about 30 minutes (1735 s on 2 vCPUs in the run of 2026-11-30),
-# --quick a few.
+# takes 30-40 minutes on 2 vCPUs, --quick a few.
 #
 # PYTHON   the interpreter to measure (default: CPython 3.13 from pyenv,
 #          else python3.13, else python3)

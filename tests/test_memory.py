@@ -273,9 +273,10 @@ def test_without_thread_keys_nothing_is_kept_per_thread():
 
 
 def test_copies_up_to_16k_take_a_block_of_their_class_and_give_it_back():
-    """Every size around the copy classes' bounds (129 bytes up to the share threshold):
-    one block each while queued, the value intact when a thread receives
-    it, and every block back in the depots once that thread has ended."""
+    """Every size around the copy classes' bounds (129 bytes up to the
+    share threshold): one block each while queued, the value intact when
+    a thread receives it, and every block back in the depots once that
+    thread has ended."""
     r = run_child(
         """
         import threading
